@@ -1,0 +1,52 @@
+"""The `curate` command line: sub-commands live in `curate.commands.*`, each with `register(app)`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from curate.errors import CurateError
+
+app = typer.Typer(
+    name="curate",
+    help="Find, prove and curate the pretraining rows that build a circuit (Mechanistic Data Attribution).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# One line per command module; each defines `register(app: typer.Typer) -> None`.
+COMMAND_MODULES = [
+    "curate.commands.corpus",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Console entry point: CurateError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except CurateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Tokenizers and row packing shared by ingest and the embedded default corpus."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from curate.errors import CurateError
+
+EOT_TOKEN = "<|endoftext|>"
+
+
+class TextTokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer` with the end-of-text id it packs with."""
+
+    def __init__(self, tok, spec: str) -> None:
+        self.tok = tok
+        self.spec = spec
+        eot = tok.token_to_id(EOT_TOKEN)
+        if eot is None:
+            raise CurateError(f"{spec}: tokenizer has no {EOT_TOKEN} token to separate documents")
+        self.eot_id: int = int(eot)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tok.get_vocab_size(with_added_tokens=True))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def load_tokenizer(spec: str | Path) -> TextTokenizer:
+    """A `tokenizer.json` path, a folder holding one, or a transformers name (local cache only at run time)."""
+    from tokenizers import Tokenizer
+
+    p = Path(spec)
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        p = p / "tokenizer.json"
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_file():
+            raise CurateError(f"{p}: tokenizer file not found")
+        try:
+            return TextTokenizer(Tokenizer.from_file(str(p)), str(p))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            raise CurateError(f"{p}: not a tokenizers JSON file ({str(e).splitlines()[0][:120]})") from None
+    try:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(spec))
+    except Exception as e:
+        raise CurateError(f"tokenizer {spec!r}: not a file and not loadable by transformers ({type(e).__name__})") from None
+    if not getattr(hf, "is_fast", False):
+        raise CurateError(f"tokenizer {spec!r}: only fast (tokenizers-backed) tokenizers are supported")
+    return TextTokenizer(hf.backend_tokenizer, str(spec))
+
+
+def pack_rows(docs: Sequence[Sequence[int]], row_len: int, eot_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate documents, each followed by `eot_id`, and cut the stream into rows of `row_len`.
+
+    Returns (rows, owners), both (n, row_len) int64: the tokens and the index of the document each
+    token came from. The tail that does not fill a whole row is dropped.
+    """
+    if row_len < 2:
+        raise CurateError(f"row length {row_len} is too short")
+    lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)
+    total = int(lengths.sum())
+    stream = np.empty(total, dtype=np.int64)
+    doc_of_token = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
+    pos = 0
+    for d in docs:
+        n = len(d)
+        stream[pos : pos + n] = d
+        stream[pos + n] = eot_id
+        pos += n + 1
+    n_rows = total // row_len
+    rows = stream[: n_rows * row_len].reshape(n_rows, row_len)
+    owners = doc_of_token[: n_rows * row_len].reshape(n_rows, row_len)
+    return rows, owners
+
+
+def main_document(owners: np.ndarray) -> np.ndarray:
+    """Per row, the document that supplies the most tokens (ties: the earlier one)."""
+    n, L = owners.shape
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        ids, counts = np.unique(owners[i], return_counts=True)
+        out[i] = ids[int(np.argmax(counts))]
+    return out
+
+
+def shuffle_rows(n_rows: int, seed: int) -> np.ndarray:
+    """The training order of packed rows (Pythia's rows are shuffled): a seeded permutation."""
+    return np.random.default_rng(seed).permutation(n_rows)

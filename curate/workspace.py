@@ -1,0 +1,39 @@
+"""The workspace folder: where the embedded default corpus, runs, scores and mixes live."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ENV_VAR = "CURATE_WORKSPACE"
+DEFAULT_DIR = "curate-workspace"
+
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", help=f"Workspace folder (default: ${ENV_VAR} or ./{DEFAULT_DIR}).", show_default=False),
+]
+
+
+def resolve_workspace(explicit: Path | None = None) -> Path:
+    """`--workspace`, else $CURATE_WORKSPACE, else ./curate-workspace."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(DEFAULT_DIR)
+
+
+def default_corpus_dir(ws: Path) -> Path:
+    """The embedded mini-Pile corpus folder (corpus.json, .bin/.idx, tokenizer, sidecar)."""
+    return ws / "default" / "corpus"
+
+
+def reference_run_dir(ws: Path) -> Path:
+    """The reference training run on the default corpus (checkpoints, curves)."""
+    return ws / "default" / "runs" / "reference"
+
+
+def scores_dir(ws: Path, circuit: str) -> Path:
+    """Where `curate score --circuit C` writes on the default setup."""
+    return ws / "default" / "scores" / circuit
