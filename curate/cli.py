@@ -19,6 +19,8 @@ app = typer.Typer(
 # One line per command module; each defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = [
     "curate.commands.corpus",
+    "curate.commands.circuits",
+    "curate.commands.train",
 ]
 
 for _name in COMMAND_MODULES:
@@ -38,12 +40,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
+    except Exception as e:  # click usage errors and the like (typer >= 0.26 vendors click as typer._click)
         import click
 
-        if isinstance(e, click.exceptions.Exit):
+        if isinstance(e, (click.exceptions.Exit, typer.Exit)):
             sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+        if type(e).__name__ == "NoArgsIsHelpError" and hasattr(e, "show"):
+            e.show()  # prints the help text
+            sys.exit(2)
+        if isinstance(e, click.ClickException) or (hasattr(e, "format_message") and hasattr(e, "exit_code")):
             print(f"error: {e.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -8,8 +8,10 @@ the pointers address the shards' concatenation, so a row may straddle two shard 
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,49 +90,80 @@ def read_idx(path: str | Path) -> IdxFile:
     return IdxFile(path, DTYPE_BY_CODE[code], sizes, pointers, doc_idx)
 
 
-def idx_bytes(dtype: np.dtype, sizes: np.ndarray, doc_idx: np.ndarray | None = None) -> bytes:
-    """Serialize an `.idx` for contiguous sequences of `sizes` tokens (pointers are derived)."""
+def serialize_idx(dtype: np.dtype, sizes: np.ndarray, pointers: np.ndarray, doc_idx: np.ndarray) -> bytes:
+    """Serialize `.idx` arrays exactly as given (the inverse of `read_idx`)."""
     dtype = np.dtype(dtype)
     if dtype not in CODE_BY_DTYPE:
-        raise CurateError(f"cannot write dtype {dtype} to a Megatron index")
+        raise CurateError(f"cannot write dtype {dtype} to a Megatron index (supported: {sorted(map(str, CODE_BY_DTYPE))})")
     sizes = np.asarray(sizes, dtype="<i4")
-    pointers = np.zeros(len(sizes), dtype="<i8")
-    if len(sizes) > 1:
-        np.cumsum(sizes[:-1].astype("<i8") * dtype.itemsize, out=pointers[1:])
-    if doc_idx is None:
-        doc_idx = np.arange(len(sizes) + 1, dtype="<i8")
+    pointers = np.asarray(pointers, dtype="<i8")
     doc_idx = np.asarray(doc_idx, dtype="<i8")
+    if sizes.shape != pointers.shape:
+        raise ValueError(f"sizes {sizes.shape} and pointers {pointers.shape} differ in length")
     header = MAGIC + struct.pack("<Q", VERSION) + struct.pack("<B", CODE_BY_DTYPE[dtype])
     header += struct.pack("<QQ", len(sizes), len(doc_idx))
     return header + sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes()
 
 
+def contiguous_pointers(sizes: np.ndarray, itemsize: int) -> np.ndarray:
+    """Byte offsets of sequences stored back to back: 0, s0*item, (s0+s1)*item, ..."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    pointers = np.zeros(len(sizes), dtype="<i8")
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1] * itemsize, out=pointers[1:])
+    return pointers
+
+
+def idx_bytes(dtype: np.dtype, sizes: np.ndarray, doc_idx: np.ndarray | None = None) -> bytes:
+    """Serialize an `.idx` for contiguous sequences of `sizes` tokens (pointers derived; doc_idx 0..L by default)."""
+    dtype = np.dtype(dtype)
+    sizes = np.asarray(sizes, dtype="<i4")
+    if doc_idx is None:
+        doc_idx = np.arange(len(sizes) + 1, dtype="<i8")
+    return serialize_idx(dtype, sizes, contiguous_pointers(sizes, dtype.itemsize), doc_idx)
+
+
+def shard_name(stem: str, index: int, last: int) -> str:
+    """Pythia's shard naming: `<stem>-<index:05>-of-<last:05>.bin` (the number after `of` is the last index)."""
+    return f"{stem}-{index:05d}-of-{last:05d}.bin"
+
+
 def find_bin_files(idx_path: Path) -> list[Path]:
-    """The `.bin` file(s) belonging to an `.idx`: `<prefix>.bin`, or the ordered Pythia shards."""
+    """The `.bin` file(s) belonging to an `.idx`: `<prefix>.bin`, or the ordered Pythia shards.
+
+    Pythia names its 21 shards `document-00000-of-00020.bin` .. `document-00020-of-00020.bin`
+    (the number after `of` is the last index); numbering 0..n-1 or 1..n of n is accepted too.
+    Gaps in the numbering are reported by name; a missing last shard shows up as truncated data.
+    """
     prefix = idx_path.with_suffix("")
     single = prefix.with_suffix(".bin")
     if single.is_file():
         return [single]
     shards: dict[int, Path] = {}
-    total: set[int] = set()
+    declared: set[int] = set()
+    width = 5
     for p in idx_path.parent.glob(f"{prefix.name}-*-of-*.bin"):
         m = SHARD_RE.match(p.name)
         if m and m.group("stem") == prefix.name:
             shards[int(m.group("i"))] = p
-            total.add(int(m.group("n")))
+            declared.add(int(m.group("n")))
+            width = len(m.group("i"))
     if not shards:
-        raise CurateError(f"{idx_path}: no data file {single.name} or {prefix.name}-NNNNN-of-NNNNN.bin shards beside it")
-    if len(total) != 1:
-        raise CurateError(f"{idx_path}: shard files disagree on the shard count ({sorted(total)})")
-    (n,) = total
-    # Pythia numbers shards 0..n-1 (document-00000-of-00020.bin); accept 1..n as well.
-    first = min(shards)
-    expected = list(range(first, first + n)) if first in (0, 1) else []
-    missing = [i for i in expected if i not in shards]
-    if missing or len(shards) != n:
-        width = len(next(iter(shards.values())).name.split("-")[-3])
-        names = ", ".join(f"{prefix.name}-{i:0{width}d}-of-{n:0{width}d}.bin" for i in (missing or [first + n])[:3])
-        raise CurateError(f"{idx_path}: missing shard file(s) {names}")
+        raise CurateError(
+            f"{idx_path}: no data file {single.name} or {prefix.name}-NNNNN-of-NNNNN.bin shards beside it"
+        )
+    if len(declared) != 1:
+        raise CurateError(f"{idx_path}: shard files disagree on the shard count ({sorted(declared)})")
+    (n,) = declared
+    first = 1 if min(shards) == 1 and 0 not in shards else 0
+    last = max(max(shards), n if first == 1 else n - 1)
+    missing = [i for i in range(first, last + 1) if i not in shards]
+    if missing:
+        names = ", ".join(f"{prefix.name}-{i:0{width}d}-of-{n:0{width}d}.bin" for i in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CurateError(f"{idx_path}: missing shard file(s) {names}{more}")
+    if max(shards) > n:
+        raise CurateError(f"{idx_path}: shard {shards[max(shards)].name} numbers past its declared count {n}")
     return [shards[i] for i in sorted(shards)]
 
 
@@ -175,7 +208,11 @@ def write_megatron(prefix: str | Path, rows: "np.ndarray | list[np.ndarray]", dt
 
 
 class MegatronWriter:
-    """Streaming writer of fixed-length rows; files appear (by rename) only on a clean close."""
+    """Streaming writer of fixed-length rows; both files appear (by rename) only on a clean close.
+
+    The index it writes is what GPT-NeoX / Megatron readers expect: version 1, one sequence per
+    row, contiguous pointers, doc_idx = 0..L (every row its own document).
+    """
 
     def __init__(self, prefix: str | Path, dtype: np.dtype) -> None:
         self.prefix = Path(prefix)
@@ -186,14 +223,21 @@ class MegatronWriter:
         self.idx_path = self.prefix.with_name(self.prefix.name + ".idx")
         self.row_len: int | None = None
         self.rows = 0
+        self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> "MegatronWriter":
-        self._bin_ctx = atomic_path(self.bin_path)
-        self._bin_tmp = self._bin_ctx.__enter__()
-        self._fh = open(self._bin_tmp, "wb")
+        stack = contextlib.ExitStack()
+        # entered first so that it is renamed last: the index never appears without its data
+        self._idx_tmp = stack.enter_context(atomic_path(self.idx_path))
+        self._bin_tmp = stack.enter_context(atomic_path(self.bin_path))
+        self._fh = stack.enter_context(open(self._bin_tmp, "wb"))
+        self._stack = stack
         return self
 
     def add_rows(self, rows: np.ndarray) -> None:
+        """Append an (n, row_len) block of token ids (every block must have the same row length)."""
+        if self._stack is None:
+            raise RuntimeError("MegatronWriter.add_rows outside its `with` block")
         rows = np.asarray(rows)
         if rows.ndim != 2:
             raise ValueError("rows must be a 2-D array (n, row_len)")
@@ -201,18 +245,24 @@ class MegatronWriter:
             self.row_len = int(rows.shape[1])
         elif rows.shape[1] != self.row_len:
             raise ValueError(f"row length changed from {self.row_len} to {rows.shape[1]}")
-        info = np.iinfo(self.dtype)
-        if rows.size and (rows.min() < info.min or rows.max() > info.max):
-            raise CurateError(f"{self.bin_path}: token ids [{rows.min()}, {rows.max()}] do not fit {self.dtype}")
-        self._fh.write(np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).tobytes())
+        if rows.size and rows.dtype != self.dtype:
+            info = np.iinfo(self.dtype)
+            lo, hi = int(rows.min()), int(rows.max())
+            if lo < info.min or hi > info.max:
+                raise CurateError(f"{self.bin_path}: token ids [{lo}, {hi}] do not fit {self.dtype}")
+        np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).tofile(self._fh)
         self.rows += int(rows.shape[0])
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._fh.close()
-        if exc_type is not None:
-            self._bin_ctx.__exit__(exc_type, exc, tb)
-            return
-        sizes = np.full(self.rows, self.row_len or 0, dtype="<i4")
-        with atomic_path(self.idx_path) as tmp_idx:
-            tmp_idx.write_bytes(idx_bytes(self.dtype, sizes))
-            self._bin_ctx.__exit__(None, None, None)
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        if exc_type is None:
+            try:
+                self._fh.close()
+                sizes = np.full(self.rows, self.row_len or 0, dtype="<i4")
+                self._idx_tmp.write_bytes(idx_bytes(self.dtype, sizes))
+            except BaseException:
+                if not stack.__exit__(*sys.exc_info()):
+                    raise
+                return
+        stack.__exit__(exc_type, exc, tb)

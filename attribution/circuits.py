@@ -1,0 +1,177 @@
+"""The circuit registry: which head metric defines a circuit, its probe, its threshold, and localization.
+
+`CIRCUITS["induction"]` and `CIRCUITS["previous-token"]`. Localization picks the heads whose metric
+reaches the threshold at a checkpoint (or takes them from an explicit "L.H,L.H" spec). An induction
+(prefix-matching) score alone can come from positional attention, so an induction head is only
+localized automatically when a previous-token head sits in an earlier layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from attribution.metrics import Head, HeadScores, head_scores, model_shape
+from attribution.probes import induction_probe, previous_token_probe
+from curate.errors import CurateError
+
+ProbeFn = Callable[[nn.Module, torch.Tensor, Head], torch.Tensor]
+
+PREVIOUS_TOKEN_THRESHOLD = 0.3
+"""Previous-token score that counts as a previous-token head (uniform attention at 64 tokens: ~0.07)."""
+INDUCTION_THRESHOLD = 0.3
+"""Prefix-matching score that counts as an induction head (paper: ~0.3-0.5; calibration uses 0.3)."""
+
+
+def head_name(head: Head) -> str:
+    return f"{head[0]}.{head[1]}"
+
+
+def parse_heads(spec: str, num_layers: int, num_heads: int) -> list[Head]:
+    """Parse "L.H,L.H" into (layer, head) pairs, validated against the model shape, duplicates dropped."""
+    heads: list[Head] = []
+    for part in spec.split(","):
+        item = part.strip()
+        pieces = item.split(".")
+        if len(pieces) != 2 or not all(p.strip().isdigit() for p in pieces):
+            raise CurateError(f"--heads {spec!r}: {item!r} is not LAYER.HEAD (e.g. --heads 1.0,1.3)")
+        layer, h = int(pieces[0]), int(pieces[1])
+        if layer >= num_layers or h >= num_heads:
+            raise CurateError(f"--heads {spec!r}: head {layer}.{h} is out of range for {num_layers} layers x {num_heads} heads")
+        if (layer, h) not in heads:
+            heads.append((layer, h))
+    return heads
+
+
+@dataclass
+class Localization:
+    """The heads a circuit lives in at one checkpoint, with their scores and the evidence for them."""
+
+    circuit: str
+    metric: str
+    threshold: float
+    mode: str  # "auto" or "explicit"
+    heads: list[Head]
+    scores: list[float]
+    supporting: dict[Head, list[Head]] = field(default_factory=dict)
+    """Per localized head: previous-token heads in earlier layers (induction only)."""
+    rejected: list[Head] = field(default_factory=list)
+    """Heads over the threshold left out for lack of a supporting previous-token head."""
+    notes: list[str] = field(default_factory=list)
+    head_scores: HeadScores | None = None
+
+    def require(self) -> list[Head]:
+        """The heads, or a CurateError naming the best candidate when none were localized."""
+        if self.heads:
+            return self.heads
+        detail = "; ".join(self.notes) if self.notes else "no head passes"
+        raise CurateError(f"no {self.circuit} head localized at threshold {self.threshold:g}: {detail} (pass --heads L.H to choose)")
+
+    def to_json(self) -> dict:
+        return {
+            "circuit": self.circuit,
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "heads": [head_name(h) for h in self.heads],
+            "scores": self.scores,
+            "supporting": {head_name(h): [head_name(p) for p in ps] for h, ps in self.supporting.items()},
+            "rejected": [head_name(h) for h in self.rejected],
+            "notes": self.notes,
+        }
+
+
+def _previous_token_heads(scores: HeadScores, below_layer: int) -> list[Head]:
+    values = scores.previous_token
+    return [(l, h) for l in range(min(below_layer, scores.num_layers)) for h in range(scores.num_heads)
+            if float(values[l, h]) >= PREVIOUS_TOKEN_THRESHOLD]
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """A circuit: its head metric (a HeadScores field), its probe f_probe, and its default threshold."""
+
+    name: str
+    metric: str
+    probe: ProbeFn
+    default_threshold: float
+    needs_previous_token_head: bool
+    description: str
+
+    def localize(self, model: nn.Module, probes: torch.Tensor, threshold: float | None = None,
+                 heads: str | None = None, scores: HeadScores | None = None) -> Localization:
+        """Heads whose metric reaches `threshold` (heads None/"auto"), or the heads of an "L.H,L.H" spec.
+
+        Pass `scores` (from `head_scores(model, probes)`) to skip recomputing them.
+        """
+        num_layers, num_heads = model_shape(model)
+        scores = head_scores(model, probes) if scores is None else scores
+        if (scores.num_layers, scores.num_heads) != (num_layers, num_heads):
+            raise CurateError(f"head scores are {scores.num_layers}x{scores.num_heads} but the model has {num_layers}x{num_heads} heads")
+        threshold = self.default_threshold if threshold is None else float(threshold)
+        values = scores.metric(self.metric)
+        explicit = heads is not None and heads.strip().lower() != "auto"
+        if explicit:
+            candidates = parse_heads(heads, num_layers, num_heads)
+        else:
+            candidates = [(l, h) for l in range(num_layers) for h in range(num_heads) if float(values[l, h]) >= threshold]
+        loc = Localization(circuit=self.name, metric=self.metric, threshold=threshold,
+                           mode="explicit" if explicit else "auto", heads=[], scores=[], head_scores=scores)
+        for head in candidates:
+            score = float(values[head])
+            if explicit and score < threshold:
+                loc.notes.append(f"head {head_name(head)} {self.metric} score {score:.3f} is below the threshold {threshold:g}")
+            if self.needs_previous_token_head:
+                support = _previous_token_heads(scores, head[0])
+                if not support:
+                    loc.notes.append(f"no previous-token head below layer {head[0]}: induction score of head "
+                                     f"{head_name(head)} ({score:.3f}) may be positional")
+                    if not explicit:
+                        loc.rejected.append(head)
+                        continue
+                loc.supporting[head] = support
+            loc.heads.append(head)
+            loc.scores.append(score)
+        if not candidates:
+            best, best_value = scores.best(self.metric)
+            loc.notes.append(f"no head reaches {self.metric} {threshold:g}; best is {head_name(best)} at {best_value:.3f}")
+        return loc
+
+
+def _induction(model: nn.Module, probes: torch.Tensor, head: Head) -> torch.Tensor:
+    """Induction probe; the head is ignored (the probe reads the model's output)."""
+    return induction_probe(model, probes)
+
+
+def _previous_token(model: nn.Module, probes: torch.Tensor, head: Head) -> torch.Tensor:
+    return previous_token_probe(model, probes, head)
+
+
+CIRCUITS: dict[str, Circuit] = {
+    "induction": Circuit(
+        name="induction",
+        metric="induction",
+        probe=_induction,
+        default_threshold=INDUCTION_THRESHOLD,
+        needs_previous_token_head=True,
+        description="prefix-matching heads: attend from a repeated token to the token after its earlier occurrence",
+    ),
+    "previous-token": Circuit(
+        name="previous-token",
+        metric="previous_token",
+        probe=_previous_token,
+        default_threshold=PREVIOUS_TOKEN_THRESHOLD,
+        needs_previous_token_head=False,
+        description="heads that attend from each token to the one before it",
+    ),
+}
+
+
+def get_circuit(name: str) -> Circuit:
+    """The registered circuit called `name`; CurateError listing the known names otherwise."""
+    try:
+        return CIRCUITS[name]
+    except KeyError:
+        raise CurateError(f"unknown circuit {name!r} (known: {', '.join(sorted(CIRCUITS))})") from None

@@ -1,0 +1,113 @@
+"""`curate circuits CHECKPOINT`: induction and previous-token scores of every head, with localized heads flagged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from curate.workspace import WorkspaceOpt
+
+
+def probe_vocabulary(model: object, checkpoint: Path | None) -> tuple[int, list[int]]:
+    """Vocabulary size to draw probe tokens from, and the ids to leave out.
+
+    The config's vocabulary (Pythia pads it to 50,304), cut to the tokenizer's real size when the
+    checkpoint folder ships a `tokenizer.json`; special ids from the config and the tokenizer's
+    end-of-text are excluded.
+    """
+    from attribution.metrics import special_token_ids
+
+    vocab = int(model.config.vocab_size)
+    exclude = special_token_ids(model.config)
+    tokenizer_file = checkpoint / "tokenizer.json" if checkpoint is not None else None
+    if tokenizer_file is not None and tokenizer_file.is_file():
+        from curate.tokenize import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_file)
+        vocab = min(vocab, tok.vocab_size)
+        exclude.append(tok.eot_id)
+    return vocab, exclude
+
+
+def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int, revision: str | None) -> tuple[dict, object]:
+    """Load the checkpoint, score every head and localize each registered circuit: (report dict, HeadScores)."""
+    import torch
+
+    from attribution.circuits import CIRCUITS, head_name
+    from attribution.metrics import head_scores, make_repeat_probes
+    from training.models import load_model, resolve_checkpoint_dir
+
+    model = load_model(checkpoint, revision=revision)
+    vocab, exclude = probe_vocabulary(model, resolve_checkpoint_dir(checkpoint, revision))
+    tokens = make_repeat_probes(vocab, n=probes, half_len=half_len, seed=seed, exclude_ids=exclude)
+    with torch.no_grad():
+        scores = head_scores(model, tokens)
+    localized = {name: c.localize(model, tokens, scores=scores) for name, c in CIRCUITS.items()}
+    rows = []
+    for layer in range(scores.num_layers):
+        for h in range(scores.num_heads):
+            flags = [name for name, loc in localized.items() if (layer, h) in loc.heads]
+            flags += [f"{name}?" for name, loc in localized.items() if (layer, h) in loc.rejected]
+            rows.append({
+                "head": head_name((layer, h)),
+                "layer": layer,
+                "index": h,
+                "induction": float(scores.induction[layer, h]),
+                "previous_token": float(scores.previous_token[layer, h]),
+                "flags": flags,
+            })
+    report = {
+        "checkpoint": checkpoint,
+        "revision": revision,
+        "probes": {"n": probes, "half_len": half_len, "seed": seed, "vocab_size": vocab, "excluded_ids": sorted(set(exclude))},
+        "heads": rows,
+        "localized": {name: loc.to_json() for name, loc in localized.items()},
+    }
+    return report, scores
+
+
+def print_table(report: dict) -> None:
+    """The per-head table and the localization notes, with rich."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    probes = report["probes"]
+    table = Table(title=escape(f"Head scores: {report['checkpoint']} ({probes['n']} probes [r, r], L={probes['half_len']}, seed {probes['seed']})"))
+    for col in ("layer", "head", "induction", "prev-token", "localized"):
+        table.add_column(col, justify="right" if col != "localized" else "left")
+    for row in report["heads"]:
+        flagged = bool([f for f in row["flags"] if not f.endswith("?")])
+        style = "bold green" if flagged else ("yellow" if row["flags"] else None)
+        table.add_row(str(row["layer"]), str(row["index"]), f"{row['induction']:.3f}", f"{row['previous_token']:.3f}",
+                      ", ".join(row["flags"]), style=style)
+    console.print(table)
+    for name, loc in report["localized"].items():
+        heads = ", ".join(loc["heads"]) or "none"
+        console.print(f"{name} (threshold {loc['threshold']:g}): {heads}")
+        for note in loc["notes"]:
+            console.print(escape(f"  note: {note}"))
+    if any(loc["rejected"] for loc in report["localized"].values()):
+        console.print("flag 'NAME?' = over the threshold but not localized (see notes)")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("circuits")
+    def circuits(
+        checkpoint: Annotated[str, typer.Argument(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")],
+        probes: Annotated[int, typer.Option("--probes", help="Number of random repeated-token probes [r, r].")] = 32,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the probe tokens.")] = 0,
+        half_len: Annotated[int, typer.Option("--half-len", help="Length L of r (probes are 2L tokens).")] = 32,
+        revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint revision, e.g. step1000 (run folders and hub names).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Score every head's induction and previous-token attention and flag the localized heads."""
+        report, _ = circuits_report(checkpoint, probes, seed, half_len, revision)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            print_table(report)

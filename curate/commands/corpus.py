@@ -1,0 +1,417 @@
+"""`curate corpus ...`: inspect, view, ingest and export token corpora.
+
+`corpus_app` is importable so that other modules can add sub-commands to it (e.g. the embedded
+default corpus adds `corpus build-default`).
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from curate.atomic import atomic_path
+from curate.corpus import Corpus, open_corpus
+from curate.errors import CurateError
+from curate.megatron import CODE_BY_DTYPE, MegatronWriter, token_dtype_for_vocab
+from curate.parquet_io import ParquetRowWriter
+from curate.workspace import WorkspaceOpt, default_corpus_dir, resolve_workspace
+
+corpus_app = typer.Typer(
+    name="corpus",
+    help="Inspect, view, ingest and export token corpora (Megatron .bin/.idx, .npy, Parquet).",
+    no_args_is_help=True,
+)
+
+EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact
+SAMPLED_STEPS = 64
+EXPORT_CHUNK_ROWS = 4096
+
+
+class ExportFormat(str, enum.Enum):
+    megatron = "megatron"
+    parquet = "parquet"
+    npy = "npy"
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `corpus_app` to the top-level CLI as `curate corpus`."""
+    app.add_typer(corpus_app, name="corpus")
+
+
+# -- shared helpers ---------------------------------------------------------------------------------
+
+def _stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """A rich progress display on stderr (silent when stderr is not a terminal)."""
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        yield bar
+
+
+def parse_span(text: str, flag: str, upper: int) -> tuple[int, int]:
+    """`a:b`, `a:`, `:b`, `:` or `a` (= a:a+1) as [a, b) clipped to nothing: out of range is an error."""
+    raw = text.strip()
+    try:
+        if ":" in raw:
+            left, right = raw.split(":", 1)
+            a = int(left) if left.strip() else 0
+            b = int(right) if right.strip() else upper
+        else:
+            a = int(raw)
+            b = a + 1
+    except ValueError:
+        raise CurateError(f"{flag} {text!r}: expected a:b with whole numbers (e.g. 0:8)") from None
+    if a < 0 or b < 0:
+        raise CurateError(f"{flag} {text!r}: negative bounds are not allowed")
+    if a >= b:
+        raise CurateError(f"{flag} {text!r}: empty range")
+    if b > upper:
+        raise CurateError(f"{flag} {text!r}: past the end (there are {upper})")
+    return a, b
+
+
+def resolve_corpus_path(path: Optional[Path], workspace: Optional[Path]) -> Path:
+    """PATH, or the workspace's default corpus folder when PATH is omitted."""
+    if path is not None:
+        return path
+    default = default_corpus_dir(resolve_workspace(workspace))
+    if not default.exists():
+        raise CurateError(
+            f"no corpus given and the workspace's default corpus {default} does not exist "
+            "(pass PATH, or build it with `curate corpus build-default`)"
+        )
+    return default
+
+
+def _load(path: Optional[Path], workspace: Optional[Path], batch_size: Optional[int]) -> Corpus:
+    if batch_size is not None and batch_size < 1:
+        raise CurateError(f"--batch-size must be at least 1, got {batch_size}")
+    return open_corpus(resolve_corpus_path(path, workspace), batch_size=batch_size)
+
+
+def vocab_range(corpus: Corpus, exact: bool) -> tuple[int | None, int | None, bool]:
+    """(min id, max id, exact?) by a full streaming scan, or over evenly spaced steps for big corpora."""
+    if corpus.num_rows == 0:
+        return None, None, True
+    total = corpus.num_rows * corpus.row_len
+    chunk = max(1, min(corpus.num_rows, (1 << 22) // max(1, corpus.row_len)))
+    if exact or total <= EXACT_SCAN_MAX_TOKENS:
+        spans = [(a, min(corpus.num_rows, a + chunk)) for a in range(0, corpus.num_rows, chunk)]
+        is_exact = True
+    else:
+        b = min(corpus.batch_size, corpus.num_rows)
+        starts = np.unique(np.linspace(0, corpus.num_rows - b, SAMPLED_STEPS).astype(np.int64))
+        spans = [(int(a), int(a) + b) for a in starts]
+        is_exact = False
+    lo, hi = None, None
+    with progress_bar() as bar:
+        task = bar.add_task("scanning token ids", total=len(spans))
+        for a, b in spans:
+            block = np.asarray(corpus.rows(a, b))
+            if block.size:
+                blo, bhi = int(block.min()), int(block.max())
+                lo = blo if lo is None else min(lo, blo)
+                hi = bhi if hi is None else max(hi, bhi)
+            bar.advance(task)
+    return lo, hi, is_exact
+
+
+def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
+    """`Corpus.check_vocab` over the whole corpus with a progress bar."""
+    if vocab_size < 1:
+        raise CurateError(f"--vocab-size must be at least 1, got {vocab_size}")
+    chunk = max(1, (1 << 22) // max(1, corpus.row_len))
+    with progress_bar() as bar:
+        task = bar.add_task("checking token ids", total=corpus.num_rows)
+        for a, block in corpus.iter_chunks(chunk_rows=chunk):
+            bad = (block < 0) | (block >= vocab_size)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise CurateError(
+                    f"{corpus.path}: token id {int(block[r, c])} at row {a + int(r)} is outside the model's "
+                    f"vocabulary (size {vocab_size})"
+                )
+            bar.advance(task, block.shape[0])
+
+
+# -- info -------------------------------------------------------------------------------------------
+
+@corpus_app.command("info")
+def info_command(
+    path: Optional[Path] = typer.Argument(None, help="Corpus: .bin/.idx prefix, shard, .npy, .parquet (file or folder), or corpus folder. Default: the workspace's default corpus."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Fail if any token id is outside [0, V)."),
+    exact: bool = typer.Option(False, "--exact", help="Scan every row for the id range even on big corpora."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Rows, steps, batch size, dtype, token id range, shards and files of a corpus."""
+    corpus = _load(path, workspace, batch_size)
+    if vocab_size is not None:
+        check_vocab_with_progress(corpus, vocab_size)
+    lo, hi, is_exact = vocab_range(corpus, exact)
+    desc = corpus.describe()
+    desc.update(
+        {
+            "token_id_min": lo,
+            "token_id_max": hi,
+            "token_id_range_exact": is_exact,
+            "leftover_rows": corpus.num_rows - corpus.num_steps * corpus.batch_size,
+            "bytes_per_row": corpus.row_bytes,
+            "bytes_per_step": corpus.row_bytes * corpus.batch_size,
+            "tokenizer": corpus.tokenizer_spec(),
+            "sidecar": str(corpus.sidecar_path()) if corpus.sidecar_path() else None,
+            "vocab_size": corpus.meta.vocab_size if corpus.meta else None,
+            "eot_id": corpus.meta.eot_id if corpus.meta else None,
+        }
+    )
+    if vocab_size is not None:
+        desc["vocab_check"] = f"all ids < {vocab_size}"
+    if json_out:
+        print(json.dumps(desc, indent=2, default=str))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    shown = {
+        "path": desc["path"],
+        "format": desc["format"],
+        "rows": f"{desc['rows']:,} x {desc['row_len']:,} tokens ({desc['bytes_per_row']:,} bytes per row)",
+        "dtype": desc["dtype"],
+        "batch size": f"{desc['batch_size']:,} rows ({desc['bytes_per_step']:,} bytes per step)",
+        "steps": f"{desc['steps']:,}" + (f" (+{desc['leftover_rows']:,} rows of a partial step)" if desc["leftover_rows"] else ""),
+        "token ids": "none" if lo is None else f"{lo} .. {hi}" + ("" if is_exact else f" (sampled over {SAMPLED_STEPS} steps; --exact scans all)"),
+    }
+    if vocab_size is not None:
+        shown["vocab check"] = desc["vocab_check"]
+    if "shards" in desc:
+        shown["shards"] = str(desc["shards"])
+    for key in ("vocab_size", "eot_id", "tokenizer", "sidecar"):
+        if desc.get(key) is not None:
+            shown[key.replace("_", " ")] = str(desc[key])
+    files = desc["files"]
+    shown["files"] = "\n".join(files[:6] + ([f"... and {len(files) - 6} more"] if len(files) > 6 else []))
+    for k, v in shown.items():
+        table.add_row(k, v)
+    _stdout().print(table)
+
+
+# -- show -------------------------------------------------------------------------------------------
+
+def read_sidecar_rows(path: Path, row_ids: list[int]) -> dict[int, dict]:
+    """Sidecar labels (all columns except row_id/step) for the given row ids."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, filters=[("row_id", "in", row_ids)])
+    except Exception as e:
+        raise CurateError(f"{path}: cannot read the row sidecar ({type(e).__name__})") from None
+    out: dict[int, dict] = {}
+    for rec in table.to_pylist():
+        rid = int(rec.pop("row_id"))
+        rec.pop("step", None)
+        out[rid] = rec
+    return out
+
+
+@corpus_app.command("show")
+def show_command(
+    path: Optional[Path] = typer.Argument(None, help="Corpus (default: the workspace's default corpus)."),
+    step: int = typer.Option(..., "--step", help="Training step whose batch to show."),
+    rows: str = typer.Option("0:4", "--rows", help="Positions a:b inside the step's batch (':' = the whole batch)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer.json or a transformers name (default: the corpus's own)."),
+    raw: bool = typer.Option(False, "--raw", help="Print token ids even when a tokenizer is known."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON records (row_id, step, position, token_ids, text, labels)."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """The rows of step N's batch, decoded when a tokenizer is known (like Pythia's batch viewer)."""
+    from curate.tokenize import load_tokenizer
+
+    corpus = _load(path, workspace, batch_size)
+    b = corpus.batch_size
+    if step < 0 or (step + 1) * b > corpus.num_rows:
+        raise CurateError(f"--step {step}: the corpus has steps 0..{corpus.num_steps - 1} at batch size {b}")
+    a_pos, b_pos = parse_span(rows, "--rows", b)
+    start = step * b
+    block = np.asarray(corpus.rows(start + a_pos, start + b_pos))
+    spec = tokenizer or corpus.tokenizer_spec()
+    tok = load_tokenizer(spec) if spec and not raw else None
+    row_ids = list(range(start + a_pos, start + b_pos))
+    side = corpus.sidecar_path()
+    labels = read_sidecar_rows(side, row_ids) if side and side.is_file() else {}
+    records = []
+    for pos, rid, ids in zip(range(a_pos, b_pos), row_ids, block):
+        rec: dict = {"row_id": rid, "step": step, "position": pos, "token_ids": ids.tolist()}
+        if tok is not None:
+            rec["text"] = tok.decode(ids)
+        if rid in labels:
+            rec["labels"] = labels[rid]
+        records.append(rec)
+    if json_out:
+        print(json.dumps(records, indent=1, default=str))
+        return
+    console = _stdout()
+    for rec in records:
+        extra = "".join(f"  {k}={v}" for k, v in rec.get("labels", {}).items() if k in ("doc_id", "domain", "path") or "." in k)
+        console.rule(f"row {rec['row_id']}  step {step}  position {rec['position']}{extra}", align="left")
+        if "text" in rec:
+            console.print(rec["text"], markup=False)
+        else:
+            console.print(" ".join(map(str, rec["token_ids"])), markup=False)
+
+
+# -- ingest -----------------------------------------------------------------------------------------
+
+@corpus_app.command("ingest")
+def ingest_command(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="JSONL ({\"text\": ...} per line, .gz ok) or a folder of text files."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="tokenizer.json path (or folder holding one) or a transformers name."),
+    seq_len: int = typer.Option(..., "--seq-len", help="Context length; rows hold seq_len + 1 tokens (2048 -> Pythia's 2,049)."),
+    out: Path = typer.Option(..., "--out", help="Output corpus folder (created; replaced if it is a curate corpus)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row shuffle (training order)."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per training step recorded in corpus.json."),
+) -> None:
+    """Tokenize text, pack rows with end-of-text separators, shuffle, write a Megatron corpus folder."""
+    from curate.ingest import ingest_path
+
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = ingest_path(input_path, tokenizer, seq_len, out, seed, batch_size, progress=report)
+    steps = result.num_rows // batch_size
+    print(
+        f"wrote {result.out_dir}: {result.num_rows:,} rows x {seq_len + 1} tokens from {result.num_documents:,} documents "
+        f"({steps:,} steps of {batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped)"
+    )
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+def _megatron_prefix(out: Path) -> Path:
+    return out.with_suffix("") if out.suffix in (".bin", ".idx") else out
+
+
+def _export_targets(fmt: ExportFormat, out: Path) -> list[Path]:
+    if fmt is ExportFormat.megatron:
+        prefix = _megatron_prefix(out)
+        return [prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")]
+    return [out]
+
+
+def _sidecar_columns(corpus: Corpus) -> dict[str, np.ndarray] | None:
+    """The corpus sidecar's label columns indexed by row id (None when there is no sidecar)."""
+    side = corpus.sidecar_path()
+    if side is None or not side.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(side)
+    if "row_id" not in table.column_names or table.num_rows != corpus.num_rows:
+        raise CurateError(f"{side}: sidecar has {table.num_rows} rows, the corpus {corpus.num_rows}")
+    ids = table.column("row_id").to_numpy()
+    if not np.array_equal(ids, np.arange(corpus.num_rows)):
+        table = table.take(np.argsort(ids))
+    return {name: table.column(name) for name in table.column_names if name not in ("row_id", "step")}
+
+
+def export_rows(corpus: Corpus, fmt: ExportFormat, out: Path, start: int, stop: int) -> list[Path]:
+    """Stream rows [start, stop) of `corpus` into `out` (atomically); returns the files written."""
+    targets = _export_targets(fmt, out)
+    sources = {f.resolve() for f in corpus.files}
+    for t in targets:
+        if t.resolve() in sources:
+            raise CurateError(f"--out {out}: would overwrite the corpus being exported ({t})")
+    n = stop - start
+    with progress_bar() as bar:
+        task = bar.add_task(f"export {fmt.value}", total=n)
+        chunks = corpus.iter_chunks(start, stop, chunk_rows=EXPORT_CHUNK_ROWS)
+        if fmt is ExportFormat.megatron:
+            if corpus.meta and corpus.meta.vocab_size:
+                dtype = token_dtype_for_vocab(corpus.meta.vocab_size)
+            elif corpus.dtype in CODE_BY_DTYPE:
+                dtype = corpus.dtype
+            else:
+                _, hi, _ = vocab_range(corpus, exact=True)
+                dtype = token_dtype_for_vocab((hi or 0) + 1)
+            with MegatronWriter(_megatron_prefix(out), dtype) as writer:
+                for _, block in chunks:
+                    writer.add_rows(block)
+                    bar.advance(task, block.shape[0])
+        elif fmt is ExportFormat.parquet:
+            labels = _sidecar_columns(corpus)
+            with ParquetRowWriter(out, corpus.batch_size) as writer:
+                for a, block in chunks:
+                    extra = {k: v.slice(a, block.shape[0]).combine_chunks() for k, v in labels.items()} if labels else None
+                    writer.add(block, np.arange(a, a + block.shape[0], dtype=np.int64), extra)
+                    bar.advance(task, block.shape[0])
+        else:
+            with atomic_path(out) as tmp:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=corpus.dtype.newbyteorder("<"), shape=(n, corpus.row_len))
+                for a, block in chunks:
+                    arr[a - start : a - start + block.shape[0]] = block
+                    bar.advance(task, block.shape[0])
+                arr.flush()
+                del arr
+    return targets
+
+
+@corpus_app.command("export")
+def export_command(
+    src: Optional[Path] = typer.Argument(None, metavar="SRC", help="Corpus to export (default: the workspace's default corpus)."),
+    to: ExportFormat = typer.Option(..., "--to", help="Output format.", case_sensitive=False),
+    out: Path = typer.Option(..., "--out", help="Output: a .bin/.idx prefix (megatron), a .parquet file or a .npy file."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Steps a:b to export (at the batch size)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Row ids a:b to export."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Stream a corpus (or a step / row range of it) to Megatron, Parquet or .npy."""
+    if steps is not None and rows is not None:
+        raise CurateError("--steps and --rows exclude each other; give one")
+    corpus = _load(src, workspace, batch_size)
+    if steps is not None:
+        a, b = parse_span(steps, "--steps", corpus.num_steps)
+        start, stop = a * corpus.batch_size, b * corpus.batch_size
+    elif rows is not None:
+        start, stop = parse_span(rows, "--rows", corpus.num_rows)
+    else:
+        start, stop = 0, corpus.num_rows
+    if fmt_suffix_mismatch(to, out):
+        raise CurateError(f"--out {out}: a {to.value} export needs a {fmt_suffix_mismatch(to, out)} file name")
+    written = export_rows(corpus, to, out, start, stop)
+    print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")
+
+
+def fmt_suffix_mismatch(fmt: ExportFormat, out: Path) -> str | None:
+    """The suffix an output needs when `out` has the wrong one (None when it is fine)."""
+    if fmt is ExportFormat.parquet and out.suffix != ".parquet":
+        return ".parquet"
+    if fmt is ExportFormat.npy and out.suffix != ".npy":
+        return ".npy"
+    return None
