@@ -19,8 +19,12 @@ app = typer.Typer(
 # One line per command module; each defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = [
     "curate.commands.corpus",
+    "curate.commands.build_default",
     "curate.commands.circuits",
     "curate.commands.train",
+    "curate.commands.structure",
+    "curate.commands.score",
+    "curate.commands.mix",
 ]
 
 for _name in COMMAND_MODULES:

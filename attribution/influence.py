@@ -1,0 +1,353 @@
+"""Head-restricted influence (the MDA score): I(z) = - grad_sub L(z)^T H_sub^-1 grad_sub f_probe.
+
+Pieces: `probe_gradients` (grad of f_probe w.r.t. each target head's blocks), `EKFACFactors.precondition`
+(once per head), `HeadInfluenceScorer.score_batch` (all target heads of a batch of rows in one
+forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t), and the
+in-process end-to-end `score_corpus`.
+Sign: positive = a gradient-descent step on the row increases f_probe (the row builds the head).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, EKFACFactors, EKFACFitter, TargetHeads
+from attribution.heads import HeadBlocks, HeadGeometry, HeadRef, attention_of, check_mode, slice_head_grads
+from attribution.score_table import ScoreTable
+from attribution.trace import HeadTracer, frozen
+from curate.errors import CurateError
+
+ProbeFn = Callable[[nn.Module, HeadRef], torch.Tensor]
+"""f_probe(model, head) -> scalar tensor (differentiable w.r.t. the model's weights)."""
+Progress = Callable[[str, int, int], None]
+"""progress(phase, done, total)."""
+
+HEAD_INDEPENDENT_CIRCUITS = {"induction"}
+"""Circuits whose probe reads the model output, not one head: one probe gradient serves every head."""
+
+
+# --------------------------------------------------------------------------- probe gradients
+
+
+def probe_gradients(
+    model: nn.Module, probe: ProbeFn, heads: Sequence[HeadRef], mode: str, shared: bool = False
+) -> dict[HeadRef, HeadBlocks]:
+    """grad of f_probe w.r.t. each head's blocks. `shared`: the probe ignores its head argument, so one
+    backward gives every head's gradient. A block the probe does not reach (e.g. V/O under a probe that
+    only reads attention weights) gets zeros; a probe that reaches none of a head's blocks is an error.
+    """
+    check_mode(mode)
+    geo = HeadGeometry.of(model)
+    heads = geo.check(heads)
+    groups = [list(heads)] if shared else [[h] for h in heads]
+    out: dict[HeadRef, HeadBlocks] = {}
+    for group in groups:
+        layers = sorted({h.layer for h in group})
+        weights: list[torch.Tensor] = []
+        for layer in layers:
+            attn = attention_of(model, layer)
+            weights += [attn.query_key_value.weight, attn.dense.weight]
+        with frozen(model), torch.enable_grad():
+            for w in weights:
+                w.requires_grad_(True)
+            value = probe(model, group[0])
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise CurateError("probe must return a scalar tensor")
+            if not value.requires_grad:
+                raise CurateError(f"probe has no gradient on head(s) {', '.join(map(str, group))}: it does not read them")
+            grads = torch.autograd.grad(value.float().sum(), weights, allow_unused=True)
+        by_layer = {layer: (grads[2 * i], grads[2 * i + 1]) for i, layer in enumerate(layers)}
+        for h in group:
+            qkv_g, dense_g = by_layer[h.layer]
+            blocks = slice_head_grads(geo, qkv_g, dense_g, h.head, mode)
+            if not any(bool(b.abs().sum() > 0) for b in blocks.values()):
+                raise CurateError(f"probe has no gradient on head {h} (mode {mode}): it does not read that head")
+            out[h] = {k: v if v.dtype == torch.float64 else v.float() for k, v in blocks.items()}
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class HeadInfluenceScorer:
+    """Scores batches of training rows against preconditioned probe gradients, all heads at once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        factors: EKFACFactors | None,
+        preconditioned_probe_grads: dict[HeadRef, HeadBlocks],
+        heads: Sequence[HeadRef],
+        mode: str,
+        autocast: bool | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model
+        self.targets = TargetHeads(HeadGeometry.of(model), heads, mode)
+        self.heads = self.targets.heads
+        if factors is not None:
+            if factors.mode != mode:
+                raise CurateError(f"factors were fitted for mode {factors.mode}, scoring asks for {mode}")
+            missing = [str(h) for h in self.heads if h not in factors.heads]
+            if missing:
+                raise CurateError(f"no EK-FAC factors for head(s) {', '.join(missing)}")
+        missing = [str(h) for h in self.heads if h not in preconditioned_probe_grads]
+        if missing:
+            raise CurateError(f"no preconditioned probe gradient for head(s) {', '.join(missing)}")
+        self.dtype = dtype
+        self.tracer = HeadTracer(model, self.targets.layers, self.targets.need_dense, autocast=autocast)
+        dev = self.tracer.device
+        # Per layer: P of the Q/K(/V) rows stacked (k * c, hidden), c = 2hd (qk) or 3hd (qkvo: QK then V,
+        # the layout of a head's rows in query_key_value); P_O side by side (hidden, k * hd).
+        self._p_qkv: dict[int, torch.Tensor] = {}
+        self._p_o: dict[int, torch.Tensor] = {}
+        self._col: dict[int, list[int]] = {}
+        index = {h: i for i, h in enumerate(self.heads)}
+        for layer in self.targets.layers:
+            group = [HeadRef(layer, h) for h in self.targets.by_layer[layer]]
+            self._col[layer] = [index[h] for h in group]
+            rows = []
+            for h in group:
+                p = preconditioned_probe_grads[h]
+                rows.append(torch.cat([p["qk"], p["v"]], 0) if self.targets.need_dense else p["qk"])
+            self._p_qkv[layer] = torch.cat(rows, 0).to(device=dev, dtype=dtype)
+            if self.targets.need_dense:
+                self._p_o[layer] = torch.cat([preconditioned_probe_grads[h]["o"] for h in group], 1).to(device=dev, dtype=dtype)
+        self._scores: torch.Tensor | None = None
+
+    # TraceConsumer
+    def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
+        hd = self.targets.geo.head_dim
+        c = 3 * hd if self.targets.need_dense else 2 * hd
+        p = self._p_qkv[layer]
+        y = (x.to(self.dtype) @ p.T).view(*x.shape[:-1], -1, c)  # (n, T, k, c): P x_t per head
+        gs = self.targets.qkv_heads(layer, g, 0, c).to(self.dtype)
+        self._add(layer, torch.einsum("ntkc,ntkc->nk", y, gs))
+
+    def on_dense(self, layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
+        hd = self.targets.geo.head_dim
+        z = (g.to(self.dtype) @ self._p_o[layer]).view(*g.shape[:-1], -1, hd)  # (n, T, k, hd): P^T g_t per head
+        ah = self.targets.dense_heads(layer, a).to(self.dtype)
+        self._add(layer, torch.einsum("ntkc,ntkc->nk", z, ah))
+
+    def _add(self, layer: int, dots: torch.Tensor) -> None:
+        assert self._scores is not None
+        self._scores[:, self._col[layer]] -= dots
+
+    def score_batch(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
+        """(mean token loss per row (n,), score per row and target head (n, n_heads)) for one batch."""
+        n = len(rows)
+        self._scores = torch.zeros(n, len(self.heads), dtype=self.dtype, device=self.tracer.device)
+        try:
+            loss = self.tracer.run(rows, self, labels="true")
+            scores = self._scores.double().cpu().numpy()
+        finally:
+            self._scores = None
+        return loss.float().cpu().numpy(), scores
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _work_dtype(model: nn.Module) -> torch.dtype:
+    """Factors and dot products in float32, or float64 for a float64 model."""
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
+def fit_data_key(corpus, fit_ids: np.ndarray, seed: int) -> str:
+    """What the factors were fitted on: the corpus, the fit rows (hashed) and the label seed."""
+    ids = np.ascontiguousarray(fit_ids, dtype=np.int64)
+    desc = {
+        "corpus": str(Path(getattr(corpus, "path", "?")).resolve()) if hasattr(corpus, "path") else "?",
+        "rows": int(getattr(corpus, "num_rows", 0)),
+        "fit": hashlib.blake2b(ids.tobytes(), digest_size=8).hexdigest(),
+        "n_fit": int(len(ids)),
+        "seed": int(seed),
+    }
+    return json.dumps(desc, sort_keys=True)
+
+
+def iter_row_batches(corpus, ids: np.ndarray, batch_rows: int):
+    """(row ids, rows) batches of `ids` (sorted runs read in one call)."""
+    for a in range(0, len(ids), batch_rows):
+        chunk = ids[a : a + batch_rows]
+        if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:
+            rows = np.asarray(corpus.rows(int(chunk[0]), int(chunk[-1]) + 1))
+        else:
+            rows = corpus.take(chunk)
+        yield chunk, rows
+
+
+def fit_factors(
+    model: nn.Module,
+    corpus,
+    fit_ids: np.ndarray,
+    heads: Sequence[HeadRef],
+    mode: str,
+    batch_rows: int = 8,
+    seed: int = 0,
+    damping: float = DEFAULT_DAMPING,
+    floor: float = DEFAULT_DAMPING_FLOOR,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> EKFACFactors:
+    """EK-FAC factors of `heads` fitted on corpus rows `fit_ids`; cached heads are loaded, the rest fitted
+    in one set of two passes and saved."""
+    from attribution.factors_io import load_factors, model_fingerprint, save_factors
+
+    heads = HeadGeometry.of(model).check(heads)
+    data_key = fit_data_key(corpus, fit_ids, seed)
+    if cache_dir is not None:
+        fp = model_fingerprint(model)
+        cached, missing = load_factors(cache_dir, heads, mode, fp, damping, floor, data_key)
+    else:
+        cached, missing = EKFACFactors(mode, {}, damping, floor), list(heads)
+    if not missing:
+        return cached
+    fitter = EKFACFitter(model, missing, mode, seed=seed, dtype=_work_dtype(model))
+    batches = list(iter_row_batches(corpus, np.asarray(fit_ids, dtype=np.int64), batch_rows))
+    fresh = fitter.fit(batches, damping, floor, progress=progress)
+    if cache_dir is not None:
+        save_factors(cache_dir, fresh, fp, data_key)
+    return cached.merged_with(fresh).subset(heads)
+
+
+def circuit_probe(circuit, probes: torch.Tensor) -> tuple[ProbeFn, bool]:
+    """(f_probe(model, head), shared) for a registry circuit (`attribution.circuits`)."""
+    reads_head = getattr(circuit, "probe_reads_head", None)
+    shared = (circuit.name in HEAD_INDEPENDENT_CIRCUITS) if reads_head is None else not reads_head
+
+    def fn(model: nn.Module, head: HeadRef) -> torch.Tensor:
+        return circuit.probe(model, probes.to(next(model.parameters()).device), (head.layer, head.head))
+
+    return fn, shared
+
+
+def default_probes(model: nn.Module, n: int = 32, half_len: int = 32, seed: int = 0) -> torch.Tensor:
+    """Repeated random token probes [r, r] fitting the model's context (half length <= context / 2)."""
+    from attribution.metrics import make_repeat_probes, special_token_ids
+
+    ctx = int(getattr(model.config, "max_position_embeddings", 2 * half_len))
+    half = max(2, min(int(half_len), ctx // 2))
+    return make_repeat_probes(int(model.config.vocab_size), n=n, half_len=half, seed=seed, exclude_ids=special_token_ids(model.config))
+
+
+def score_corpus(
+    model: nn.Module,
+    corpus,
+    row_range: tuple[int, int] | None = None,
+    circuit: "str | object" = "induction",
+    heads: Sequence[HeadRef] | None = None,
+    mode: str = "qk",
+    batch_rows: int = 8,
+    fit_rows: int | None = None,
+    progress: Progress | None = None,
+    device: "str | torch.device" = "cpu",
+    *,
+    seed: int = 0,
+    probes: torch.Tensor | None = None,
+    damping: float = DEFAULT_DAMPING,
+    damping_floor: float = DEFAULT_DAMPING_FLOOR,
+    factor_cache: Path | None = None,
+    threads: int | None = None,
+) -> ScoreTable:
+    """Fit EK-FAC on the window (or `fit_rows` rows sampled from it with `seed`), precondition the
+    circuit's probe gradients once per head, and score every row of `row_range` (default: whole corpus).
+
+    The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
+    """
+    from attribution.circuits import get_circuit
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    check_mode(mode)
+    circ = get_circuit(circuit) if isinstance(circuit, str) else circuit
+    model.to(torch.device(device))
+    geo = HeadGeometry.of(model)
+    if heads is None:
+        heads = geo.all_heads(min_layer=1 if circ.name == "induction" and geo.num_layers > 1 else 0)
+    heads = geo.check(heads)
+    start, stop = (0, corpus.num_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
+    if not (0 <= start < stop <= corpus.num_rows):
+        raise CurateError(f"row range [{start}, {stop}) is empty or outside the corpus (0..{corpus.num_rows})")
+    if corpus.row_len - 1 > int(getattr(model.config, "max_position_embeddings", corpus.row_len)):
+        raise CurateError(
+            f"{corpus.path}: rows of {corpus.row_len} tokens exceed the model's context ({model.config.max_position_embeddings} + 1)"
+        )
+    if batch_rows < 1:
+        raise CurateError(f"--batch-rows must be at least 1 (got {batch_rows})")
+    window = np.arange(start, stop, dtype=np.int64)
+    if fit_rows is not None and fit_rows < 1:
+        raise CurateError(f"--fit-rows must be at least 1 (got {fit_rows})")
+    if fit_rows is None or fit_rows >= len(window):
+        fit_ids = window
+    else:
+        fit_ids = np.sort(np.random.default_rng(seed).choice(window, size=int(fit_rows), replace=False))
+
+    t0 = time.perf_counter()
+    factors = fit_factors(model, corpus, fit_ids, heads, mode, batch_rows, seed, damping, damping_floor, factor_cache, progress)
+    t_fit = time.perf_counter() - t0
+    if probes is None:
+        probes = default_probes(model, seed=seed)
+    probe_fn, shared = circuit_probe(circ, probes)
+    grads = probe_gradients(model, probe_fn, heads, mode, shared=shared)
+    precond = factors.precondition(grads)
+    scorer = HeadInfluenceScorer(model, factors, precond, heads, mode, dtype=_work_dtype(model))
+
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    done = 0
+    t1 = time.perf_counter()
+    for ids, rows in iter_row_batches(corpus, window, batch_rows):
+        loss, scores = scorer.score_batch(rows)
+        parts.append((ids, loss, scores))
+        done += len(ids)
+        if progress:
+            progress("score", done, len(window))
+    t_score = time.perf_counter() - t1
+    ids = np.concatenate([p[0] for p in parts])
+    meta = {
+        "circuit": circ.name,
+        "mode": mode,
+        "heads": [str(h) for h in heads],
+        "row_range": [start, stop],
+        "fit_rows": int(len(fit_ids)),
+        "seed": int(seed),
+        "damping": float(damping),
+        "damping_floor": float(damping_floor),
+        "probes": list(probes.shape),
+        "batch_size": int(corpus.batch_size),
+        "seconds_fit": round(t_fit, 3),
+        "seconds_score": round(t_score, 3),
+    }
+    return ScoreTable(
+        ids,
+        ids // int(corpus.batch_size),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        list(heads),
+        meta,
+    )
+
+
+_data_key = fit_data_key  # older names, used by pipelines/
+_batches = iter_row_batches
+
+__all__ = [
+    "HeadInfluenceScorer",
+    "ProbeFn",
+    "circuit_probe",
+    "default_probes",
+    "fit_data_key",
+    "fit_factors",
+    "iter_row_batches",
+    "probe_gradients",
+    "score_corpus",
+    "ScoreTable",
+]

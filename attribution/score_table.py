@@ -1,0 +1,122 @@
+"""Per-row influence scores as a table, and its Parquet form (read by the Ray pipeline and `curate explain`).
+
+Columns: `row_id` int64, `step` int64, `loss` float32 (mean token loss of the row), one float64 column
+per target head named `head_{L}_{H}`, and `score` float64 (the sum over the circuit's heads).
+Positive = a gradient step on the row increases f_probe (the row builds the circuit).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from attribution.heads import HeadRef
+from curate.atomic import atomic_path
+from curate.errors import CurateError
+
+HEAD_COLUMN_RE = re.compile(r"^head_(\d+)_(\d+)$")
+METADATA_KEY = b"curate.scores"
+
+
+@dataclass
+class ScoreTable:
+    """Scores of a set of rows: one column per head plus their sum."""
+
+    row_id: np.ndarray  # int64 (n,)
+    step: np.ndarray  # int64 (n,)
+    loss: np.ndarray  # float32 (n,)
+    head_scores: np.ndarray  # float64 (n, n_heads)
+    heads: list[HeadRef]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row_id = np.asarray(self.row_id, dtype=np.int64)
+        self.step = np.asarray(self.step, dtype=np.int64)
+        self.loss = np.asarray(self.loss, dtype=np.float32)
+        self.head_scores = np.asarray(self.head_scores, dtype=np.float64).reshape(len(self.row_id), len(self.heads))
+
+    def __len__(self) -> int:
+        return len(self.row_id)
+
+    @property
+    def score(self) -> np.ndarray:
+        """Aggregate score: the sum over the heads."""
+        return self.head_scores.sum(axis=1)
+
+    def column(self, head: HeadRef) -> np.ndarray:
+        return self.head_scores[:, self.heads.index(head)]
+
+    def top_k(self, k: int, column: str = "score") -> tuple[np.ndarray, np.ndarray]:
+        """Row ids of the k highest (builders) and k lowest (suppressors) by `column`, best first; ties by row id."""
+        values = self.score if column == "score" else self.column(HeadRef(*map(int, HEAD_COLUMN_RE.match(column).groups())))  # type: ignore[union-attr]
+        k = max(0, min(int(k), len(values)))
+        top = np.lexsort((self.row_id, -values))[:k]
+        bottom = np.lexsort((self.row_id, values))[:k]
+        return self.row_id[top], self.row_id[bottom]
+
+    @staticmethod
+    def concat(tables: list["ScoreTable"]) -> "ScoreTable":
+        if not tables:
+            raise CurateError("no score tables to combine")
+        heads = tables[0].heads
+        if any(t.heads != heads for t in tables):
+            raise CurateError("score tables cover different heads")
+        return ScoreTable(
+            np.concatenate([t.row_id for t in tables]),
+            np.concatenate([t.step for t in tables]),
+            np.concatenate([t.loss for t in tables]),
+            np.concatenate([t.head_scores for t in tables]),
+            heads,
+            dict(tables[0].meta),
+        )
+
+    def to_arrow(self) -> pa.Table:
+        cols = {
+            "row_id": pa.array(self.row_id, pa.int64()),
+            "step": pa.array(self.step, pa.int64()),
+            "loss": pa.array(self.loss, pa.float32()),
+        }
+        for i, h in enumerate(self.heads):
+            cols[h.column] = pa.array(self.head_scores[:, i], pa.float64())
+        cols["score"] = pa.array(self.score, pa.float64())
+        table = pa.table(cols)
+        return table.replace_schema_metadata({METADATA_KEY: json.dumps(self.meta, sort_keys=True, default=str).encode()})
+
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write atomically; the table's `meta` goes into the schema metadata."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            pq.write_table(self.to_arrow(), tmp)
+        return path
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, source: str = "scores") -> "ScoreTable":
+        names = table.column_names
+        for need in ("row_id", "step", "loss", "score"):
+            if need not in names:
+                raise CurateError(f"{source}: not a score table (no {need!r} column)")
+        heads = [HeadRef(int(m.group(1)), int(m.group(2))) for m in (HEAD_COLUMN_RE.match(n) for n in names) if m]
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        meta = json.loads(raw) if raw else {}
+        scores = np.stack([table.column(h.column).to_numpy() for h in heads], axis=1) if heads else np.zeros((table.num_rows, 0))
+        return cls(
+            table.column("row_id").to_numpy(),
+            table.column("step").to_numpy(),
+            table.column("loss").to_numpy(),
+            scores,
+            heads,
+            meta,
+        )
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> "ScoreTable":
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise CurateError(f"{path}: not a readable score table ({type(e).__name__})") from None
+        return cls.from_arrow(table, str(path))

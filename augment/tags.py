@@ -1,0 +1,381 @@
+"""Structure tags: a heuristic classifier of a row's text into one structural class.
+
+Labels (the same as the embedded corpus generator's domains): `latex`, `xml` (XML/HTML), `code`,
+`json` (JSON and records), `table` (tables and lists), `repeat` (meaningless repeated strings),
+`prose`. The classifier reads real format cues only: backslash commands and math, markup tags,
+quoted keys, programming keywords and punctuation, delimiter columns and list bullets, and the
+share of the text covered by back-to-back repeats. Rows are windows of packed text that may
+start mid-document, so every cue is a density over the window, not a whole-file check.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+EOT_TEXT = "<|endoftext|>"
+
+LABELS: tuple[str, ...] = ("latex", "xml", "code", "json", "table", "repeat", "prose")
+
+# ---------------------------------------------------------------------------------------------
+# cue patterns
+# ---------------------------------------------------------------------------------------------
+_LATEX_COMMAND = re.compile(r"\\([A-Za-z]{2,})")
+_LATEX_FOLLOWERS = frozenset("{[_^$\\}() \n\t,.;:~")
+_LATEX_SCRIPT = re.compile(r"[_^]\{")
+_LATEX_INLINE_MATH = re.compile(r"\$(?=[^$\n]*[A-Za-z0-9])[A-Za-z0-9\s+\-=*/().,;:<>|!'\\_^{}\[\]&]{1,80}\$")
+_LATEX_KNOWN = frozenset(
+    """begin end section subsection subsubsection paragraph label ref eqref cite citep citet item
+    emph textbf textit texttt mathbf mathrm mathcal mathbb frac sqrt sum prod int left right cdot
+    ldots cdots dots leq geq neq approx infty partial alpha beta gamma delta epsilon varepsilon theta
+    lambda mu nu pi rho sigma tau phi varphi psi omega Gamma Delta Theta Lambda Sigma Phi Omega
+    usepackage documentclass newcommand renewcommand caption includegraphics centering hline
+    toprule midrule bottomrule footnote url href maketitle title author date bibliography
+    bibliographystyle newtheorem mathit operatorname quad qquad hat bar tilde vec in subset cup cap
+    forall exists to mapsto times otimes le ge ll gg sim equiv propto nabla top""".split()
+)
+_XML_TAG = re.compile(
+    r"<(?:[?!][^<>]{0,200}|/?[A-Za-z_][\w:.-]*(?:\s+[\w:.-]+(?:\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s<>\"']+))?)*\s*/?)>"
+)
+# a tag cut by the window edge: "...class="x">" at the start or "<div clas" at the end
+_XML_EDGE = re.compile(r"(?:^[^<>]*\"\s*/?>)|(?:<[A-Za-z/][\w:.-]*(?:\s[^<>]*)?$)")
+_XML_ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{2,5});")
+_JSON_KEY = re.compile(r"\"[^\"\n]{1,80}\"\s*:(?!:)")
+_JSON_LITERAL = re.compile(r":\s*(?:true|false|null|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|\"[^\"\n]*\")\s*[,}\]]")
+_CODE_KEYWORDS = frozenset(
+    """def return import from class elif else for while try except raise yield lambda self None True
+    False pass with async await const let var function void int char float double long unsigned
+    static struct typedef include define public private protected new null nullptr sizeof switch case
+    break continue namespace package func fn impl pub mut match enum interface extends implements
+    throw throws catch finally bool boolean string size_t uint32_t uint8_t int64_t auto template
+    typename println printf fprintf malloc free std fi esac elif echo export""".split()
+)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALL = re.compile(r"[A-Za-z_][\w.]*\s?\(")
+_CODE_OPERATOR = re.compile(r"==|!=|<=|>=|->|=>|\+=|-=|\*=|&&|\|\||::|\+\+|--(?=[A-Za-z_;)])|<<|>>")
+_SHELL_VAR = re.compile(r"\$\{\w+\}|\$\(|\$[A-Z_][A-Z0-9_]{2,}\b|\"\$\w+")
+_ASSIGN = re.compile(r"[\w\])]\s*=\s*[^=\s]")
+_CODE_LINE_END = re.compile(r"[;{}]\s*$|\)\s*:\s*$|^\s*(?:else|try|finally)\s*:\s*$")
+_CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#include|#define|#ifn?def|#endif|#pragma)")
+# lines that open like code: imports, definitions, decorators, returns
+_CODE_LINE_START = re.compile(
+    r"^\s*(?:import\s+[\w.]+|from\s+[\w.]+\s+import\b|def\s+\w+\s*\(|class\s+\w+\s*[(:{]|@\w[\w.]*(?:\(|$)"
+    r"|return\b|package\s+[\w.]+;|using\s+[\w.:]+;|(?:public|private|protected)\s+\w+|fn\s+\w+\s*\(|func\s+\w+\s*\()"
+)
+_SNAKE_OR_CAMEL = re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b|\b[a-z]+(?:[A-Z][a-z0-9]+)+\b")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+\S")
+_OPTION_ITEM = re.compile(r"^\s+-{1,2}[A-Za-z0-9][\w-]*(?:[ ,=\[]|$)")
+_ALIGNED_COLUMNS = re.compile(r"\S(?: {2,}|\t)\S")
+_SENTENCE_END = re.compile(r"[a-z][.!?](?:\s|$)")
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+REPEAT_MAX_PERIOD = 128
+REPEAT_SHARE = 0.45  # repeat-covered share at which `repeat` competes with the format evidence (score 1.0)
+REPEAT_DOMINANT = 0.85 / REPEAT_SHARE  # repeat score that wins over any format evidence
+FORMAT_CLEAR = 1.5  # format score that wins over a moderate repeat share
+FORMAT_STRONG = 3.0  # format score that wins over any repeat share
+JUNK_PUNCT_VARIETY = 16  # random junk shows most punctuation characters; formats use a handful
+REPEAT_MIN_RUN = 16  # at a window edge, a copy of a long unit counts once 13+ of its characters show
+
+
+@dataclass(frozen=True)
+class TextCues:
+    """Format cues of one text, each a density (per 100 characters) or a share in [0, 1]."""
+
+    chars: int
+    latex_commands: float  # backslash commands (unknown ones and {_,^}{ scripts count half) per 100 chars
+    latex_known: int  # number of well-known LaTeX commands
+    latex_math: float  # inline $...$ spans per 100 chars
+    xml_tag_share: float  # share of characters inside markup tags
+    xml_tags: float  # tags per 100 chars
+    json_keys: float  # "key": per 100 chars
+    json_literals: float  # : value, per 100 chars
+    code_keywords: float  # programming keywords per 100 chars
+    code_symbols: float  # calls, operators, assignments per 100 chars
+    code_line_share: float  # share of lines that end like code (; { } ):), open like code or are directives
+    indent_share: float  # share of lines indented by 2+ spaces or a tab
+    identifier_share: float  # share of words that are snake_case / camelCase
+    pipe_line_share: float  # share of lines that are delimited table rows ( | a | b | )
+    csv_line_share: float  # share of lines with the modal (>= 2) count of commas / tabs / semicolons
+    list_line_share: float  # share of lines that are bullet, numbered or option items
+    aligned_line_share: float  # share of lines with 2+-space column gaps inside
+    table_line_share: float  # share of lines that are any of the four above
+    repeat_share: float  # share of characters inside back-to-back repeats of a unit (duplicated table rows aside)
+    word_share: float  # share of characters in alphabetic words
+    sentence_ends: float  # sentence endings per 100 chars
+    punct_variety: int  # distinct ASCII punctuation characters (random junk uses most of the 32)
+    lines: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _tandem_repeat_share(text: str, max_period: int = REPEAT_MAX_PERIOD) -> float:
+    """Share of characters covered by back-to-back copies of a unit (period 1..max_period).
+
+    A stretch where s[i] == s[i + p] for (about) p consecutive i is two adjacent copies of a
+    p-character unit; a separator of up to 3 characters may differ, and a copy cut by the window
+    edge needs only min(p, 16) - 3 characters. Units made only of whitespace (indentation) do not
+    count, nor runs of one repeated character shorter than 6. All periods at once, vectorised.
+    """
+    data = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    n = len(data)
+    if n < 8:
+        return 0.0
+    periods = np.arange(1, min(max_period, n - 3) + 1)
+    num_p = len(periods)
+    # eq[k, i] = data[i] == data[i + p_k]  (False past the end)
+    idx = np.arange(n)[None, :] + periods[:, None]
+    eq = np.zeros((num_p, n + 2), dtype=bool)
+    inside = idx < n
+    eq[:, 1 : n + 1] = inside & (data[np.minimum(idx, n - 1)] == data[None, :])
+    flat = np.diff(eq.astype(np.int8), axis=1)  # +1 at run starts, -1 at run ends (exclusive), per period
+    p_start, starts = np.nonzero(flat == 1)
+    _, ends = np.nonzero(flat == -1)
+    if len(starts) == 0:
+        return 0.0
+    p = periods[p_start]  # runs come out in the same (period, position) order for starts and ends
+    lengths = ends - starts
+    need = np.where(p == 1, 6, np.where(p == 2, 4, np.maximum(3, p - 3)))
+    need_cut = np.where(p == 1, 6, np.where(p == 2, 4, np.maximum(3, np.minimum(p, REPEAT_MIN_RUN) - 3)))
+    at_edge = (starts == 0) | (ends == n - p)
+    keep = (lengths >= need) | (at_edge & (lengths >= need_cut))
+    # drop whitespace-only units (the first period of the run is the unit)
+    is_space = (data == 32) | (data == 10) | (data == 9) | (data == 13)
+    space_prefix = np.concatenate([[0], np.cumsum(is_space)])
+    unit_end = np.minimum(starts + p, n)
+    keep &= (space_prefix[unit_end] - space_prefix[starts]) < (unit_end - starts)
+    starts, ends, p = starts[keep], ends[keep], p[keep]
+    if len(starts) == 0:
+        return 0.0
+    # both copies: [start, end) and [start + p, end + p)
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    np.add.at(delta, np.minimum(starts + p, n), 1)
+    np.add.at(delta, np.minimum(ends + p, n), -1)
+    return float((np.cumsum(delta[:n]) > 0).sum()) / n
+
+
+def _delimited_lines(lines: Sequence[str], max_cell: float = 30.0) -> list[bool]:
+    """Lines carrying the most common count (>= 2) of one delimiter (, ; or tab), with short cells."""
+    best = [False] * len(lines)
+    if len(lines) < 3:
+        return best
+    for delim in (",", "\t", ";"):
+        counts = [line.count(delim) if len(line) <= max_cell * (line.count(delim) + 1) else 0 for line in lines]
+        hist = Counter(c for c in counts if c >= 2)
+        if hist:
+            # lines with the modal count, or one fewer/more (a row cut by the window edge)
+            mode, _ = hist.most_common(1)[0]
+            flags = [c >= 2 and abs(c - mode) <= 1 for c in counts]
+            if sum(flags) > sum(best):
+                best = flags
+    return best
+
+
+def _pipe_row(line: str) -> bool:
+    """A table row delimited by `|` whose cells are not all the same (or a |---|---| rule)."""
+    if line.count("|") < 2:
+        return False
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    cells = [c for c in cells if c]
+    return len(set(cells)) >= 2 or bool(cells and set(cells[0]) <= set("-:= "))
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _list_lines(lines: Sequence[str]) -> list[bool]:
+    """Lines that are list items (bullets, numbers, command-line options) or their indented continuations."""
+    flags = []
+    item_indent: int | None = None
+    for line in lines:
+        if _LIST_ITEM.match(line) or _OPTION_ITEM.match(line):
+            flags.append(True)
+            item_indent = _indent(line)
+        elif item_indent is not None and _indent(line) > item_indent:
+            flags.append(True)
+        else:
+            flags.append(False)
+            item_indent = None
+    return flags
+
+
+def _row_like(line: str) -> bool:
+    """A line that is a record on its own: a table row, a list item, or a delimited record."""
+    return bool(
+        _pipe_row(line) or _LIST_ITEM.match(line) or _OPTION_ITEM.match(line) or line.count(",") >= 2 or line.count("\t") >= 2
+    )
+
+
+def _collapse_duplicate_rows(text: str) -> str:
+    """Drop lines that repeat the line before them when that line is a table row or list item:
+    duplicated records are structure (a table with a repeated row), not meaningless repetition."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    previous = None
+    for i, line in enumerate(lines):
+        key = line.strip()
+        last = i == len(lines) - 1
+        # the last line may be a copy cut by the window's end
+        if key and previous and _row_like(previous) and (key == previous or (last and previous.startswith(key))):
+            continue
+        out.append(line)
+        previous = key if key else previous
+    # the first line may be a copy cut by the window's start
+    if len(out) >= 2:
+        first, second = out[0].strip(), out[1].strip()
+        if first and second.endswith(first) and _row_like(second):
+            out = out[1:]
+    return "".join(out)
+
+
+def text_cues(text: str) -> TextCues:
+    """Measure the format cues of one text."""
+    n = max(len(text), 1)
+    per100 = 100.0 / n
+    lines = [line for line in text.splitlines() if line.strip()]
+    n_lines = max(len(lines), 1)
+
+    known = unknown = 0
+    for m in _LATEX_COMMAND.finditer(text):
+        if m.group(1) in _LATEX_KNOWN:
+            known += 1
+        elif m.end() == len(text) or text[m.end()] in _LATEX_FOLLOWERS:
+            unknown += 1  # a user macro: counts half, and only when followed like a command
+    latex_cmds = known + 0.5 * unknown + 0.5 * len(_LATEX_SCRIPT.findall(text))
+    tags = _XML_TAG.findall(text)
+    tag_chars = sum(len(t) for t in tags) + sum(len(m) for m in _XML_EDGE.findall(text))
+    n_tags = len(tags) + len(_XML_ENTITY.findall(text))
+
+    words = _WORD.findall(text)
+    keywords = sum(1 for w in words if w in _CODE_KEYWORDS)
+    idents = len(_SNAKE_OR_CAMEL.findall(text))
+    code_syms = (
+        len(_CALL.findall(text)) + len(_CODE_OPERATOR.findall(text)) + len(_ASSIGN.findall(text))
+        + len(_SHELL_VAR.findall(text))
+    )
+    code_lines = sum(
+        1 for line in lines if _CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)
+    )
+    indented = sum(1 for line in lines if line.startswith(("  ", "\t")))
+    pipe_rows = [_pipe_row(line) for line in lines]
+    delimited = _delimited_lines(lines)
+    listed = _list_lines(lines)
+    aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) for line in lines]
+    tabular = sum(any(f) for f in zip(pipe_rows, delimited, listed, aligned))
+    word_chars = sum(len(w) for w in words)
+
+    return TextCues(
+        chars=len(text),
+        latex_commands=latex_cmds * per100,
+        latex_known=known,
+        latex_math=len(_LATEX_INLINE_MATH.findall(text)) * per100,
+        xml_tag_share=min(1.0, tag_chars / n),
+        xml_tags=n_tags * per100,
+        json_keys=len(_JSON_KEY.findall(text)) * per100,
+        json_literals=len(_JSON_LITERAL.findall(text)) * per100,
+        code_keywords=keywords * per100,
+        code_symbols=code_syms * per100,
+        code_line_share=code_lines / n_lines,
+        indent_share=indented / n_lines,
+        identifier_share=idents / max(len(words), 1),
+        pipe_line_share=sum(pipe_rows) / n_lines,
+        csv_line_share=sum(delimited) / n_lines,
+        list_line_share=sum(listed) / n_lines,
+        aligned_line_share=sum(aligned) / n_lines,
+        table_line_share=tabular / n_lines,
+        repeat_share=_tandem_repeat_share(_collapse_duplicate_rows(text)),
+        word_share=word_chars / n,
+        sentence_ends=len(_SENTENCE_END.findall(text)) * per100,
+        punct_variety=len(set(text) & _PUNCTUATION),
+        lines=len(lines),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# decision
+# ---------------------------------------------------------------------------------------------
+def class_scores(c: TextCues) -> dict[str, float]:
+    """Evidence for each structured class, in units of its decision threshold (>= 1 means present)."""
+    scores = {
+        # `$...$` and user macros alone are weak (junk has dollars and backslashes): a real LaTeX
+        # window shows at least one well-known command
+        "latex": max(c.latex_commands / 1.0 + c.latex_math / 0.6, c.latex_known / 2.0)
+        if c.latex_known >= 1
+        else min(0.9, c.latex_commands / 1.0 + c.latex_math / 0.6),
+        "xml": min(c.xml_tag_share / 0.2, c.xml_tags / 0.8),
+        "json": min(c.json_keys / 0.8, (c.json_keys + c.json_literals) / 1.2),
+        "code": (
+            min(c.code_keywords / 0.8, 2.0)
+            + min(c.code_symbols / 0.8, 2.0)
+            + min(c.code_line_share / 0.25, 2.0)
+            + min(c.identifier_share / 0.15, 2.0)
+            + min(c.indent_share / 0.3, 1.0)
+        )
+        / 4.0,
+        "table": (c.table_line_share / 0.5)
+        if c.lines >= 2
+        else 0.0,
+        "repeat": c.repeat_share / REPEAT_SHARE,
+    }
+    return scores
+
+
+def tag_text(text: str) -> str:
+    """The structural class of one text (a row's main document, or any snippet)."""
+    if EOT_TEXT in text:
+        parts = text.split(EOT_TEXT)
+        text = max(parts, key=len)
+    if not text.strip():
+        return "prose"
+    cues = text_cues(text)
+    scores = class_scores(cues)
+    repeat = scores.pop("repeat")
+    label, best = max(scores.items(), key=lambda kv: kv[1])
+    junk = cues.punct_variety >= JUNK_PUNCT_VARIETY
+    if best >= FORMAT_STRONG:  # e.g. JSON records duplicated back to back are still JSON
+        return label
+    # mostly back-to-back repeats: `repeat`, unless a clear format explains a moderate share
+    # (code repeats identifiers, tables repeat separators); random junk needs less
+    if repeat >= REPEAT_DOMINANT or (repeat >= 1.0 and (best < FORMAT_CLEAR or junk)):
+        return "repeat"
+    if junk and repeat >= 0.5 and best < FORMAT_CLEAR:
+        return "repeat"
+    return label if best >= 1.0 else "prose"
+
+
+def tag_texts(texts: Iterable[str]) -> list[str]:
+    return [tag_text(t) for t in texts]
+
+
+def main_segment(row: np.ndarray, eot_id: int | None) -> np.ndarray:
+    """The tokens of the document that supplies most of a packed row, without end-of-text tokens.
+
+    Same rule as `curate.tokenize.main_document`: each end-of-text token belongs to the document it
+    ends, ties go to the earlier document.
+    """
+    row = np.asarray(row)
+    if eot_id is None:
+        return row
+    cuts = np.flatnonzero(row == eot_id)
+    if len(cuts) == 0:
+        return row
+    bounds = np.concatenate([[0], cuts + 1, [len(row)]])
+    lengths = np.diff(bounds)
+    i = int(np.argmax(lengths))
+    seg = row[bounds[i] : bounds[i + 1]]
+    return seg[seg != eot_id]
+
+
+def tag_rows(rows: np.ndarray, tokenizer) -> list[str]:
+    """Structural class of each token row: decode its main document (a `TextTokenizer`) and tag the text."""
+    eot = getattr(tokenizer, "eot_id", None)
+    return [tag_text(tokenizer.decode(main_segment(r, eot))) for r in np.asarray(rows)]

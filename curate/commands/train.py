@@ -1,0 +1,172 @@
+"""`curate train`: train a GPT-NeoX model on a corpus in its exact row order (optionally under a plan)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from curate.errors import CurateError
+from curate.workspace import WorkspaceOpt, default_corpus_dir, reference_run_dir, resolve_workspace
+
+REFERENCE_CHECKPOINTS = "log,every:100"
+"""The reference run keeps Pythia's early log-spaced checkpoints, then one at every evaluation (the model is
+small), so any formation window can be re-trained from, or attributed at, an evaluated step."""
+
+# CLI option name -> TrainSpec field, for the options that map one to one.
+SPEC_OPTIONS = {
+    "corpus": "corpus", "from_": "init_from", "revision": "revision", "plan": "plan", "steps": "steps",
+    "batch_size": "batch_size", "eval_every": "eval_every", "checkpoints": "checkpoints", "seed": "seed",
+    "lr": "lr", "warmup_steps": "warmup_steps", "start_step": "start_step", "heldout": "heldout",
+    "threads": "threads", "device": "device",
+}
+
+
+def default_training_fields() -> dict:
+    """TrainSpec fields from `training.default_model.DEFAULT_TRAINING` (the reference run's settings)."""
+    from dataclasses import asdict, is_dataclass
+
+    try:
+        from training.default_model import DEFAULT_TRAINING
+    except ImportError as e:
+        raise CurateError(f"the default training settings are not available ({e})") from None
+    raw = asdict(DEFAULT_TRAINING) if is_dataclass(DEFAULT_TRAINING) else dict(DEFAULT_TRAINING)
+    renames = {"total_steps": "steps", "min_lr": "min_lr_ratio", "min_lr_ratio": "min_lr_ratio"}
+    from training.trainer import TrainSpec
+
+    known = set(TrainSpec.__dataclass_fields__)
+    out = {}
+    for key, value in raw.items():
+        name = renames.get(key, key)
+        if name in known:
+            out[name] = value
+    return out
+
+
+def _load_config(path: Path) -> dict:
+    if not path.is_file():
+        raise CurateError(f"{path}: --config file not found")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CurateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise CurateError(f"{path}: a model config is a JSON object")
+    from training.models import config_from_dict
+
+    config_from_dict(raw)  # validate now: one line on failure
+    return raw
+
+
+def train_command(
+    default: Annotated[bool, typer.Option("--default", help="The reference run: default corpus (built if missing) and model, into the workspace.")] = False,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Training corpus (Megatron prefix/.idx, .npy, .parquet or corpus folder).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="GPT-NeoX config JSON for a fresh model (default: the embedded default model).")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint of --from (stepK), as on the hub.")] = None,
+    plan: Annotated[Optional[str], typer.Option("--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Train until this step (default 1000; --default: the reference length).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step (default: the corpus's).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every K steps (default 100).")] = None,
+    checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for the initialisation and the RNG (default 0).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 1e-3); linear warm-up, cosine decay to 10%.")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (default 100).")] = None,
+    start_step: Annotated[Optional[int], typer.Option("--start-step", help="Data/schedule position of the first update (default: from --from).")] = None,
+    heldout: Annotated[Optional[str], typer.Option("--heldout", help="Held-out corpus for held-out loss and ICL.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (1 keeps runs bit-reproducible).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (checkpoints, curves, summary).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
+    args = dict(locals())
+    from training.models import RUN_FILE
+    from training.trainer import TrainSpec, train
+
+    given = {field: args[opt] for opt, field in SPEC_OPTIONS.items() if args[opt] is not None}
+    ws = resolve_workspace(workspace)
+    if default:
+        if config is not None or from_ is not None:
+            raise CurateError("--default trains the default model from scratch; drop --config/--from")
+        corpus_dir = default_corpus_dir(ws)
+        if corpus is None:
+            if not (corpus_dir / "corpus.json").is_file():
+                from curate.default_corpus import build_default_corpus
+
+                build_default_corpus(ws, progress=not quiet)
+            given["corpus"] = str(corpus_dir)
+        out = out or reference_run_dir(ws)
+        resume = True  # `curate train --default` is idempotent: continue or confirm the reference run
+        fields = {"checkpoints": REFERENCE_CHECKPOINTS, **default_training_fields(), **given}
+    else:
+        if out is None:
+            raise CurateError("--out is required (or use --default for the reference run)")
+        fields = dict(given)
+    if config is not None:
+        fields["model_config"] = _load_config(config)
+    if resume and from_ is not None:
+        fields["init_state"] = True
+
+    run_file = out / RUN_FILE
+    if resume and from_ is None and run_file.is_file():
+        saved = TrainSpec.from_json(json.loads(run_file.read_text())["spec"])
+        for name, value in fields.items():
+            current = getattr(saved, name)
+            if name in ("corpus", "heldout", "plan") and isinstance(current, str) and isinstance(value, str):
+                same = Path(current).expanduser().resolve() == Path(value).expanduser().resolve()
+            else:
+                same = current == value
+            if not same:
+                raise CurateError(f"{out}: the run there has {name} = {current!r}, not {value!r}; --resume continues a run as it was")
+        spec = saved
+    else:
+        if fields.get("corpus") is None and fields.get("plan") is None:
+            raise CurateError("--corpus is required (or a --plan that names a corpus, or --default)")
+        spec = TrainSpec(**fields)
+    result = train(spec, out, progress=not quiet, resume=resume)
+    if as_json:
+        print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
+        return
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    emergence = result.summary.get("emergence", {})
+    table = Table(title=f"run {result.out_dir}", show_header=True)
+    table.add_column("circuit")
+    table.add_column("threshold", justify="right")
+    table.add_column("emerges at step", justify="right")
+    table.add_column("50% of final at", justify="right")
+    table.add_column("final (head)", justify="right")
+    for metric in ("induction", "previous_token"):
+        info = emergence.get(metric)
+        if not info:
+            continue
+        table.add_row(metric.replace("_", "-"), f"{info['threshold']:g}",
+                      str(info["emergence_step"]) if info["emergence_step"] is not None else "not formed",
+                      str(info["half_final_step"]), f"{info['final']:.3f} ({info['final_head']})")
+    console = Console()
+    console.print(table)
+    timing = result.summary.get("timing", {})
+    held = emergence.get("heldout_loss", {})
+    icl = emergence.get("icl", {})
+    line = f"final checkpoint: {result.final_checkpoint}"
+    if held:
+        line += f"   held-out loss {held['final']:.3f}"
+    if icl:
+        line += f"   ICL {icl['final']:+.3f}"
+    if timing.get("tokens_per_s"):
+        line += f"   {timing['tokens_per_s']:,.0f} tokens/s"
+    console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

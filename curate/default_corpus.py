@@ -1,0 +1,168 @@
+"""The embedded default corpus: the mini-Pile mixture, a small byte-level BPE trained on it, packed
+into Pythia-format rows (shuffled), with held-out rows at the end. Built locally, no download.
+
+`build_default_corpus(workspace)` writes `default_corpus_dir(workspace)` once; it records its build
+parameters in corpus.json (`extra.build`) and does nothing when they match, unless `force`.
+"""
+from __future__ import annotations
+
+import json
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from curate.atomic import atomic_dir, write_json
+from curate.corpus import METADATA_FILE, CorpusMeta
+from curate.errors import CurateError
+from curate.minipile import Document, MixtureConfig, generate_documents
+from curate.tokenize import EOT_TOKEN, TextTokenizer
+from curate.workspace import default_corpus_dir
+
+GENERATOR_VERSION = 1  # bump when the generator's output for a given seed changes
+
+
+@dataclass(frozen=True)
+class DefaultCorpusSpec:
+    """Everything that decides the bytes of the default corpus (besides the seed)."""
+
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    vocab_size: int = 512  # BPE vocabulary including <|endoftext|>
+    seq_len: int = 128  # context; rows hold seq_len + 1 tokens
+    batch_size: int = 32
+    train_rows: int = 32 * 3000  # rows the default training run consumes (total_steps x batch_size)
+    heldout_rows: int = 512  # at least this many rows after the training rows
+    tokenizer_docs: int = 4000  # documents the tokenizer is trained on (the first ones)
+
+    def to_json(self, seed: int) -> dict:
+        return {
+            "generator_version": GENERATOR_VERSION,
+            "seed": int(seed),
+            "mixture": self.mixture.to_json(),
+            "vocab_size": self.vocab_size,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "train_rows": self.train_rows,
+            "heldout_rows": self.heldout_rows,
+            "tokenizer_docs": self.tokenizer_docs,
+        }
+
+
+def default_spec() -> DefaultCorpusSpec:
+    """The default corpus's spec, sized for `training.default_model.DEFAULT_TRAINING`."""
+    from training.default_model import DEFAULT_CONTEXT, DEFAULT_TRAINING
+
+    return DefaultCorpusSpec(
+        seq_len=DEFAULT_CONTEXT,
+        batch_size=DEFAULT_TRAINING.batch_size,
+        train_rows=DEFAULT_TRAINING.rows_needed,
+    )
+
+
+def tokenizer_alphabet() -> list[str]:
+    """Byte-level symbols of printable ASCII plus newline and tab: every symbol the generator emits."""
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    return sorted({byte_level.pre_tokenize_str(c)[0][0] for c in chars})
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
+    """A deterministic byte-level BPE with `<|endoftext|>` (id 0) over the generator's alphabet."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = tokenizer_alphabet()
+    if vocab_size < len(alphabet) + 1:
+        raise CurateError(f"tokenizer vocabulary {vocab_size} is below the alphabet size {len(alphabet) + 1}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT_TOKEN],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    return TextTokenizer(tok, "minipile-bpe")
+
+
+def _docs_needed(tok: TextTokenizer, sample: list[Document], rows: int, row_len: int) -> int:
+    """Documents to generate so that packing yields at least `rows` rows (from the sample's mean length)."""
+    ids = tok.encode_batch([d.text for d in sample])
+    per_doc = (sum(len(x) for x in ids) + len(ids)) / max(1, len(ids))
+    return int(rows * row_len / per_doc * 1.03) + 64
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def build_default_corpus(
+    workspace: Path,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    spec: DefaultCorpusSpec | None = None,
+) -> Path:
+    """Build (or reuse) the default corpus folder of `workspace`; returns its path."""
+    from curate.ingest import ingest_documents
+
+    spec = spec or default_spec()
+    out = default_corpus_dir(Path(workspace))
+    wanted = spec.to_json(seed)
+    if out.exists() and not force:
+        meta_path = out / METADATA_FILE
+        if not meta_path.is_file():
+            raise CurateError(f"{out}: exists but is not a corpus folder (no {METADATA_FILE}); pass --force to rebuild it")
+        try:
+            recorded = json.loads(meta_path.read_text()).get("build")
+        except json.JSONDecodeError:
+            recorded = None
+        if recorded == wanted:
+            _log(progress, f"default corpus up to date: {out}")
+            return out
+        was = f"seed {recorded.get('seed')}" if isinstance(recorded, dict) else "unknown parameters"
+        raise CurateError(f"{out}: built with other parameters ({was}); pass --force to rebuild it with seed {seed}")
+
+    t0 = time.perf_counter()
+    row_len = spec.seq_len + 1
+    rows_wanted = spec.train_rows + spec.heldout_rows
+    sample = list(generate_documents(spec.tokenizer_docs, seed, spec.mixture))
+    tok = train_tokenizer([d.text for d in sample], spec.vocab_size)
+    n_docs = max(spec.tokenizer_docs, _docs_needed(tok, sample[: min(len(sample), 2000)], rows_wanted, row_len))
+    _log(progress, f"tokenizer trained ({tok.vocab_size} tokens); generating {n_docs} documents")
+    docs = sample[:n_docs] + list(generate_documents(n_docs - len(sample), seed, spec.mixture, start=len(sample)))
+    texts = [d.text for d in docs]
+    fields = {"domain": [d.domain for d in docs], "copy_spans": [d.copy_spans for d in docs]}
+    del docs, sample
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress and done == total:
+            _log(progress, f"{stage}: {total}")
+
+    with atomic_dir(out) as tmp:
+        result = ingest_documents(texts, fields, tok, spec.seq_len, tmp, seed=seed, batch_size=spec.batch_size,
+                                  source="minipile", progress=report)
+        if result.num_rows < rows_wanted:
+            raise CurateError(
+                f"default corpus: packing gave {result.num_rows} rows, fewer than the {rows_wanted} needed "
+                "(training rows + held-out rows); the document estimate is off"
+            )
+        meta = CorpusMeta.load(tmp)
+        meta.extra.update(
+            {
+                "build": wanted,
+                "heldout_start": spec.train_rows,
+                "heldout_rows": result.num_rows - spec.train_rows,
+                "domains": "prose latex xml code json table repeat",
+            }
+        )
+        write_json(tmp / METADATA_FILE, meta.to_json())
+    _log(progress, f"default corpus: {result.num_rows} rows of {row_len} tokens in {time.perf_counter() - t0:.1f}s -> {out}")
+    return out

@@ -1,0 +1,416 @@
+"""Head-restricted EK-FAC and influence scores, checked against dense linear algebra on tiny GPT-NeoX models."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch.func import functional_call, grad, vmap
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
+from attribution.factors_io import load_factors, model_fingerprint, save_factors
+from attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
+from attribution.influence import HeadInfluenceScorer, fit_factors, probe_gradients, score_corpus
+from attribution.metrics import make_repeat_probes
+from attribution.probes import induction_probe, previous_token_probe
+from attribution.score_table import ScoreTable
+from attribution.trace import HeadTracer, row_seeds, sample_labels
+from curate.atomic import write_json
+from curate.corpus import open_corpus
+from curate.errors import CurateError
+
+torch.set_num_threads(1)
+
+V, HIDDEN, HEADS, T = 32, 16, 2, 32
+HEADS_L1 = [HeadRef(1, 0), HeadRef(1, 1)]
+
+
+def copy_rows(n: int, gen: torch.Generator, row_len: int = T + 1) -> torch.Tensor:
+    """Half uniform random rows, half rows where one long span recurs later (the calibration's copy rows)."""
+    x = torch.randint(0, V, (n, row_len), generator=gen)
+    for i in range(1, n, 2):
+        span = int(torch.randint(row_len // 6, row_len // 3, (1,), generator=gen))
+        a = int(torch.randint(0, row_len - 2 * span, (1,), generator=gen))
+        b = int(torch.randint(a + span, row_len - span + 1, (1,), generator=gen))
+        x[i, b : b + span] = x[i, a : a + span]
+    return x
+
+
+def make_model(seed: int = 0, train_steps: int = 0, layers: int = 2) -> GPTNeoXForCausalLM:
+    """A tiny float64 GPT-NeoX (partial rotary, as Pythia), optionally trained a little on copy rows."""
+    cfg = GPTNeoXConfig(vocab_size=V, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
+                        intermediate_size=2 * HIDDEN, max_position_embeddings=64, tie_word_embeddings=False,
+                        attn_implementation="eager", initializer_range=0.1)
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(cfg)
+    if train_steps:
+        gen = torch.Generator().manual_seed(100 + seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(train_steps):
+            xb = copy_rows(32, gen)
+            logits = model(xb[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), xb[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.double().eval()
+
+
+def induction_fn(probes: torch.Tensor):
+    return lambda model, head: induction_probe(model, probes)
+
+
+def per_row_grads(model, rows: torch.Tensor, labels: torch.Tensor, heads, mode: str) -> dict[HeadRef, torch.Tensor]:
+    """Each row's gradient of its summed loss w.r.t. each head's blocks, flattened row-major and concatenated
+    in MODES order: materialized with autograd on the full weights (torch.func), then sliced."""
+    geo = HeadGeometry.of(model)
+    layers = sorted({h.layer for h in heads})
+    names = [f"gpt_neox.layers.{l}.attention.{w}.weight" for l in layers for w in ("query_key_value", "dense")]
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+
+    def loss(p, row, lab):
+        logits = functional_call(model, p, (row[None, :-1],)).logits[0]
+        return torch.nn.functional.cross_entropy(logits, lab, reduction="sum")
+
+    g = vmap(grad(loss), in_dims=(None, 0, 0))(params, rows, labels)
+    out = {}
+    for h in heads:
+        qkv = g[f"gpt_neox.layers.{h.layer}.attention.query_key_value.weight"]
+        dense = g[f"gpt_neox.layers.{h.layer}.attention.dense.weight"]
+        out[h] = torch.stack([
+            torch.cat([b.reshape(-1) for b in slice_head_grads(geo, qkv[i], dense[i], h.head, mode).values()])
+            for i in range(len(rows))
+        ])
+    return out
+
+
+def flat(blocks: HeadBlocks, mode: str) -> torch.Tensor:
+    return torch.cat([blocks[b].reshape(-1) for b in MODES[mode]])
+
+
+def fit(model, rows: torch.Tensor, heads, mode: str, seed: int = 3, batch: int = 64, **kw) -> EKFACFactors:
+    fitter = EKFACFitter(model, heads, mode, seed=seed, dtype=torch.float64)
+    batches = [(list(range(a, min(a + batch, len(rows)))), rows[a : a + batch]) for a in range(0, len(rows), batch)]
+    return fitter.fit(batches, **kw)
+
+
+def score(model, factors, heads, mode, probe_grads, rows) -> np.ndarray:
+    precond = factors.precondition(probe_grads)
+    return HeadInfluenceScorer(model, factors, precond, heads, mode, dtype=torch.float64).score_batch(rows)[1]
+
+
+@pytest.fixture(scope="module")
+def trained() -> GPTNeoXForCausalLM:
+    return make_model(seed=0, train_steps=300)
+
+
+PROBES = make_repeat_probes(V, n=8, half_len=T // 2, seed=0)
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("mode", ["qk", "qkvo"])
+def test_batched_scores_equal_dense_ekfac_solve(mode: str) -> None:
+    """Scores from the batched scorer = - vec(dW_i) . (dense EK-FAC matrix)^-1 vec(grad f), per head."""
+    model = make_model(seed=1)
+    gen = torch.Generator().manual_seed(7)
+    fit_rows, rows = copy_rows(96, gen, 13), copy_rows(10, gen, 13)
+    heads = [HeadRef(0, 1), HeadRef(1, 0), HeadRef(1, 1)]  # two layers, the lowest one included
+    factors = fit(model, fit_rows, heads, mode, batch=32)
+    probes = make_repeat_probes(V, n=4, half_len=6, seed=1)
+    pg = probe_gradients(model, induction_fn(probes), heads, mode, shared=True)
+    got = score(model, factors, heads, mode, pg, rows)
+    grads = per_row_grads(model, rows, rows[:, 1:], heads, mode)
+    for j, h in enumerate(heads):
+        solved = []
+        for b in MODES[mode]:
+            f = factors.heads[h][b]
+            k = torch.kron(f.q_s, f.q_a)  # row-major vec: vec(Q_S^T W Q_A) = (Q_S kron Q_A)^T vec(W)
+            lam = f.lam.reshape(-1)
+            dense = k @ torch.diag(lam + max(0.1 * float(lam.mean()), 1e-5)) @ k.T
+            solved.append(torch.linalg.solve(dense, pg[h][b].reshape(-1)))
+        want = -(grads[h] @ torch.cat(solved)).numpy()
+        assert np.abs(want).max() > 1e-3
+        np.testing.assert_allclose(got[:, j], want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+def test_refit_eigenvalues_and_eigenbases_match_dense_definitions(trained) -> None:
+    """Lambda = E_rows[(Q_S^T dW Q_A)^2] with model-sampled labels; Q_A diagonalizes E[x x^T] of the LN output."""
+    gen = torch.Generator().manual_seed(11)
+    rows = copy_rows(64, gen)
+    factors = fit(trained, rows, [HeadRef(1, 1)], "qkvo", seed=5, batch=16)
+    with torch.no_grad():
+        logits = trained(rows[:, :-1]).logits
+        hidden = trained(rows[:, :-1], output_hidden_states=True).hidden_states[1]
+        x = trained.gpt_neox.layers[1].input_layernorm(hidden).reshape(-1, HIDDEN)
+    labels = sample_labels(logits, row_seeds(5, range(64)))
+    g = per_row_grads(trained, rows, labels, [HeadRef(1, 1)], "qkvo")[HeadRef(1, 1)]
+    off = 0
+    for b in MODES["qkvo"]:
+        f = factors.heads[HeadRef(1, 1)][b]
+        n = f.lam.numel()
+        rot = g[:, off : off + n] @ torch.kron(f.q_s, f.q_a)
+        off += n
+        np.testing.assert_allclose(f.lam.reshape(-1).numpy(), rot.square().mean(0).numpy(), rtol=1e-9, atol=1e-14)
+        assert torch.allclose(f.q_a.T @ f.q_a, torch.eye(f.q_a.shape[0], dtype=torch.float64), atol=1e-10)
+        assert torch.allclose(f.q_s.T @ f.q_s, torch.eye(f.q_s.shape[0], dtype=torch.float64), atol=1e-10)
+    q_a = factors.heads[HeadRef(1, 1)]["qk"].q_a
+    a_rot = q_a.T @ (x.T @ x) @ q_a
+    off_diag = a_rot - torch.diag(torch.diagonal(a_rot))
+    assert off_diag.abs().max() < 1e-9 * a_rot.abs().max()
+
+
+@pytest.mark.parametrize("mode,per_head,aggregate", [("qkvo", 0.85, 0.9), ("qk", 0.75, 0.8)])
+def test_ekfac_ranks_rows_like_the_exact_damped_fisher(trained, mode: str, per_head: float, aggregate: float) -> None:
+    """EK-FAC vs the exact damped empirical Fisher of each block (mean of per-row gradient outer products),
+    solved densely: rankings agree, far better than no preconditioning at all. Measured on this model
+    (3 data seeds x 2 model seeds): qkvo aggregate 0.94-0.98, per head 0.90-0.98; qk aggregate 0.84-0.96,
+    per head 0.77-0.93 (the QK block is the least Kronecker-like); identity preconditioning 0.16-0.84."""
+    gen = torch.Generator().manual_seed(21)
+    fit_rows, rows = copy_rows(2048, gen), copy_rows(48, gen)
+    factors = fit(trained, fit_rows, HEADS_L1, mode, batch=256)
+    pg = probe_gradients(trained, induction_fn(PROBES), HEADS_L1, mode, shared=True)
+    got = score(trained, factors, HEADS_L1, mode, pg, rows)
+    fit_g = per_row_grads(trained, fit_rows, fit_rows[:, 1:], HEADS_L1, mode)
+    row_g = per_row_grads(trained, rows, rows[:, 1:], HEADS_L1, mode)
+    ek_rho, raw_rho, exact_all = [], [], []
+    for j, h in enumerate(HEADS_L1):
+        exact = np.zeros(len(rows))
+        off = 0
+        for b in MODES[mode]:
+            n = pg[h][b].numel()
+            sl = slice(off, off + n)
+            off += n
+            fisher = fit_g[h][:, sl].T @ fit_g[h][:, sl] / len(fit_rows)
+            damp = max(0.1 * float(fisher.diagonal().mean()), 1e-5)
+            exact += -(row_g[h][:, sl] @ torch.linalg.solve(fisher + damp * torch.eye(n, dtype=torch.float64), pg[h][b].reshape(-1))).numpy()
+        raw = -(row_g[h] @ flat(pg[h], mode)).numpy()
+        exact_all.append(exact)
+        ek_rho.append(spearmanr(got[:, j], exact).correlation)
+        raw_rho.append(spearmanr(raw, exact).correlation)
+    agg_rho = spearmanr(got.sum(axis=1), np.sum(exact_all, axis=0)).correlation
+    assert agg_rho >= aggregate, (agg_rho, ek_rho, raw_rho)
+    assert min(ek_rho) >= per_head, (ek_rho, raw_rho)
+    assert np.mean(ek_rho) > np.mean(raw_rho) + 0.15, (ek_rho, raw_rho)
+
+
+# --------------------------------------------------------------------------- meaning of the sign
+
+
+def test_a_step_on_the_top_row_raises_the_probe_and_on_the_bottom_row_lowers_it(trained) -> None:
+    """Natural-gradient SGD step on one row, restricted to the heads' subspace: delta f = eta * score."""
+    mode = "qkvo"
+    gen = torch.Generator().manual_seed(31)
+    factors = fit(trained, copy_rows(256, gen), HEADS_L1, mode, batch=128)
+    rows = copy_rows(24, gen)
+    pg = probe_gradients(trained, induction_fn(PROBES), HEADS_L1, mode, shared=True)
+    agg = score(trained, factors, HEADS_L1, mode, pg, rows).sum(axis=1)
+    with torch.no_grad():
+        base = float(induction_probe(trained, PROBES))
+    row_g = per_row_grads(trained, rows, rows[:, 1:], HEADS_L1, mode)
+    geo = HeadGeometry.of(trained)
+    for i, sign in ((int(np.argmax(agg)), 1.0), (int(np.argmin(agg)), -1.0)):
+        assert np.sign(agg[i]) == sign
+        model = copy.deepcopy(trained)
+        eta = 0.003 / abs(agg[i])  # small enough for the first-order term to dominate (ratio -> 1 as eta -> 0)
+        for h in HEADS_L1:
+            blocks, off = {}, 0
+            for b in MODES[mode]:
+                n = int(np.prod(geo.block_shape(b)))
+                blocks[b] = row_g[h][i, off : off + n].reshape(geo.block_shape(b))
+                off += n
+            step = factors.heads[h]
+            add_to_head(model, h, {b: step[b].precondition(blocks[b], factors.damping, factors.damping_floor) for b in blocks}, -eta)
+        with torch.no_grad():
+            delta = float(induction_probe(model, PROBES)) - base
+        assert np.sign(delta) == sign
+        assert delta == pytest.approx(eta * agg[i], rel=0.03)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_scores_of_a_row_do_not_depend_on_its_batch(trained) -> None:
+    gen = torch.Generator().manual_seed(41)
+    factors = fit(trained, copy_rows(64, gen), HEADS_L1, "qkvo")
+    pg = probe_gradients(trained, induction_fn(PROBES), HEADS_L1, "qkvo", shared=True)
+    scorer = HeadInfluenceScorer(trained, factors, factors.precondition(pg), HEADS_L1, "qkvo", dtype=torch.float64)
+    rows = copy_rows(6, gen)
+    loss, together = scorer.score_batch(rows)
+    for i in range(6):
+        loss_i, alone = scorer.score_batch(rows[i : i + 1])
+        np.testing.assert_allclose(alone[0], together[i], rtol=1e-10, atol=1e-12)
+        assert loss_i[0] == pytest.approx(loss[i], rel=1e-12)
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(trained(rows[:, :-1]).logits.transpose(1, 2), rows[:, 1:], reduction="none").mean(1)
+    np.testing.assert_allclose(loss, ref.numpy(), rtol=1e-6)
+
+
+def test_the_graph_starts_at_the_lowest_target_layer(trained) -> None:
+    """Layers below the lowest target build no graph; no parameter ever requires grad during a trace."""
+    seen = {}
+
+    class Probe:
+        def on_qkv(self, layer, x, g):
+            seen["params_need_grad"] = any(p.requires_grad for p in trained.parameters())
+
+        def on_dense(self, layer, a, g):
+            pass
+
+    layers = trained.gpt_neox.layers
+    hooks = [
+        layers[0].register_forward_hook(lambda m, i, o: seen.__setitem__("layer0", o.requires_grad)),
+        layers[1].mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp1", o.requires_grad)),  # parallel residual
+        layers[1].attention.dense.register_forward_hook(lambda m, i, o: seen.__setitem__("dense1", o.requires_grad)),
+    ]
+    try:
+        HeadTracer(trained, [1], need_dense=False).run(copy_rows(2, torch.Generator().manual_seed(0)), Probe())
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"layer0": False, "mlp1": False, "dense1": True, "params_need_grad": False}
+    with pytest.raises(CurateError, match="vocabulary"):
+        HeadTracer(trained, [1], need_dense=False).run(torch.full((1, 5), V), Probe())
+
+
+def test_previous_token_probe_gives_zero_v_and_o_gradients_not_an_error(trained) -> None:
+    heads = [HeadRef(0, 0), HeadRef(0, 1)]
+    pg = probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, (h.layer, h.head)), heads, "qkvo")
+    for h in heads:
+        assert pg[h]["qk"].abs().sum() > 0
+        assert torch.count_nonzero(pg[h]["v"]) == 0 and torch.count_nonzero(pg[h]["o"]) == 0
+    with pytest.raises(CurateError, match="no gradient"):  # a probe on another head does not read head 1.0
+        probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, (0, 0)), [HeadRef(1, 0)], "qk")
+
+
+def test_sharded_accumulation_merges_to_the_single_pass_result(trained) -> None:
+    """Two workers' partial sums (pickled state dicts, merged on a driver) give the single-process factors."""
+    gen = torch.Generator().manual_seed(51)
+    rows = copy_rows(48, gen)
+    ids = list(range(1000, 1048))
+    heads, mode = [HeadRef(1, 1)], "qkvo"
+    single = EKFACFitter(trained, heads, mode, seed=9, dtype=torch.float64)
+    cov = single.covariance_accumulator()
+    cov.update(rows, ids)
+    lam = single.lambda_accumulator(cov.finalize())
+    lam.update(rows, ids)
+    want = lam.finalize()
+
+    def worker_cov(part: slice) -> bytes:
+        acc = EKFACFitter(trained, heads, mode, seed=9, dtype=torch.float64).covariance_accumulator()
+        acc.update(rows[part], ids[part])
+        return pickle.dumps(acc.state_dict())
+
+    merged = CovarianceAccumulator.from_state(pickle.loads(worker_cov(slice(0, 20))))
+    merged.merge(CovarianceAccumulator.from_state(pickle.loads(worker_cov(slice(20, 48)))))
+    assert merged.counts == {"tokens": 48 * T, "rows": 48}
+    for k, v in cov.state_dict()["tensors"].items():
+        torch.testing.assert_close(merged.tensors[k], v, rtol=1e-12, atol=1e-12)
+    bases_state = pickle.dumps(merged.finalize().state_dict())
+
+    def worker_lam(part: slice) -> bytes:
+        from attribution.ekfac import EigenBases
+
+        fitter = EKFACFitter(trained, heads, mode, seed=9, dtype=torch.float64)
+        acc = fitter.lambda_accumulator(EigenBases.from_state(pickle.loads(bases_state)))
+        acc.update(rows[part], ids[part])
+        return pickle.dumps(acc.state_dict())
+
+    total = LambdaAccumulator.from_state(pickle.loads(worker_lam(slice(0, 30))))
+    total.merge(LambdaAccumulator.from_state(pickle.loads(worker_lam(slice(30, 48)))))
+    got = total.finalize()
+    pg = probe_gradients(trained, induction_fn(PROBES), heads, mode, shared=True)
+    a, b = want.precondition(pg)[heads[0]], got.precondition(pg)[heads[0]]
+    for blk in MODES[mode]:
+        torch.testing.assert_close(a[blk], b[blk], rtol=1e-8, atol=1e-10)
+    with pytest.raises(CurateError, match="other heads"):
+        merged.merge(EKFACFitter(trained, [HeadRef(1, 0)], mode, dtype=torch.float64).covariance_accumulator())
+
+
+# --------------------------------------------------------------------------- persistence and end to end
+
+
+def test_factor_files_round_trip_and_are_reused(trained, tmp_path, monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(61)
+    rows = copy_rows(32, gen)
+    factors = fit(trained, rows, HEADS_L1, "qkvo")
+    fp = model_fingerprint(trained)
+    paths = save_factors(tmp_path, factors, fp, "data-A")
+    assert len(paths) == 2 and all(p.suffix == ".safetensors" for p in paths)
+    loaded, missing = load_factors(tmp_path, HEADS_L1, "qkvo", fp, factors.damping, factors.damping_floor, "data-A")
+    assert missing == []
+    for h in HEADS_L1:
+        for b in MODES["qkvo"]:
+            for name in ("q_a", "q_s", "lam"):
+                assert torch.equal(getattr(loaded.heads[h][b], name), getattr(factors.heads[h][b], name))
+    # every part of the key matters
+    assert load_factors(tmp_path, HEADS_L1, "qkvo", fp, 0.2, factors.damping_floor, "data-A")[1] == HEADS_L1
+    assert load_factors(tmp_path, HEADS_L1, "qkvo", fp, factors.damping, factors.damping_floor, "data-B")[1] == HEADS_L1
+    assert load_factors(tmp_path, HEADS_L1, "qk", fp, factors.damping, factors.damping_floor, "data-A")[1] == HEADS_L1
+    other = make_model(seed=0, train_steps=0)
+    assert load_factors(tmp_path, HEADS_L1, "qkvo", model_fingerprint(other), factors.damping, factors.damping_floor, "data-A")[1] == HEADS_L1
+    # a renamed file is refused, not silently used for another head
+    swapped = paths[0].read_bytes()
+    paths[1].write_bytes(swapped)
+    with pytest.raises(CurateError, match="key mismatch"):
+        load_factors(tmp_path, HEADS_L1, "qkvo", fp, factors.damping, factors.damping_floor, "data-A")
+
+    # fit_factors: the second call loads everything and fits nothing
+    corpus_dir = tmp_path / "c"
+    corpus_dir.mkdir()
+    np.save(corpus_dir / "rows.npy", rows.numpy().astype(np.uint16))
+    corpus = open_corpus(corpus_dir / "rows.npy")
+    cache = tmp_path / "cache"
+    first = fit_factors(trained, corpus, np.arange(32), HEADS_L1, "qk", batch_rows=16, seed=2, cache_dir=cache)
+
+    def no_fit(*a, **k):
+        raise AssertionError("factors were refitted although cached")
+
+    monkeypatch.setattr(EKFACFitter, "fit", no_fit)
+    again = fit_factors(trained, corpus, np.arange(32), HEADS_L1, "qk", batch_rows=16, seed=2, cache_dir=cache)
+    for h in HEADS_L1:
+        assert torch.equal(again.heads[h]["qk"].lam, first.heads[h]["qk"].lam.to(again.heads[h]["qk"].lam))
+    with pytest.raises(AssertionError, match="refitted"):  # other fit rows: a new key
+        fit_factors(trained, corpus, np.arange(16), HEADS_L1, "qk", batch_rows=16, seed=2, cache_dir=cache)
+
+
+def test_score_corpus_end_to_end_writes_the_score_schema(trained, tmp_path) -> None:
+    gen = torch.Generator().manual_seed(71)
+    rows = copy_rows(22, gen)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    np.save(folder / "rows.npy", rows.numpy().astype(np.uint16))
+    write_json(folder / "corpus.json", {"data": "rows.npy", "batch_size": 4, "vocab_size": V})
+    corpus = open_corpus(folder)
+    calls = []
+    table = score_corpus(trained, corpus, (2, 22), "induction", None, "qkvo", batch_rows=8, fit_rows=12,
+                         progress=lambda phase, done, total: calls.append((phase, done, total)), probes=PROBES)
+    assert table.heads == HEADS_L1  # induction default: every head of layers >= 1
+    assert table.row_id.tolist() == list(range(2, 22)) and table.step.tolist() == [r // 4 for r in range(2, 22)]
+    assert ("score", 20, 20) in calls and ("fit eigenvalues", 12, 12) in calls
+    # the same rows scored in other batch sizes give the same numbers
+    again = score_corpus(trained, corpus, (2, 22), "induction", None, "qkvo", batch_rows=20, fit_rows=12, probes=PROBES)
+    np.testing.assert_allclose(again.head_scores, table.head_scores, rtol=1e-9)
+    np.testing.assert_allclose(table.score, table.head_scores.sum(1))
+    path = table.to_parquet(tmp_path / "scores.parquet")
+    t = pq.read_table(path)
+    assert t.schema.names == ["row_id", "step", "loss", "head_1_0", "head_1_1", "score"]
+    assert [t.schema.field(n).type for n in t.schema.names] == [pa.int64(), pa.int64(), pa.float32(), pa.float64(), pa.float64(), pa.float64()]
+    back = ScoreTable.from_parquet(path)
+    assert back.heads == HEADS_L1 and back.meta["mode"] == "qkvo" and back.meta["fit_rows"] == 12
+    np.testing.assert_array_equal(back.head_scores, table.head_scores)
+    top, bottom = table.top_k(3)
+    order = np.argsort(-table.score)
+    assert top.tolist() == table.row_id[order[:3]].tolist()
+    assert bottom.tolist() == table.row_id[order[::-1][:3]].tolist()
+    with pytest.raises(CurateError, match="row range"):
+        score_corpus(trained, corpus, (20, 40), "induction", None, "qk", probes=PROBES)
+    with pytest.raises(CurateError, match="unknown circuit"):
+        score_corpus(trained, corpus, (0, 4), "nope", None, "qk", probes=PROBES)
