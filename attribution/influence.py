@@ -174,6 +174,14 @@ def fit_data_key(corpus, fit_ids: np.ndarray, seed: int) -> str:
     return json.dumps(desc, sort_keys=True)
 
 
+def fit_row_ids(rows: tuple[int, int], fit_rows: int | None, seed: int) -> np.ndarray:
+    """The EK-FAC fit rows: the whole row range, or `fit_rows` of it sampled with `seed` (sorted)."""
+    window = np.arange(rows[0], rows[1], dtype=np.int64)
+    if fit_rows is None or fit_rows >= len(window):
+        return window
+    return np.sort(np.random.default_rng(seed).choice(window, size=int(fit_rows), replace=False))
+
+
 def iter_row_batches(corpus, ids: np.ndarray, batch_rows: int):
     """(row ids, rows) batches of `ids` (sorted runs read in one call)."""
     for a in range(0, len(ids), batch_rows):
@@ -286,10 +294,7 @@ def score_corpus(
     window = np.arange(start, stop, dtype=np.int64)
     if fit_rows is not None and fit_rows < 1:
         raise CurateError(f"--fit-rows must be at least 1 (got {fit_rows})")
-    if fit_rows is None or fit_rows >= len(window):
-        fit_ids = window
-    else:
-        fit_ids = np.sort(np.random.default_rng(seed).choice(window, size=int(fit_rows), replace=False))
+    fit_ids = fit_row_ids((start, stop), fit_rows, seed)
 
     t0 = time.perf_counter()
     factors = fit_factors(model, corpus, fit_ids, heads, mode, batch_rows, seed, damping, damping_floor, factor_cache, progress)
@@ -336,9 +341,6 @@ def score_corpus(
     )
 
 
-_data_key = fit_data_key  # older names, used by pipelines/
-_batches = iter_row_batches
-
 __all__ = [
     "HeadInfluenceScorer",
     "ProbeFn",
@@ -346,6 +348,7 @@ __all__ = [
     "default_probes",
     "fit_data_key",
     "fit_factors",
+    "fit_row_ids",
     "iter_row_batches",
     "probe_gradients",
     "score_corpus",

@@ -7,7 +7,7 @@ The EK-FAC factors are fitted once (in-process) and copied into each Ray job's c
 the scoring phase (actors already up); end-to-end times (Ray start, actor start, top-k, summary) are printed too.
 The machine may be shared: the load average is printed before and after.
 
-    python bench/ray_scaling.py [--rows 6144] [--batch-rows 8] [--shard-rows 512] [--repeats 2]
+    python bench/ray_scaling.py [--rows 8192] [--batch-rows 8] [--shard-rows 512] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -60,10 +60,10 @@ def load() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=6144, help="window rows scored per measurement")
+    ap.add_argument("--rows", type=int, default=8192, help="window rows scored per measurement")
     ap.add_argument("--batch-rows", type=int, default=8)
     ap.add_argument("--shard-rows", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps = args.rows // BATCH
@@ -111,17 +111,20 @@ def main() -> None:
                 print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} rows/s" for k, v in results.items())
                       + f"   (load {load()})")
 
+    # best of N (the least disturbed run on a shared machine) and the median
+    best = {k: max(v) for k, v in results.items()}
     med = {k: statistics.median(v) for k, v in results.items()}
-    cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
+    cpu = {k: min(v) for k, v in cpu_ms.items()}
     print()
-    for k, v in med.items():
-        extra = f"; end to end {statistics.median(end_to_end[k]):.1f} s" if k in end_to_end else ""
-        print(f"{k:>14}: {v:8,.0f} rows/s, {cpu[k]:.3f} CPU ms/row (median of {args.repeats}){extra}")
-    print(f"scaling 2 actors / 1 actor (wall clock): {med['ray 2 actors'] / med['ray 1 actor']:.2f}x (target >= 1.7)")
+    for k in results:
+        extra = f"; end to end {min(end_to_end[k]):.1f} s" if k in end_to_end else ""
+        print(f"{k:>14}: best {best[k]:8,.0f} rows/s, median {med[k]:8,.0f} rows/s, {cpu[k]:.3f} CPU ms/row (of {args.repeats}){extra}")
+    for name, v in (("best", best), ("median", med)):
+        print(f"scaling 2 actors / 1 actor, wall clock ({name}): {v['ray 2 actors'] / v['ray 1 actor']:.2f}x (target >= 1.7)")
     print(f"  on free cores (2 x CPU ms/row of 1 actor / CPU ms/row of 2 actors): {2 * cpu['ray 1 actor'] / cpu['ray 2 actors']:.2f}x")
-    overhead = med["in-process"] / med["ray 1 actor"] - 1
-    print(f"Ray 1 actor vs in-process (1 thread), wall time per row: {overhead * 100:+.1f}% (target <= 10%); "
-          f"CPU time per row: {(cpu['ray 1 actor'] / cpu['in-process'] - 1) * 100:+.1f}%")
+    for name, v in (("best", best), ("median", med)):
+        print(f"Ray 1 actor vs in-process (1 thread), wall time per row ({name}): {(v['in-process'] / v['ray 1 actor'] - 1) * 100:+.1f}% (target <= 10%)")
+    print(f"  CPU time per row: {(cpu['ray 1 actor'] / cpu['in-process'] - 1) * 100:+.1f}%")
     print(f"load average after: {load()}")
 
 

@@ -1,0 +1,173 @@
+"""The scoring worker: one per Ray actor (or used directly in-process).
+
+A worker loads the model, the corpus (memory-mapped) and, once known, the preconditioned probe
+gradients ONCE, then serves three kinds of task on row ranges:
+- `fit_covariance(ids)` / `fit_lambda(bases, ids)`: EK-FAC partial sums (pass 1 / pass 2) of its rows,
+  returned as `state_dict()`s for the driver to merge (`attribution.ekfac`);
+- `score_shard(start, stop, path)`: scores rows [start, stop) with `HeadInfluenceScorer` and writes the
+  shard atomically as a score-table Parquet file (`attribution.score_table`); returns rows, sha256, seconds.
+Each worker runs torch with one thread.
+
+Test hooks (fault injection, read by the DRIVER from its environment and passed to the workers):
+- `CURATE_FAULT_KILL_ACTOR_AT_SHARD=<row start>`: the worker that picks up the shard starting at that row
+  calls `os._exit(1)` before scoring it, once: it first creates the marker file named by
+  `CURATE_FAULT_MARKER` (default `<out>/.fault-kill-<row start>`), and does nothing when it exists.
+- `CURATE_FAULT_SHARD_DELAY_S=<seconds>`: sleep that long before each shard (to kill a run midway in tests).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from attribution.ekfac import EigenBases, EKFACFitter
+from attribution.heads import HeadBlocks, HeadRef
+from attribution.influence import HeadInfluenceScorer, iter_row_batches
+from attribution.score_table import ScoreTable
+from curate.corpus import open_corpus
+from curate.errors import CurateError
+from pipelines.manifest import file_sha256
+
+FAULT_KILL_ENV = "CURATE_FAULT_KILL_ACTOR_AT_SHARD"
+FAULT_MARKER_ENV = "CURATE_FAULT_MARKER"
+FAULT_DELAY_ENV = "CURATE_FAULT_SHARD_DELAY_S"
+
+
+@dataclass
+class FaultPlan:
+    """Injected faults for tests (see the module docstring); the default injects nothing."""
+
+    kill_at_shard: int | None = None
+    marker: str | None = None
+    delay_s: float = 0.0
+
+    @classmethod
+    def from_env(cls, out_dir: Path) -> "FaultPlan":
+        raw = os.environ.get(FAULT_KILL_ENV, "").strip()
+        kill = None
+        if raw:
+            if not raw.lstrip("-").isdigit():
+                raise CurateError(f"${FAULT_KILL_ENV}={raw!r}: expected the first row of a shard (an integer)")
+            kill = int(raw)
+        marker = os.environ.get(FAULT_MARKER_ENV) or (str(out_dir / f".fault-kill-{kill}") if kill is not None else None)
+        delay_raw = os.environ.get(FAULT_DELAY_ENV, "").strip()
+        try:
+            delay = float(delay_raw) if delay_raw else 0.0
+        except ValueError:
+            raise CurateError(f"${FAULT_DELAY_ENV}={delay_raw!r}: expected seconds") from None
+        return cls(kill, marker, delay)
+
+    def before_shard(self, start: int) -> None:
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+        if self.kill_at_shard is not None and start == self.kill_at_shard and self.marker:
+            marker = Path(self.marker)
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os._exit(1)
+
+
+@dataclass
+class WorkerSetup:
+    """Everything a worker needs besides the model and the probe gradients (plain, picklable)."""
+
+    corpus: str
+    batch_size: int  # rows per training step (step = row_id // batch_size)
+    heads: list[tuple[int, int]]
+    mode: str
+    seed: int  # label-sampling seed of the EK-FAC fit
+    batch_rows: int
+    device: str = "cpu"
+    vocab_size: int | None = None  # token ids must be below it
+    shard_meta: dict = field(default_factory=dict)  # written into every shard's Parquet metadata
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    threads: int = 1
+
+
+class ScoreWorker:
+    """Holds a model, a corpus and (after `load_probe`) a scorer; serves fit and score tasks."""
+
+    def __init__(self, setup: WorkerSetup, model: nn.Module, preconditioned: dict[HeadRef, HeadBlocks] | None = None) -> None:
+        torch.set_num_threads(max(1, int(setup.threads)))
+        self.setup = setup
+        self.model = model.to(torch.device(setup.device))
+        self.model.eval()
+        self.corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
+        self.heads = [HeadRef(int(l), int(h)) for l, h in setup.heads]
+        self._fitter: EKFACFitter | None = None
+        self.scorer: HeadInfluenceScorer | None = None
+        if preconditioned is not None:
+            self.load_probe(preconditioned)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def load_probe(self, preconditioned: dict[HeadRef, HeadBlocks]) -> None:
+        """Build the scorer from the preconditioned probe gradients (once per worker)."""
+        if self.scorer is None:
+            self.scorer = HeadInfluenceScorer(self.model, None, preconditioned, self.heads, self.setup.mode)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _batches(self, ids: np.ndarray):
+        vocab = self.setup.vocab_size
+        for chunk, rows in iter_row_batches(self.corpus, np.asarray(ids, dtype=np.int64), self.setup.batch_rows):
+            if vocab is not None and rows.size and int(rows.max()) >= vocab:
+                r, c = np.argwhere(np.asarray(rows) >= vocab)[0]
+                raise CurateError(
+                    f"{self.corpus.path}: token id {int(rows[r, c])} at row {int(chunk[r])} is outside the model's vocabulary (size {vocab})"
+                )
+            yield chunk, rows
+
+    # -- EK-FAC partial sums ------------------------------------------------------------------
+    def _get_fitter(self) -> EKFACFitter:
+        if self._fitter is None:
+            self._fitter = EKFACFitter(self.model, self.heads, self.setup.mode, seed=self.setup.seed)
+        return self._fitter
+
+    def fit_covariance(self, ids: np.ndarray) -> dict:
+        """Pass 1 partial sums over rows `ids` (a fresh accumulator: the result depends on `ids` only)."""
+        acc = self._get_fitter().covariance_accumulator()
+        for chunk, rows in self._batches(ids):
+            acc.update(rows, chunk)
+        return acc.state_dict()
+
+    def fit_lambda(self, bases_state: dict, ids: np.ndarray) -> dict:
+        """Pass 2 partial sums over rows `ids` in the eigenbases the driver finalized."""
+        acc = self._get_fitter().lambda_accumulator(EigenBases.from_state(bases_state))
+        for chunk, rows in self._batches(ids):
+            acc.update(rows, chunk)
+        state = acc.state_dict()
+        state.pop("bases", None)  # the driver has them; do not ship them back
+        return state
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score_rows(self, start: int, stop: int) -> ScoreTable:
+        """Scores of rows [start, stop) (batches of `batch_rows` from `start`)."""
+        if self.scorer is None:
+            raise CurateError("worker has no probe gradients (load_probe was not called)")
+        ids_all = np.arange(start, stop, dtype=np.int64)
+        ids, losses, scores = [], [], []
+        for chunk, rows in self._batches(ids_all):
+            loss, s = self.scorer.score_batch(rows)
+            ids.append(chunk)
+            losses.append(loss)
+            scores.append(s)
+        row_id = np.concatenate(ids)
+        meta = {**self.setup.shard_meta, "rows": [int(start), int(stop)]}
+        return ScoreTable(row_id, row_id // int(self.setup.batch_size), np.concatenate(losses), np.concatenate(scores), self.heads, meta)
+
+    def score_shard(self, start: int, stop: int, path: str) -> dict:
+        """Score rows [start, stop) and write them atomically to `path`; returns rows, sha256, wall and CPU seconds."""
+        self.setup.faults.before_shard(int(start))
+        t0, c0 = time.perf_counter(), time.process_time()
+        table = self.score_rows(int(start), int(stop))
+        table.to_parquet(path)
+        return {"rows": len(table), "sha256": file_sha256(Path(path)), "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0, "pid": os.getpid()}
+

@@ -1,0 +1,454 @@
+"""`curate score`: head-restricted influence of every row of an attribution window, sharded over Ray actors.
+
+Two stages (this module resolves; `pipelines.score_run` runs):
+- `resolve_job(request)`: everything that can fail on bad input, before anything is written to `--out`:
+  the corpus and model (building the default corpus and reference run when asked for the defaults), the
+  checkpoint (first saved one at/after the circuit formed), the window, the vocabulary check, the heads
+  (localized or given), the probe, the EK-FAC fit rows, and the job fingerprint the manifest checks.
+- `run_job(job)`: fits EK-FAC distributed (actors accumulate partial sums of fit-row shards, the driver
+  merges them in shard order and caches the factors), preconditions the probe gradients once, scores the
+  window's row shards on the actor pool (each actor writes its shard atomically to `<out>/shards/`, the
+  driver records it in `<out>/manifest.json`), merges the top-k rows by streaming, and writes
+  `<out>/summary.json` last. A rerun skips the shards the manifest lists, so a killed run resumes and
+  ends byte-identical to an uninterrupted one.
+
+Output folder: `manifest.json`, `shards/rows-<start>-<stop>.parquet` (score-table schema, see
+`attribution.score_table`), `top_positive.parquet` / `top_negative.parquet` (the k best / worst rows),
+`factors/` (EK-FAC cache), `summary.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from attribution.circuits import Circuit, Localization, get_circuit
+from attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
+from attribution.heads import HeadRef, check_mode
+from attribution.influence import fit_data_key, fit_row_ids
+from curate.corpus import Corpus, open_corpus
+from curate.errors import CurateError
+from pipelines.manifest import Manifest
+
+SHARDS_DIR = "shards"
+FACTORS_DIR = "factors"
+SUMMARY_FILE = "summary.json"
+TOP_POSITIVE_FILE = "top_positive.parquet"
+TOP_NEGATIVE_FILE = "top_negative.parquet"
+JOB_VERSION = 1
+PROBES = 32  # repeat probes [r, r] for localization and f_probe (the paper uses 32 to 200)
+PROBE_HALF_LEN = 32
+DEFAULT_TOP = "10%"
+DEFAULT_BATCH_ROWS = 8
+DEFAULT_SHARD_ROWS = 1024
+DEFAULT_FIT_ROWS = 8192
+SHOW_TOP = 10  # rows printed (and kept decoded in summary.json) per tail
+TEXT_CHARS = 80
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- the request
+
+
+@dataclass
+class ScoreRequest:
+    """What the user asked for (the CLI flags); None = the default."""
+
+    circuit: str = "induction"
+    corpus: str | None = None
+    model: str | None = None
+    revision: str | None = None
+    heads: str = "auto"
+    mode: str = "qk"
+    window: str | None = None
+    top: str = DEFAULT_TOP
+    out: Path | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    device: str = "cpu"
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    fit_rows: int | None = DEFAULT_FIT_ROWS  # None: every row of the window
+    seed: int = 0
+    force: bool = False
+    workspace: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class ScoreJob:
+    """A resolved, validated job: what `run_job` executes."""
+
+    request: ScoreRequest
+    circuit: Circuit
+    corpus: Corpus
+    corpus_spec: str  # the corpus as given (absolute): a folder keeps its corpus.json (tokenizer, sidecar)
+    model: nn.Module
+    checkpoint: str  # where the model came from (path, or hub name@revision)
+    checkpoint_step: int | None
+    localization: Localization
+    heads: list[HeadRef]
+    window: tuple[int, int]  # steps [start, end)
+    rows: tuple[int, int]  # row ids [start, stop)
+    top_k: int
+    out: Path
+    probes: torch.Tensor
+    fit_ids: np.ndarray
+    data_key: str
+    model_fp: str
+    fingerprint: dict
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    def shards(self) -> list[tuple[int, int]]:
+        """The window's row shards: `shard_rows` each from the window start (the last may be shorter)."""
+        step = self.request.shard_rows
+        a, b = self.rows
+        return [(s, min(s + step, b)) for s in range(a, b, step)]
+
+
+# --------------------------------------------------------------------------- parsing flags
+
+
+def parse_top(text: str, window_rows: int) -> int:
+    """`--top 10%` (share of the window's rows, rounded up) or `--top 500` (a count) -> k."""
+    raw = str(text).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", raw)
+    if m:
+        pct = float(m.group(1))
+        if not 0 < pct <= 100:
+            raise CurateError(f"--top {raw}: a percentage must be in (0%, 100%]")
+        return max(1, math.ceil(window_rows * pct / 100.0))
+    if not raw.isdigit():
+        raise CurateError(f"--top {raw!r}: expected a percentage (e.g. 10%) or a row count (e.g. 500)")
+    k = int(raw)
+    if k < 1:
+        raise CurateError(f"--top {raw}: must be at least 1 row")
+    if k > window_rows:
+        raise CurateError(f"--top {raw}: more than the {window_rows} rows of the window")
+    return k
+
+
+def check_top_syntax(text: str) -> None:
+    """Reject a malformed `--top` before any work (the window size is not known yet)."""
+    parse_top(text, 1 << 62)
+
+
+def parse_window(text: str) -> tuple[int | None, int | None]:
+    """`--window START:END` in steps (either side may be empty: 0 / the checkpoint's step)."""
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", str(text))
+    if not m:
+        raise CurateError(f"--window {text!r}: expected START:END in training steps, e.g. 0:1500")
+    start = int(m.group(1)) if m.group(1) else None
+    end = int(m.group(2)) if m.group(2) else None
+    if start is not None and end is not None and end <= start:
+        raise CurateError(f"--window {text}: END must be after START")
+    return start, end
+
+
+def check_request(req: ScoreRequest) -> None:
+    """Cheap checks of the flags alone (no file is opened)."""
+    check_mode(req.mode)
+    check_top_syntax(req.top)
+    if req.window is not None:
+        parse_window(req.window)
+    for name, value in (("--batch-rows", req.batch_rows), ("--shard-rows", req.shard_rows)):
+        if value < 1:
+            raise CurateError(f"{name} must be at least 1 (got {value})")
+    if req.shard_rows % req.batch_rows:
+        raise CurateError(f"--shard-rows {req.shard_rows} must be a multiple of --batch-rows {req.batch_rows}")
+    if req.fit_rows is not None and req.fit_rows < 1:
+        raise CurateError(f"--fit-rows must be at least 1 (got {req.fit_rows})")
+    if req.workers is not None and req.workers < 1:
+        raise CurateError(f"--workers must be at least 1 (got {req.workers})")
+    if req.device not in ("cpu", "cuda"):
+        raise CurateError(f"--device {req.device!r}: expected cpu or cuda")
+    if req.device == "cuda" and not torch.cuda.is_available():
+        raise CurateError("--device cuda: no CUDA device is available to torch here")
+
+
+# --------------------------------------------------------------------------- model and corpus
+
+
+def _run_dir_of(spec: str | None) -> Path | None:
+    """`spec` as a training run folder (has run.json or checkpoints/), else None."""
+    from training.models import CHECKPOINTS_DIR, RUN_FILE
+
+    if spec is None:
+        return None
+    p = Path(spec).expanduser()
+    if p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir()):
+        return p
+    return None
+
+
+def ensure_default_corpus(ws: Path, progress: bool, log: Log) -> Path:
+    """The workspace's default corpus folder, built first when missing."""
+    from curate.workspace import default_corpus_dir
+
+    folder = default_corpus_dir(ws)
+    if not (folder / "corpus.json").is_file():
+        log(f"building the default corpus in {folder} ...")
+        from curate.default_corpus import build_default_corpus
+
+        build_default_corpus(ws, progress=progress)
+    return folder
+
+
+def ensure_reference_run(ws: Path, progress: bool, log: Log) -> Path:
+    """The workspace's reference training run, trained (or finished) first when incomplete."""
+    from curate.workspace import reference_run_dir
+    from training.curves import SUMMARY_JSON
+
+    run_dir = reference_run_dir(ws)
+    summary = run_dir / SUMMARY_JSON
+    complete = summary.is_file() and json.loads(summary.read_text()).get("complete") is True
+    if not complete:
+        log(f"training the reference run in {run_dir} (curate train --default) ...")
+        from curate.commands.train import train_command
+
+        train_command(default=True, quiet=not progress, workspace=ws)
+    return run_dir
+
+
+def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, int]:
+    """(checkpoint step, its folder, emergence step): the first saved checkpoint at/after the circuit formed."""
+    from training.curves import SUMMARY_JSON
+    from training.models import list_checkpoints
+
+    path = run_dir / SUMMARY_JSON
+    if not path.is_file():
+        raise CurateError(f"{run_dir}: no {SUMMARY_JSON} (not a finished training run); pass --revision stepK")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CurateError(f"{path}: not valid JSON") from None
+    info = (summary.get("emergence") or {}).get(circuit.metric)
+    if not info:
+        raise CurateError(f"{path}: records no {circuit.metric} curve; pass --revision stepK")
+    step = info.get("emergence_step")
+    if step is None:
+        raise CurateError(
+            f"{run_dir}: the {circuit.name} head never formed (best {circuit.metric} score {float(info.get('max', 0)):.3f} "
+            f"< threshold {info.get('threshold')}); nothing to attribute (pass --revision stepK to score anyway)"
+        )
+    checkpoints = list_checkpoints(run_dir)
+    after = [s for s in checkpoints if s >= int(step)]
+    if not after:
+        raise CurateError(f"{run_dir}: no saved checkpoint at or after step {step}, where the {circuit.name} head formed")
+    return after[0], checkpoints[after[0]], int(step)
+
+
+def _checkpoint_step(folder: Path | None, revision: str | None) -> int | None:
+    """The training step a checkpoint is at: its folder name stepK, its trainer state, or a stepK revision."""
+    from training.models import checkpoint_step
+
+    if folder is not None:
+        step = checkpoint_step(folder)
+        if step is not None:
+            return step
+        from training.checkpoints import STATE_FILE
+
+        if (folder / STATE_FILE).is_file():
+            from training.checkpoints import load_trainer_state
+
+            return int(load_trainer_state(folder)["step"])
+    if revision:
+        m = re.fullmatch(r"step(\d+)", revision)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
+    """(corpus path, batch size) a run folder trained on, from its run.json."""
+    from training.models import RUN_FILE
+
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise CurateError(f"{run_dir}: no {RUN_FILE} to tell which corpus it trained on; pass --corpus")
+    raw = json.loads(path.read_text())
+    spec = raw.get("spec", {})
+    if spec.get("plan") is not None:
+        raise CurateError(f"{run_dir}: was trained under a plan (its row order is not the corpus's); pass --corpus and --window")
+    corpus = spec.get("corpus") or raw.get("base_corpus")
+    if not corpus:
+        raise CurateError(f"{path}: names no corpus; pass --corpus")
+    return str(corpus), raw.get("batch_size")
+
+
+# --------------------------------------------------------------------------- probes and identity
+
+
+def job_probes(model: nn.Module, corpus: Corpus, seed: int) -> torch.Tensor:
+    """Repeat probes [r, r] drawn as the training run's evaluation draws them: r over the tokenizer's
+    vocabulary (when the corpus records it), special ids and end-of-text excluded."""
+    from attribution.metrics import make_repeat_probes, special_token_ids
+
+    vocab = int(model.config.vocab_size)
+    if corpus.meta is not None and corpus.meta.vocab_size:
+        vocab = min(vocab, int(corpus.meta.vocab_size))
+    exclude = set(special_token_ids(model.config))
+    if corpus.meta is not None and corpus.meta.eot_id is not None:
+        exclude.add(int(corpus.meta.eot_id))
+    context = min(int(getattr(model.config, "max_position_embeddings", corpus.row_len - 1)), corpus.row_len - 1)
+    half = max(2, min(PROBE_HALF_LEN, context // 2))
+    return make_repeat_probes(vocab, PROBES, half, seed, sorted(exclude))
+
+
+def corpus_identity(corpus: Corpus, rows: tuple[int, int]) -> dict:
+    """What identifies the corpus content the job reads: path, shape, file sizes, hash of the window's ends."""
+    h = hashlib.blake2b(digest_size=8)
+    for r in sorted({rows[0], rows[1] - 1}):
+        h.update(np.ascontiguousarray(corpus.rows(r, r + 1)).tobytes())
+    return {
+        "path": str(Path(corpus.path).resolve()),
+        "rows": int(corpus.num_rows),
+        "row_len": int(corpus.row_len),
+        "dtype": str(corpus.dtype),
+        "batch_size": int(corpus.batch_size),
+        "bytes": sum(Path(f).stat().st_size for f in corpus.files if Path(f).is_file()),
+        "window_ends": h.hexdigest(),
+    }
+
+
+def check_window_vocab(corpus: Corpus, rows: tuple[int, int], vocab: int) -> None:
+    """Every token id of the window below the model's vocabulary (trusting corpus.json's size when it fits)."""
+    if corpus.meta is not None and corpus.meta.vocab_size and int(corpus.meta.vocab_size) <= vocab:
+        return
+    for a, chunk in corpus.iter_chunks(rows[0], rows[1], chunk_rows=65536):
+        bad = chunk >= vocab
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise CurateError(
+                f"{corpus.path}: token id {int(chunk[r, c])} at row {a + int(r)} is outside the model's vocabulary "
+                f"(size {vocab}): model and corpus do not match"
+            )
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
+    """Validate the request and load what the job needs; writes nothing to the output folder."""
+    from curate.workspace import resolve_workspace, scores_dir
+    from training.models import load_model, model_fingerprint, resolve_checkpoint_dir
+
+    circuit = get_circuit(req.circuit)
+    check_request(req)
+    if req.ray_address:
+        from pipelines.ray_pool import check_ray_address
+
+        check_ray_address(req.ray_address)
+    ws = resolve_workspace(req.workspace)
+    out = Path(req.out) if req.out is not None else scores_dir(ws, circuit.name)
+    if out.exists() and not out.is_dir():
+        raise CurateError(f"--out {out}: exists and is not a folder")
+    notes: list[str] = []
+
+    # -- corpus and model
+    run_dir = _run_dir_of(req.model)
+    run_batch: int | None = None
+    if req.model is None:
+        if req.corpus is not None:
+            raise CurateError("--corpus needs --model (the reference run was trained on the default corpus)")
+        corpus_path = str(ensure_default_corpus(ws, req.progress, log))
+        run_dir = ensure_reference_run(ws, req.progress, log)
+    elif req.corpus is not None:
+        corpus_path = req.corpus
+    elif run_dir is not None:
+        corpus_path, run_batch = _run_corpus(run_dir)
+    else:
+        raise CurateError("--corpus is required with --model (only a training run folder records its corpus)")
+    if run_dir is not None and run_batch is None and (run_dir / "run.json").is_file():
+        run_batch = json.loads((run_dir / "run.json").read_text()).get("batch_size")
+
+    if run_dir is not None and req.revision is None:
+        step, folder, formed = emergence_checkpoint(run_dir, circuit)
+        notes.append(f"checkpoint step{step}: the first saved checkpoint at/after step {formed}, where the {circuit.name} head formed")
+        model = load_model(folder)
+        checkpoint = str(folder)
+    else:
+        folder = resolve_checkpoint_dir(req.model, req.revision) if req.model is not None else None
+        step = _checkpoint_step(folder, req.revision)
+        model = load_model(folder if folder is not None else req.model, None if folder is not None else req.revision)
+        checkpoint = str(folder) if folder is not None else f"{req.model}@{req.revision or 'main'}"
+    model.eval()
+
+    corpus = open_corpus(corpus_path)
+    if run_batch:
+        corpus.batch_size = int(run_batch)
+    batch = corpus.batch_size
+    context = int(getattr(model.config, "max_position_embeddings", corpus.row_len))
+    if corpus.row_len - 1 > context:
+        raise CurateError(f"{corpus.path}: rows of {corpus.row_len} tokens exceed the model's context ({context} + 1)")
+
+    # -- window
+    start, end = parse_window(req.window) if req.window is not None else (None, None)
+    start = 0 if start is None else start
+    if end is None:
+        if step is None:
+            raise CurateError(f"{checkpoint}: cannot tell which training step this model is at; pass --window START:END")
+        end = step
+    if end <= start:
+        raise CurateError(f"--window {start}:{end} is empty (the checkpoint is at step {step})")
+    if end * batch > corpus.num_rows:
+        raise CurateError(
+            f"--window {start}:{end} is outside the corpus: {corpus.path} holds {corpus.num_rows} rows = "
+            f"{corpus.num_rows // batch} whole steps of {batch}"
+        )
+    rows = (start * batch, end * batch)
+    top_k = parse_top(req.top, rows[1] - rows[0])
+    check_window_vocab(corpus, rows, int(model.config.vocab_size))
+
+    # -- heads and probe
+    probes = job_probes(model, corpus, req.seed)
+    loc = circuit.localize(model, probes, heads=req.heads)
+    heads = [HeadRef(l, h) for l, h in loc.require()]
+
+    # -- identity of the job
+    fit_ids = fit_row_ids(rows, req.fit_rows, req.seed)
+    data_key = fit_data_key(corpus, fit_ids, req.seed)
+    model_fp = model_fingerprint(model)
+    fingerprint = {
+        "version": JOB_VERSION,
+        "model": model_fp,
+        "factors": {"data": data_key, "damping": DEFAULT_DAMPING, "damping_floor": DEFAULT_DAMPING_FLOOR},
+        "probe": {
+            "circuit": circuit.name,
+            "seed": int(req.seed),
+            "shape": list(probes.shape),
+            "hash": hashlib.blake2b(probes.numpy().astype(np.int64).tobytes(), digest_size=8).hexdigest(),
+        },
+        "heads": [str(h) for h in heads],
+        "mode": req.mode,
+        "window": [start, end],
+        "corpus": corpus_identity(corpus, rows),
+        "batch_rows": int(req.batch_rows),
+        "shard_rows": int(req.shard_rows),
+        "device": req.device,
+    }
+    if not req.force:
+        Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
+    corpus_spec = str(Path(corpus_path).expanduser().resolve())
+    return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
+                    fit_ids, data_key, model_fp, fingerprint, notes)
+
+
+def score(req: ScoreRequest, log: Log = lambda s: None) -> dict:
+    """Resolve and run a scoring job; returns the summary."""
+    from pipelines.score_run import run_job
+
+    return run_job(resolve_job(req, log), log)

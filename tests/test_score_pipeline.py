@@ -1,0 +1,202 @@
+"""The Ray scoring pipeline: equal to the in-process path, resumable after a driver kill, robust to a dead
+actor, deterministic whatever the worker count, and refusing to mix results of different jobs.
+
+One local Ray (2 CPUs) serves the whole module; the driver-kill test runs `curate score` in a subprocess
+that joins it with --ray-address.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from attribution.influence import score_corpus
+from attribution.score_table import ScoreTable
+from curate.errors import CurateError
+from pipelines.score_job import ScoreRequest, resolve_job, score
+from pipelines.score_run import run_job
+from tests.score_helpers import build_tiny_corpus, build_tiny_model
+
+WINDOW = "0:8"  # 8 steps x 8 rows = 64 rows
+HEADS = "1.0,1.2"
+SHARD_ROWS = 8  # 8 shards
+BATCH_ROWS = 4
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    from pipelines.ray_pool import ray_session
+
+    torch.set_num_threads(1)
+    with ray_session(None, num_cpus=2):
+        yield ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("score")
+    return {"base": base, "corpus": build_tiny_corpus(base / "corpus"), "model": build_tiny_model(base / "model")}
+
+
+def request(tiny: dict, out: Path, **kw) -> ScoreRequest:
+    args = dict(corpus=str(tiny["corpus"]), model=str(tiny["model"]), heads=HEADS, window=WINDOW, out=out, workers=2,
+                batch_rows=BATCH_ROWS, shard_rows=SHARD_ROWS, fit_rows=48, top="10%", progress=False)
+    args.update(kw)
+    return ScoreRequest(**args)
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.parquet"))}
+
+
+def all_scores(out: Path) -> ScoreTable:
+    return ScoreTable.concat([ScoreTable.from_parquet(p) for p in sorted((out / "shards").glob("*.parquet"))])
+
+
+@pytest.fixture(scope="module")
+def reference(ray_address, tiny) -> dict:
+    """An uninterrupted run with 2 workers: the result every other run must reproduce."""
+    out = tiny["base"] / "ref"
+    job = resolve_job(request(tiny, out))
+    summary = run_job(job)
+    return {"out": out, "job": job, "summary": summary, "bytes": shard_bytes(out)}
+
+
+def test_ray_scores_equal_the_in_process_path(reference, tiny):
+    job, out = reference["job"], reference["out"]
+    assert len(reference["bytes"]) == 8
+    ray_table = all_scores(out)
+    np.testing.assert_array_equal(ray_table.row_id, np.arange(64))
+    np.testing.assert_array_equal(ray_table.step, np.arange(64) // 8)
+    # same factors (the job's cache), same probes, same batches: identical numbers
+    inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", batch_rows=BATCH_ROWS,
+                          fit_rows=48, seed=0, probes=job.probes, factor_cache=out / "factors")
+    np.testing.assert_array_equal(inproc.row_id, ray_table.row_id)
+    np.testing.assert_array_equal(inproc.loss, ray_table.loss)
+    np.testing.assert_array_equal(inproc.head_scores, ray_table.head_scores)
+    assert [str(h) for h in ray_table.heads] == ["1.0", "1.2"]
+    # the distributed EK-FAC fit agrees with the in-process fit up to summation order
+    fresh = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", batch_rows=BATCH_ROWS,
+                         fit_rows=48, seed=0, probes=job.probes)
+    scale = np.abs(ray_table.head_scores).max()
+    assert scale > 0
+    assert np.abs(fresh.head_scores - ray_table.head_scores).max() / scale < 1e-4
+
+
+def test_summary_and_top_rows(reference, tiny):
+    s, out = reference["summary"], reference["out"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(s, default=str))
+    for key in ("corpus", "circuit", "heads", "mode", "window", "batch_size", "rows", "checkpoint", "top_positive",
+                "top_negative", "seconds", "retries"):
+        assert key in saved
+    assert (saved["circuit"], saved["heads"], saved["mode"], saved["window"], saved["batch_size"]) == ("induction", ["1.0", "1.2"], "qk", [0, 8], 8)
+    assert (saved["rows"], saved["rows_scored"], saved["shards"], saved["shards_scored"], saved["shards_skipped"]) == (64, 64, 8, 8, 0)
+    assert saved["retries"] == []
+    assert saved["corpus"] == str(tiny["corpus"].resolve())  # the folder: its corpus.json (tokenizer, sidecar) stays usable
+    assert saved["top_k"] == 7  # ceil(10% of 64)
+    table = all_scores(out)
+    best, worst = table.top_k(7)
+    assert pq.read_table(out / "top_positive.parquet").column("row_id").to_pylist() == best.tolist()
+    assert pq.read_table(out / "top_negative.parquet").column("row_id").to_pylist() == worst.tolist()
+    top = saved["top_positive"][0]
+    assert top["row_id"] == int(best[0]) and top["score"] == pytest.approx(float(table.score.max()))
+    assert saved["top_negative"][0]["score"] == pytest.approx(float(table.score.min()))
+    # domain from the sidecar, text decoded by the corpus tokenizer
+    sidecar = pq.read_table(tiny["corpus"] / "rows.parquet").to_pydict()
+    assert top["domain"] == sidecar["domain"][sidecar["row_id"].index(top["row_id"])]
+    from curate.corpus import open_corpus
+    from curate.tokenize import load_tokenizer
+
+    corpus = open_corpus(tiny["corpus"])
+    text = load_tokenizer(corpus.tokenizer_spec()).decode(corpus.rows(top["row_id"], top["row_id"] + 1)[0].tolist())
+    assert top["text"] == text.replace("\n", "\\n").replace("\t", " ")[:80]
+
+
+def test_rerun_skips_every_finished_shard(reference, tiny):
+    out = reference["out"]
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    s = score(request(tiny, out))
+    assert (s["shards_scored"], s["shards_skipped"], s["rows_scored"]) == (0, 8, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
+    assert s["top_positive"] == reference["summary"]["top_positive"]
+
+
+def test_changed_job_is_refused_then_forced_previous_token_qkvo(reference, tiny):
+    """Another job in the same folder is refused; with --force it replaces the old results (and a
+    previous-token / qkvo job scores exactly as the in-process path)."""
+    out = tiny["base"] / "changed"
+    shutil.copytree(reference["out"], out)
+    for changed, field in ((dict(window="0:4"), "window"), (dict(heads="1.1"), "heads"), (dict(seed=3), "probe"),
+                           (dict(mode="qkvo"), "mode")):
+        with pytest.raises(CurateError, match=field):
+            resolve_job(request(tiny, out, **changed))
+    assert shard_bytes(out) == reference["bytes"]
+    job = resolve_job(request(tiny, out, circuit="previous-token", heads="0.1,1.3", mode="qkvo", window="2:6", shard_rows=12,
+                              fit_rows=None, force=True, workers=1))
+    s = run_job(job)
+    assert (s["rows"], s["shards"], s["shards_scored"], s["window"], s["heads"]) == (32, 3, 3, [2, 6], ["0.1", "1.3"])
+    assert sorted(shard_bytes(out)) == [f"rows-{a:012d}-{b:012d}.parquet" for a, b in ((16, 28), (28, 40), (40, 48))]
+    table = all_scores(out)
+    np.testing.assert_array_equal(table.row_id, np.arange(16, 48))
+    inproc = score_corpus(job.model, job.corpus, job.rows, "previous-token", job.heads, "qkvo", batch_rows=BATCH_ROWS,
+                          fit_rows=None, seed=0, probes=job.probes, factor_cache=out / "factors")
+    np.testing.assert_array_equal(inproc.head_scores, table.head_scores)
+    assert np.abs(table.head_scores).max() > 0
+
+
+def test_dead_actor_is_retried_with_identical_results(reference, tiny, monkeypatch):
+    """One worker (so the fit also checks worker-count independence); it dies at the shard of rows 24..32."""
+    out = tiny["base"] / "fault"
+    marker = tiny["base"] / "fault.marker"
+    monkeypatch.setenv("CURATE_FAULT_KILL_ACTOR_AT_SHARD", "24")
+    monkeypatch.setenv("CURATE_FAULT_MARKER", str(marker))
+    s = score(request(tiny, out, workers=1))
+    assert marker.exists()
+    assert [(r["task"], r["phase"], r["attempt"]) for r in s["retries"]] == [([24, 32], "score", 1)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [r["task"] for r in manifest["retries"]] == [[24, 32]]
+    assert manifest["shards"]["000000000024-000000000032"]["attempts"] == 2
+    assert shard_bytes(out) == reference["bytes"]
+
+
+def test_driver_killed_then_rerun_resumes_identically(reference, tiny, ray_address, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "curate.cli", "score", "--corpus", str(tiny["corpus"]), "--model", str(tiny["model"]),
+            "--heads", HEADS, "--window", WINDOW, "--out", str(out), "--workers", "1", "--batch-rows", str(BATCH_ROWS),
+            "--shard-rows", str(SHARD_ROWS), "--fit-rows", "48", "--ray-address", ray_address, "--quiet"]
+    env = {**os.environ, "CURATE_FAULT_SHARD_DELAY_S": "0.4"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.is_file() and json.loads(manifest.read_text())["shards"]:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done = len(json.loads(manifest.read_text())["shards"])
+    assert 1 <= done < 8
+    assert not (out / "summary.json").exists()
+    s = score(request(tiny, out, workers=1))  # the rerun (in this process, on the same Ray)
+    assert (s["shards_skipped"], s["shards_scored"]) == (done, 8 - done)
+    assert shard_bytes(out) == reference["bytes"]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(reference["bytes"])  # no temporaries left
