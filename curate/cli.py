@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "curate.commands.structure",
     "curate.commands.score",
     "curate.commands.mix",
+    "curate.commands.experiment",
 ]
 
 for _name in COMMAND_MODULES:

@@ -381,10 +381,11 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         model = load_model(folder)
         checkpoint = str(folder)
     else:
-        folder = resolve_checkpoint_dir(req.model, req.revision) if req.model is not None else None
+        model_spec = req.model if req.model is not None else str(run_dir)
+        folder = resolve_checkpoint_dir(model_spec, req.revision)
         step = _checkpoint_step(folder, req.revision)
-        model = load_model(folder if folder is not None else req.model, None if folder is not None else req.revision)
-        checkpoint = str(folder) if folder is not None else f"{req.model}@{req.revision or 'main'}"
+        model = load_model(folder if folder is not None else model_spec, None if folder is not None else req.revision)
+        checkpoint = str(folder) if folder is not None else f"{model_spec}@{req.revision or 'main'}"
     model.eval()
 
     corpus = open_corpus(corpus_path)

@@ -1,0 +1,232 @@
+"""The arms of the causal validation: what each arm changes in the attribution window (a `build-mix` spec), the
+training spec of every (arm, seed) run, and running them (in-process, or on Ray actors with one torch thread
+each), skipping every run whose folder already holds a finished run of the same spec.
+
+Every arm retrains from the window's first checkpoint, with the baseline's settings (learning-rate schedule
+included) and the baseline's row order; only the plan differs (rows dropped or inserted inside the window).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from augment.mix import MixSpec
+from curate.errors import CurateError
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ArmDef:
+    """One arm: which rows it removes / adds, and whether its mix depends on the seed."""
+
+    name: str
+    description: str
+    remove: bool = False
+    augment: bool = False
+    source: str = "top"
+    control: bool = False
+    seeded_mix: bool = True  # the mix makes a random choice (rows, insertion order, synthetic content)
+
+    def mix_spec(self, k: str, augment: str, seed: int, top: int, pool: str | None = None) -> MixSpec | None:
+        """The `build-mix` spec of this arm (None for the baseline)."""
+        if not (self.remove or self.augment):
+            return None
+        return MixSpec(
+            remove=k if self.remove else None,
+            augment=augment if self.augment else None,
+            source="top" if self.control else self.source,
+            pool=pool if self.source == "neighbors" and not self.control else None,
+            control="random" if self.control else None,
+            seed=seed if self.seeded_mix else 0,
+            top=top,
+        )
+
+
+ARMS: dict[str, ArmDef] = {a.name: a for a in (
+    ArmDef("baseline", "the window unchanged"),
+    ArmDef("remove-top", "the top-k rows of the window removed", remove=True, seeded_mix=False),
+    ArmDef("remove-random", "k random rows of the window removed (control)", remove=True, control=True),
+    ArmDef("augment-top", "the top rows duplicated, spread over the window", augment=True),
+    ArmDef("augment-random", "random window rows duplicated, spread over the window (control)", augment=True, control=True),
+    ArmDef("augment-neighbors", "structural neighbours of the top rows (FAISS, from rows no arm trains on) added",
+           augment=True, source="neighbors"),
+    ArmDef("augment-synthetic", "synthetic rows built from the top rows' motifs added", augment=True, source="synthetic"),
+)}
+ALL_ARMS = tuple(ARMS)
+SCALE_ARMS = ("baseline", "augment-top", "augment-random", "augment-synthetic")
+
+
+def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, flag: str = "--arms") -> list[str]:
+    """A comma-separated arm list (in the canonical order, baseline always included); None = `default`."""
+    if text is None:
+        names = list(default)
+    else:
+        names = [t.strip() for t in str(text).split(",") if t.strip()]
+        if not names:
+            raise CurateError(f"{flag} {text!r}: name at least one arm (known: {', '.join(ALL_ARMS)})")
+        for n in names:
+            if n not in ARMS:
+                raise CurateError(f"{flag}: unknown arm {n!r} (known: {', '.join(ALL_ARMS)})")
+    chosen = set(names)
+    if flag == "--arms":
+        chosen.add("baseline")
+    return [a for a in ALL_ARMS if a in chosen]
+
+
+def mix_folder(mixes_dir: Path, arm: str, seed: int) -> Path:
+    """Where an arm's mix lives: one per seed when the mix depends on the seed, else one shared folder."""
+    return mixes_dir / (f"{arm}-seed{seed}" if ARMS[arm].seeded_mix else arm)
+
+
+def run_folder(arms_dir: Path, arm: str, seed: int) -> Path:
+    return arms_dir / arm / f"seed{seed}"
+
+
+# --------------------------------------------------------------------------- run specs
+
+
+@dataclass
+class ArmRun:
+    """One (arm, seed) training run."""
+
+    arm: str
+    seed: int
+    out_dir: Path
+    spec: "object"  # training.trainer.TrainSpec
+    key: str  # identifies the trajectory: runs with equal keys are the same run (trained once)
+    same_as: Path | None = None  # the folder of the identical run trained for another (arm, seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm} seed {self.seed}"
+
+
+def run_key(spec) -> str:
+    """Hash of the trajectory-defining spec (as `training.trainer.spec_hash` computes it, plan by content)."""
+    from training.plan import TrainingPlan, load_plan
+    from training.trainer import spec_hash
+
+    plan = load_plan(spec.plan) if spec.plan is not None else TrainingPlan()
+    return spec_hash(spec, plan)
+
+
+def dedupe(runs: list[ArmRun]) -> list[ArmRun]:
+    """Mark every run whose key equals an earlier run's (`same_as` = that run's folder); returns the runs to train."""
+    first: dict[str, ArmRun] = {}
+    unique = []
+    for r in runs:
+        if r.key in first:
+            r.same_as = first[r.key].out_dir
+        else:
+            first[r.key] = r
+            unique.append(r)
+    return unique
+
+
+def is_finished(out_dir: Path, key: str) -> bool:
+    """A finished run of this spec is in `out_dir` (complete summary, same spec hash)."""
+    from training.curves import SUMMARY_JSON
+    from training.models import RUN_FILE
+
+    try:
+        summary = json.loads((out_dir / SUMMARY_JSON).read_text())
+        run = json.loads((out_dir / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return summary.get("complete") is True and run.get("spec_hash") == key
+
+
+def check_run_folder(run: ArmRun) -> None:
+    """A folder that holds a run of another spec is an error (never overwritten silently)."""
+    from training.models import RUN_FILE
+
+    path = run.out_dir / RUN_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text()).get("spec_hash")
+        except json.JSONDecodeError:
+            saved = None
+        if saved != run.key:
+            raise CurateError(f"{run.out_dir}: holds a run of other settings (spec {saved}, this arm {run.key}); "
+                              f"rerun the arm with --rerun {run.arm} or use another --out")
+
+
+# --------------------------------------------------------------------------- running
+
+
+class ArmWorker:
+    """A Ray actor that trains arm runs, one torch thread, one at a time."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+
+    def train(self, spec_json: dict, out_dir: str) -> dict:
+        from training.trainer import TrainSpec, train
+
+        result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
+        return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s")}
+
+
+def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = False, device: str = "cpu") -> dict:
+    """Train every run not finished yet: in-process when one worker, else on Ray actors. Returns counts."""
+    todo = [r for r in dedupe(runs) if not is_finished(r.out_dir, r.key)]
+    for r in todo:
+        check_run_folder(r)
+    skipped = len([r for r in runs if r.same_as is None]) - len(todo)
+    if skipped:
+        log(f"arms: {skipped} run(s) already finished, skipped")
+    if not todo:
+        return {"trained": 0, "skipped": skipped, "workers": 0}
+    workers = max(1, min(workers, len(todo)))
+    if workers == 1:
+        from training.trainer import train
+
+        for i, r in enumerate(todo):
+            log(f"arms: training {r.label} ({i + 1}/{len(todo)}) -> {r.out_dir}")
+            train(r.spec, r.out_dir, progress=progress, resume=True)  # type: ignore[arg-type]
+        return {"trained": len(todo), "skipped": skipped, "workers": 1}
+    _train_on_ray(todo, workers, log, device)
+    return {"trained": len(todo), "skipped": skipped, "workers": workers}
+
+
+def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> None:
+    import ray
+
+    from pipelines.ray_pool import ActorPool, Task, ray_session
+
+    with ray_session(None, num_cpus=workers) as session:
+        gpus = 1.0 if device == "cuda" else 0.0
+        if gpus and session.gpus < 1:
+            raise CurateError("--device cuda: the Ray session has no GPU")
+        remote_cls = ray.remote(ArmWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
+        size = min(workers, session.gpus) if gpus else workers
+        log(f"arms: {len(todo)} run(s) on {size} Ray worker(s)")
+        pool = ActorPool(lambda: remote_cls.remote(), max(1, size))
+        done = {"n": 0}
+
+        def finished(task: Task, result: dict) -> None:
+            done["n"] += 1
+            r = todo[task.key]
+            wall = result.get("wall_s")
+            log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else ""))
+
+        try:
+            pool.run("train", [Task(i, (r.spec.to_json(), str(r.out_dir))) for i, r in enumerate(todo)], finished, phase="arms")  # type: ignore[attr-defined]
+        finally:
+            pool.shutdown()
+
+
+def discard(arms_dir: Path, mixes_dir: Path, arm: str) -> None:
+    """`--rerun ARM`: remove the arm's runs and mixes so they are built and trained again."""
+    shutil.rmtree(arms_dir / arm, ignore_errors=True)
+    if mixes_dir.is_dir():
+        for p in mixes_dir.iterdir():
+            if p.name == arm or p.name.startswith(f"{arm}-seed"):
+                shutil.rmtree(p, ignore_errors=True)
+

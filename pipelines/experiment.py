@@ -1,0 +1,188 @@
+"""`curate experiment`: the causal validation of an attribution, end to end (MDA-SPEC sections 4 and 5).
+
+1. Baseline: the workspace's reference run (reused when it exists with the default settings, else trained like
+   `curate train --default`), an own baseline trained into EXP/baseline (`--quick`, `--corpus`, `--config`, ...),
+   a finished curate run folder (`--model RUN`), or an external model with its checkpoints (`--model
+   EleutherAI/pythia-70m --revision stepK`: Pythia is its own baseline run).
+2. Scores of the attribution window at the checkpoint after formation, by `curate score`'s job (same defaults;
+   `curate score`'s own results are reused when their fingerprint matches, an interrupted scoring resumes).
+3. Arms (`pipelines.arms`), each retrained from the window's first checkpoint with the baseline's settings
+   and row order, for every seed; finished runs are skipped.
+4. Per arm and seed: curves of the targeted and the other heads, ICL, loss, emergence (`pipelines.effects`).
+5. EXP/report: report.md, report.html, figures, results.json (`pipelines.report`).
+
+What a seed varies: when the window starts at step 0 (and the baseline is a curate run), seed s re-draws the
+initial weights (init seed = the baseline's seed + s, so seed 0 is the scored run's own initialisation) as
+well as the mixes' random choices; when the window starts later, every arm starts from the baseline's
+checkpoint (weights, optimizer, RNG), training has no other randomness, so a seed only changes the mixes'
+random choices (random rows, insertion order, synthetic content), and seed-independent arms run once.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from curate.errors import CurateError
+from pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
+from pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
+from pipelines.experiment_setting import (  # noqa: F401 (the command's API, re-exported)
+    EXPERIMENT_FILE, ExperimentOptions, Setting, check_identity, check_options, command_line, default_out, parse_sizes,
+    resolve_setting,
+)
+
+Log = Callable[[str], None]
+
+__all__ = ["ExperimentOptions", "run_experiment", "check_options", "command_line", "default_out", "parse_sizes", "ray_holder"]
+
+REPORT_DIR = "report"
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayHolder | None = None) -> dict:
+    """Run (or resume) the experiment and write its report; returns results.json's content."""
+    from curate.atomic import write_json
+    from pipelines.arms import discard, parse_arms, train_runs
+
+    s = resolve_setting(opts, log)
+    check_identity(s)
+    s.out.mkdir(parents=True, exist_ok=True)
+    write_json(s.out / EXPERIMENT_FILE, {"identity": s.identity, "command": command_line(opts)})
+    if opts.rerun is not None:
+        for arm in parse_arms(opts.rerun, flag="--rerun"):
+            log(f"--rerun: discarding the {arm} runs and mixes")
+            discard(s.out / "arms", s.out / "mixes", arm)
+
+    workers = opts.workers or (os.cpu_count() or 1)
+    with ray_holder(workers, ray) as holder:
+        run_json = prepare_baseline(s, log)
+        window = choose_window(s, run_json)
+        plan = plan_arms(s, window, run_json)
+        scores, score_summary, score_notes = run_scores(s, window, holder, log)
+        pool_index = ensure_pool_index(s, plan, log)
+        mixes, mix_commands = build_mixes(s, scores, plan, pool_index, log)
+        runs = arm_specs(s, window, plan, run_json, mixes)
+        from pipelines.arms import dedupe, is_finished
+
+        pending = [r for r in dedupe(list(runs)) if not is_finished(r.out_dir, r.key)]
+        if pending and workers > 1 and len(pending) > 1:
+            holder.ensure()
+        counts = train_runs(runs, workers, log, progress=opts.progress and workers == 1, device=opts.device)
+    results = collect_results(s, window, scores, score_summary, plan, runs, mix_commands, counts,
+                              score_notes + plan.notes + s.notes, run_json)
+    from pipelines.report import write_report
+
+    results["report"] = str((s.out / REPORT_DIR).resolve())
+    write_report(s.out / REPORT_DIR, results, log)
+    return results
+
+
+def lineage_seed(s: Setting, window: Window, seed: int) -> bool:
+    """Does this seed's run start from the scored model's own weights (so head L.H is the same head)?"""
+    return s.baseline.mode == "external" or window.start > 0 or seed == 0
+
+
+def collect_results(s: Setting, window: Window, scores: Path, score_summary: dict, plan: ArmPlan, runs: list,
+                    mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict) -> dict:
+    """Every number of the experiment (results.json)."""
+    from pipelines.arms import ARMS
+    from pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
+
+    targeted = parse_head_names(score_summary["heads"])
+    metric = s.circuit.metric  # type: ignore[attr-defined]
+    by_arm: dict[str, dict] = {}
+    for r in runs:
+        folder = r.same_as or r.out_dir
+        m = read_run_metrics(r.arm, r.seed, folder, metric, targeted, s.threshold, lineage_seed(s, window, r.seed))
+        m.run_dir = str(Path(r.out_dir).resolve())
+        m.same_as = str(Path(r.same_as).resolve()) if r.same_as is not None else None
+        by_arm.setdefault(r.arm, {})[r.seed] = m
+    effects = effects_table(by_arm)
+    comps = comparisons(by_arm)
+    checks = verdicts(by_arm, effects, comps)
+    enrichment = class_enrichment(scores, plan.n_remove)
+    rerun = {arm: command_line(s.opts, ["--rerun", arm]) for arm in s.arms}
+    baseline_info: dict = {"mode": s.baseline.mode, "corpus": s.baseline.corpus, "batch_size": s.baseline.batch_size}
+    if s.baseline.run_dir is not None:
+        baseline_info["run"] = str(Path(s.baseline.run_dir).resolve())
+        baseline_info["emergence_step"] = window.emergence
+        baseline_info["steps"] = int(run_json["spec"]["steps"])
+        if s.baseline.mode == "own":
+            baseline_info["command"] = own_baseline_command(s)
+    if s.baseline.model is not None:
+        baseline_info["model"] = s.baseline.model
+    return {
+        "circuit": s.circuit.name,  # type: ignore[attr-defined]
+        "metric": metric,
+        "threshold": s.threshold,
+        "experiment": str(s.out.resolve()),
+        "baseline": baseline_info,
+        "window": {"start": window.start, "end": window.end, "rows": (window.end - window.start) * s.baseline.batch_size,
+                   "reason": window.reason},
+        "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": score_summary.get("checkpoint"),
+                   "mode": score_summary.get("mode"), "rows": score_summary.get("rows"),
+                   "command": score_command(s, window, score_summary)},
+        "targeted_heads": score_summary["heads"],
+        "arm_names": list(s.arms),
+        "arms": {arm: {"description": ARMS[arm].description,
+                       "runs": {str(seed): m.to_json() for seed, m in sorted(by_arm[arm].items())}} for arm in s.arms},
+        "arm_steps": plan.steps,
+        "k_rows": plan.n_remove,
+        "augment_rows": plan.n_add,
+        "k": s.opts.k,
+        "augment": s.opts.augment,
+        "seeds": s.seeds,
+        "seed_varies": seed_varies(s, window),
+        "eval_every": s.eval_every,
+        "neighbour_pool": list(plan.pool) if plan.pool is not None and "augment-neighbors" in s.arms else None,
+        "effects": [e.to_json() for e in effects],
+        "comparisons": [c.to_json() for c in comps],
+        "test": "Welch's unequal-variance t-test over seeds, two-sided, alpha 0.05",
+        "verdicts": [v.to_json() for v in checks],
+        "enrichment": enrichment,
+        "commands": {"experiment": command_line(s.opts), "rerun_arm": rerun, "mixes": mix_commands},
+        "runs_trained": counts,
+        "notes": notes,
+    }
+
+
+def score_command(s: Setting, window: Window, summary: dict) -> str:
+    b = s.baseline
+    if b.mode == "external":
+        model, revision = b.checkpoint(s.opts.revision or f"step{window.end}")
+    else:
+        model, revision = str(Path(b.run_dir).resolve()), f"step{window.end}"  # type: ignore[arg-type]
+    args = ["curate", "score", "--circuit", s.circuit.name, "--model", str(model)]  # type: ignore[attr-defined]
+    args += ["--revision", revision] if revision else []
+    args += ["--window", f"{window.start}:{window.end}", "--heads", ",".join(summary["heads"]), "--corpus", b.corpus,
+             "--out", str(Path(summary.get("out") or s.out / "scores").resolve())]
+    if s.opts.fit_rows:
+        args += ["--fit-rows", str(s.opts.fit_rows)]
+    return shlex.join(args)
+
+
+def own_baseline_command(s: Setting) -> str:
+    spec = s.baseline.own_spec
+    args = ["curate", "train", "--corpus", spec.corpus, "--steps", str(spec.steps), "--batch-size", str(spec.batch_size),  # type: ignore[attr-defined]
+            "--eval-every", str(spec.eval_every), "--checkpoints", spec.checkpoints, "--seed", str(spec.seed),  # type: ignore[attr-defined]
+            "--lr", repr(spec.lr), "--warmup-steps", str(spec.warmup_steps)]  # type: ignore[attr-defined]
+    if s.baseline.config_file:
+        args += ["--config", s.baseline.config_file]
+    args += ["--out", str(Path(s.baseline.run_dir).resolve()), "--resume"]  # type: ignore[arg-type]
+    return shlex.join(args)
+
+
+def class_enrichment(scores: Path, top_rows: int) -> dict:
+    """Structural classes enriched among the top rows (augment.explain), or why they could not be computed."""
+    from augment.explain import explain_scores
+
+    try:
+        rep = explain_scores(scores, top=str(top_rows))
+    except CurateError as e:
+        return {"error": str(e)}
+    return {"top_k": rep.top_k, "base_rows": rep.base_rows, "base_sampled": rep.base_sampled,
+            "classes": [asdict(c) for c in rep.classes], "tail_share": rep.tail_share}

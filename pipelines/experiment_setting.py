@@ -1,0 +1,382 @@
+"""The experiment's options (the command's flags), their checks, and the resolved setting: which baseline
+the arms copy (the reference run, an own baseline, a run folder or an external model), seeds, arms,
+threshold, and the identity a rerun into the same folder must match."""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from curate.errors import CurateError
+
+Log = Callable[[str], None]
+EXPERIMENT_FILE = "experiment.json"
+QUICK_BASELINE_STEPS = 300
+QUICK_EVAL_EVERY = 25
+DEFAULT_SEEDS = 3
+DEFAULT_ARM_CHECKPOINTS = "every:1000"
+
+
+@dataclass
+class ExperimentOptions:
+    """The command's flags (None = the default, resolved in `resolve_setting`)."""
+
+    circuit: str = "induction"
+    quick: bool = False
+    k: str = "10%"
+    augment: str = "2%"
+    seeds: int | None = None
+    arms: str | None = None
+    rerun: str | None = None
+    window: str | None = None
+    steps: int | None = None
+    threshold: float | None = None
+    heads: str = "auto"
+    corpus: str | None = None
+    model: str | None = None
+    revision: str | None = None
+    config: str | None = None
+    baseline_steps: int | None = None
+    batch_size: int | None = None
+    eval_every: int | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    schedule_steps: int | None = None
+    arm_checkpoints: str = DEFAULT_ARM_CHECKPOINTS
+    motif_rows: int = 2000
+    fit_rows: int | None = None
+    workers: int | None = None
+    device: str = "cpu"
+    out: Path | None = None
+    workspace: Path | None = None
+    progress: bool = True
+    scales: bool = False
+    sizes: str = "64x2,96x2,128x3"
+
+    def flags(self) -> list[str]:
+        """The `curate experiment` flags that reproduce these options (defaults left out, --out always)."""
+        defaults = ExperimentOptions()
+        out: list[str] = []
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if name in ("progress", "rerun") or value == getattr(defaults, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                out.append(flag)
+            else:
+                if name in ("out", "workspace", "config") or (name in ("corpus", "model") and Path(str(value)).exists()):
+                    value = str(Path(value).expanduser().resolve())
+                out += [flag, str(value)]
+        if not self.progress:
+            out.append("--quiet")
+        return out
+
+
+def command_line(opts: ExperimentOptions, extra: list[str] | None = None) -> str:
+    return shlex.join(["curate", "experiment", *opts.flags(), *(extra or [])])
+
+
+# --------------------------------------------------------------------------- cheap checks
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """`--sizes 64x2,96x2,128x3` -> [(hidden, layers), ...]; at least three distinct sizes."""
+    sizes: list[tuple[int, int]] = []
+    for part in str(text).split(","):
+        item = part.strip().lower()
+        h, sep, l = item.partition("x")
+        if not (sep and h.isdigit() and l.isdigit() and int(h) > 0 and int(l) > 0):
+            raise CurateError(f"--sizes {text!r}: {part.strip()!r} is not HIDDENxLAYERS (e.g. 64x2)")
+        if (int(h), int(l)) in sizes:
+            raise CurateError(f"--sizes {text!r}: {item} is listed twice")
+        sizes.append((int(h), int(l)))
+    if len(sizes) < 3:
+        raise CurateError(f"--sizes {text!r}: --scales needs at least three model sizes")
+    return sizes
+
+
+def check_options(opts: ExperimentOptions) -> None:
+    """Every check that needs no file: one CurateError line before anything is read or written."""
+    from attribution.circuits import get_circuit
+    from augment.mix import parse_amount
+    from pipelines.arms import parse_arms
+    from pipelines.score_job import parse_window
+    from training.schedule import parse_checkpoint_steps
+
+    get_circuit(opts.circuit)
+    parse_amount(opts.k, "--k", 1 << 50)
+    parse_amount(opts.augment, "--augment", 1 << 50)
+    arms = parse_arms(opts.arms)
+    if opts.rerun is not None:
+        for arm in parse_arms(opts.rerun, flag="--rerun"):
+            if arm not in arms:
+                raise CurateError(f"--rerun {arm}: not one of the arms run ({', '.join(arms)})")
+    positive = {"--seeds": opts.seeds, "--steps": opts.steps, "--baseline-steps": opts.baseline_steps,
+                "--batch-size": opts.batch_size, "--eval-every": opts.eval_every, "--workers": opts.workers,
+                "--fit-rows": opts.fit_rows, "--schedule-steps": opts.schedule_steps, "--motif-rows": opts.motif_rows}
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise CurateError(f"{flag} must be at least 1 (got {value})")
+    if opts.warmup_steps is not None and opts.warmup_steps < 0:
+        raise CurateError(f"--warmup-steps must be >= 0 (got {opts.warmup_steps})")
+    if opts.lr is not None and not (opts.lr > 0 and math.isfinite(opts.lr)):
+        raise CurateError(f"--lr must be positive (got {opts.lr})")
+    if opts.threshold is not None and not 0.0 < opts.threshold <= 1.0:
+        raise CurateError(f"--threshold must be in (0, 1] (got {opts.threshold})")
+    if opts.window is not None:
+        parse_window(opts.window)
+    if opts.device not in ("cpu", "cuda"):
+        raise CurateError(f"--device {opts.device!r}: expected cpu or cuda")
+    parse_checkpoint_steps(opts.arm_checkpoints, 10, 0)
+    if opts.revision is not None and opts.model is None:
+        raise CurateError("--revision names a checkpoint of --model: give --model too")
+    if opts.config is not None and opts.model is not None:
+        raise CurateError("--config builds a fresh baseline model; --model starts from existing weights: give one of them")
+    if opts.scales:
+        parse_sizes(opts.sizes)
+        if opts.model is not None:
+            raise CurateError("--scales trains its own baseline per model size: drop --model")
+        if opts.window is not None:
+            raise CurateError("--scales finds each size's window from its own baseline: drop --window")
+
+
+# --------------------------------------------------------------------------- the resolved setting
+
+
+@dataclass
+class Baseline:
+    """Where the arms start from and what they copy."""
+
+    mode: str  # reference / own / run / external
+    corpus: str  # absolute path of the training corpus
+    batch_size: int
+    run_dir: Path | None = None  # curate run folder (reference / own / run)
+    own_spec: object | None = None  # TrainSpec of an own baseline still to train
+    model: str | None = None  # external model (hub name or HF folder)
+    config_file: str | None = None  # model config JSON of an own baseline
+
+    def checkpoint(self, revision: str) -> tuple[str, str | None]:
+        """(model, revision) of an external model's checkpoint `stepK`: a local folder's `stepK/` subfolder
+        (an HF folder, no revision), or the hub name with the revision."""
+        assert self.model is not None
+        local = Path(self.model)
+        if local.is_dir():
+            return str(local / revision), None
+        return self.model, revision
+
+    def run_json(self) -> dict:
+        from training.models import RUN_FILE
+
+        assert self.run_dir is not None
+        return json.loads((self.run_dir / RUN_FILE).read_text())
+
+
+@dataclass
+class Setting:
+    """Everything resolved from the options before the long work starts."""
+
+    opts: ExperimentOptions
+    circuit: object  # attribution.circuits.Circuit
+    ws: Path
+    out: Path
+    baseline: Baseline
+    seeds: list[int]
+    arms: list[str]
+    threshold: float
+    eval_every: int
+    identity: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def abs_path(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def load_config_file(path: str) -> dict:
+    from training.models import config_from_dict
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CurateError(f"{p}: --config file not found")
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CurateError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise CurateError(f"{p}: a model config is a JSON object")
+    config_from_dict(raw)
+    return raw
+
+
+def _baseline_flags(opts: ExperimentOptions) -> dict:
+    """The flags that shape a baseline trained here (meaningless with a finished run as the baseline)."""
+    return {"--baseline-steps": opts.baseline_steps, "--batch-size": opts.batch_size, "--eval-every": opts.eval_every,
+            "--lr": opts.lr, "--warmup-steps": opts.warmup_steps, "--schedule-steps": opts.schedule_steps}
+
+
+def _own_mode(opts: ExperimentOptions) -> bool:
+    given = (opts.corpus, opts.config, *_baseline_flags(opts).values())
+    return opts.quick or opts.scales or any(v is not None for v in given)
+
+
+def _is_run_folder(spec: str) -> bool:
+    from training.models import CHECKPOINTS_DIR, RUN_FILE
+
+    p = Path(spec).expanduser()
+    return p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir())
+
+
+def default_out(opts: ExperimentOptions, ws: Path) -> Path:
+    from attribution.circuits import get_circuit
+
+    name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
+    return ws / "experiments" / name
+
+
+def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
+    """Resolve the baseline, seeds, arms and thresholds; opens files but writes nothing."""
+    from attribution.circuits import get_circuit
+    from curate.commands.train import default_training_fields
+    from curate.corpus import open_corpus
+    from curate.workspace import default_corpus_dir, resolve_workspace
+    from pipelines.arms import parse_arms
+    from training.trainer import TrainSpec
+
+    check_options(opts)
+    circuit = get_circuit(opts.circuit)
+    ws = resolve_workspace(opts.workspace)
+    out = Path(abs_path(opts.out if opts.out is not None else default_out(opts, ws)))
+    if out.exists() and not out.is_dir():
+        raise CurateError(f"--out {out}: exists and is not a folder")
+    seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)))
+    arms = parse_arms(opts.arms)
+    threshold = float(opts.threshold if opts.threshold is not None else circuit.default_threshold)
+    notes: list[str] = []
+
+    if opts.model is not None and _is_run_folder(opts.model):
+        run_dir = Path(abs_path(opts.model))
+        from training.curves import SUMMARY_JSON
+        from training.models import RUN_FILE
+
+        if not (run_dir / RUN_FILE).is_file() or not (run_dir / SUMMARY_JSON).is_file():
+            raise CurateError(f"{run_dir}: not a finished training run (no {RUN_FILE} / {SUMMARY_JSON})")
+        raw = json.loads((run_dir / RUN_FILE).read_text())
+        if raw.get("spec", {}).get("plan") is not None:
+            raise CurateError(f"{run_dir}: was trained under a plan; the baseline must train on the corpus in its own order")
+        if opts.corpus is not None:
+            raise CurateError(f"--corpus: the run {run_dir} records its corpus; drop --corpus")
+        for flag, value in _baseline_flags(opts).items():
+            if value is not None:
+                raise CurateError(f"{flag}: the arms copy the settings of the run {run_dir}; drop {flag}")
+        corpus = abs_path(raw["spec"].get("corpus") or raw["base_corpus"])
+        baseline = Baseline("run", corpus, int(raw["batch_size"]), run_dir=run_dir)
+        eval_every = int(raw["spec"].get("eval_every", 100))
+    elif opts.model is not None:
+        if opts.corpus is None:
+            raise CurateError(f"--model {opts.model}: an external model needs --corpus (the rows it was trained on)")
+        if opts.window is None:
+            raise CurateError(f"--model {opts.model}: an external model needs --window START:END (training steps)")
+        from pipelines.score_job import parse_window
+
+        start, end = parse_window(opts.window)
+        if end is None:
+            raise CurateError(f"--window {opts.window}: give the window's end step with an external model")
+        if opts.baseline_steps is not None:
+            raise CurateError("--baseline-steps: an external model is its own baseline (nothing is trained before the arms)")
+        from training.models import HUB_NAME_RE
+
+        local = Path(opts.model).expanduser()
+        if not local.exists() and (opts.model.startswith((".", "/", "~")) or not HUB_NAME_RE.match(opts.model)):
+            raise CurateError(f"--model {opts.model}: model folder not found (and not a hub name like EleutherAI/pythia-70m)")
+        corpus_obj = open_corpus(opts.corpus)
+        batch = opts.batch_size or corpus_obj.batch_size
+        if local.exists():
+            revision = opts.revision or f"step{end}"
+            for step_name in (f"step{start or 0}", revision):
+                if not (local / step_name / "config.json").is_file():
+                    raise CurateError(f"--model {local}: no {step_name}/ checkpoint folder inside (an external model folder "
+                                      "holds one stepK/ folder per checkpoint, like the hub's revisions)")
+        baseline = Baseline("external", abs_path(opts.corpus), int(batch), model=opts.model if not local.exists() else abs_path(local))
+        eval_every = opts.eval_every or 100
+    elif _own_mode(opts):
+        if opts.corpus is not None:
+            corpus_path = abs_path(opts.corpus)
+            corpus_obj = open_corpus(corpus_path)
+        else:
+            corpus_path = abs_path(default_corpus_dir(ws))
+            corpus_obj = open_corpus(corpus_path) if (Path(corpus_path) / "corpus.json").is_file() else None
+        fields_ = default_training_fields()
+        batch = opts.batch_size or (corpus_obj.batch_size if corpus_obj is not None else int(fields_.get("batch_size", 32)))
+        if opts.quick and opts.batch_size is None:
+            batch = max(1, batch // 2)
+        eval_every = opts.eval_every or (QUICK_EVAL_EVERY if opts.quick else int(fields_.get("eval_every", 100)))
+        steps = opts.baseline_steps or (QUICK_BASELINE_STEPS if opts.quick else int(fields_.get("steps", 3000)))
+        fields_.update(corpus=corpus_path, steps=steps, batch_size=batch, eval_every=eval_every,
+                       checkpoints=f"log,every:{eval_every}", threads=1, device=opts.device)
+        if opts.lr is not None:
+            fields_["lr"] = opts.lr
+        if opts.warmup_steps is not None:
+            fields_["warmup_steps"] = opts.warmup_steps
+        if opts.schedule_steps is not None:
+            fields_["schedule_steps"] = opts.schedule_steps
+        if opts.config is not None:
+            fields_["model_config"] = load_config_file(opts.config)
+        spec = TrainSpec(**fields_)
+        baseline = Baseline("own", corpus_path, int(batch), run_dir=out / "baseline", own_spec=spec,
+                            config_file=abs_path(opts.config) if opts.config else None)
+    else:
+        baseline = Baseline("reference", abs_path(default_corpus_dir(ws)), 0, run_dir=None)
+        eval_every = 0  # known once the reference run is there
+    setting = Setting(opts, circuit, ws, out, baseline, seeds, arms, threshold, eval_every, notes=notes)
+    setting.identity = identity_of(setting)
+    return setting
+
+
+def identity_of(s: Setting) -> dict:
+    """What decides the experiment's runs (not which arms/seeds run, nor how many workers)."""
+    o = s.opts
+    own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
+    return {
+        "circuit": s.circuit.name,  # type: ignore[attr-defined]
+        "mode": s.baseline.mode,
+        "corpus": s.baseline.corpus,
+        "model": s.baseline.model,
+        "baseline_run": str(Path(s.baseline.run_dir).resolve()) if s.baseline.run_dir is not None else None,
+        "own_baseline": own,
+        "revision": o.revision,
+        "window": o.window,
+        "steps": o.steps,
+        "threshold": s.threshold,
+        "heads": o.heads,
+        "k": o.k,
+        "augment": o.augment,
+        "batch_size": o.batch_size,
+        "eval_every": o.eval_every,
+        "lr": o.lr,
+        "warmup_steps": o.warmup_steps,
+        "schedule_steps": o.schedule_steps,
+        "arm_checkpoints": o.arm_checkpoints,
+        "motif_rows": o.motif_rows,
+        "fit_rows": o.fit_rows,
+        "device": o.device,
+    }
+
+
+def check_identity(s: Setting) -> None:
+    """An experiment folder holding an experiment of other settings is an error (nothing is mixed)."""
+    path = s.out / EXPERIMENT_FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("identity", {})
+    except json.JSONDecodeError:
+        raise CurateError(f"{path}: not valid JSON; remove it or use another --out") from None
+    new = json.loads(json.dumps(s.identity, default=str))
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise CurateError(f"{s.out}: holds an experiment with other settings (changed: {', '.join(changed)}); "
+                          "use another --out")

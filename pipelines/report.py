@@ -1,0 +1,382 @@
+"""The experiment's report folder: figures (PNG), report.md (relative links to them), report.html (the same
+content with the figures embedded as base64), results.json (every number). Written atomically.
+
+A report is built as a list of blocks (headings, paragraphs, tables, figures, code) rendered twice, to
+Markdown and to HTML, so both always say the same thing.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from curate.atomic import atomic_dir, write_json
+
+Log = Callable[[str], None]
+RESULTS_FILE = "results.json"
+STATUS_MARK = {"observed": "observed", "not observed": "NOT observed", "inconclusive": "inconclusive", "not run": "not run"}
+
+
+# --------------------------------------------------------------------------- document blocks
+
+
+@dataclass
+class Doc:
+    """A report as blocks: ("h1"|"h2"|"p"|"code", text), ("table", headers, rows), ("img", file, caption), ("list", items)."""
+
+    blocks: list[tuple] = field(default_factory=list)
+
+    def h1(self, text: str) -> None:
+        self.blocks.append(("h1", text))
+
+    def h2(self, text: str) -> None:
+        self.blocks.append(("h2", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def items(self, items: list[str]) -> None:
+        self.blocks.append(("list", items))
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", headers, rows))
+
+    def img(self, file: str, caption: str) -> None:
+        self.blocks.append(("img", file, caption))
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_md(doc: Doc) -> str:
+    out: list[str] = []
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {block[1]}\n")
+        elif kind == "p":
+            out.append(f"{block[1]}\n")
+        elif kind == "code":
+            out.append(f"```\n{block[1]}\n```\n")
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in block[1]) + "\n")
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines) + "\n")
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})\n\n*{block[2]}*\n")
+    return "\n".join(out)
+
+
+def render_html(doc: Doc, folder: Path, title: str) -> str:
+    """HTML with every figure embedded (data: URI, base64 PNG)."""
+    e = html.escape
+    body: list[str] = []
+    for block in doc.blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{e(block[1])}</{kind}>")
+        elif kind == "code":
+            body.append(f"<pre><code>{e(block[1])}</code></pre>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{e(block[2])}" src="data:image/png;base64,{data}"/>'
+                        f"<figcaption>{e(block[2])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 7px;text-align:left}"
+             "img{max-width:100%}pre{background:#f4f4f4;padding:8px;overflow-x:auto;white-space:pre-wrap}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{style}</style></head>"
+            f"<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:+.{digits}g}" if sign else f"{v:.{digits}g}"
+
+
+def fmt_step(v: float | None, sign: bool = False, censored: bool = False) -> str:
+    if v is None:
+        return "none"
+    text = f"{v:+.0f}" if sign else f"{v:.0f}"
+    return (">= " if censored else "") + text
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "none"
+    m = float(np.mean(values))
+    return f"{m:.0f} +- {float(np.std(values, ddof=1)):.0f}" if len(values) > 1 else f"{m:.0f}"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=80)
+    _plt().close(fig)
+
+
+def _stack(runs: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values (seeds x steps)) of one curve over an arm's seeds, on the steps every seed evaluated."""
+    lists = list(runs.values())
+    steps = sorted(set.intersection(*[set(r["steps"]) for r in lists]))
+    rows = []
+    for r in lists:
+        index = {s: i for i, s in enumerate(r["steps"])}
+        rows.append([np.nan if r["curves"][key][index[s]] is None else float(r["curves"][key][index[s]]) for s in steps])
+    return np.asarray(steps), np.asarray(rows, dtype=np.float64)
+
+
+def _band(ax, runs: dict, key: str, color: str, label: str, style: str = "-") -> None:
+    steps, values = _stack(runs, key)
+    if np.all(np.isnan(values)):
+        return
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(values, axis=0)
+    ax.plot(steps, mean, style, color=color, label=label, linewidth=1.4)
+    if values.shape[0] > 1:
+        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.18, linewidth=0)
+
+
+def _grid(n: int):
+    plt = _plt()
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
+    """Write the experiment's PNGs into `folder`; returns (file, caption) pairs in report order."""
+    plt = _plt()
+    arms: dict[str, dict] = {a: results["arms"][a]["runs"] for a in results["arm_names"]}
+    metric = results["metric"]
+    name = metric.replace("_", "-")
+    threshold = results["threshold"]
+    window = results["window"]
+    base = arms.get("baseline")
+    figures: list[tuple[str, str]] = []
+    colors = {a: f"C{i}" for i, a in enumerate(arms)}
+
+    fig, axes = _grid(len(arms))
+    for ax, (arm, runs) in zip(axes, arms.items()):
+        if base is not None and arm != "baseline":
+            _band(ax, base, f"{metric}_best", "grey", "baseline", "--")
+        _band(ax, runs, f"{metric}_best", colors[arm], arm)
+        ax.axhline(threshold, color="black", linestyle=":", linewidth=0.8)
+        ax.axvspan(window["start"], window["end"], color="gold", alpha=0.08)
+        ax.set_title(arm, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+    axes[0].set_ylabel(f"best {name} score", fontsize=8)
+    _save(fig, folder / "circuit_by_arm.png")
+    figures.append(("circuit_by_arm.png", f"Best {name} score per arm over training steps: mean over seeds, band = min-max over "
+                    f"seeds, baseline dashed; dotted line = threshold {threshold:g}; shaded = attribution window"))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, runs in arms.items():
+        _band(ax, runs, f"{metric}_best", colors[arm], arm)
+    ax.axhline(threshold, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"best {name} score")
+    ax.legend(fontsize=8)
+    _save(fig, folder / "circuit_all_arms.png")
+    figures.append(("circuit_all_arms.png", f"All arms together (mean over seeds, band = min-max)"))
+
+    fig, axes = _grid(len(arms))
+    for ax, (arm, runs) in zip(axes, arms.items()):
+        _band(ax, runs, f"{metric}_targeted", "C3", "targeted heads")
+        _band(ax, runs, f"{metric}_other", "C0", "other heads", "--")
+        ax.set_title(arm, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel(f"mean {name} score", fontsize=8)
+    _save(fig, folder / "targeted_vs_other.png")
+    figures.append(("targeted_vs_other.png", f"Mean {name} score of the targeted heads ({', '.join(results['targeted_heads'])}) and "
+                    "of the other heads, per arm (mean over seeds, band = min-max)"))
+
+    other = "previous_token" if metric == "induction" else "induction"
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for arm, runs in arms.items():
+        _band(axes[0], runs, f"{other}_best", colors[arm], arm)
+        _band(axes[1], runs, "icl", colors[arm], arm)
+        _band(axes[2], runs, "heldout_loss", colors[arm], arm)
+    axes[0].set_title(f"best {other.replace('_', '-')} score", fontsize=10)
+    axes[1].set_title("ICL score (late - early loss; lower = more ICL)", fontsize=10)
+    axes[2].set_title("held-out loss", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    _save(fig, folder / "other_curves.png")
+    figures.append(("other_curves.png", f"Per arm: best {other.replace('_', '-')} score, ICL score and held-out loss (mean over seeds)"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    end = max(max(r["steps"]) for runs in arms.values() for r in runs.values())
+    for i, (arm, runs) in enumerate(arms.items()):
+        formed = [r["emergence"] for r in runs.values() if r["emergence"] is not None]
+        missing = len(runs) - len(formed)
+        jitter = np.linspace(-0.15, 0.15, max(1, len(runs)))[: len(formed)]
+        ax.scatter(i + jitter, formed, color=colors[arm], zorder=3, s=22)
+        if formed:
+            m = float(np.mean(formed))
+            sd = float(np.std(formed, ddof=1)) if len(formed) > 1 else 0.0
+            ax.errorbar([i], [m], yerr=[sd], fmt="_", color="black", capsize=6, markersize=18, zorder=4)
+        if missing:
+            ax.scatter([i], [end], marker="x", color=colors[arm], s=40, zorder=3)
+            ax.annotate(f"{missing} not formed", (i, end), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(list(arms), rotation=20, fontsize=8)
+    ax.set_ylabel("emergence step")
+    ax.axhline(end, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_ylim(0, end * 1.12)
+    _save(fig, folder / "emergence.png")
+    figures.append(("emergence.png", f"Emergence step of the {name} circuit per arm: one dot per seed, bar = mean +- sd; "
+                    f"x at the top = runs in which it never reached {threshold:g} by step {end}"))
+    return figures
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
+    doc = Doc()
+    name = results["circuit"]
+    doc.h1(f"Causal validation of the {name} attribution")
+    b = results["baseline"]
+    w = results["window"]
+    setting = [
+        ["baseline", b.get("run") or b.get("model") or "-"],
+        ["corpus", b["corpus"]],
+        ["attribution window", f"steps {w['start']}-{w['end']} ({w['rows']:,} rows): {w['reason']}"],
+        ["baseline emergence step", fmt_step(b.get("emergence_step"))],
+        ["scores", f"{results['scores']['folder']} (checkpoint {results['scores']['checkpoint']})"],
+        ["targeted heads", ", ".join(results["targeted_heads"])],
+        ["removed (--k)", f"{results['k']} = {results['k_rows']:,} rows"],
+        ["added (--augment)", f"{results['augment']} = {results['augment_rows']:,} rows"],
+        ["seeds", ", ".join(str(s) for s in results["seeds"])],
+        ["what a seed varies", results["seed_varies"]],
+        ["arms train until step", str(results["arm_steps"])],
+        ["emergence threshold", f"{results['threshold']:g} (best head, {results['metric'].replace('_', '-')} score; evaluated every {results['eval_every']} steps)"],
+    ]
+    doc.table(["setting", "value"], setting)
+    if results.get("notes"):
+        doc.items([f"note: {n}" for n in results["notes"]])
+
+    doc.h2("Expected effects: observed or not")
+    doc.table(["expected effect", "status", "numbers"],
+              [[v["expectation"], STATUS_MARK.get(v["status"], v["status"]), v["detail"]] for v in results["verdicts"]])
+
+    doc.h2("Effects against the baseline")
+    doc.p("Deltas are arm minus baseline, paired by seed and averaged (+- sample sd over seeds). A run in which the circuit "
+          "never formed counts as (end step + one evaluation interval) in the emergence delta, marked '>=' (a lower bound). "
+          "ICL: more negative = more in-context learning. Targeted / other heads: final score deltas on the seeds that "
+          "start from the scored model's own weights.")
+    rows = []
+    for e in results["effects"]:
+        runs = results["arms"][e["arm"]]["runs"]
+        formed = [r["emergence"] for r in runs.values() if r["emergence"] is not None]
+        rows.append([
+            e["arm"], f"{e['formed']}/{len(runs)}", mean_sd(formed),
+            fmt_step(e["emergence_delta"], sign=True, censored=e["emergence_censored"]) + (f" +- {e['emergence_delta_std']:.0f}" if e["emergence_delta_std"] else ""),
+            fmt(e["score_final"]), fmt(e["score_delta"], sign=True), fmt(e["icl_delta"], sign=True),
+            fmt(e["heldout_loss_delta"], sign=True), fmt(e["targeted_delta"], sign=True), fmt(e["other_delta"], sign=True),
+            fmt(e["movement_ratio"], 2),
+        ])
+    doc.table(["arm", "formed", "emergence step", "delta emergence", "final score", "delta final score", "delta ICL",
+               "delta held-out loss", "delta targeted heads", "delta other heads", "targeted/other"], rows)
+
+    doc.h2("Targeted arms against their random controls")
+    doc.p(f"Test: {results['test']}. Metric: the emergence step when every run of both arms formed, else the final "
+          "best-head score.")
+    doc.table(["arm", "control", "metric", "expected", "arm values", "control values", "t", "df", "p", "note"], [
+        [c["arm"], c["control"], c["metric"], c["expected"], ", ".join(fmt(v, 4) for v in c["arm_values"]),
+         ", ".join(fmt(v, 4) for v in c["control_values"]), fmt(c["test"]["t"]), fmt(c["test"]["df"]), fmt(c["test"]["p"]),
+         c["test"]["note"]] for c in results["comparisons"]])
+
+    doc.h2("Figures")
+    for file, caption in figures:
+        doc.img(file, caption)
+
+    doc.h2("What the top rows are (class enrichment)")
+    enr = results["enrichment"]
+    if "error" in enr:
+        doc.p(f"Class enrichment could not be computed: {enr['error']}")
+    else:
+        doc.p(f"Structural classes of the top {enr['top_k']:,} rows (the rows remove-top drops) against "
+              f"{'a sample of ' if enr['base_sampled'] else ''}{enr['base_rows']:,} window rows; ratio = top share / base share "
+              "with a 95% Wilson interval.")
+        doc.table(["class", "top rows", "top share", "base share", "ratio", "95% CI"], [
+            [c["label"], str(c["top_count"]), fmt(c["top_share"]), fmt(c["base_share"]), fmt(c["ratio"]),
+             f"{fmt(c['ci_low'])} - {fmt(c['ci_high'])}" if c["ratio"] is not None else "-"] for c in enr["classes"]])
+        doc.p("Share of the total positive influence carried by the top rows: "
+              + ", ".join(f"{k} of rows: {fmt(v)}" for k, v in enr["tail_share"].items()))
+
+    doc.h2("Every run")
+    rows = []
+    for arm in results["arm_names"]:
+        for seed, r in sorted(results["arms"][arm]["runs"].items(), key=lambda kv: int(kv[0])):
+            rows.append([arm, seed, fmt_step(r["emergence"]), fmt_step(r["emergence_targeted"]), fmt(r["final"]["score"]),
+                         fmt(r["final"]["targeted"]), fmt(r["final"]["other"]), fmt(r["final"]["icl"]),
+                         fmt(r["final"]["heldout_loss"]), r["run_dir"] + (f" (= {r['same_as']})" if r.get("same_as") else "")])
+    doc.table(["arm", "seed", "emergence", "targeted emergence", "final score", "targeted", "other", "ICL", "held-out loss",
+               "run folder"], rows)
+
+    doc.h2("Rerun")
+    cmds = results["commands"]
+    doc.p("The whole experiment (finished runs are skipped):")
+    doc.code(cmds["experiment"])
+    doc.p("One arm again (its runs and mixes are discarded and rebuilt; the report is rewritten):")
+    doc.code("\n".join(cmds["rerun_arm"].values()))
+    doc.p("The scores and every mix (what each arm trains on; `plan.json` in the mix folder is the arm's training plan):")
+    lines = [results["scores"]["command"]] + [c["command"] for c in cmds["mixes"]]
+    if b.get("command"):
+        lines.insert(0, b["command"])
+    doc.code("\n".join(lines))
+    return doc
+
+
+def write_report(folder: Path, results: dict, log: Log = lambda m: None) -> Path:
+    """Write the report folder (atomically): figures, report.md, report.html, results.json."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        figures = make_figures(tmp, results)
+        doc = build_doc(results, figures)
+        (tmp / "report.md").write_text(render_md(doc))
+        (tmp / "report.html").write_text(render_html(doc, tmp, f"{results['circuit']} causal validation"))
+        write_json(tmp / RESULTS_FILE, results)
+    log(f"report: {folder / 'report.md'}  {folder / 'report.html'}")
+    return folder
