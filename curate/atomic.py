@@ -55,6 +55,19 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Parse a JSON file; a missing file or bad JSON is one CurateError line naming the file."""
+    from curate.errors import CurateError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CurateError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CurateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented)."""
     with atomic_path(path) as tmp:

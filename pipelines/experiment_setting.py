@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
+from training.models import load_config_file
 
 Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
@@ -196,20 +197,6 @@ def abs_path(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def load_config_file(path: str) -> dict:
-    from training.models import config_from_dict
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CurateError(f"{p}: --config file not found")
-    try:
-        raw = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CurateError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise CurateError(f"{p}: a model config is a JSON object")
-    config_from_dict(raw)
-    return raw
 
 
 def _baseline_flags(opts: ExperimentOptions) -> dict:

@@ -49,7 +49,7 @@ def parameter_count(config: dict) -> int:
 def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     """(base config dict, corpus path) for the sizes: --config, else the default model for the corpus's vocabulary."""
     from curate.corpus import open_corpus
-    from pipelines.experiment_setting import load_config_file
+    from training.models import load_config_file
     from training.trainer import corpus_vocab_size
 
     if opts.config is not None:
@@ -85,7 +85,7 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     arms = ",".join(parse_arms(opts.arms, default=SCALE_ARMS))
     heads = None
     if opts.config is not None:
-        from pipelines.experiment_setting import load_config_file
+        from training.models import load_config_file
 
         heads = int(load_config_file(opts.config).get("num_attention_heads", 4))
     for hidden, _ in sizes:  # cheap checks before anything is written

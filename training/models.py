@@ -38,6 +38,18 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def load_config_file(path: str | Path) -> dict:
+    """A `--config` JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
+    from curate.atomic import read_json
+
+    p = Path(path).expanduser()
+    raw = read_json(p, "--config file")
+    if not isinstance(raw, dict):
+        raise CurateError(f"{p}: a model config is a JSON object")
+    config_from_dict(raw)
+    return raw
+
+
 def config_from_dict(raw: dict) -> GPTNeoXConfig:
     """A GPTNeoXConfig from a plain dict (e.g. a `config.json` or a `--config` file), eager attention."""
     model_type = raw.get("model_type", "gpt_neox")

@@ -44,19 +44,6 @@ def default_training_fields() -> dict:
     return out
 
 
-def _load_config(path: Path) -> dict:
-    if not path.is_file():
-        raise CurateError(f"{path}: --config file not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CurateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise CurateError(f"{path}: a model config is a JSON object")
-    from training.models import config_from_dict
-
-    config_from_dict(raw)  # validate now: one line on failure
-    return raw
 
 
 def train_command(
@@ -108,7 +95,9 @@ def train_command(
             raise CurateError("--out is required (or use --default for the reference run)")
         fields = dict(given)
     if config is not None:
-        fields["model_config"] = _load_config(config)
+        from training.models import load_config_file
+
+        fields["model_config"] = load_config_file(config)
     if resume and from_ is not None:
         fields["init_state"] = True
 
