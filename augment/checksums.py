@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.atomic import write_json
+from curate.atomic import write_json, read_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from pipelines.manifest import file_sha256
@@ -121,10 +121,7 @@ def load_manifest(folder: Path) -> dict:
         raise CurateError(f"{folder}: not a folder (expected a mix or synthetic corpus folder with {MANIFEST_FILE})")
     if not path.is_file():
         raise CurateError(f"{folder}: no {MANIFEST_FILE} (not written by `curate build-mix` or `curate synth`)")
-    try:
-        body = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CurateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    body = read_json(path, MANIFEST_FILE)
     if not isinstance(body, dict) or not isinstance(body.get("outputs"), dict):
         raise CurateError(f"{path}: no 'outputs' checksums")
     return body

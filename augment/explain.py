@@ -19,6 +19,7 @@ import numpy as np
 
 from augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
+from curate.atomic import read_json
 from curate.errors import CurateError
 
 SUMMARY_FILE = "summary.json"
@@ -81,10 +82,7 @@ def open_scores(path: str | Path) -> ScoresFolder:
     summary_path = folder / SUMMARY_FILE
     if not summary_path.is_file():
         raise CurateError(f"{folder}: no {SUMMARY_FILE} (not a scores folder, or scoring has not finished)")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CurateError(f"{summary_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    summary = read_json(summary_path, SUMMARY_FILE)
     if not isinstance(summary, dict) or "corpus" not in summary:
         raise CurateError(f"{summary_path}: missing the 'corpus' field")
     shards = sorted((folder / SHARDS_DIR).glob("*.parquet"))
