@@ -99,6 +99,7 @@ class Circuit:
     default_threshold: float
     needs_previous_token_head: bool
     description: str
+    default_mode: str  # head subspace scored when none is asked for ("qk" or "qkvo")
 
     def localize(self, model: nn.Module, probes: torch.Tensor, threshold: float | None = None,
                  heads: str | None = None, scores: HeadScores | None = None) -> Localization:
@@ -157,6 +158,9 @@ CIRCUITS: dict[str, Circuit] = {
         default_threshold=INDUCTION_THRESHOLD,
         needs_previous_token_head=True,
         description="prefix-matching heads: attend from a repeated token to the token after its earlier occurrence",
+        # the probe is a log-prob of the copied token, which the head's V/O (the copying) moves as much as its
+        # Q/K; on the default, qkvo ranks copy-rich rows far better than qk (bench/RESULTS.md)
+        default_mode="qkvo",
     ),
     "previous-token": Circuit(
         name="previous-token",
@@ -165,6 +169,7 @@ CIRCUITS: dict[str, Circuit] = {
         default_threshold=PREVIOUS_TOKEN_THRESHOLD,
         needs_previous_token_head=False,
         description="heads that attend from each token to the one before it",
+        default_mode="qk",  # the probe is the head's attention pattern: V/O get no gradient from it
     ),
 }
 

@@ -2,10 +2,14 @@
 
 Labels (the same as the embedded corpus generator's domains): `latex`, `xml` (XML/HTML), `code`,
 `json` (JSON and records), `table` (tables and lists), `repeat` (meaningless repeated strings),
-`prose`. The classifier reads real format cues only: backslash commands and math, markup tags,
-quoted keys, programming keywords and punctuation, delimiter columns and list bullets, and the
-share of the text covered by back-to-back repeats. Rows are windows of packed text that may
-start mid-document, so every cue is a density over the window, not a whole-file check.
+`prose`. The classifier reads real format cues only: backslash commands and math, markup tags and
+attributes, quoted keys, programming keywords, statements and punctuation, delimiter columns and
+list bullets; for `repeat`, the share of the text covered by back-to-back repeats, by units that
+recur at any distance, and signs of random character soup (character classes switching inside
+tokens, capitals in odd places, punctuation marks used once each); for `prose`, the share of
+running-text tokens. Rows are windows of packed text that may start mid-document and may be short
+(a 65-token row is often one or two lines), so every cue is a density over the window, not a
+whole-file check.
 """
 from __future__ import annotations
 
@@ -43,8 +47,11 @@ _XML_TAG = re.compile(
 )
 # a tag cut by the window edge: "...class="x">" at the start or "<div clas" at the end
 _XML_EDGE = re.compile(r"(?:^[^<>]*\"\s*/?>)|(?:<[A-Za-z/][\w:.-]*(?:\s[^<>]*)?$)")
+# an attribute opening inside a tag (name=" after a space), also when the window cut the tag's `<`
+_XML_ATTR = re.compile(r"(?<=[ \t])[A-Za-z_][\w:.-]*=\"")
 _XML_ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{2,5});")
-_JSON_KEY = re.compile(r"\"[^\"\n]{1,80}\"\s*:(?!:)")
+# a key opens after `{`, `[`, `,` or whitespace (not glued to other text: `x%":` is no key)
+_JSON_KEY = re.compile(r"(?:(?<=[{\[,\s])|^)\"[^\"\n]{1,80}\"\s*:(?!:)")
 _JSON_LITERAL = re.compile(r":\s*(?:true|false|null|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|\"[^\"\n]*\")\s*[,}\]]")
 _CODE_KEYWORDS = frozenset(
     """def return import from class elif else for while try except raise yield lambda self None True
@@ -52,19 +59,23 @@ _CODE_KEYWORDS = frozenset(
     static struct typedef include define public private protected new null nullptr sizeof switch case
     break continue namespace package func fn impl pub mut match enum interface extends implements
     throw throws catch finally bool boolean string size_t uint32_t uint8_t int64_t auto template
-    typename println printf fprintf malloc free std fi esac elif echo export""".split()
+    typename println printf fprintf malloc free std fi esac elif echo export assert""".split()
 )
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CALL = re.compile(r"[A-Za-z_][\w.]*\s?\(")
 _CODE_OPERATOR = re.compile(r"==|!=|<=|>=|->|=>|\+=|-=|\*=|&&|\|\||::|\+\+|--(?=[A-Za-z_;)])|<<|>>")
 _SHELL_VAR = re.compile(r"\$\{\w+\}|\$\(|\$[A-Z_][A-Z0-9_]{2,}\b|\"\$\w+")
+_CLI_OPTION = re.compile(r"(?<=\s)--[a-z][\w-]+")  # a command-line option: `--batch-size`
 _ASSIGN = re.compile(r"[\w\])]\s*=\s*[^=\s]")
 _CODE_LINE_END = re.compile(r"[;{}]\s*$|\)\s*:\s*$|^\s*(?:else|try|finally)\s*:\s*$")
 _CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#include|#define|#ifn?def|#endif|#pragma)")
-# lines that open like code: imports, definitions, decorators, returns
+# lines that open like code: imports, definitions, decorators, assignments, shell commands with options,
+# returns, asserts
 _CODE_LINE_START = re.compile(
     r"^\s*(?:import\s+[\w.]+|from\s+[\w.]+\s+import\b|def\s+\w+\s*\(|class\s+\w+\s*[(:{]|@\w[\w.]*(?:\(|$)"
-    r"|return\b|package\s+[\w.]+;|using\s+[\w.:]+;|(?:public|private|protected)\s+\w+|fn\s+\w+\s*\(|func\s+\w+\s*\()"
+    r"|(?:[A-Za-z_]\w*\s+){0,2}[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?\s*[-+*/|&]?=\s*[^=\s]"  # an assignment statement
+    r"|[a-z][\w.-]*\s+(?:[^\s-]\S*\s+){0,3}--?[A-Za-z][\w-]*"  # a shell command with options
+    r"|return\b|assert\s|package\s+[\w.]+;|using\s+[\w.:]+;|(?:public|private|protected)\s+\w+|fn\s+\w+\s*\(|func\s+\w+\s*\()"
 )
 _SNAKE_OR_CAMEL = re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b|\b[a-z]+(?:[A-Z][a-z0-9]+)+\b")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+\S")
@@ -72,15 +83,43 @@ _OPTION_ITEM = re.compile(r"^\s+-{1,2}[A-Za-z0-9][\w-]*(?:[ ,=\[]|$)")
 _ALIGNED_COLUMNS = re.compile(r"\S(?: {2,}|\t)\S")
 _SENTENCE_END = re.compile(r"[a-z][.!?](?:\s|$)")
 
+# a token of running text: words (capitalised or acronyms), numbers (with a short unit), joined by
+# ' - / ("don't", "well-known", "and/or", "2,049-token", "rows/s"), in optional brackets, quotes, emphasis
+_NATURAL_PART = r"(?:[A-Za-z][a-z]*|[A-Z]{2,6}s?|\d+(?:[.,:]\d+)*(?:%|[A-Za-z]{1,2})?)"
+_NATURAL_TOKEN = re.compile(
+    rf"[(\"'\[`*_]{{0,3}}{_NATURAL_PART}(?:['\u2019/-]{_NATURAL_PART})*[,.;:!?)\"'\]`*_]{{0,3}}"
+)
+# capitals where no writing system puts them: "mGC", "4T", "T9" (camelCase "fooBar" and "Foo" are fine)
+_ODD_CASE = re.compile(r"[a-z0-9][A-Z](?=[A-Z0-9]|[^\w\s])|[0-9][A-Z]|[A-Z][0-9]")
+
 _PUNCTUATION = frozenset(string.punctuation)
+
+# character classes for the junk cue: 0 whitespace, 1 lower-case letter (and non-ASCII bytes),
+# 2 capital, 3 digit, 4 punctuation
+_CHAR_CLASS = np.full(256, 1, dtype=np.int8)
+_CHAR_CLASS[[ord(ch) for ch in string.whitespace]] = 0
+_CHAR_CLASS[[ord(ch) for ch in string.ascii_uppercase]] = 2
+_CHAR_CLASS[[ord(ch) for ch in string.digits]] = 3
+_CHAR_CLASS[[ord(ch) for ch in string.punctuation]] = 4
 
 REPEAT_MAX_PERIOD = 128
 REPEAT_SHARE = 0.45  # repeat-covered share at which `repeat` competes with the format evidence (score 1.0)
-REPEAT_DOMINANT = 0.85 / REPEAT_SHARE  # repeat score that wins over any format evidence
-FORMAT_CLEAR = 1.5  # format score that wins over a moderate repeat share
-FORMAT_STRONG = 3.0  # format score that wins over any repeat share
-JUNK_PUNCT_VARIETY = 16  # random junk shows most punctuation characters; formats use a handful
+REPEAT_DOMINANT = 0.85 / REPEAT_SHARE  # repeat score that wins over a format score below FORMAT_CLEAR
+FORMAT_CLEAR = 1.2  # format score that wins over a moderate repeat share and moderate junk
+FORMAT_STRONG = 3.0  # format score that wins over any repeat share and any junk
+FORMAT_WEAK = 0.7  # format score that names a window with no junk and no back-to-back repeats
 REPEAT_MIN_RUN = 16  # at a window edge, a copy of a long unit counts once 13+ of its characters show
+RECUR_MIN = 12  # a recurring unit (at any distance): 12+ characters seen twice in the window
+RECUR_SHARE = 0.3  # recurring share above which a window is not running text
+NATURAL_SHARE = 0.7  # share of running-text tokens above which a window without format is prose
+NATURAL_MIN = 0.5  # below it, a window with neither format nor junk is meaningless material (`repeat`)
+# junk: random character soup (punctuation and capitals anywhere, each punctuation mark used once)
+JUNK_ALTERNATION = 0.2  # class switches (letter / capital / digit / punctuation) per character inside tokens
+JUNK_ODD_CASE = 4.0  # odd capitals per 100 characters
+JUNK_SINGLETONS = 6.0  # punctuation characters used exactly once in the window (or in 150 characters of it)
+JUNK_SINGLETON_CHARS = 150
+JUNK_SOME = 2.0  # junk score at which a window without clear format is `repeat`
+JUNK_MUCH = 3.0  # junk score at which a window with only moderate format evidence is `repeat`
 
 
 @dataclass(frozen=True)
@@ -93,6 +132,7 @@ class TextCues:
     latex_math: float  # inline $...$ spans per 100 chars
     xml_tag_share: float  # share of characters inside markup tags
     xml_tags: float  # tags per 100 chars
+    xml_attrs: float  # attribute openings ( name=" ) per 100 chars
     json_keys: float  # "key": per 100 chars
     json_literals: float  # : value, per 100 chars
     code_keywords: float  # programming keywords per 100 chars
@@ -101,14 +141,20 @@ class TextCues:
     indent_share: float  # share of lines indented by 2+ spaces or a tab
     identifier_share: float  # share of words that are snake_case / camelCase
     pipe_line_share: float  # share of lines that are delimited table rows ( | a | b | )
+    spaced_pipe_row: bool  # some line has 2+ cell separators " | " (a table row even when alone)
     csv_line_share: float  # share of lines with the modal (>= 2) count of commas / tabs / semicolons
     list_line_share: float  # share of lines that are bullet, numbered or option items
     aligned_line_share: float  # share of lines with 2+-space column gaps inside
     table_line_share: float  # share of lines that are any of the four above
     repeat_share: float  # share of characters inside back-to-back repeats of a unit (duplicated table rows aside)
+    recur_share: float  # share of characters inside a unit of 12+ characters that recurs anywhere in the window
+    natural_share: float  # share of the non-space characters in running-text tokens (words, numbers)
+    alternation: float  # character-class switches per character inside tokens (letter/digit switches aside)
+    odd_case: float  # capitals in odd places per 100 chars
+    punct_singletons: int  # ASCII punctuation characters that occur exactly once
     word_share: float  # share of characters in alphabetic words
     sentence_ends: float  # sentence endings per 100 chars
-    punct_variety: int  # distinct ASCII punctuation characters (random junk uses most of the 32)
+    punct_variety: int  # distinct ASCII punctuation characters
     lines: int
 
     def as_dict(self) -> dict[str, float]:
@@ -162,13 +208,61 @@ def _tandem_repeat_share(text: str, max_period: int = REPEAT_MAX_PERIOD) -> floa
     return float((np.cumsum(delta[:n]) > 0).sum()) / n
 
 
+def _recurring_share(text: str, k: int = RECUR_MIN) -> float:
+    """Share of characters covered by a k-character unit that occurs again at least k characters
+    later (a recurrence at any distance, not only back to back); units without a letter or digit
+    (rules, indentation) do not count."""
+    n = len(text)
+    if n < 2 * k:
+        return 0.0
+    first: dict[str, int] = {}
+    covered = np.zeros(n + 1, dtype=np.int32)
+    hit = False
+    for i in range(n - k + 1):
+        unit = text[i : i + k]
+        j = first.setdefault(unit, i)
+        if i - j >= k and not unit.isspace() and any(ch.isalnum() for ch in unit):
+            covered[i] += 1
+            covered[i + k] -= 1
+            covered[j] += 1
+            covered[j + k] -= 1
+            hit = True
+    if not hit:
+        return 0.0
+    return float((np.cumsum(covered[:n]) > 0).sum()) / n
+
+
+def _class_alternation(text: str) -> float:
+    """Switches between character classes (lower-case, capital, digit, punctuation) per non-space
+    character, inside whitespace-separated tokens; letter/digit switches (hashes, ids) do not count.
+    Words and identifiers switch rarely, random character soup about every other character."""
+    cls = _CHAR_CLASS[np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)]
+    a, b = cls[:-1], cls[1:]
+    inside = (a != 0) & (b != 0)
+    letter_digit = ((a == 1) & (b == 3)) | ((a == 3) & (b == 1))
+    switches = int(np.count_nonzero(inside & (a != b) & ~letter_digit))
+    return switches / max(int(np.count_nonzero(cls)), 1)
+
+
+def _natural_share(text: str) -> float:
+    """Share of non-space characters in tokens of running text (words, numbers)."""
+    tokens = text.split()
+    total = sum(len(t) for t in tokens)
+    if not total:
+        return 0.0
+    return sum(len(t) for t in tokens if _NATURAL_TOKEN.fullmatch(t)) / total
+
+
 def _delimited_lines(lines: Sequence[str], max_cell: float = 30.0) -> list[bool]:
-    """Lines carrying the most common count (>= 2) of one delimiter (, ; or tab), with short cells."""
+    """Lines carrying the most common count (>= 2) of one delimiter (, ; or tab), with short cells
+    (in a window of two lines, cells that do not open with a space)."""
     best = [False] * len(lines)
-    if len(lines) < 3:
+    if len(lines) < 2:
         return best
     for delim in (",", "\t", ";"):
         counts = [line.count(delim) if len(line) <= max_cell * (line.count(delim) + 1) else 0 for line in lines]
+        if len(lines) == 2 and delim != "\t":  # two lines only: prose clauses (", ") are no cells
+            counts = [c if line.count(delim + " ") * 2 < c else 0 for c, line in zip(counts, lines)]
         hist = Counter(c for c in counts if c >= 2)
         if hist:
             # lines with the modal count, or one fewer/more (a row cut by the window edge)
@@ -260,7 +354,7 @@ def text_cues(text: str) -> TextCues:
     idents = len(_SNAKE_OR_CAMEL.findall(text))
     code_syms = (
         len(_CALL.findall(text)) + len(_CODE_OPERATOR.findall(text)) + len(_ASSIGN.findall(text))
-        + len(_SHELL_VAR.findall(text))
+        + len(_SHELL_VAR.findall(text)) + len(_CLI_OPTION.findall(text))
     )
     code_lines = sum(
         1 for line in lines if _CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)
@@ -272,6 +366,7 @@ def text_cues(text: str) -> TextCues:
     aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) for line in lines]
     tabular = sum(any(f) for f in zip(pipe_rows, delimited, listed, aligned))
     word_chars = sum(len(w) for w in words)
+    punct_counts = Counter(ch for ch in text if ch in _PUNCTUATION)
 
     return TextCues(
         chars=len(text),
@@ -280,6 +375,7 @@ def text_cues(text: str) -> TextCues:
         latex_math=len(_LATEX_INLINE_MATH.findall(text)) * per100,
         xml_tag_share=min(1.0, tag_chars / n),
         xml_tags=n_tags * per100,
+        xml_attrs=len(_XML_ATTR.findall(text)) * per100,
         json_keys=len(_JSON_KEY.findall(text)) * per100,
         json_literals=len(_JSON_LITERAL.findall(text)) * per100,
         code_keywords=keywords * per100,
@@ -288,14 +384,20 @@ def text_cues(text: str) -> TextCues:
         indent_share=indented / n_lines,
         identifier_share=idents / max(len(words), 1),
         pipe_line_share=sum(pipe_rows) / n_lines,
+        spaced_pipe_row=any(ok and line.count(" | ") >= 2 for ok, line in zip(pipe_rows, lines)),
         csv_line_share=sum(delimited) / n_lines,
         list_line_share=sum(listed) / n_lines,
         aligned_line_share=sum(aligned) / n_lines,
         table_line_share=tabular / n_lines,
         repeat_share=_tandem_repeat_share(_collapse_duplicate_rows(text)),
+        recur_share=_recurring_share(text),
+        natural_share=_natural_share(text),
+        alternation=_class_alternation(text),
+        odd_case=len(_ODD_CASE.findall(text)) * per100,
+        punct_singletons=sum(1 for v in punct_counts.values() if v == 1),
         word_share=word_chars / n,
         sentence_ends=len(_SENTENCE_END.findall(text)) * per100,
-        punct_variety=len(set(text) & _PUNCTUATION),
+        punct_variety=len(punct_counts),
         lines=len(lines),
     )
 
@@ -310,8 +412,8 @@ def class_scores(c: TextCues) -> dict[str, float]:
         # window shows at least one well-known command
         "latex": max(c.latex_commands / 1.0 + c.latex_math / 0.6, c.latex_known / 2.0)
         if c.latex_known >= 1
-        else min(0.9, c.latex_commands / 1.0 + c.latex_math / 0.6),
-        "xml": min(c.xml_tag_share / 0.2, c.xml_tags / 0.8),
+        else min(0.65, c.latex_commands / 1.0 + c.latex_math / 0.6),
+        "xml": max(min(c.xml_tag_share / 0.2, c.xml_tags / 0.8), min(c.xml_attrs / 1.2, 1.5)),
         "json": min(c.json_keys / 0.8, (c.json_keys + c.json_literals) / 1.2),
         "code": (
             min(c.code_keywords / 0.8, 2.0)
@@ -321,12 +423,20 @@ def class_scores(c: TextCues) -> dict[str, float]:
             + min(c.indent_share / 0.3, 1.0)
         )
         / 4.0,
+        # one line alone is a table row only when it is a delimited row or a list item
         "table": (c.table_line_share / 0.5)
         if c.lines >= 2
-        else 0.0,
+        else 0.8 * float(c.spaced_pipe_row or c.list_line_share == 1.0),
         "repeat": c.repeat_share / REPEAT_SHARE,
     }
     return scores
+
+
+def junk_score(c: TextCues) -> float:
+    """Evidence of random character soup (>= JUNK_SOME: some, >= JUNK_MUCH: much): character classes
+    switching inside tokens, capitals in odd places, many punctuation marks used once each."""
+    singletons = c.punct_singletons * min(1.0, JUNK_SINGLETON_CHARS / max(c.chars, 1))  # per 150 chars at most
+    return c.alternation / JUNK_ALTERNATION + c.odd_case / JUNK_ODD_CASE + singletons / JUNK_SINGLETONS
 
 
 def tag_text(text: str) -> str:
@@ -340,16 +450,27 @@ def tag_text(text: str) -> str:
     scores = class_scores(cues)
     repeat = scores.pop("repeat")
     label, best = max(scores.items(), key=lambda kv: kv[1])
-    junk = cues.punct_variety >= JUNK_PUNCT_VARIETY
+    junk = junk_score(cues)
     if best >= FORMAT_STRONG:  # e.g. JSON records duplicated back to back are still JSON
         return label
-    # mostly back-to-back repeats: `repeat`, unless a clear format explains a moderate share
-    # (code repeats identifiers, tables repeat separators); random junk needs less
-    if repeat >= REPEAT_DOMINANT or (repeat >= 1.0 and (best < FORMAT_CLEAR or junk)):
+    # mostly back-to-back repeats: `repeat`, unless a clear format explains them
+    # (code repeats identifiers, tables repeat rows and separators)
+    if repeat >= REPEAT_DOMINANT and best < FORMAT_CLEAR:
         return "repeat"
-    if junk and repeat >= 0.5 and best < FORMAT_CLEAR:
+    if best >= 1.0:
+        # a format's marks scattered in random character soup are no format
+        return "repeat" if junk >= JUNK_MUCH and best < FORMAT_CLEAR else label
+    # no clear format: running text, meaningless material, or a short piece of a format
+    if cues.natural_share >= NATURAL_SHARE and cues.recur_share < RECUR_SHARE and junk < JUNK_SOME:
+        return "prose"
+    if repeat >= 1.0 or junk >= JUNK_SOME:
         return "repeat"
-    return label if best >= 1.0 else "prose"
+    if best >= FORMAT_WEAK:
+        return label
+    # neither words nor format: material whose units recur (ids, hashes, soup) is `repeat`
+    if cues.recur_share >= RECUR_SHARE or repeat >= 0.5 or cues.natural_share < NATURAL_MIN:
+        return "repeat"
+    return "prose"
 
 
 def tag_texts(texts: Iterable[str]) -> list[str]:

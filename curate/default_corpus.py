@@ -17,7 +17,7 @@ from typing import Sequence
 from curate.atomic import atomic_dir, write_json
 from curate.corpus import METADATA_FILE, CorpusMeta
 from curate.errors import CurateError
-from curate.minipile import Document, MixtureConfig, generate_documents
+from curate.minipile import MixtureConfig, copy_pieces, generate_documents
 from curate.tokenize import EOT_TOKEN, TextTokenizer
 from curate.workspace import default_corpus_dir
 
@@ -29,10 +29,10 @@ class DefaultCorpusSpec:
     """Everything that decides the bytes of the default corpus (besides the seed)."""
 
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
-    vocab_size: int = 512  # BPE vocabulary including <|endoftext|>
-    seq_len: int = 128  # context; rows hold seq_len + 1 tokens
+    vocab_size: int = 256  # BPE vocabulary including <|endoftext|>
+    seq_len: int = 64  # context; rows hold seq_len + 1 tokens
     batch_size: int = 32
-    train_rows: int = 32 * 3000  # rows the default training run consumes (total_steps x batch_size)
+    train_rows: int = 32 * 4000  # rows the default training run consumes (total_steps x batch_size)
     heldout_rows: int = 512  # at least this many rows after the training rows
     tokenizer_docs: int = 4000  # documents the tokenizer is trained on (the first ones)
 
@@ -91,11 +91,55 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
     return TextTokenizer(tok, "minipile-bpe")
 
 
-def _docs_needed(tok: TextTokenizer, sample: list[Document], rows: int, row_len: int) -> int:
-    """Documents to generate so that packing yields at least `rows` rows (from the sample's mean length)."""
-    ids = tok.encode_batch([d.text for d in sample])
-    per_doc = (sum(len(x) for x in ids) + len(ids)) / max(1, len(ids))
-    return int(rows * row_len / per_doc * 1.03) + 64
+PAD_CHAR = "\t"  # never in generated text, so the tokenizer has no merge with it: one token per tab
+
+
+def _fit_one(text: str, encoding, n_tokens: int, pad: bool) -> str:
+    """`text` cut to at most `n_tokens` tokens at the character where token n_tokens starts (then
+    re-encoded: BPE may split the last word differently); padded with tabs only when `pad`."""
+    if len(encoding.ids) > n_tokens:
+        return text[: encoding.offsets[n_tokens][0]]
+    if pad:
+        return text + PAD_CHAR * (n_tokens - len(encoding.ids))
+    return text
+
+
+def fit_documents(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tuple[list[str], list[list[int]]]:
+    """Each text made exactly `n_tokens` tokens long, so that packing gives one document per row.
+
+    Long texts are cut (at a character, re-encoded until the count is exact); texts that come out
+    short are padded with tabs (`PAD_CHAR`, one token each). The generator makes documents longer
+    than a row, so padding is rare: a padded end is a positional target that slows the formation
+    of induction heads. Returns the fitted texts and their token ids."""
+    out = list(texts)
+    ids: list[list[int]] = [[] for _ in out]
+    todo = list(range(len(out)))
+    for round_ in range(6):
+        encodings = tok.tok.encode_batch([out[i] for i in todo], add_special_tokens=False)
+        bad = []
+        for i, e in zip(todo, encodings):
+            if len(e.ids) == n_tokens:
+                ids[i] = e.ids
+            else:
+                out[i] = _fit_one(out[i], e, n_tokens, pad=round_ >= 2 or len(e.ids) < n_tokens and round_ >= 1)
+                bad.append(i)
+        if not bad:
+            return out, ids
+        todo = bad
+    raise CurateError(f"default corpus: {len(todo)} documents could not be fitted to {n_tokens} tokens")
+
+
+class KnownTokenizer(TextTokenizer):
+    """A tokenizer that answers from the encodings it was given (the fitted documents) first."""
+
+    def __init__(self, base: TextTokenizer, texts: Sequence[str], ids: Sequence[list[int]]) -> None:
+        super().__init__(base.tok, base.spec)
+        self.known = dict(zip(texts, ids))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        missing = [t for t in texts if t not in self.known]
+        fresh = dict(zip(missing, super().encode_batch(missing))) if missing else {}
+        return [self.known[t] if t in self.known else fresh[t] for t in texts]
 
 
 def _log(progress: bool, message: str) -> None:
@@ -132,28 +176,35 @@ def build_default_corpus(
 
     t0 = time.perf_counter()
     row_len = spec.seq_len + 1
-    rows_wanted = spec.train_rows + spec.heldout_rows
+    n_docs = spec.train_rows + spec.heldout_rows  # one document per row
     sample = list(generate_documents(spec.tokenizer_docs, seed, spec.mixture))
     tok = train_tokenizer([d.text for d in sample], spec.vocab_size)
-    n_docs = max(spec.tokenizer_docs, _docs_needed(tok, sample[: min(len(sample), 2000)], rows_wanted, row_len))
-    _log(progress, f"tokenizer trained ({tok.vocab_size} tokens); generating {n_docs} documents")
-    docs = sample[:n_docs] + list(generate_documents(n_docs - len(sample), seed, spec.mixture, start=len(sample)))
-    texts = [d.text for d in docs]
-    fields = {"domain": [d.domain for d in docs], "copy_spans": [d.copy_spans for d in docs]}
-    del docs, sample
+    pieces = copy_pieces([tok.decode([i]) for i in range(tok.vocab_size) if i != tok.eot_id])
+    _log(progress, f"tokenizer trained ({tok.vocab_size} tokens, {time.perf_counter() - t0:.1f}s); generating {n_docs} documents")
+    docs = list(generate_documents(n_docs, seed, spec.mixture, pieces=pieces))
+    _log(progress, f"generated ({time.perf_counter() - t0:.1f}s); fitting each document to one row")
+    fitted, ids = fit_documents([d.text for d in docs], tok, spec.seq_len)
+    # An empty first document puts one end-of-text token in front of every document: each row is
+    # [<|endoftext|>, document] (the token acts as BOS). A row never ends on an end-of-text label at
+    # a fixed position, a positional target that keeps a small model from forming induction heads.
+    texts = [""] + fitted
+    fields = {
+        "domain": [None] + [d.domain for d in docs],
+        "copy_spans": [None] + [d.copy_spans for d in docs],
+        "doc_index": [None] + list(range(n_docs)),  # the generator's document index (seed, index) -> text
+    }
+    tok = KnownTokenizer(tok, [""] + fitted, [[]] + ids)
+    del docs, sample, ids, fitted
 
     def report(stage: str, done: int, total: int) -> None:
         if progress and done == total:
-            _log(progress, f"{stage}: {total}")
+            _log(progress, f"{stage}: {total} ({time.perf_counter() - t0:.1f}s)")
 
     with atomic_dir(out) as tmp:
         result = ingest_documents(texts, fields, tok, spec.seq_len, tmp, seed=seed, batch_size=spec.batch_size,
                                   source="minipile", progress=report)
-        if result.num_rows < rows_wanted:
-            raise CurateError(
-                f"default corpus: packing gave {result.num_rows} rows, fewer than the {rows_wanted} needed "
-                "(training rows + held-out rows); the document estimate is off"
-            )
+        if result.num_rows != n_docs or result.dropped_tail_tokens != 1:
+            raise CurateError(f"default corpus: packing gave {result.num_rows} rows for {n_docs} documents fitted to one row each")
         meta = CorpusMeta.load(tmp)
         meta.extra.update(
             {

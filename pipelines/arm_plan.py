@@ -61,7 +61,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     else:
         span = window.end - window.start
         every = max(1, s.eval_every)
-        steps = window.end + math.ceil(span / 2 / every) * every
+        steps = window.end + math.ceil(span / every) * every  # room for a delay up to the window's length
         if run_json:
             steps = min(steps, int(run_json["spec"]["steps"]))
         if steps > cap:

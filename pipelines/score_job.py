@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -68,7 +68,7 @@ class ScoreRequest:
     model: str | None = None
     revision: str | None = None
     heads: str = "auto"
-    mode: str = "qk"
+    mode: str | None = None  # None: the circuit's default_mode
     window: str | None = None
     top: str = DEFAULT_TOP
     out: Path | None = None
@@ -160,7 +160,8 @@ def parse_window(text: str) -> tuple[int | None, int | None]:
 
 def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the flags alone (no file is opened)."""
-    check_mode(req.mode)
+    if req.mode is not None:
+        check_mode(req.mode)
     check_top_syntax(req.top)
     if req.window is not None:
         parse_window(req.window)
@@ -347,6 +348,8 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     from training.models import load_model, model_fingerprint, resolve_checkpoint_dir
 
     circuit = get_circuit(req.circuit)
+    if req.mode is None:
+        req = replace(req, mode=circuit.default_mode)
     check_request(req)
     if req.ray_address:
         from pipelines.ray_pool import check_ray_address

@@ -41,7 +41,7 @@ class MixSetup:
 
 def make_setup(root: Path, seed: int = 3) -> MixSetup:
     """Mini-Pile rows (129 tokens, 512-token BPE); score = longest repeated span + small seeded noise (distinct values)."""
-    data = minipile_rows(700, seed=seed, row_len=129, vocab_size=512)
+    data = minipile_rows(1000, seed=seed, row_len=129, vocab_size=512)
     assert len(data.rows) >= (END_STEP + 4) * BATCH
     corpus = write_corpus(root / "corpus", data, batch_size=BATCH)
     a, b = START_STEP * BATCH, END_STEP * BATCH

@@ -13,8 +13,11 @@ import pyarrow.parquet as pq
 from curate.corpus import CorpusMeta
 from curate.default_corpus import train_tokenizer
 from curate.megatron import write_megatron
-from curate.minipile import generate_documents
+from curate.minipile import BALANCED_SHARES, MixtureConfig, generate_documents
 from curate.tokenize import TextTokenizer, main_document, pack_rows
+
+
+BALANCED = MixtureConfig(shares=dict(BALANCED_SHARES))
 
 
 @dataclass
@@ -27,8 +30,9 @@ class LabelledRows:
 
 
 def minipile_rows(n_docs: int, seed: int, row_len: int = 129, vocab_size: int = 512) -> LabelledRows:
-    """Generated documents, the default corpus's BPE trained on them, packed in generation order."""
-    docs = list(generate_documents(n_docs, seed))
+    """Generated documents of every class (the balanced mixture), the default corpus's BPE trained on them,
+    packed in generation order."""
+    docs = list(generate_documents(n_docs, seed, BALANCED))
     tokenizer = train_tokenizer([d.text for d in docs[: min(n_docs, 1500)]], vocab_size)
     ids = tokenizer.encode_batch([d.text for d in docs])
     rows, owners = pack_rows(ids, row_len, tokenizer.eot_id)

@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.corpus import open_corpus
-from curate.default_corpus import DefaultCorpusSpec, build_default_corpus, train_tokenizer
+from curate.default_corpus import PAD_CHAR, DefaultCorpusSpec, build_default_corpus, fit_documents, train_tokenizer
 from curate.errors import CurateError
-from curate.minipile import DOMAINS, MixtureConfig, generate_documents
+from curate.minipile import DOMAINS, MixtureConfig, copy_pieces, generate_documents
 from curate.tokenize import load_tokenizer
 from curate.workspace import default_corpus_dir
 
 N_DOCS = 3000
+STRUCTURED = MixtureConfig(shares={"latex": 1, "xml": 1, "code": 1, "json": 1, "table": 1, "prose": 1})
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,11 @@ def test_custom_shares_are_followed():
 @pytest.mark.parametrize(
     "domain, pattern",
     [
-        ("latex", r"\\(begin|section|label|cite|eqref|item)\b"),
+        ("latex", r"\\(begin|section|label|cite|eqref|ref|item)\b"),
         ("xml", r"</?[A-Za-z][\w-]*[ >]|<\?xml"),
-        ("code", r"\bdef \w+\(|\bstatic \w+ \w+\(|#include"),
+        ("code", r"\bdef \w+\(|\bstatic \w+ \w+\(|#include|^import \w+"),
         ("json", r'\{"id": "'),
-        ("table", r"^\| .* \|$|^[^,\n]+(,[^,\n]+){3}$|^[-*] \*\*"),
+        ("table", r"^\| .* \|$|^[^,\n]+(,[^,\n]+){2}$|^- \*\*"),
     ],
 )
 def test_structured_domains_look_like_the_real_thing(docs, domain, pattern):
@@ -74,8 +75,9 @@ def test_structured_domains_look_like_the_real_thing(docs, domain, pattern):
     assert hits == len(texts)
 
 
-def test_prose_is_sentences_of_a_large_zipfian_vocabulary(docs):
-    words = [w.strip(".,;?!").lower() for d in docs if d.domain == "prose" for w in d.text.split()]
+def test_prose_is_sentences_of_a_large_zipfian_vocabulary():
+    docs = list(generate_documents(500, seed=3, cfg=MixtureConfig(shares={"prose": 1.0})))
+    words = [w.strip(".,;?!").lower() for d in docs for w in d.text.split()]
     counts = Counter(words)
     assert len(counts) > 2000  # a large vocabulary, not a peaked chain
     top = [c for _, c in counts.most_common(50)]
@@ -94,8 +96,8 @@ def _long_repeat_distances(text: str, min_len: int = 16) -> list[int]:
     return out
 
 
-def test_long_exact_repeats_recur_at_varying_distances(docs):
-    structured = [d for d in docs if d.domain in ("latex", "xml", "code", "json", "table")]
+def test_long_exact_repeats_recur_at_varying_distances():
+    structured = [d for d in generate_documents(1500, seed=5, cfg=STRUCTURED) if d.domain != "prose"]
     distances = [x for d in structured for x in _long_repeat_distances(d.text)]
     assert len(distances) > 200
     values = np.array(distances)
@@ -106,10 +108,12 @@ def test_long_exact_repeats_recur_at_varying_distances(docs):
 
 
 def test_copy_signal_varies_between_documents(docs):
+    assert all(d.copy_spans == 0 for d in docs if d.domain == "prose")
+    assert all(d.copy_spans >= 1 for d in docs if d.domain == "repeat")  # a repeat document always has a unit
+    docs = list(generate_documents(1500, seed=5, cfg=STRUCTURED))
     spans = np.array([d.copy_spans for d in docs if d.domain != "prose"])
     assert (spans == 0).mean() > 0.2  # many documents carry no long span
     assert (spans >= 3).mean() > 0.1  # a tail of strong catalysts
-    assert all(d.copy_spans == 0 for d in docs if d.domain == "prose")
     # the documents with more planned spans really contain more long repeated material
     def repeated_chars(text: str) -> int:
         return sum(len(m) * (text.count(m) - 1) for m in set(re.findall(r"\S{12,}", text)))
@@ -142,17 +146,17 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def _main_piece(row: np.ndarray, eot: int) -> list[int]:
-    """The tokens of the document owning most of the row (a document owns its trailing end-of-text)."""
-    pieces: list[list[int]] = [[]]
-    for t in row.tolist():
-        if t == eot:
-            pieces[-1].append(t)
-            pieces.append([])
-        else:
-            pieces[-1].append(t)
-    best = max(range(len(pieces)), key=lambda i: (len(pieces[i]), -i))
-    return [t for t in pieces[best] if t != eot]
+def test_fit_documents_gives_exact_lengths_mostly_without_padding():
+    docs = list(generate_documents(600, seed=2))
+    tok = train_tokenizer([d.text for d in docs[:300]], 300)
+    texts, ids = fit_documents([d.text for d in docs], tok, 64)
+    assert all(len(x) == 64 for x in ids)
+    assert [len(x) for x in tok.encode_batch(texts)] == [64] * len(texts)
+    assert ids == tok.encode_batch(texts)
+    padded = [t for t in texts if t.endswith(PAD_CHAR)]
+    assert len(padded) < 0.1 * len(texts)
+    for d, t in zip(docs, texts):  # a fitted text is a prefix of the document (plus tabs)
+        assert d.text.startswith(t.rstrip(PAD_CHAR))
 
 
 def test_default_corpus_build_is_deterministic_and_labelled(tmp_path):
@@ -165,22 +169,31 @@ def test_default_corpus_build_is_deterministic_and_labelled(tmp_path):
 
     corpus = open_corpus(a)
     meta = json.loads((a / "corpus.json").read_text())
-    assert corpus.row_len == 65 and corpus.batch_size == 8
-    assert meta["heldout_start"] == 400 and corpus.num_rows >= 440
-    assert meta["heldout_rows"] == corpus.num_rows - 400
+    assert corpus.row_len == 65 and corpus.batch_size == 8 and corpus.num_rows == 440
+    assert meta["heldout_start"] == 400 and meta["heldout_rows"] == 40
     assert meta["build"]["seed"] == 7 and meta["build"]["mixture"]["spans_mean"] == SMALL.mixture.spans_mean
 
-    # each row's `domain` is the domain of the document that supplies most of its tokens
-    side = pq.read_table(a / "rows.parquet").to_pydict()
-    docs = list(generate_documents(max(side["doc_id"]) + 1, seed=7, cfg=SMALL.mixture))
-    tok = load_tokenizer(a / "tokenizer.json")
+    # every row is [<|endoftext|>, one whole fitted document]: the end-of-text token only at position 0
     rows = corpus.rows(0, corpus.num_rows)
-    for r in range(0, corpus.num_rows, 7):
-        doc = docs[side["doc_id"][r]]
+    eot = meta["eot_id"]
+    assert (rows[:, 0] == eot).all() and not (rows[:, 1:] == eot).any()
+
+    # each row's labels are those of its document, and its tokens are that document's beginning
+    side = pq.read_table(a / "rows.parquet").to_pydict()
+    docs = list(generate_documents(440, seed=7, cfg=SMALL.mixture, pieces=_pieces(a)))
+    assert sorted(side["doc_index"]) == list(range(440))
+    tok = load_tokenizer(a / "tokenizer.json")
+    for r in range(corpus.num_rows):
+        doc = docs[side["doc_index"][r]]
         assert side["domain"][r] == doc.domain
         assert side["copy_spans"][r] == doc.copy_spans
-        assert tok.decode(_main_piece(rows[r], tok.eot_id)) in doc.text
-    assert Counter(side["domain"]).keys() == set(DOMAINS)
+        assert doc.text.startswith(tok.decode(rows[r, 1:]).rstrip(PAD_CHAR))
+    assert set(side["domain"]) == set(DOMAINS)
+
+
+def _pieces(folder: Path) -> list[str]:
+    tok = load_tokenizer(folder / "tokenizer.json")
+    return copy_pieces([tok.decode([i]) for i in range(tok.vocab_size) if i != tok.eot_id])
 
 
 def test_default_corpus_is_reused_rebuilt_with_force_and_guarded(tmp_path):

@@ -81,14 +81,14 @@ def test_ray_scores_equal_the_in_process_path(reference, tiny):
     np.testing.assert_array_equal(ray_table.row_id, np.arange(64))
     np.testing.assert_array_equal(ray_table.step, np.arange(64) // 8)
     # same factors (the job's cache), same probes, same batches: identical numbers
-    inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", batch_rows=BATCH_ROWS,
+    inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=BATCH_ROWS,
                           fit_rows=48, seed=0, probes=job.probes, factor_cache=out / "factors")
     np.testing.assert_array_equal(inproc.row_id, ray_table.row_id)
     np.testing.assert_array_equal(inproc.loss, ray_table.loss)
     np.testing.assert_array_equal(inproc.head_scores, ray_table.head_scores)
     assert [str(h) for h in ray_table.heads] == ["1.0", "1.2"]
     # the distributed EK-FAC fit agrees with the in-process fit up to summation order
-    fresh = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", batch_rows=BATCH_ROWS,
+    fresh = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=BATCH_ROWS,
                          fit_rows=48, seed=0, probes=job.probes)
     scale = np.abs(ray_table.head_scores).max()
     assert scale > 0
@@ -102,7 +102,7 @@ def test_summary_and_top_rows(reference, tiny):
     for key in ("corpus", "circuit", "heads", "mode", "window", "batch_size", "rows", "checkpoint", "top_positive",
                 "top_negative", "seconds", "retries"):
         assert key in saved
-    assert (saved["circuit"], saved["heads"], saved["mode"], saved["window"], saved["batch_size"]) == ("induction", ["1.0", "1.2"], "qk", [0, 8], 8)
+    assert (saved["circuit"], saved["heads"], saved["mode"], saved["window"], saved["batch_size"]) == ("induction", ["1.0", "1.2"], "qkvo", [0, 8], 8)  # qkvo: the induction default
     assert (saved["rows"], saved["rows_scored"], saved["shards"], saved["shards_scored"], saved["shards_skipped"]) == (64, 64, 8, 8, 0)
     assert saved["retries"] == []
     assert saved["corpus"] == str(tiny["corpus"].resolve())  # the folder: its corpus.json (tokenizer, sidecar) stays usable
@@ -140,7 +140,7 @@ def test_changed_job_is_refused_then_forced_previous_token_qkvo(reference, tiny)
     out = tiny["base"] / "changed"
     shutil.copytree(reference["out"], out)
     for changed, field in ((dict(window="0:4"), "window"), (dict(heads="1.1"), "heads"), (dict(seed=3), "probe"),
-                           (dict(mode="qkvo"), "mode")):
+                           (dict(mode="qk"), "mode")):
         with pytest.raises(CurateError, match=field):
             resolve_job(request(tiny, out, **changed))
     assert shard_bytes(out) == reference["bytes"]

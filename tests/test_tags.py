@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.tags import LABELS, _tandem_repeat_share, main_segment, tag_rows, tag_text, text_cues
+from augment.tags import (
+    LABELS, _recurring_share, _tandem_repeat_share, junk_score, main_segment, tag_rows, tag_text, text_cues,
+)
 from curate.tokenize import main_document, pack_rows
 from structure_helpers import minipile_rows
 
@@ -39,7 +41,7 @@ def test_every_real_format_file_is_tagged_right(name: str) -> None:
 
 @pytest.mark.parametrize("width", [300, 500])
 def test_real_format_windows(width: int) -> None:
-    """Row-sized windows of the real formats: >= 97% right (measured: 99.6% at 300 chars, 100% at 500)."""
+    """Row-sized windows of the real formats: >= 97% right (measured: 100% at 300 and at 500 chars)."""
     right = total = 0
     wrong = []
     for name, label in fixture_files().items():
@@ -59,7 +61,8 @@ def generated():
 
 
 def test_default_generator_rows_match_their_domain(generated) -> None:
-    """Rows packed from the mini-Pile generator, decoded through a BPE: >= 95% get their domain label."""
+    """Rows packed from the mini-Pile generator (balanced mixture, 129-token rows), decoded through a
+    BPE: >= 95% get their domain label (measured: 99.0%, every class >= 95.7%)."""
     tags = tag_rows(generated.rows, generated.tokenizer)
     labels = generated.labels
     assert len(tags) == len(labels) > 1500
@@ -69,6 +72,19 @@ def test_default_generator_rows_match_their_domain(generated) -> None:
         mine = [t for t, l in zip(tags, labels) if l == label]
         assert len(mine) > 50
         assert np.mean([t == label for t in mine]) >= 0.85, label
+
+
+def test_short_generator_rows_match_their_domain() -> None:
+    """The same mixture packed into 65-token rows (the default corpus's row length, 256-token BPE):
+    about 87 characters a row, often one or two lines of a format (measured: 96.6%)."""
+    data = minipile_rows(n_docs=2400, seed=11, row_len=65, vocab_size=256)
+    tags = tag_rows(data.rows, data.tokenizer)
+    labels = data.labels
+    assert len(tags) == len(labels) > 5000
+    accuracy = float(np.mean([t == l for t, l in zip(tags, labels)]))
+    assert accuracy >= 0.96, Counter((l, t) for t, l in zip(tags, labels) if t != l).most_common(8)
+    for label in LABELS:
+        assert np.mean([t == label for t, l in zip(tags, labels) if l == label]) >= 0.8, label
 
 
 def test_small_default_corpus_rows_match_the_sidecar_domains(tmp_path: Path) -> None:
@@ -81,12 +97,17 @@ def test_small_default_corpus_rows_match_the_sidecar_domains(tmp_path: Path) -> 
 
     spec = DefaultCorpusSpec(train_rows=2500, heldout_rows=100, tokenizer_docs=1500)
     corpus = open_corpus(build_default_corpus(tmp_path, seed=3, progress=False, spec=spec))
-    assert corpus.row_len == 129
+    assert corpus.row_len == DefaultCorpusSpec().seq_len + 1
     side = pq.read_table(corpus.sidecar_path(), columns=["row_id", "domain"])
     domain = dict(zip(side.column("row_id").to_pylist(), side.column("domain").to_pylist()))
     tags = tag_rows(corpus.rows(0, corpus.num_rows), load_tokenizer(corpus.tokenizer_spec()))
-    accuracy = float(np.mean([t == domain[i] for i, t in enumerate(tags)]))
-    assert accuracy >= 0.95, Counter((domain[i], t) for i, t in enumerate(tags) if t != domain[i]).most_common(8)
+    right = [t == domain[i] for i, t in enumerate(tags)]
+    wrong = Counter((domain[i], t) for i, t in enumerate(tags) if t != domain[i]).most_common(8)
+    assert float(np.mean(right)) >= 0.95, wrong  # measured: 97.5%
+    # the default mixture is 90% `repeat`: the structured classes must hold on their own too
+    structured = [ok for i, ok in enumerate(right) if domain[i] != "repeat"]
+    assert len(structured) > 150
+    assert float(np.mean(structured)) >= 0.90, wrong  # measured: 99.3%
 
 
 def test_main_segment_is_the_main_document() -> None:
@@ -122,6 +143,26 @@ def test_cues_name_the_format() -> None:
     assert table.csv_line_share == 1.0 and table.table_line_share == 1.0
     prose = text_cues("The ferry left at noon. Nobody on the quay waved, and the gulls went quiet.")
     assert prose.table_line_share == 0.0 and prose.code_keywords == 0.0 and prose.sentence_ends > 0
+
+
+def test_recurrence_and_junk_cues() -> None:
+    # a 12+ character unit seen again after a gap: both copies count, the gap does not
+    text = "id=7f3a9c2e1b4d then other words id=7f3a9c2e1b4d"
+    assert _recurring_share(text) == pytest.approx(2 * len("id=7f3a9c2e1b4d") / len(text))
+    assert _recurring_share("The ferry left at noon and the gulls went quiet over the quay.") == 0.0
+    # random character soup against a format and against prose
+    soup = text_cues("tVmGCR.B1m%( X(Z? &@e!\\w+:\\:Wl w'4nR%3\\KXhl F,jJ Izrzu(H? H0~Z3{#fK. 4'3048 tl{d#$T'")
+    code = text_cues('def load(path):\n    with open(path) as f:\n        return json.load(f)\n')
+    prose = text_cues("The ferry left at noon. Nobody on the quay waved, and the gulls went quiet.")
+    assert junk_score(soup) > 3.0 > 2.0 > junk_score(code) > junk_score(prose)
+    assert prose.natural_share == 1.0 and soup.natural_share < 0.2
+
+
+def test_recurring_random_material_is_repeat() -> None:
+    """Meaningless material whose units recur after gaps (not back to back) is `repeat`."""
+    unit = "9f2c4e71a0b3d58e6c1f"
+    assert tag_text(f"Xq#7 {unit} ~vP;2]k@L {unit} b8!Zr%") == "repeat"
+    assert tag_text(f"kor vel {unit} tam 41 sil {unit} ob") == "repeat"
 
 
 def test_end_of_text_splits_before_tagging() -> None:

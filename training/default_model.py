@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from curate.errors import CurateError
 
-DEFAULT_CONTEXT = 128  # tokens of context; corpus rows hold one more (the label shift)
+DEFAULT_CONTEXT = 64  # tokens of context; corpus rows hold one more (the label shift)
 DEFAULT_HIDDEN = 64
 DEFAULT_LAYERS = 2
 DEFAULT_HEADS = 4
@@ -23,10 +23,11 @@ class DefaultTraining:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
-    total_steps: int = 3000
+    total_steps: int = 4000
     eval_every: int = 100
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at total_steps
-    weight_decay: float = 0.01
+    min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio at total_steps (1.0: constant after warm-up)
+    weight_decay: float = 0.0
+    beta2: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -40,7 +41,7 @@ DEFAULT_TRAINING = DefaultTraining()
 
 
 def default_model_config(vocab_size: int, **overrides):
-    """The default `GPTNeoXConfig`: 2 layers x 4 heads of 16, hidden 64, context 128, full rotary,
+    """The default `GPTNeoXConfig`: 2 layers x 4 heads of 16, hidden 64, context 64, full rotary,
     eager attention (real attention weights), untied embeddings. `overrides` replace any field."""
     from transformers import GPTNeoXConfig
 

@@ -15,7 +15,7 @@ def score_command(
     model: Annotated[Optional[str], typer.Option("--model", "--checkpoint", help="HF folder, training run folder, or a Pythia name with --revision (default: the reference run).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint stepK of a run folder or hub model (default for a run: the first one after the head formed).")] = None,
     heads: Annotated[str, typer.Option("--heads", help="auto (localize) or L.H,L.H.")] = "auto",
-    mode: Annotated[str, typer.Option("--mode", help="Head subspace: qk or qkvo.")] = "qk",
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Head subspace: qk or qkvo (default: the circuit's: qkvo for induction, qk for previous-token).", show_default=False)] = None,
     window: Annotated[Optional[str], typer.Option("--window", help="Training steps START:END to score (default: 0 to the checkpoint's step).")] = None,
     top: Annotated[str, typer.Option("--top", help="Top rows kept per tail: a share of the window (10%) or a count.")] = "10%",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: <workspace>/default/scores/<circuit>).")] = None,

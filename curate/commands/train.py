@@ -44,6 +44,12 @@ def default_training_fields() -> dict:
     return out
 
 
+RECIPE_FIELDS = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "beta2", "grad_clip")
+
+
+def default_recipe_fields() -> dict:
+    """The optimizer settings of the default recipe (DEFAULT_TRAINING), for any fresh model."""
+    return {k: v for k, v in default_training_fields().items() if k in RECIPE_FIELDS}
 
 
 def train_command(
@@ -58,7 +64,7 @@ def train_command(
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every K steps (default 100).")] = None,
     checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for the initialisation and the RNG (default 0).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 1e-3); linear warm-up, cosine decay to 10%.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --from weights.")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (default 100).")] = None,
     start_step: Annotated[Optional[int], typer.Option("--start-step", help="Data/schedule position of the first update (default: from --from).")] = None,
     heldout: Annotated[Optional[str], typer.Option("--heldout", help="Held-out corpus for held-out loss and ICL.")] = None,
@@ -93,7 +99,8 @@ def train_command(
     else:
         if out is None:
             raise CurateError("--out is required (or use --default for the reference run)")
-        fields = dict(given)
+        # a fresh model trains with the default recipe's optimizer settings unless told otherwise
+        fields = {**default_recipe_fields(), **given} if from_ is None else dict(given)
     if config is not None:
         from training.models import load_config_file
 
