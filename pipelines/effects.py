@@ -13,6 +13,10 @@ Conventions (stated in the report too):
   deviation over seeds (None with fewer than two values).
 - ICL score: late-context loss minus early-context loss on held-out rows; more negative = more in-context
   learning, so a positive ICL delta is a worse ICL score.
+- Run means: the mean of a curve over every evaluation point of the run (its area over the run's length).
+  Arms train to the same step on the same grid, so a run-mean delta measures a shift in *timing* as well as
+  in level, where final values converge once every run has formed. The ICL and head-movement verdicts use
+  run-mean deltas; the final-value deltas are reported too.
 """
 from __future__ import annotations
 
@@ -80,6 +84,7 @@ class RunMetrics:
     emergence_targeted: int | None  # best targeted head reaches the threshold
     emergence_other_metric: int | None  # the other head metric's best head (e.g. previous-token) reaches the threshold
     final: dict[str, float | None]
+    mean: dict[str, float | None]  # the same keys: the curve's mean over every evaluation point (run mean)
     same_as: str | None = None  # another (arm, seed) whose run this one is (identical spec, trained once)
 
     @property
@@ -127,28 +132,33 @@ def curve_metrics(points: list[dict], circuit_metric: str, targeted: list[tuple[
     return out
 
 
+def run_mean(values: Sequence[float | None]) -> float | None:
+    """Mean of a curve over its evaluation points (None when a point has no value)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
 def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], circuit_metric: str,
                         targeted: list[tuple[int, int]], threshold: float, eval_every: int, lineage: bool) -> RunMetrics:
     """RunMetrics from a run's evaluation points (`curves.json` "points")."""
     curves = curve_metrics(points, circuit_metric, targeted)
     steps = [int(p["step"]) for p in points]
     other_metric = next(m for m in CURVE_METRICS if m != circuit_metric)
-    final = {
-        "score": curves[f"{circuit_metric}_best"][-1],
-        "targeted": curves[f"{circuit_metric}_targeted"][-1],
-        "other": curves[f"{circuit_metric}_other"][-1],
-        "induction_best": curves["induction_best"][-1],
-        "previous_token_best": curves["previous_token_best"][-1],
-        "icl": curves["icl"][-1],
-        "heldout_loss": curves["heldout_loss"][-1],
-        "loss": curves["loss"][-1],
+    keys = {
+        "score": f"{circuit_metric}_best", "targeted": f"{circuit_metric}_targeted", "other": f"{circuit_metric}_other",
+        "induction_best": "induction_best", "previous_token_best": "previous_token_best", "icl": "icl",
+        "heldout_loss": "heldout_loss", "loss": "loss",
     }
+    final = {key: curves[curve][-1] for key, curve in keys.items()}
+    mean = {key: run_mean(curves[curve]) for key, curve in keys.items()}
     return RunMetrics(
         arm=arm, seed=seed, run_dir=run_dir, lineage=lineage, eval_every=eval_every, steps=steps, curves=curves,
         emergence=emergence_step(steps, curves[f"{circuit_metric}_best"], threshold),
         emergence_targeted=emergence_step(steps, curves["targeted_max"], threshold),
         emergence_other_metric=emergence_step(steps, curves[f"{other_metric}_best"], threshold),
         final=final,
+        mean=mean,
     )
 
 
@@ -236,12 +246,16 @@ class Effect:
     score_final: float | None
     score_delta: float | None
     score_delta_std: float | None
-    icl_delta: float | None
+    icl_delta: float | None  # final ICL score
     icl_delta_std: float | None
     heldout_loss_delta: float | None
-    targeted_delta: float | None  # on lineage seeds (same initial weights as the scored model)
+    targeted_delta: float | None  # final score, on lineage seeds (same initial weights as the scored model)
     other_delta: float | None
-    movement_ratio: float | None  # |targeted_delta| / |other_delta|
+    movement_ratio: float | None  # |targeted_mean_delta| / |other_mean_delta|
+    icl_mean_delta: float | None  # run means (see the module's conventions)
+    icl_mean_delta_std: float | None
+    targeted_mean_delta: float | None
+    other_mean_delta: float | None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -251,10 +265,12 @@ def _paired(arm_runs: dict[int, RunMetrics], base_runs: dict[int, RunMetrics]) -
     return sorted(set(arm_runs) & set(base_runs))
 
 
-def _deltas(seeds: list[int], arm: dict[int, RunMetrics], base: dict[int, RunMetrics], key: str) -> list[float]:
+def _deltas(seeds: list[int], arm: dict[int, RunMetrics], base: dict[int, RunMetrics], key: str,
+            kind: str = "final") -> list[float]:
+    """Per-seed differences of a final value (`kind` "final") or of a run mean ("mean")."""
     out = []
     for s in seeds:
-        a, b = arm[s].final.get(key), base[s].final.get(key)
+        a, b = getattr(arm[s], kind).get(key), getattr(base[s], kind).get(key)
         if a is not None and b is not None:
             out.append(float(a) - float(b))
     return out
@@ -282,12 +298,15 @@ def effect_of(arm: str, arm_runs: dict[int, RunMetrics], base_runs: dict[int, Ru
     lineage = [s for s in seeds if arm_runs[s].lineage and base_runs[s].lineage]
     t_mean, _ = mean_std(_deltas(lineage, arm_runs, base_runs, "targeted"))
     o_mean, _ = mean_std(_deltas(lineage, arm_runs, base_runs, "other"))
+    im_mean, im_std = mean_std(_deltas(seeds, arm_runs, base_runs, "icl", "mean"))
+    tm_mean, _ = mean_std(_deltas(lineage, arm_runs, base_runs, "targeted", "mean"))
+    om_mean, _ = mean_std(_deltas(lineage, arm_runs, base_runs, "other", "mean"))
     ratio = None
-    if t_mean is not None and o_mean is not None and o_mean != 0.0:
-        ratio = abs(t_mean) / abs(o_mean)
+    if tm_mean is not None and om_mean is not None and om_mean != 0.0:
+        ratio = abs(tm_mean) / abs(om_mean)
     score_final, _ = mean_std([arm_runs[s].final["score"] for s in sorted(arm_runs) if arm_runs[s].final.get("score") is not None])
     return Effect(arm, seeds, len(formed_steps), e_mean, e_std, ed_mean, ed_std, censored and ed_mean is not None,
-                  score_final, sd_mean, sd_std, i_mean, i_std, h_mean, t_mean, o_mean, ratio)
+                  score_final, sd_mean, sd_std, i_mean, i_std, h_mean, t_mean, o_mean, ratio, im_mean, im_std, tm_mean, om_mean)
 
 
 def effects_table(runs: dict[str, dict[int, RunMetrics]], baseline: str = "baseline") -> list[Effect]:
@@ -368,13 +387,14 @@ def _fmt(v: float | None, digits: int = 3, sign: bool = True) -> str:
     return f"{v:+.{digits}g}" if sign else f"{v:.{digits}g}"
 
 
-def _baseline_spread(runs: dict[int, RunMetrics], key: str) -> float | None:
+def _baseline_spread(runs: dict[int, RunMetrics], key: str, kind: str = "final") -> float | None:
     if key == "emergence":
         vals = [r.emergence for r in runs.values()]
         if any(v is None for v in vals):
             return None
         return mean_std([float(v) for v in vals])[1]  # type: ignore[arg-type]
-    return mean_std([float(r.final[key]) for r in runs.values() if r.final.get(key) is not None])[1]
+    values = [getattr(r, kind).get(key) for r in runs.values()]
+    return mean_std([float(v) for v in values if v is not None])[1]
 
 
 def _distinct_runs(runs: dict[int, RunMetrics]) -> int:
@@ -438,20 +458,20 @@ def _comparison_verdict(name: str, expectation: str, comp: Comparison | None, mi
 def _icl_verdict(effects: dict[str, Effect], runs: dict[str, dict[int, RunMetrics]]) -> Verdict:
     name, expectation = "icl_co_moves", "ICL co-moves: removing the top rows worsens the ICL score, augmenting improves it"
     wanted = {"remove-top": 1.0, "augment-top": -1.0}
-    present = [a for a in wanted if a in effects and effects[a].icl_delta is not None]
+    present = [a for a in wanted if a in effects and effects[a].icl_mean_delta is not None]
     if not present:
         return Verdict(name, expectation, "not run", "needs the remove-top or augment-top arm and held-out rows for the ICL score")
-    spread = _baseline_spread(runs["baseline"], "icl")
+    spread = _baseline_spread(runs["baseline"], "icl", "mean")
     parts, oks = [], []
     for arm in present:
-        d = effects[arm].icl_delta
+        d = effects[arm].icl_mean_delta
         assert d is not None
         right = d * wanted[arm] > 0
         beyond = spread is None or abs(d) > spread
         oks.append(right and beyond)
-        parts.append(f"{arm} ICL delta {_fmt(d)} ({'worse' if d > 0 else 'better' if d < 0 else 'unchanged'})")
+        parts.append(f"{arm} run-mean ICL delta {_fmt(d)} ({'worse' if d > 0 else 'better' if d < 0 else 'unchanged'})")
     text = "; ".join(parts) + f"; baseline seed spread {_fmt(spread, 3, False)} (more negative ICL = more in-context learning)"
-    if any(effects[a].icl_delta * wanted[a] <= 0 for a in present):  # type: ignore[operator]
+    if any(effects[a].icl_mean_delta * wanted[a] <= 0 for a in present):  # type: ignore[operator]
         return Verdict(name, expectation, "not observed", text)
     if spread is None:
         return Verdict(name, expectation, "inconclusive", text + "; directions as expected, but one distinct baseline run gives no spread")
@@ -466,19 +486,19 @@ def _icl_verdict(effects: dict[str, Effect], runs: dict[str, dict[int, RunMetric
 def _heads_verdict(effects: dict[str, Effect], runs: dict[str, dict[int, RunMetrics]]) -> Verdict:
     name = "other_heads_move_less"
     expectation = "heads not targeted move less than the targeted heads"
-    present = [a for a in ("remove-top", "augment-top") if a in effects and effects[a].targeted_delta is not None]
+    present = [a for a in ("remove-top", "augment-top") if a in effects and effects[a].targeted_mean_delta is not None]
     if not present:
         return Verdict(name, expectation, "not run", "needs the remove-top or augment-top arm and a seed on the scored model's lineage")
-    spread = _baseline_spread(runs["baseline"], "score")
+    spread = _baseline_spread(runs["baseline"], "score", "mean")
     parts, oks, moved = [], [], []
     for arm in present:
         e = effects[arm]
-        t, o = abs(e.targeted_delta or 0.0), abs(e.other_delta or 0.0)
+        t, o = abs(e.targeted_mean_delta or 0.0), abs(e.other_mean_delta or 0.0)
         moved.append(t > (spread if spread is not None else 0.0))
         oks.append(t > o)
-        parts.append(f"{arm}: targeted heads {_fmt(e.targeted_delta)}, other heads {_fmt(e.other_delta)}"
+        parts.append(f"{arm}: targeted heads {_fmt(e.targeted_mean_delta)}, other heads {_fmt(e.other_mean_delta)}"
                      + (f" (ratio {e.movement_ratio:.2g})" if e.movement_ratio is not None else ""))
-    text = ("; ".join(parts) + " (final score deltas on the scored model's lineage seeds); baseline seed spread of the "
+    text = ("; ".join(parts) + " (run-mean score deltas on the scored model's lineage seeds); baseline seed spread of the run-mean "
             f"circuit score {_fmt(spread, 3, False)}")
     if not any(moved):
         return Verdict(name, expectation, "inconclusive", text + "; the targeted heads did not move beyond the seed spread")

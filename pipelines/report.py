@@ -303,8 +303,10 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
     doc.h2("Effects against the baseline")
     doc.p("Deltas are arm minus baseline, paired by seed and averaged (+- sample sd over seeds). A run in which the circuit "
           "never formed counts as (end step + one evaluation interval) in the emergence delta, marked '>=' (a lower bound). "
-          "ICL: more negative = more in-context learning. Targeted / other heads: final score deltas on the seeds that "
-          "start from the scored model's own weights.")
+          "ICL: more negative = more in-context learning. Run mean: the curve's mean over every evaluation point, so a "
+          "shift in timing moves it where final values have converged (the ICL and head-movement verdicts use it). "
+          "Targeted / other heads: run-mean deltas of their mean circuit score on the seeds that start from the scored "
+          "model's own weights.")
     rows = []
     for e in results["effects"]:
         runs = results["arms"][e["arm"]]["runs"]
@@ -313,11 +315,12 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
             e["arm"], f"{e['formed']}/{len(runs)}", mean_sd(formed),
             fmt_step(e["emergence_delta"], sign=True, censored=e["emergence_censored"]) + (f" +- {e['emergence_delta_std']:.0f}" if e["emergence_delta_std"] else ""),
             fmt(e["score_final"]), fmt(e["score_delta"], sign=True), fmt(e["icl_delta"], sign=True),
-            fmt(e["heldout_loss_delta"], sign=True), fmt(e["targeted_delta"], sign=True), fmt(e["other_delta"], sign=True),
-            fmt(e["movement_ratio"], 2),
+            fmt(e["icl_mean_delta"], sign=True), fmt(e["heldout_loss_delta"], sign=True),
+            fmt(e["targeted_mean_delta"], sign=True), fmt(e["other_mean_delta"], sign=True), fmt(e["movement_ratio"], 2),
         ])
-    doc.table(["arm", "formed", "emergence step", "delta emergence", "final score", "delta final score", "delta ICL",
-               "delta held-out loss", "delta targeted heads", "delta other heads", "targeted/other"], rows)
+    doc.table(["arm", "formed", "emergence step", "delta emergence", "final score", "delta final score", "delta final ICL",
+               "delta ICL (run mean)", "delta held-out loss", "delta targeted heads (run mean)",
+               "delta other heads (run mean)", "targeted/other"], rows)
 
     doc.h2("Targeted arms against their random controls")
     doc.p(f"Test: {results['test']}. Metric: the emergence step when every run of both arms formed, else the final "

@@ -393,7 +393,8 @@ def _run(arm: str, seed: int, emergence: int | None, score: float, icl: float, t
          end: int = 200, lineage: bool = True) -> RunMetrics:
     return RunMetrics(arm=arm, seed=seed, run_dir=f"/runs/{arm}/{seed}", lineage=lineage, eval_every=10, steps=[0, end],
                       curves={}, emergence=emergence, emergence_targeted=emergence, emergence_other_metric=None,
-                      final={"score": score, "targeted": targeted, "other": other, "icl": icl, "heldout_loss": 3.0})
+                      final={"score": score, "targeted": targeted, "other": other, "icl": icl, "heldout_loss": 3.0},
+                      mean={"score": score, "targeted": targeted, "other": other, "icl": icl, "heldout_loss": 3.0})
 
 
 def _scenario(remove_top: list, augment_top: list) -> dict[str, dict[int, RunMetrics]]:
@@ -437,6 +438,28 @@ def test_effects_table_exact_deltas_with_censoring():
     assert a.arm_values == [60.0, 70.0, 60.0] and a.control_values == [100.0, 120.0, 100.0]
     ref = welch_t_test([60, 70, 60], [100, 120, 100])
     assert a.test == ref and ref.p < 0.05
+
+
+def test_run_means_see_a_delay_that_final_values_do_not():
+    """Two runs that end at the same values, one forming 300 steps later: equal finals, different run means."""
+    from pipelines.effects import metrics_from_points
+
+    def points(onset: int) -> list[dict]:
+        out = []
+        for step in range(0, 1001, 100):
+            v = 0.9 if step >= onset else 0.05
+            out.append({"step": step, "induction": [[0.0, 0.0], [v, 0.1]], "previous_token": [[v, 0.0], [0.0, 0.0]],
+                        "icl": -0.4 if step >= onset else -0.1, "loss": 3.0, "heldout_loss": 3.0})
+        return out
+
+    early = metrics_from_points("baseline", 0, "/a", points(400), "induction", [(1, 0)], 0.3, 100, True)
+    late = metrics_from_points("remove-top", 0, "/b", points(700), "induction", [(1, 0)], 0.3, 100, True)
+    assert (early.emergence, late.emergence) == (400, 700)
+    assert early.final == late.final
+    assert early.mean["score"] == pytest.approx((7 * 0.9 + 4 * 0.1) / 11) and late.mean["score"] == pytest.approx((4 * 0.9 + 7 * 0.1) / 11)
+    assert late.mean["targeted"] - early.mean["targeted"] == pytest.approx(-3 * 0.85 / 11)
+    assert late.mean["icl"] - early.mean["icl"] == pytest.approx(3 * 0.3 / 11)  # ICL worse for longer: co-moves
+    assert late.mean["other"] == early.mean["other"] == pytest.approx(0.1)
 
 
 def test_verdicts_when_the_effects_hold_and_when_they_do_not():
