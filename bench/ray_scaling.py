@@ -38,7 +38,7 @@ BATCH = 32  # rows per training step
 def make_model(folder: Path, context: int) -> Path:
     from training.default_model import default_model_config
 
-    build_model(default_model_config(VOCAB), seed=0).save_pretrained(folder)
+    build_model(default_model_config(VOCAB, max_position_embeddings=context), seed=0).save_pretrained(folder)
     return folder
 
 
@@ -71,8 +71,10 @@ def main() -> None:
     print(f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model_dir = make_model(tmp / "model", 128)
-        corpus_dir = make_corpus(tmp / "corpus", steps * BATCH, 129)
+        from training.default_model import DEFAULT_CONTEXT
+
+        model_dir = make_model(tmp / "model", DEFAULT_CONTEXT)
+        corpus_dir = make_corpus(tmp / "corpus", steps * BATCH, DEFAULT_CONTEXT + 1)
 
         def request(out: Path, workers: int) -> ScoreRequest:
             return ScoreRequest(corpus=str(corpus_dir), model=str(model_dir), heads=heads, window=f"0:{steps}", out=out,
@@ -82,7 +84,7 @@ def main() -> None:
         job = resolve_job(request(tmp / "probe", 1))
         cache = tmp / "factors"
         t0 = time.perf_counter()
-        score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", args.batch_rows, fit_rows=1024, seed=0,
+        score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, job.request.mode, args.batch_rows, fit_rows=1024, seed=0,
                      probes=job.probes, factor_cache=cache, threads=1)
         print(f"model {sum(p.numel() for p in job.model.parameters()):,} params, rows of {job.corpus.row_len} tokens, "
               f"{len(job.heads)} heads, window {job.num_rows} rows, shards of {args.shard_rows}; first in-process run "
@@ -94,7 +96,7 @@ def main() -> None:
         with ray_session(None, num_cpus=2):
             for rep in range(args.repeats):
                 c0 = time.process_time()
-                table = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qk", args.batch_rows, fit_rows=1024,
+                table = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, job.request.mode, args.batch_rows, fit_rows=1024,
                                      seed=0, probes=job.probes, factor_cache=cache, threads=1)
                 cpu_ms["in-process"].append(1e3 * (time.process_time() - c0) / job.num_rows)
                 results["in-process"].append(job.num_rows / table.meta["seconds_score"])
