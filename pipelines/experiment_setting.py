@@ -329,6 +329,7 @@ def identity_of(s: Setting) -> dict:
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     return {
         "circuit": s.circuit.name,  # type: ignore[attr-defined]
+        "score_mode": s.circuit.default_mode,  # type: ignore[attr-defined]  (the head subspace the scores use)
         "mode": s.baseline.mode,
         "corpus": s.baseline.corpus,
         "model": s.baseline.model,
