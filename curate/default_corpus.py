@@ -94,14 +94,12 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
 PAD_CHAR = "\t"  # never in generated text, so the tokenizer has no merge with it: one token per tab
 
 
-def _fit_one(text: str, encoding, n_tokens: int, pad: bool) -> str:
-    """`text` cut to at most `n_tokens` tokens at the character where token n_tokens starts (then
-    re-encoded: BPE may split the last word differently); padded with tabs only when `pad`."""
+def _fit_one(text: str, encoding, n_tokens: int) -> str:
+    """`text` cut at the character where token n_tokens starts (then re-encoded: BPE may split the last
+    word differently), or padded with tabs up to `n_tokens` tokens when it is short."""
     if len(encoding.ids) > n_tokens:
         return text[: encoding.offsets[n_tokens][0]]
-    if pad:
-        return text + PAD_CHAR * (n_tokens - len(encoding.ids))
-    return text
+    return text + PAD_CHAR * (n_tokens - len(encoding.ids))
 
 
 def fit_documents(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tuple[list[str], list[list[int]]]:
@@ -114,14 +112,14 @@ def fit_documents(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tu
     out = list(texts)
     ids: list[list[int]] = [[] for _ in out]
     todo = list(range(len(out)))
-    for round_ in range(6):
+    for _ in range(6):
         encodings = tok.tok.encode_batch([out[i] for i in todo], add_special_tokens=False)
         bad = []
         for i, e in zip(todo, encodings):
             if len(e.ids) == n_tokens:
                 ids[i] = e.ids
             else:
-                out[i] = _fit_one(out[i], e, n_tokens, pad=round_ >= 2 or len(e.ids) < n_tokens and round_ >= 1)
+                out[i] = _fit_one(out[i], e, n_tokens)
                 bad.append(i)
         if not bad:
             return out, ids

@@ -62,18 +62,34 @@ def patterned_rows(n: int, row_len: int, vocab: int, seed: int = 0) -> np.ndarra
     return rows
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run the real entry point `curate.cli.main` in-process; returns (exit code, stdout, stderr)."""
+def invoke_main(args: list, monkeypatch) -> int:
+    """Run the real entry point `curate.cli.main` in-process with these arguments; returns the exit code."""
     from curate.cli import main
 
     monkeypatch.setattr(sys, "argv", ["curate", *map(str, args)])
-    code = 0
     try:
         main()
     except SystemExit as e:
-        code = int(e.code or 0)
+        return int(e.code or 0)
+    return 0
+
+
+def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`invoke_main`, output captured by pytest's capsys; returns (exit code, stdout, stderr)."""
+    code = invoke_main(args, monkeypatch)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def run_cli_redirected(args: list, monkeypatch) -> tuple[int, str, str]:
+    """`invoke_main` without capsys (usable from a module fixture): output captured by redirecting."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = invoke_main(args, monkeypatch)
+    return code, out.getvalue(), err.getvalue()
 
 
 def tree(folder: Path) -> list[str]:

@@ -20,7 +20,7 @@ from curate.errors import CurateError
 from pipelines.effects import (
     RunMetrics, comparisons, effects_table, metrics_from_points, read_run_metrics, verdicts, welch_t_test,
 )
-from tests.corpus_helpers import run_cli
+from tests.corpus_helpers import run_cli, run_cli_redirected
 from tests.score_helpers import build_tiny_corpus
 
 ALL_ARMS = ["baseline", "remove-top", "remove-random", "augment-top", "augment-random", "augment-neighbors", "augment-synthetic"]
@@ -60,32 +60,12 @@ def quick(tiny, ray_session_for_module) -> dict:
     out = tiny["base"] / "exp"
     mp = pytest.MonkeyPatch()
     try:
-        code, stdout, stderr = _run_cli_plain(quick_args(tiny, out) + ["--workers", "2"], mp)
+        code, stdout, stderr = run_cli_redirected(quick_args(tiny, out) + ["--workers", "2"], mp)
     finally:
         mp.undo()
     assert code == 0, stderr
     results = json.loads((out / "report" / "results.json").read_text())
     return {"out": out, "results": results, "stdout": stdout}
-
-
-def _run_cli_plain(args: list, monkeypatch) -> tuple[int, str, str]:
-    """run_cli without capsys (usable from a module fixture): stdout/stderr captured by redirecting."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        import sys
-
-        from curate.cli import main
-
-        monkeypatch.setattr(sys, "argv", ["curate", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 # --------------------------------------------------------------------------- the quick experiment

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from transformers import GPTNeoXForCausalLM
 
 from curate.atomic import write_json
+from tests import corpus_helpers
 from curate.corpus import CorpusMeta, open_corpus
 from curate.errors import CurateError
 from curate.megatron import write_megatron
@@ -397,16 +397,7 @@ def test_load_model_errors(tmp_path):
 
 # ---- CLI ------------------------------------------------------------------------------------------
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from curate.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["curate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return corpus_helpers.run_cli(list(args), monkeypatch, capsys)
 
 
 def test_cli_trains_and_rejects_bad_input(monkeypatch, capsys, corpus_dir, tmp_path):
