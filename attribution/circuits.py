@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attribution.metrics import Head, HeadScores, head_scores, model_shape
-from attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.metrics import Head, HeadScores, head_scores, model_shape
+from curate.attribution.probes import induction_probe, previous_token_probe
 from curate.errors import CurateError
 
 ProbeFn = Callable[[nn.Module, torch.Tensor, Head], torch.Tensor]

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, check_mode
-from attribution.trace import HeadTracer, row_seeds
+from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, check_mode
+from curate.attribution.trace import HeadTracer, row_seeds
 from curate.errors import CurateError
 
 DEFAULT_DAMPING = 0.1

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, EKFACFactors, EKFACFitter, TargetHeads
-from attribution.heads import HeadBlocks, HeadGeometry, HeadRef, attention_of, check_mode, slice_head_grads
-from attribution.score_table import ScoreTable
-from attribution.trace import HeadTracer, frozen
+from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, EKFACFactors, EKFACFitter, TargetHeads
+from curate.attribution.heads import HeadBlocks, HeadGeometry, HeadRef, attention_of, check_mode, slice_head_grads
+from curate.attribution.score_table import ScoreTable
+from curate.attribution.trace import HeadTracer, frozen
 from curate.errors import CurateError
 
 ProbeFn = Callable[[nn.Module, HeadRef], torch.Tensor]
@@ -208,7 +208,7 @@ def fit_factors(
 ) -> EKFACFactors:
     """EK-FAC factors of `heads` fitted on corpus rows `fit_ids`; cached heads are loaded, the rest fitted
     in one set of two passes and saved."""
-    from attribution.factors_io import load_factors, model_fingerprint, save_factors
+    from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
 
     heads = HeadGeometry.of(model).check(heads)
     data_key = fit_data_key(corpus, fit_ids, seed)
@@ -240,7 +240,7 @@ def circuit_probe(circuit, probes: torch.Tensor) -> tuple[ProbeFn, bool]:
 
 def default_probes(model: nn.Module, n: int = 32, half_len: int = 32, seed: int = 0) -> torch.Tensor:
     """Repeated random token probes [r, r] fitting the model's context (half length <= context / 2)."""
-    from attribution.metrics import make_repeat_probes, special_token_ids
+    from curate.attribution.metrics import make_repeat_probes, special_token_ids
 
     ctx = int(getattr(model.config, "max_position_embeddings", 2 * half_len))
     half = max(2, min(int(half_len), ctx // 2))
@@ -271,7 +271,7 @@ def score_corpus(
 
     The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
     """
-    from attribution.circuits import get_circuit
+    from curate.attribution.circuits import get_circuit
 
     if threads:
         torch.set_num_threads(int(threads))

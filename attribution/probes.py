@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attribution.metrics import (
+from curate.attribution.metrics import (
     Head,
     attention_weights_hooks,
     check_tokens,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attribution.heads import HeadRef
+from curate.attribution.heads import HeadRef
 from curate.atomic import atomic_path
 from curate.errors import CurateError
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attribution.heads import attention_of
-from attribution.metrics import model_device
+from curate.attribution.heads import attention_of
+from curate.attribution.metrics import model_device
 from curate.errors import CurateError
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from augment.tags import LABELS, tag_rows
+from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
 from curate.atomic import read_json
 from curate.errors import CurateError

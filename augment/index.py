@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from augment.features import StructureSpec, structure_vectors
+from curate.augment.features import StructureSpec, structure_vectors
 from curate.atomic import atomic_dir, write_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError

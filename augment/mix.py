@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
-from augment.explain import ScoresFolder, open_scores
-from augment.synth import DEFAULT_TOP
+from curate.augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
+from curate.augment.explain import ScoresFolder, open_scores
+from curate.augment.synth import DEFAULT_TOP
 from curate.atomic import atomic_dir, atomic_path, write_json
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
 from curate.errors import CurateError
@@ -229,7 +229,7 @@ def _neighbor_rows(
     spec: MixSpec, scores: ScoresFolder, base: Corpus, base_name: str, window: Window, ranked: np.ndarray, need: int
 ) -> Added:
     """`need` structural neighbours of the top rows from the pool (its structure index), window rows excluded."""
-    from augment.index import IndexParams, build_index, load_index
+    from curate.augment.index import IndexParams, build_index, load_index
 
     pool = Path(spec.pool) if spec.pool is not None else None
     default_index = scores.path / INDEX_SUBDIR
@@ -303,8 +303,8 @@ def _synthetic_rows(
         name = str(Path(spec.pool).resolve())
         inputs = {"pool_rows": rows_input(pool, rows_sha256(pool, row_range=(0, need)), row_range=(0, need), path=name)}
         return Added(pool, name, rows, "synthetic", np.full(need, np.nan), inputs)
-    from augment.motifs import mine_motifs, vocab_classes
-    from augment.synth import corpus_tokenizer, write_synthetic_corpus
+    from curate.augment.motifs import mine_motifs, vocab_classes
+    from curate.augment.synth import corpus_tokenizer, write_synthetic_corpus
 
     tokenizer = corpus_tokenizer(base)
     top = ranked[: min(spec.top, len(ranked))]
@@ -569,7 +569,7 @@ def _write_rows(
 
 def _write_plan(tmp: Path, base_name: str, window: Window, removed_rel: np.ndarray, added: Added | None, place: dict) -> dict:
     """plan.json: the scored corpus with the removed rows dropped and the added rows inserted (training.plan format)."""
-    from training.plan import plan_from_json
+    from curate.training.plan import plan_from_json
 
     plan: dict = {"version": 1, "corpus": base_name}
     if len(removed_rel):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from augment.features import DISTANCE_BINS, previous_occurrence
-from augment.tags import _CODE_KEYWORDS, _LATEX_KNOWN, tag_rows
+from curate.augment.features import DISTANCE_BINS, previous_occurrence
+from curate.augment.tags import _CODE_KEYWORDS, _LATEX_KNOWN, tag_rows
 from curate.errors import CurateError
 from curate.tokenize import EOT_TOKEN, TextTokenizer
 

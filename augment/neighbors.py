@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.explain import open_scores, parse_top, top_rows
-from augment.index import load_index
-from augment.tags import main_segment, tag_text
+from curate.augment.explain import open_scores, parse_top, top_rows
+from curate.augment.index import load_index
+from curate.augment.tags import main_segment, tag_text
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 

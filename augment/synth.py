@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from augment.checksums import check_out_dir, file_input, rows_input, rows_sha256, write_manifest
-from augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
+from curate.augment.checksums import check_out_dir, file_input, rows_input, rows_sha256, write_manifest
+from curate.augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
 from curate.atomic import atomic_dir, write_json
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta
 from curate.errors import CurateError
@@ -195,8 +195,8 @@ def corpus_tokenizer(corpus: Corpus) -> TextTokenizer:
 
 def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, top: int = DEFAULT_TOP, seed: int = 0) -> dict:
     """`curate synth`: mine the motifs of the top rows of a scores folder and write `rows` synthetic rows to `out`."""
-    from augment.explain import open_scores, top_rows
-    from augment.mix import open_scored_corpus, read_window
+    from curate.augment.explain import open_scores, top_rows
+    from curate.augment.mix import open_scored_corpus, read_window
 
     if rows < 1:
         raise CurateError(f"--rows {rows}: must be at least 1")

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.checksums import rows_sha256
-from augment.mix import MixSpec, build_mix
+from curate.augment.checksums import rows_sha256
+from curate.augment.mix import MixSpec, build_mix
 from curate.corpus import CorpusMeta, open_corpus
 from curate.megatron import MegatronWriter
 

@@ -22,21 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.heads import HeadRef
-from attribution.influence import score_corpus
+from curate.attribution.heads import HeadRef
+from curate.attribution.influence import score_corpus
 from curate.atomic import write_json
 from curate.corpus import CorpusMeta, open_corpus
-from pipelines.ray_pool import ray_session
-from pipelines.score_job import ScoreRequest, resolve_job
-from pipelines.score_run import run_job
-from training.models import build_model
+from curate.pipelines.ray_pool import ray_session
+from curate.pipelines.score_job import ScoreRequest, resolve_job
+from curate.pipelines.score_run import run_job
+from curate.training.models import build_model
 
 VOCAB = 512
 BATCH = 32  # rows per training step
 
 
 def make_model(folder: Path, context: int) -> Path:
-    from training.default_model import default_model_config
+    from curate.training.default_model import default_model_config
 
     build_model(default_model_config(VOCAB, max_position_embeddings=context), seed=0).save_pretrained(folder)
     return folder
@@ -71,7 +71,7 @@ def main() -> None:
     print(f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        from training.default_model import DEFAULT_CONTEXT
+        from curate.training.default_model import DEFAULT_CONTEXT
 
         model_dir = make_model(tmp / "model", DEFAULT_CONTEXT)
         corpus_dir = make_corpus(tmp / "corpus", steps * BATCH, DEFAULT_CONTEXT + 1)

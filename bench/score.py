@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attribution.ekfac import EKFACFitter
-from attribution.heads import HeadGeometry, HeadRef
-from attribution.influence import HeadInfluenceScorer, probe_gradients
-from attribution.metrics import make_repeat_probes
-from attribution.probes import induction_probe
-from training.models import build_model
+from curate.attribution.ekfac import EKFACFitter
+from curate.attribution.heads import HeadGeometry, HeadRef
+from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
+from curate.attribution.metrics import make_repeat_probes
+from curate.attribution.probes import induction_probe
+from curate.training.models import build_model
 
 VOCAB = 512
 
@@ -33,9 +33,9 @@ VOCAB = 512
 def model_config():
     """The default model config when `training.default_model` is present, else a similar explicit one."""
     try:
-        from training.default_model import default_model_config
+        from curate.training.default_model import default_model_config
 
-        return default_model_config(VOCAB), "training.default_model.default_model_config"
+        return default_model_config(VOCAB), "curate.training.default_model.default_model_config"
     except ImportError:
         from transformers import GPTNeoXConfig
 

@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from augment.features import repetition_features, structure_vectors  # noqa: E402
-from augment.index import IndexParams, build_index, recall_at_k  # noqa: E402
-from augment.tags import tag_rows  # noqa: E402
+from curate.augment.features import repetition_features, structure_vectors  # noqa: E402
+from curate.augment.index import IndexParams, build_index, recall_at_k  # noqa: E402
+from curate.augment.tags import tag_rows  # noqa: E402
 from structure_helpers import minipile_rows, write_corpus  # noqa: E402
 
 

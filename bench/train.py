@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from curate.atomic import write_json
 from curate.corpus import CorpusMeta, open_corpus
 from curate.megatron import write_megatron
-from training.models import build_model
-from training.trainer import TrainSpec, train
+from curate.training.models import build_model
+from curate.training.trainer import TrainSpec, train
 
 VOCAB = 512
 
@@ -28,9 +28,9 @@ VOCAB = 512
 def model_config(context: int) -> tuple[dict, str]:
     """The default model config when `training.default_model` is present, else a similar explicit one."""
     try:
-        from training.default_model import default_model_config
+        from curate.training.default_model import default_model_config
 
-        return default_model_config(VOCAB).to_dict(), "training.default_model.default_model_config"
+        return default_model_config(VOCAB).to_dict(), "curate.training.default_model.default_model_config"
     except ImportError:
         return dict(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=512,
                     max_position_embeddings=context, rotary_pct=1.0, tie_word_embeddings=False), "fallback config (no training.default_model)"
@@ -64,7 +64,7 @@ class Clock:
 
 def bare_loop(config: dict, batches: list[torch.Tensor], lr: float) -> Clock:
     """Model build + forward, loss, backward, AdamW step over `batches` (pre-loaded tensors)."""
-    from training.models import config_from_dict
+    from curate.training.models import config_from_dict
 
     with Clock() as clock:
         model = build_model(config_from_dict(config), 0)

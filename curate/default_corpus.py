@@ -52,7 +52,7 @@ class DefaultCorpusSpec:
 
 def default_spec() -> DefaultCorpusSpec:
     """The default corpus's spec, sized for `training.default_model.DEFAULT_TRAINING`."""
-    from training.default_model import DEFAULT_CONTEXT, DEFAULT_TRAINING
+    from curate.training.default_model import DEFAULT_CONTEXT, DEFAULT_TRAINING
 
     return DefaultCorpusSpec(
         seq_len=DEFAULT_CONTEXT,

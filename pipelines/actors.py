@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.ekfac import EigenBases, EKFACFitter
-from attribution.heads import HeadBlocks, HeadRef
-from attribution.influence import HeadInfluenceScorer, iter_row_batches
-from attribution.score_table import ScoreTable
+from curate.attribution.ekfac import EigenBases, EKFACFitter
+from curate.attribution.heads import HeadBlocks, HeadRef
+from curate.attribution.influence import HeadInfluenceScorer, iter_row_batches
+from curate.attribution.score_table import ScoreTable
 from curate.corpus import open_corpus
 from curate.errors import CurateError
-from pipelines.manifest import file_sha256
+from curate.pipelines.manifest import file_sha256
 
 FAULT_KILL_ENV = "CURATE_FAULT_KILL_ACTOR_AT_SHARD"
 FAULT_MARKER_ENV = "CURATE_FAULT_MARKER"

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from pipelines.attribution_window import Window
-from pipelines.experiment_setting import Setting, abs_path
+from curate.pipelines.attribution_window import Window
+from curate.pipelines.experiment_setting import Setting, abs_path
 
 Log = Callable[[str], None]
 
@@ -33,7 +33,7 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-    from augment.mix import parse_amount
+    from curate.augment.mix import parse_amount
     from curate.corpus import open_corpus
 
     b = s.baseline
@@ -82,7 +82,7 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
     """The FAISS index of the neighbour pool (rows no arm trains on), built once into EXP/pool-index."""
     if "augment-neighbors" not in s.arms or plan.pool is None:
         return None
-    from augment.index import IndexParams, build_index
+    from curate.augment.index import IndexParams, build_index
 
     folder = s.out / "pool-index"
     meta = folder / "index.json"
@@ -114,8 +114,8 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
-    from pipelines.arms import ArmRun, run_folder, run_key
-    from training.trainer import TrainSpec
+    from curate.pipelines.arms import ArmRun, run_folder, run_key
+    from curate.training.trainer import TrainSpec
 
     runs = []
     for arm in s.arms:
@@ -153,8 +153,8 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
 
 def build_mixes(s: Setting, scores: Path, plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
     """Every arm's mix (built once; the folder appears atomically); (mix folder per (arm, seed), build-mix commands)."""
-    from augment.mix import build_mix
-    from pipelines.arms import ARMS, mix_folder
+    from curate.augment.mix import build_mix
+    from curate.pipelines.arms import ARMS, mix_folder
 
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []

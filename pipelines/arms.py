@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from augment.mix import MixSpec
+from curate.augment.mix import MixSpec
 from curate.errors import CurateError
 
 Log = Callable[[str], None]
@@ -107,8 +107,8 @@ class ArmRun:
 
 def run_key(spec) -> str:
     """Hash of the trajectory-defining spec (as `training.trainer.spec_hash` computes it, plan by content)."""
-    from training.plan import TrainingPlan, load_plan
-    from training.trainer import spec_hash
+    from curate.training.plan import TrainingPlan, load_plan
+    from curate.training.trainer import spec_hash
 
     plan = load_plan(spec.plan) if spec.plan is not None else TrainingPlan()
     return spec_hash(spec, plan)
@@ -129,8 +129,8 @@ def dedupe(runs: list[ArmRun]) -> list[ArmRun]:
 
 def is_finished(out_dir: Path, key: str) -> bool:
     """A finished run of this spec is in `out_dir` (complete summary, same spec hash)."""
-    from training.curves import SUMMARY_JSON
-    from training.models import RUN_FILE
+    from curate.training.curves import SUMMARY_JSON
+    from curate.training.models import RUN_FILE
 
     try:
         summary = json.loads((out_dir / SUMMARY_JSON).read_text())
@@ -142,7 +142,7 @@ def is_finished(out_dir: Path, key: str) -> bool:
 
 def check_run_folder(run: ArmRun) -> None:
     """A folder that holds a run of another spec is an error (never overwritten silently)."""
-    from training.models import RUN_FILE
+    from curate.training.models import RUN_FILE
 
     path = run.out_dir / RUN_FILE
     if path.is_file():
@@ -167,7 +167,7 @@ class ArmWorker:
         torch.set_num_threads(1)
 
     def train(self, spec_json: dict, out_dir: str) -> dict:
-        from training.trainer import TrainSpec, train
+        from curate.training.trainer import TrainSpec, train
 
         result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
         return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s")}
@@ -185,7 +185,7 @@ def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = Fals
         return {"trained": 0, "skipped": skipped, "workers": 0}
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
-        from training.trainer import train
+        from curate.training.trainer import train
 
         for i, r in enumerate(todo):
             log(f"arms: training {r.label} ({i + 1}/{len(todo)}) -> {r.out_dir}")
@@ -198,7 +198,7 @@ def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = Fals
 def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> None:
     import ray
 
-    from pipelines.ray_pool import ActorPool, Task, ray_session
+    from curate.pipelines.ray_pool import ActorPool, Task, ray_session
 
     with ray_session(None, num_cpus=workers) as session:
         gpus = 1.0 if device == "cuda" else 0.0

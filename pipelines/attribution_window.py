@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from curate.errors import CurateError
-from pipelines.experiment_setting import Setting, abs_path
+from curate.pipelines.experiment_setting import Setting, abs_path
 
 Log = Callable[[str], None]
 
@@ -29,7 +29,7 @@ class RayHolder:
 
     def ensure(self) -> None:
         if not self.started:
-            from pipelines.ray_pool import ray_session
+            from curate.pipelines.ray_pool import ray_session
 
             self.stack.enter_context(ray_session(None, num_cpus=self.workers))
             self.started = True
@@ -57,17 +57,17 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
     """Train (or reuse) the baseline run; returns its run.json (empty for an external model)."""
     b = s.baseline
     if b.mode == "reference":
-        from pipelines.score_job import ensure_default_corpus, ensure_reference_run
+        from curate.pipelines.score_job import ensure_default_corpus, ensure_reference_run
 
         ensure_default_corpus(s.ws, s.opts.progress, log)
         b.run_dir = Path(abs_path(ensure_reference_run(s.ws, s.opts.progress, log)))
     elif b.mode == "own":
         from curate.corpus import open_corpus
         from curate.workspace import default_corpus_dir
-        from training.trainer import train
+        from curate.training.trainer import train
 
         if s.opts.corpus is None:
-            from pipelines.score_job import ensure_default_corpus
+            from curate.pipelines.score_job import ensure_default_corpus
 
             ensure_default_corpus(s.ws, s.opts.progress, log)
             assert Path(b.corpus) == Path(abs_path(default_corpus_dir(s.ws)))
@@ -78,7 +78,7 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
     if b.run_dir is None:
         return {}
     raw = b.run_json()
-    from training.curves import SUMMARY_JSON
+    from curate.training.curves import SUMMARY_JSON
 
     summary = json.loads((b.run_dir / SUMMARY_JSON).read_text())
     if summary.get("complete") is not True:
@@ -102,10 +102,10 @@ class Window:
 def choose_window(s: Setting, run_json: dict) -> Window:
     """The attribution window [start, end): --window, else 0 to the first checkpoint at/after the baseline's
     emergence, else (never formed) 0 to the last checkpoint at 2/3 of the baseline."""
-    from pipelines.effects import emergence_step
-    from pipelines.score_job import parse_window
-    from training.curves import CURVES_JSON
-    from training.models import list_checkpoints
+    from curate.pipelines.effects import emergence_step
+    from curate.pipelines.score_job import parse_window
+    from curate.training.curves import CURVES_JSON
+    from curate.training.models import list_checkpoints
 
     start, end = parse_window(s.opts.window) if s.opts.window is not None else (None, None)
     start = start or 0
@@ -115,7 +115,7 @@ def choose_window(s: Setting, run_json: dict) -> Window:
     assert s.baseline.run_dir is not None
     checkpoints = sorted(list_checkpoints(s.baseline.run_dir))
     points = json.loads((s.baseline.run_dir / CURVES_JSON).read_text())["points"]
-    from pipelines.effects import curve_metrics
+    from curate.pipelines.effects import curve_metrics
 
     metric = s.circuit.metric  # type: ignore[attr-defined]
     best = curve_metrics(points, metric, [])[f"{metric}_best"]
@@ -158,9 +158,9 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
     import torch
 
     from curate.corpus import open_corpus
-    from pipelines.effects import eligible_heads
-    from pipelines.score_job import job_probes
-    from training.models import load_model
+    from curate.pipelines.effects import eligible_heads
+    from curate.pipelines.score_job import job_probes
+    from curate.training.models import load_model
 
     model = load_model(model_spec, revision=revision)
     model.eval()
@@ -181,9 +181,9 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
 def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Path, dict, list[str]]:
     """Score the window (reusing `curate score`'s results when they are the same job); (folder, summary, notes)."""
     from curate.workspace import scores_dir
-    from pipelines.manifest import fingerprint_hash
-    from pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
-    from pipelines.score_run import run_job
+    from curate.pipelines.manifest import fingerprint_hash
+    from curate.pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
+    from curate.pipelines.score_run import run_job
 
     b = s.baseline
     if b.mode == "external":

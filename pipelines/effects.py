@@ -64,7 +64,7 @@ def parse_head_names(names: Sequence[str]) -> list[tuple[int, int]]:
 
 def emergence_step(steps: Sequence[int], values: Sequence[float | None], threshold: float) -> int | None:
     """First step whose value reaches `threshold` and stays there at every later point (None: never)."""
-    from training.curves import emergence_step as _emergence
+    from curate.training.curves import emergence_step as _emergence
 
     return _emergence(list(steps), [(-math.inf if v is None else float(v)) for v in values], threshold)
 
@@ -165,7 +165,7 @@ def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], c
 def read_run_metrics(arm: str, seed: int, run_dir: Path, circuit_metric: str, targeted: list[tuple[int, int]],
                      threshold: float, lineage: bool) -> RunMetrics:
     """RunMetrics of a finished run folder (curves.json + summary.json written by `training.trainer`)."""
-    from training.curves import CURVES_JSON, SUMMARY_JSON
+    from curate.training.curves import CURVES_JSON, SUMMARY_JSON
 
     run_dir = Path(run_dir)
     try:

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
-from pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
-from pipelines.experiment_setting import (  # noqa: F401 (the command's API, re-exported)
+from curate.pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
+from curate.pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
+from curate.pipelines.experiment_setting import (  # noqa: F401 (the command's API, re-exported)
     EXPERIMENT_FILE, ExperimentOptions, Setting, check_identity, check_options, command_line, default_out, parse_sizes,
     resolve_setting,
 )
@@ -46,7 +46,7 @@ REPORT_DIR = "report"
 def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayHolder | None = None) -> dict:
     """Run (or resume) the experiment and write its report; returns results.json's content."""
     from curate.atomic import write_json
-    from pipelines.arms import discard, parse_arms, train_runs
+    from curate.pipelines.arms import discard, parse_arms, train_runs
 
     s = resolve_setting(opts, log)
     check_identity(s)
@@ -66,7 +66,7 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
         pool_index = ensure_pool_index(s, plan, log)
         mixes, mix_commands = build_mixes(s, scores, plan, pool_index, log)
         runs = arm_specs(s, window, plan, run_json, mixes)
-        from pipelines.arms import dedupe, is_finished
+        from curate.pipelines.arms import dedupe, is_finished
 
         pending = [r for r in dedupe(list(runs)) if not is_finished(r.out_dir, r.key)]
         if pending and workers > 1 and len(pending) > 1:
@@ -74,7 +74,7 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
         counts = train_runs(runs, workers, log, progress=opts.progress and workers == 1, device=opts.device)
     results = collect_results(s, window, scores, score_summary, plan, runs, mix_commands, counts,
                               score_notes + plan.notes + s.notes, run_json)
-    from pipelines.report import write_report
+    from curate.pipelines.report import write_report
 
     results["report"] = str((s.out / REPORT_DIR).resolve())
     write_report(s.out / REPORT_DIR, results, log)
@@ -89,8 +89,8 @@ def lineage_seed(s: Setting, window: Window, seed: int) -> bool:
 def collect_results(s: Setting, window: Window, scores: Path, score_summary: dict, plan: ArmPlan, runs: list,
                     mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict) -> dict:
     """Every number of the experiment (results.json)."""
-    from pipelines.arms import ARMS
-    from pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
+    from curate.pipelines.arms import ARMS
+    from curate.pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
 
     targeted = parse_head_names(score_summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]
@@ -178,7 +178,7 @@ def own_baseline_command(s: Setting) -> str:
 
 def class_enrichment(scores: Path, top_rows: int) -> dict:
     """Structural classes enriched among the top rows (augment.explain), or why they could not be computed."""
-    from augment.explain import explain_scores
+    from curate.augment.explain import explain_scores
 
     try:
         rep = explain_scores(scores, top=str(top_rows))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from training.models import load_config_file
+from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
@@ -102,11 +102,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def check_options(opts: ExperimentOptions) -> None:
     """Every check that needs no file: one CurateError line before anything is read or written."""
-    from attribution.circuits import get_circuit
-    from augment.mix import parse_amount
-    from pipelines.arms import parse_arms
-    from pipelines.score_job import parse_window
-    from training.schedule import parse_checkpoint_steps
+    from curate.attribution.circuits import get_circuit
+    from curate.augment.mix import parse_amount
+    from curate.pipelines.arms import parse_arms
+    from curate.pipelines.score_job import parse_window
+    from curate.training.schedule import parse_checkpoint_steps
 
     get_circuit(opts.circuit)
     parse_amount(opts.k, "--k", 1 << 50)
@@ -170,7 +170,7 @@ class Baseline:
         return self.model, revision
 
     def run_json(self) -> dict:
-        from training.models import RUN_FILE
+        from curate.training.models import RUN_FILE
 
         assert self.run_dir is not None
         return json.loads((self.run_dir / RUN_FILE).read_text())
@@ -211,14 +211,14 @@ def _own_mode(opts: ExperimentOptions) -> bool:
 
 
 def _is_run_folder(spec: str) -> bool:
-    from training.models import CHECKPOINTS_DIR, RUN_FILE
+    from curate.training.models import CHECKPOINTS_DIR, RUN_FILE
 
     p = Path(spec).expanduser()
     return p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir())
 
 
 def default_out(opts: ExperimentOptions, ws: Path) -> Path:
-    from attribution.circuits import get_circuit
+    from curate.attribution.circuits import get_circuit
 
     name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
     return ws / "experiments" / name
@@ -226,12 +226,12 @@ def default_out(opts: ExperimentOptions, ws: Path) -> Path:
 
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     """Resolve the baseline, seeds, arms and thresholds; opens files but writes nothing."""
-    from attribution.circuits import get_circuit
+    from curate.attribution.circuits import get_circuit
     from curate.commands.train import default_training_fields
     from curate.corpus import open_corpus
     from curate.workspace import default_corpus_dir, resolve_workspace
-    from pipelines.arms import parse_arms
-    from training.trainer import TrainSpec
+    from curate.pipelines.arms import parse_arms
+    from curate.training.trainer import TrainSpec
 
     check_options(opts)
     circuit = get_circuit(opts.circuit)
@@ -246,8 +246,8 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
 
     if opts.model is not None and _is_run_folder(opts.model):
         run_dir = Path(abs_path(opts.model))
-        from training.curves import SUMMARY_JSON
-        from training.models import RUN_FILE
+        from curate.training.curves import SUMMARY_JSON
+        from curate.training.models import RUN_FILE
 
         if not (run_dir / RUN_FILE).is_file() or not (run_dir / SUMMARY_JSON).is_file():
             raise CurateError(f"{run_dir}: not a finished training run (no {RUN_FILE} / {SUMMARY_JSON})")
@@ -267,14 +267,14 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
             raise CurateError(f"--model {opts.model}: an external model needs --corpus (the rows it was trained on)")
         if opts.window is None:
             raise CurateError(f"--model {opts.model}: an external model needs --window START:END (training steps)")
-        from pipelines.score_job import parse_window
+        from curate.pipelines.score_job import parse_window
 
         start, end = parse_window(opts.window)
         if end is None:
             raise CurateError(f"--window {opts.window}: give the window's end step with an external model")
         if opts.baseline_steps is not None:
             raise CurateError("--baseline-steps: an external model is its own baseline (nothing is trained before the arms)")
-        from training.models import HUB_NAME_RE
+        from curate.training.models import HUB_NAME_RE
 
         local = Path(opts.model).expanduser()
         if not local.exists() and (opts.model.startswith((".", "/", "~")) or not HUB_NAME_RE.match(opts.model)):

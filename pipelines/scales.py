@@ -39,7 +39,7 @@ def parameter_count(config: dict) -> int:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from training.models import config_from_dict
+    from curate.training.models import config_from_dict
 
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(config_from_dict(config))
@@ -49,18 +49,18 @@ def parameter_count(config: dict) -> int:
 def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     """(base config dict, corpus path) for the sizes: --config, else the default model for the corpus's vocabulary."""
     from curate.corpus import open_corpus
-    from training.models import load_config_file
-    from training.trainer import corpus_vocab_size
+    from curate.training.models import load_config_file
+    from curate.training.trainer import corpus_vocab_size
 
     if opts.config is not None:
         return load_config_file(opts.config), opts.corpus
     if opts.corpus is not None:
         corpus_path = opts.corpus
     else:
-        from pipelines.score_job import ensure_default_corpus
+        from curate.pipelines.score_job import ensure_default_corpus
 
         corpus_path = str(ensure_default_corpus(ws, opts.progress, log))
-    from training.default_model import default_model_config
+    from curate.training.default_model import default_model_config
 
     return default_model_config(corpus_vocab_size(open_corpus(corpus_path))).to_dict(), opts.corpus
 
@@ -69,8 +69,8 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     """Run every size's experiment (resumable like one experiment), then write the acceleration report."""
     from curate.atomic import write_json
     from curate.workspace import resolve_workspace
-    from pipelines.arms import SCALE_ARMS, parse_arms
-    from pipelines.experiment import check_options, command_line, default_out, parse_sizes, ray_holder, run_experiment
+    from curate.pipelines.arms import SCALE_ARMS, parse_arms
+    from curate.pipelines.experiment import check_options, command_line, default_out, parse_sizes, ray_holder, run_experiment
 
     check_options(opts)
     sizes = parse_sizes(opts.sizes)
@@ -85,7 +85,7 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     arms = ",".join(parse_arms(opts.arms, default=SCALE_ARMS))
     heads = None
     if opts.config is not None:
-        from training.models import load_config_file
+        from curate.training.models import load_config_file
 
         heads = int(load_config_file(opts.config).get("num_attention_heads", 4))
     for hidden, _ in sizes:  # cheap checks before anything is written
@@ -152,7 +152,7 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
 
 def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], log: Log) -> None:
     from curate.atomic import atomic_dir, write_json
-    from pipelines.report import Doc, render_html, render_md
+    from curate.pipelines.report import Doc, render_html, render_md
 
     with atomic_dir(folder) as tmp:
         _figure(tmp / "scales.png", results["table"], per_size)
@@ -180,7 +180,7 @@ def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], 
 
 
 def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
-    from pipelines.report import _plt, _save
+    from curate.pipelines.report import _plt, _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.circuits import Circuit, Localization, get_circuit
-from attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
-from attribution.heads import HeadRef, check_mode
-from attribution.influence import fit_data_key, fit_row_ids
+from curate.attribution.circuits import Circuit, Localization, get_circuit
+from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
+from curate.attribution.heads import HeadRef, check_mode
+from curate.attribution.influence import fit_data_key, fit_row_ids
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from pipelines.manifest import Manifest
+from curate.pipelines.manifest import Manifest
 
 SHARDS_DIR = "shards"
 FACTORS_DIR = "factors"
@@ -185,7 +185,7 @@ def check_request(req: ScoreRequest) -> None:
 
 def _run_dir_of(spec: str | None) -> Path | None:
     """`spec` as a training run folder (has run.json or checkpoints/), else None."""
-    from training.models import CHECKPOINTS_DIR, RUN_FILE
+    from curate.training.models import CHECKPOINTS_DIR, RUN_FILE
 
     if spec is None:
         return None
@@ -211,7 +211,7 @@ def ensure_default_corpus(ws: Path, progress: bool, log: Log) -> Path:
 def ensure_reference_run(ws: Path, progress: bool, log: Log) -> Path:
     """The workspace's reference training run, trained (or finished) first when incomplete."""
     from curate.workspace import reference_run_dir
-    from training.curves import SUMMARY_JSON
+    from curate.training.curves import SUMMARY_JSON
 
     run_dir = reference_run_dir(ws)
     summary = run_dir / SUMMARY_JSON
@@ -226,8 +226,8 @@ def ensure_reference_run(ws: Path, progress: bool, log: Log) -> Path:
 
 def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, int]:
     """(checkpoint step, its folder, emergence step): the first saved checkpoint at/after the circuit formed."""
-    from training.curves import SUMMARY_JSON
-    from training.models import list_checkpoints
+    from curate.training.curves import SUMMARY_JSON
+    from curate.training.models import list_checkpoints
 
     path = run_dir / SUMMARY_JSON
     if not path.is_file():
@@ -254,16 +254,16 @@ def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, in
 
 def _checkpoint_step(folder: Path | None, revision: str | None) -> int | None:
     """The training step a checkpoint is at: its folder name stepK, its trainer state, or a stepK revision."""
-    from training.models import checkpoint_step
+    from curate.training.models import checkpoint_step
 
     if folder is not None:
         step = checkpoint_step(folder)
         if step is not None:
             return step
-        from training.checkpoints import STATE_FILE
+        from curate.training.checkpoints import STATE_FILE
 
         if (folder / STATE_FILE).is_file():
-            from training.checkpoints import load_trainer_state
+            from curate.training.checkpoints import load_trainer_state
 
             return int(load_trainer_state(folder)["step"])
     if revision:
@@ -275,7 +275,7 @@ def _checkpoint_step(folder: Path | None, revision: str | None) -> int | None:
 
 def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
     """(corpus path, batch size) a run folder trained on, from its run.json."""
-    from training.models import RUN_FILE
+    from curate.training.models import RUN_FILE
 
     path = run_dir / RUN_FILE
     if not path.is_file():
@@ -296,7 +296,7 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
 def job_probes(model: nn.Module, corpus: Corpus, seed: int) -> torch.Tensor:
     """Repeat probes [r, r] drawn as the training run's evaluation draws them: r over the tokenizer's
     vocabulary (when the corpus records it), special ids and end-of-text excluded."""
-    from attribution.metrics import make_repeat_probes, special_token_ids
+    from curate.attribution.metrics import make_repeat_probes, special_token_ids
 
     vocab = int(model.config.vocab_size)
     if corpus.meta is not None and corpus.meta.vocab_size:
@@ -345,14 +345,14 @@ def check_window_vocab(corpus: Corpus, rows: tuple[int, int], vocab: int) -> Non
 def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     """Validate the request and load what the job needs; writes nothing to the output folder."""
     from curate.workspace import resolve_workspace, scores_dir
-    from training.models import load_model, model_fingerprint, resolve_checkpoint_dir
+    from curate.training.models import load_model, model_fingerprint, resolve_checkpoint_dir
 
     circuit = get_circuit(req.circuit)
     if req.mode is None:
         req = replace(req, mode=circuit.default_mode)
     check_request(req)
     if req.ray_address:
-        from pipelines.ray_pool import check_ray_address
+        from curate.pipelines.ray_pool import check_ray_address
 
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
@@ -453,6 +453,6 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
 def score(req: ScoreRequest, log: Log = lambda s: None) -> dict:
     """Resolve and run a scoring job; returns the summary."""
-    from pipelines.score_run import run_job
+    from curate.pipelines.score_run import run_job
 
     return run_job(resolve_job(req, log), log)

@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EKFACFactors, LambdaAccumulator
-from attribution.factors_io import load_factors, save_factors
-from attribution.heads import HeadBlocks, HeadRef
-from attribution.influence import circuit_probe, probe_gradients
+from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EKFACFactors, LambdaAccumulator
+from curate.attribution.factors_io import load_factors, save_factors
+from curate.attribution.heads import HeadBlocks, HeadRef
+from curate.attribution.influence import circuit_probe, probe_gradients
 from curate.atomic import atomic_path, write_json
 from curate.corpus import Corpus
 from curate.errors import CurateError
-from pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
-from pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
-from pipelines.score_job import (
+from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
+from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
+from curate.pipelines.score_job import (
     FACTORS_DIR, SHARDS_DIR, SHOW_TOP, SUMMARY_FILE, TEXT_CHARS, TOP_NEGATIVE_FILE, TOP_POSITIVE_FILE, Log, ScoreJob,
     ScoreRequest,
 )
-from pipelines.topk import top_rows
+from curate.pipelines.topk import top_rows
 
 
 # --------------------------------------------------------------------------- progress
@@ -134,7 +134,7 @@ def _split(ids: np.ndarray, size: int) -> list[np.ndarray]:
 def fit_factors_distributed(pool, job: ScoreJob, progress: JobProgress) -> EKFACFactors:
     """EK-FAC of the job's heads: actors accumulate each fit shard's partial sums, the driver merges them in
     shard order (deterministic whatever actor ran what) and finalizes."""
-    from pipelines.ray_pool import Task
+    from curate.pipelines.ray_pool import Task
 
     chunks = _split(job.fit_ids, job.request.shard_rows)
     cov_states: dict[int, dict] = {}
@@ -185,7 +185,7 @@ def run_job(job: ScoreJob, log: Log = lambda s: None) -> dict:
 def _run_job(job: ScoreJob, log: Log) -> dict:
     import ray
 
-    from pipelines.ray_pool import ActorPool, Retry, Task, ray_session
+    from curate.pipelines.ray_pool import ActorPool, Retry, Task, ray_session
 
     req = job.request
     t_start = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.features import repetition_features
+from curate.augment.features import repetition_features
 from curate.corpus import CorpusMeta
 from curate.megatron import write_megatron
 from curate.tokenize import TextTokenizer

@@ -45,7 +45,7 @@ def build_tiny_model(folder: Path, vocab_size: int = 300, context: int = 32, see
     """A randomly initialised GPT-NeoX saved as an HF folder (eager attention, full rotary)."""
     from transformers import GPTNeoXConfig
 
-    from training.models import build_model
+    from curate.training.models import build_model
 
     config = GPTNeoXConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -9,15 +9,15 @@ import typer
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from typer.testing import CliRunner
 
-from attribution.circuits import CIRCUITS, Localization, get_circuit, parse_heads
-from attribution.metrics import (
+from curate.attribution.circuits import CIRCUITS, Localization, get_circuit, parse_heads
+from curate.attribution.metrics import (
     HeadScores,
     head_scores,
     icl_positions,
     icl_score,
     make_repeat_probes,
 )
-from attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.probes import induction_probe, previous_token_probe
 from curate.errors import CurateError
 
 torch.set_num_threads(1)
@@ -363,14 +363,14 @@ def test_cli_json_matches_head_scores(tmp_path):
 
 
 def test_cli_table_flags_localized_heads(tmp_path, monkeypatch):
-    import training.models
+    import curate.training.models
 
     model = tiny_model()
     set_attention(model, 0, ["prev", "uniform"])
     set_attention(model, 1, ["uniform", "induction"])
     set_attention(model, 2, ["induction", "uniform"])
-    monkeypatch.setattr(training.models, "load_model", lambda spec, revision=None: model)
-    monkeypatch.setattr(training.models, "resolve_checkpoint_dir", lambda spec, revision=None: None)
+    monkeypatch.setattr(curate.training.models, "load_model", lambda spec, revision=None: model)
+    monkeypatch.setattr(curate.training.models, "resolve_checkpoint_dir", lambda spec, revision=None: None)
     runner = CliRunner()
     result = runner.invoke(cli_app(), ["circuits", "fake-ckpt", "--probes", "2", "--json"])
     assert result.exit_code == 0, result.output

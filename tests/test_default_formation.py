@@ -8,9 +8,9 @@ from pathlib import Path
 
 from curate.commands.train import default_training_fields
 from curate.default_corpus import build_default_corpus
-from training.curves import CURVES_JSON, SUMMARY_JSON
-from training.default_model import DEFAULT_TRAINING
-from training.trainer import TrainSpec, train
+from curate.training.curves import CURVES_JSON, SUMMARY_JSON
+from curate.training.default_model import DEFAULT_TRAINING
+from curate.training.trainer import TrainSpec, train
 
 STOP = 2000  # seed 0 forms at step 1,700 (bench/RESULTS.md); the reference run goes on to 4,000
 

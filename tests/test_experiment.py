@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from curate.errors import CurateError
-from pipelines.effects import (
+from curate.pipelines.effects import (
     RunMetrics, comparisons, effects_table, metrics_from_points, read_run_metrics, verdicts, welch_t_test,
 )
 from tests.corpus_helpers import run_cli, run_cli_redirected
@@ -30,7 +30,7 @@ CURVE_KEYS = ["induction_best", "induction_targeted", "induction_other", "previo
 
 @pytest.fixture(scope="module")
 def ray_session_for_module():
-    from pipelines.ray_pool import ray_session
+    from curate.pipelines.ray_pool import ray_session
 
     torch.set_num_threads(1)
     with ray_session(None, num_cpus=2):
@@ -39,7 +39,7 @@ def ray_session_for_module():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    from training.default_model import default_model_config
+    from curate.training.default_model import default_model_config
 
     base = tmp_path_factory.mktemp("experiment")
     corpus = build_tiny_corpus(base / "corpus", docs=1200, seq_len=31, batch_size=8)
@@ -162,7 +162,7 @@ def test_mix_commands_in_the_report_rebuild_the_same_plans(quick, tmp_path, monk
 def test_results_hold_the_numbers_of_the_run_folders(quick):
     """The effects in results.json are those recomputed from the run folders."""
     res = quick["results"]
-    from pipelines.effects import parse_head_names
+    from curate.pipelines.effects import parse_head_names
 
     targeted = parse_head_names(res["targeted_heads"])
     runs = {arm: {int(s): read_run_metrics(arm, int(s), Path(r["run_dir"]), "previous_token", targeted, 0.12, int(s) == 0)
@@ -271,8 +271,8 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
     import numpy as np
 
     from curate.workspace import reference_run_dir, scores_dir
-    from pipelines.effects import emergence_step
-    from training.trainer import TrainSpec, train
+    from curate.pipelines.effects import emergence_step
+    from curate.training.trainer import TrainSpec, train
 
     ws = tiny["base"] / "ws-reference"
     corpus = ws / "default" / "corpus"
@@ -422,7 +422,7 @@ def test_effects_table_exact_deltas_with_censoring():
 
 def test_run_means_see_a_delay_that_final_values_do_not():
     """Two runs that end at the same values, one forming 300 steps later: equal finals, different run means."""
-    from pipelines.effects import metrics_from_points
+    from curate.pipelines.effects import metrics_from_points
 
     def points(onset: int) -> list[dict]:
         out = []

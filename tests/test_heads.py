@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from attribution.heads import (
+from curate.attribution.heads import (
     HeadGeometry,
     HeadRef,
     add_to_head,

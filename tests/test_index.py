@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from augment.explain import explain_scores, open_scores, parse_top, tail_shares, top_rows, wilson_interval
-from augment.features import (
+from curate.augment.explain import explain_scores, open_scores, parse_top, tail_shares, top_rows, wilson_interval
+from curate.augment.features import (
     DISTANCE_BINS,
     StructureSpec,
     hashed_ngram_profile,
@@ -19,8 +19,8 @@ from augment.features import (
     repetition_features,
     structure_vectors,
 )
-from augment.index import IndexParams, build_index, load_index, recall_at_k
-from augment.tags import LABELS, tag_rows
+from curate.augment.index import IndexParams, build_index, load_index, recall_at_k
+from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.minipile import generate_documents
@@ -94,7 +94,7 @@ def test_hidden_state_vectors_are_mean_pooled_and_normalised() -> None:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from augment.features import combine_vectors, hidden_state_vectors
+    from curate.augment.features import combine_vectors, hidden_state_vectors
 
     torch.manual_seed(0)
     cfg = GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -13,14 +13,14 @@ from scipy.stats import spearmanr
 from torch.func import functional_call, grad, vmap
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
-from attribution.factors_io import load_factors, model_fingerprint, save_factors
-from attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
-from attribution.influence import HeadInfluenceScorer, fit_factors, probe_gradients, score_corpus
-from attribution.metrics import make_repeat_probes
-from attribution.probes import induction_probe, previous_token_probe
-from attribution.score_table import ScoreTable
-from attribution.trace import HeadTracer, row_seeds, sample_labels
+from curate.attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
+from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
+from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
+from curate.attribution.influence import HeadInfluenceScorer, fit_factors, probe_gradients, score_corpus
+from curate.attribution.metrics import make_repeat_probes
+from curate.attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.score_table import ScoreTable
+from curate.attribution.trace import HeadTracer, row_seeds, sample_labels
 from curate.atomic import write_json
 from curate.corpus import open_corpus
 from curate.errors import CurateError
@@ -316,7 +316,7 @@ def test_sharded_accumulation_merges_to_the_single_pass_result(trained) -> None:
     bases_state = pickle.dumps(merged.finalize().state_dict())
 
     def worker_lam(part: slice) -> bytes:
-        from attribution.ekfac import EigenBases
+        from curate.attribution.ekfac import EigenBases
 
         fitter = EKFACFitter(trained, heads, mode, seed=9, dtype=torch.float64)
         acc = fitter.lambda_accumulator(EigenBases.from_state(pickle.loads(bases_state)))

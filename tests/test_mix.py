@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from augment.features import repetition_features
-from augment.mix import MixSpec, build_mix, parse_amount
+from curate.augment.features import repetition_features
+from curate.augment.mix import MixSpec, build_mix, parse_amount
 from corpus_helpers import run_cli
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from mix_helpers import BATCH, START_STEP, make_setup
-from training.plan import load_plan, resolve_stream
+from curate.training.plan import load_plan, resolve_stream
 
 WINDOW = 768  # (50 - 2) steps x 16 rows
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from attribution.circuits import get_circuit
+from curate.attribution.circuits import get_circuit
 from curate.errors import CurateError
-from pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_top, parse_window, resolve_job
+from curate.pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_top, parse_window, resolve_job
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 

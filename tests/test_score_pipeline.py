@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from attribution.influence import score_corpus
-from attribution.score_table import ScoreTable
+from curate.attribution.influence import score_corpus
+from curate.attribution.score_table import ScoreTable
 from curate.errors import CurateError
-from pipelines.score_job import ScoreRequest, resolve_job, score
-from pipelines.score_run import run_job
+from curate.pipelines.score_job import ScoreRequest, resolve_job, score
+from curate.pipelines.score_run import run_job
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
 WINDOW = "0:8"  # 8 steps x 8 rows = 64 rows
@@ -37,7 +37,7 @@ BATCH_ROWS = 4
 def ray_address():
     import ray
 
-    from pipelines.ray_pool import ray_session
+    from curate.pipelines.ray_pool import ray_session
 
     torch.set_num_threads(1)
     with ray_session(None, num_cpus=2):

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from augment.motifs import RepeatSpan, content_mask, mine_motifs, repeat_spans, vocab_classes
-from augment.synth import synthesize
-from augment.tags import tag_rows
+from curate.augment.motifs import RepeatSpan, content_mask, mine_motifs, repeat_spans, vocab_classes
+from curate.augment.synth import synthesize
+from curate.augment.tags import tag_rows
 from corpus_helpers import run_cli
 from curate.corpus import open_corpus
 from curate.tokenize import TextTokenizer, load_tokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.tags import (
+from curate.augment.tags import (
     LABELS, _recurring_share, _tandem_repeat_share, junk_score, main_segment, tag_rows, tag_text, text_cues,
 )
 from curate.tokenize import main_document, pack_rows

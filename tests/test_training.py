@@ -17,11 +17,11 @@ from tests import corpus_helpers
 from curate.corpus import CorpusMeta, open_corpus
 from curate.errors import CurateError
 from curate.megatron import write_megatron
-from training.curves import emergence_step, summarize_curves
-from training.models import build_model, config_from_dict, load_model, model_fingerprint
-from training.plan import TrainingPlan, load_plan, plan_from_json, resolve_stream
-from training.schedule import lr_at, parse_checkpoint_steps
-from training.trainer import TrainSpec, train
+from curate.training.curves import emergence_step, summarize_curves
+from curate.training.models import build_model, config_from_dict, load_model, model_fingerprint
+from curate.training.plan import TrainingPlan, load_plan, plan_from_json, resolve_stream
+from curate.training.schedule import lr_at, parse_checkpoint_steps
+from curate.training.trainer import TrainSpec, train
 
 VOCAB = 32
 ROW_LEN = 33

@@ -13,7 +13,7 @@ import torch
 
 from curate.atomic import atomic_dir
 from curate.errors import CurateError
-from training.models import CHECKPOINTS_DIR, list_checkpoints, quiet_transformers
+from curate.training.models import CHECKPOINTS_DIR, list_checkpoints, quiet_transformers
 
 STATE_FILE = "trainer_state.pt"
 STATE_VERSION = 1

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from curate.atomic import atomic_path, write_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from training.checkpoints import latest_resumable, load_trainer_state, save_checkpoint, STATE_FILE
-from training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
-from training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, model_fingerprint, resolve_checkpoint_dir
-from training.plan import TrainingPlan, RowStream, load_plan, plan_from_json, resolve_stream
-from training.schedule import DEFAULT_CHECKPOINTS, lr_at, parse_checkpoint_steps
+from curate.training.checkpoints import latest_resumable, load_trainer_state, save_checkpoint, STATE_FILE
+from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
+from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, model_fingerprint, resolve_checkpoint_dir
+from curate.training.plan import TrainingPlan, RowStream, load_plan, plan_from_json, resolve_stream
+from curate.training.schedule import DEFAULT_CHECKPOINTS, lr_at, parse_checkpoint_steps
 
 PLAN_FILE = "plan.json"
 STREAM_FILE = "stream.parquet"
@@ -121,7 +121,7 @@ def spec_hash(spec: TrainSpec, plan: TrainingPlan) -> str:
 
 def _default_config(vocab_size: int):
     try:
-        from training.default_model import default_model_config
+        from curate.training.default_model import default_model_config
     except ImportError as e:
         raise CurateError(f"the default model config is not available ({e}); pass --config") from None
     return default_model_config(vocab_size)
@@ -175,7 +175,7 @@ class _Evaluator:
     """Per-head scores on fixed repeat probes, held-out loss and ICL score, for one model."""
 
     def __init__(self, spec: TrainSpec, vocab_size: int, context: int, exclude_ids: list[int], heldout: np.ndarray | None, device: str):
-        from attribution.metrics import make_repeat_probes
+        from curate.attribution.metrics import make_repeat_probes
 
         half = spec.probe_half_len or min(32, context // 2)
         if 2 * half > context:
@@ -194,7 +194,7 @@ class _Evaluator:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict:
-        from attribution.metrics import head_scores, icl_score
+        from curate.attribution.metrics import head_scores, icl_score
 
         scores = head_scores(model, self.probes)
         out: dict = {"induction": scores.induction.tolist(), "previous_token": scores.previous_token.tolist(),
@@ -400,7 +400,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     if heldout is not None and heldout.max() >= vocab_size:
         raise CurateError(f"held-out rows hold token id {int(heldout.max())}, outside the model's vocabulary ({vocab_size})")
     eot = base.meta.eot_id if base.meta is not None else None
-    from attribution.metrics import special_token_ids
+    from curate.attribution.metrics import special_token_ids
 
     exclude = sorted(set(special_token_ids(model.config)) | ({int(eot)} if eot is not None else set()))
     probe_vocab = min(vocab_size, int(base.meta.vocab_size)) if base.meta is not None and base.meta.vocab_size else vocab_size

@@ -17,7 +17,7 @@ def probe_vocabulary(model: object, checkpoint: Path | None) -> tuple[int, list[
     checkpoint folder ships a `tokenizer.json`; special ids from the config and the tokenizer's
     end-of-text are excluded.
     """
-    from attribution.metrics import special_token_ids
+    from curate.attribution.metrics import special_token_ids
 
     vocab = int(model.config.vocab_size)
     exclude = special_token_ids(model.config)
@@ -35,9 +35,9 @@ def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int, revi
     """Load the checkpoint, score every head and localize each registered circuit: (report dict, HeadScores)."""
     import torch
 
-    from attribution.circuits import CIRCUITS, head_name
-    from attribution.metrics import head_scores, make_repeat_probes
-    from training.models import load_model, resolve_checkpoint_dir
+    from curate.attribution.circuits import CIRCUITS, head_name
+    from curate.attribution.metrics import head_scores, make_repeat_probes
+    from curate.training.models import load_model, resolve_checkpoint_dir
 
     model = load_model(checkpoint, revision=revision)
     vocab, exclude = probe_vocabulary(model, resolve_checkpoint_dir(checkpoint, revision))

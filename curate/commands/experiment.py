@@ -54,7 +54,7 @@ def experiment_command(
 
     from rich.console import Console
 
-    from pipelines.experiment import ExperimentOptions, run_experiment
+    from curate.pipelines.experiment import ExperimentOptions, run_experiment
 
     opts = ExperimentOptions(
         circuit=circuit, quick=quick, k=k, augment=augment, seeds=seeds, arms=arms, rerun=rerun, window=window, steps=steps,
@@ -66,7 +66,7 @@ def experiment_command(
     err = Console(stderr=True)
     log = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False, highlight=False))
     if scales:
-        from pipelines.scales import run_scales
+        from curate.pipelines.scales import run_scales
 
         results = run_scales(opts, log)
         summary = {"scales": results["table"], "report": results["report"]}

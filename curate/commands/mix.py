@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Write the window's rows in a new order (top rows removed and/or rows added) as .bin/.idx + provenance + plan."""
-        from augment.explain import open_scores
-        from augment.mix import MixSpec, build_mix, default_slug
+        from curate.augment.explain import open_scores
+        from curate.augment.mix import MixSpec, build_mix, default_slug
 
         spec = MixSpec(remove=remove, augment=augment, source=source, pool=pool, at_step=at_step, control=control, seed=seed, top=top)
         spec.validate()
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Mine the top rows' structural motifs and write new rows that repeat them with fresh content (a corpus folder)."""
-        from augment.synth import synthesize_from_scores
+        from curate.augment.synth import synthesize_from_scores
 
         summary = synthesize_from_scores(scores, out, rows=rows, top=top, seed=seed)
         mined, gen = summary["mined"], summary["generated"]
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Recheck every checksum in the folder's manifest.json (outputs, and inputs unless --outputs-only)."""
-        from augment.checksums import verify_folder
+        from curate.augment.checksums import verify_folder
 
         problems, checks = verify_folder(folder, check_inputs=not outputs_only)
         if problems:

@@ -36,8 +36,8 @@ def score_command(
 
     from rich.console import Console
 
-    from pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
-    from pipelines.score_run import run_job
+    from curate.pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
+    from curate.pipelines.score_run import run_job
 
     err = Console(stderr=True)
     log = (lambda s: None) if quiet else (lambda s: err.print(s, markup=False, highlight=False))

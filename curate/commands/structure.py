@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Which structural classes are enriched among the top-k rows vs. the window's base rate, and how heavy the tail is."""
-        from augment.explain import explain_scores
+        from curate.augment.explain import explain_scores
 
         report = explain_scores(scores, top=top, head=head, tail=tail, corpus=corpus, base_sample=base_sample, seed=seed)
         if as_json:
@@ -76,9 +76,9 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
-        from augment.explain import open_scores
-        from augment.index import IndexParams, build_index
-        from augment.neighbors import INDEX_SUBDIR
+        from curate.augment.explain import open_scores
+        from curate.augment.index import IndexParams, build_index
+        from curate.augment.neighbors import INDEX_SUBDIR
 
         folder = open_scores(scores)
         target = corpus if corpus is not None else folder.corpus_path
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Structural neighbours of a row (or of the top-K rows), with their tags and the start of their text."""
-        from augment.neighbors import find_neighbors
+        from curate.augment.neighbors import find_neighbors
 
         if (row_id is None) == (top is None):
             raise CurateError("give either ROW_ID or --top K (not both, not neither)")

@@ -28,12 +28,12 @@ def default_training_fields() -> dict:
     from dataclasses import asdict, is_dataclass
 
     try:
-        from training.default_model import DEFAULT_TRAINING
+        from curate.training.default_model import DEFAULT_TRAINING
     except ImportError as e:
         raise CurateError(f"the default training settings are not available ({e})") from None
     raw = asdict(DEFAULT_TRAINING) if is_dataclass(DEFAULT_TRAINING) else dict(DEFAULT_TRAINING)
     renames = {"total_steps": "steps", "min_lr": "min_lr_ratio", "min_lr_ratio": "min_lr_ratio"}
-    from training.trainer import TrainSpec
+    from curate.training.trainer import TrainSpec
 
     known = set(TrainSpec.__dataclass_fields__)
     out = {}
@@ -78,8 +78,8 @@ def train_command(
 ) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
     args = dict(locals())
-    from training.models import RUN_FILE
-    from training.trainer import TrainSpec, train
+    from curate.training.models import RUN_FILE
+    from curate.training.trainer import TrainSpec, train
 
     given = {field: args[opt] for opt, field in SPEC_OPTIONS.items() if args[opt] is not None}
     ws = resolve_workspace(workspace)
@@ -102,7 +102,7 @@ def train_command(
         # a fresh model trains with the default recipe's optimizer settings unless told otherwise
         fields = {**default_recipe_fields(), **given} if from_ is None else dict(given)
     if config is not None:
-        from training.models import load_config_file
+        from curate.training.models import load_config_file
 
         fields["model_config"] = load_config_file(config)
     if resume and from_ is not None:
