@@ -8,41 +8,19 @@ localized automatically when a previous-token head sits in an earlier layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
-from curate.attribution.metrics import Head, HeadScores, head_scores, model_shape
-from curate.attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.heads import HeadGeometry, HeadRef
+from curate.attribution.metrics import HeadScores, head_scores
+from curate.attribution.probes import ProbeFn, induction_probe, previous_token_probe
 from curate.errors import CurateError
-
-ProbeFn = Callable[[nn.Module, torch.Tensor, Head], torch.Tensor]
 
 PREVIOUS_TOKEN_THRESHOLD = 0.3
 """Previous-token score that counts as a previous-token head (uniform attention at 64 tokens: ~0.07)."""
 INDUCTION_THRESHOLD = 0.3
 """Prefix-matching score that counts as an induction head (paper: ~0.3-0.5; calibration uses 0.3)."""
-
-
-def head_name(head: Head) -> str:
-    return f"{head[0]}.{head[1]}"
-
-
-def parse_heads(spec: str, num_layers: int, num_heads: int) -> list[Head]:
-    """Parse "L.H,L.H" into (layer, head) pairs, validated against the model shape, duplicates dropped."""
-    heads: list[Head] = []
-    for part in spec.split(","):
-        item = part.strip()
-        pieces = item.split(".")
-        if len(pieces) != 2 or not all(p.strip().isdigit() for p in pieces):
-            raise CurateError(f"--heads {spec!r}: {item!r} is not LAYER.HEAD (e.g. --heads 1.0,1.3)")
-        layer, h = int(pieces[0]), int(pieces[1])
-        if layer >= num_layers or h >= num_heads:
-            raise CurateError(f"--heads {spec!r}: head {layer}.{h} is out of range for {num_layers} layers x {num_heads} heads")
-        if (layer, h) not in heads:
-            heads.append((layer, h))
-    return heads
 
 
 @dataclass
@@ -53,21 +31,21 @@ class Localization:
     metric: str
     threshold: float
     mode: str  # "auto" or "explicit"
-    heads: list[Head]
+    heads: list[HeadRef]
     scores: list[float]
-    supporting: dict[Head, list[Head]] = field(default_factory=dict)
+    supporting: dict[HeadRef, list[HeadRef]] = field(default_factory=dict)
     """Per localized head: previous-token heads in earlier layers (induction only)."""
-    rejected: list[Head] = field(default_factory=list)
+    rejected: list[HeadRef] = field(default_factory=list)
     """Heads over the threshold left out for lack of a supporting previous-token head."""
     notes: list[str] = field(default_factory=list)
     head_scores: HeadScores | None = None
 
-    def require(self) -> list[Head]:
+    def require(self) -> list[HeadRef]:
         """The heads, or a CurateError naming the best candidate when none were localized."""
         if self.heads:
             return self.heads
         detail = "; ".join(self.notes) if self.notes else "no head passes"
-        raise CurateError(f"no {self.circuit} head localized at threshold {self.threshold:g}: {detail} (pass --heads L.H to choose)")
+        raise CurateError(f"no {self.circuit} head localized at threshold {self.threshold:g}: {detail} (name the heads, e.g. 1.3, to choose)")
 
     def to_json(self) -> dict:
         return {
@@ -75,17 +53,17 @@ class Localization:
             "metric": self.metric,
             "threshold": self.threshold,
             "mode": self.mode,
-            "heads": [head_name(h) for h in self.heads],
+            "heads": [str(h) for h in self.heads],
             "scores": self.scores,
-            "supporting": {head_name(h): [head_name(p) for p in ps] for h, ps in self.supporting.items()},
-            "rejected": [head_name(h) for h in self.rejected],
+            "supporting": {str(h): [str(p) for p in ps] for h, ps in self.supporting.items()},
+            "rejected": [str(h) for h in self.rejected],
             "notes": self.notes,
         }
 
 
-def _previous_token_heads(scores: HeadScores, below_layer: int) -> list[Head]:
+def _previous_token_heads(scores: HeadScores, below_layer: int) -> list[HeadRef]:
     values = scores.previous_token
-    return [(l, h) for l in range(min(below_layer, scores.num_layers)) for h in range(scores.num_heads)
+    return [HeadRef(l, h) for l in range(min(below_layer, scores.num_layers)) for h in range(scores.num_heads)
             if float(values[l, h]) >= PREVIOUS_TOKEN_THRESHOLD]
 
 
@@ -103,11 +81,13 @@ class Circuit:
 
     def localize(self, model: nn.Module, probes: torch.Tensor, threshold: float | None = None,
                  heads: str | None = None, scores: HeadScores | None = None) -> Localization:
-        """Heads whose metric reaches `threshold` (heads None/"auto"), or the heads of an "L.H,L.H" spec.
+        """Heads whose metric reaches `threshold` (heads None/"auto"), or the heads of an "L.H,L.H" spec
+        (`HeadRef.parse_list`).
 
         Pass `scores` (from `head_scores(model, probes)`) to skip recomputing them.
         """
-        num_layers, num_heads = model_shape(model)
+        geo = HeadGeometry.of(model)
+        num_layers, num_heads = geo.num_layers, geo.num_heads
         scores = head_scores(model, probes) if scores is None else scores
         if (scores.num_layers, scores.num_heads) != (num_layers, num_heads):
             raise CurateError(f"head scores are {scores.num_layers}x{scores.num_heads} but the model has {num_layers}x{num_heads} heads")
@@ -115,20 +95,20 @@ class Circuit:
         values = scores.metric(self.metric)
         explicit = heads is not None and heads.strip().lower() != "auto"
         if explicit:
-            candidates = parse_heads(heads, num_layers, num_heads)
+            candidates = [geo.check_head(h) for h in HeadRef.parse_list(heads)]
         else:
-            candidates = [(l, h) for l in range(num_layers) for h in range(num_heads) if float(values[l, h]) >= threshold]
+            candidates = [HeadRef(l, h) for l in range(num_layers) for h in range(num_heads) if float(values[l, h]) >= threshold]
         loc = Localization(circuit=self.name, metric=self.metric, threshold=threshold,
                            mode="explicit" if explicit else "auto", heads=[], scores=[], head_scores=scores)
         for head in candidates:
-            score = float(values[head])
+            score = float(values[head.layer, head.head])
             if explicit and score < threshold:
-                loc.notes.append(f"head {head_name(head)} {self.metric} score {score:.3f} is below the threshold {threshold:g}")
+                loc.notes.append(f"head {head} {self.metric} score {score:.3f} is below the threshold {threshold:g}")
             if self.needs_previous_token_head:
-                support = _previous_token_heads(scores, head[0])
+                support = _previous_token_heads(scores, head.layer)
                 if not support:
-                    loc.notes.append(f"no previous-token head below layer {head[0]}: induction score of head "
-                                     f"{head_name(head)} ({score:.3f}) may be positional")
+                    loc.notes.append(f"no previous-token head below layer {head.layer}: induction score of head "
+                                     f"{head} ({score:.3f}) may be positional")
                     if not explicit:
                         loc.rejected.append(head)
                         continue
@@ -137,16 +117,16 @@ class Circuit:
             loc.scores.append(score)
         if not candidates:
             best, best_value = scores.best(self.metric)
-            loc.notes.append(f"no head reaches {self.metric} {threshold:g}; best is {head_name(best)} at {best_value:.3f}")
+            loc.notes.append(f"no head reaches {self.metric} {threshold:g}; best is {best} at {best_value:.3f}")
         return loc
 
 
-def _induction(model: nn.Module, probes: torch.Tensor, head: Head) -> torch.Tensor:
+def _induction(model: nn.Module, probes: torch.Tensor, head: HeadRef) -> torch.Tensor:
     """Induction probe; the head is ignored (the probe reads the model's output)."""
     return induction_probe(model, probes)
 
 
-def _previous_token(model: nn.Module, probes: torch.Tensor, head: Head) -> torch.Tensor:
+def _previous_token(model: nn.Module, probes: torch.Tensor, head: HeadRef) -> torch.Tensor:
     return previous_token_probe(model, probes, head)
 
 

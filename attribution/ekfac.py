@@ -55,25 +55,20 @@ class TargetHeads:
             return slice(idx[0], idx[-1] + 1)
         return torch.tensor(idx, dtype=torch.long)
 
-    def qkv_heads(self, layer: int, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """(n, T, 3*hidden) -> (n, T, k, hi - lo): the target heads' [lo, hi) slice of their 3*hd rows."""
-        g = self.geo
-        v = t.view(*t.shape[:-1], g.num_heads, 3 * g.head_dim)
+    def _select(self, layer: int, per_head: torch.Tensor) -> torch.Tensor:
+        """The layer's target heads out of a (..., heads, c) tensor: (..., k, c)."""
         idx = self.pick(layer)
         if isinstance(idx, torch.Tensor):
-            v = v.index_select(-2, idx.to(t.device))
-        else:
-            v = v[..., idx, :]
-        return v[..., lo:hi]
+            return per_head.index_select(-2, idx.to(per_head.device))
+        return per_head[..., idx, :]
+
+    def qkv_heads(self, layer: int, t: torch.Tensor, part: str) -> torch.Tensor:
+        """(n, T, 3*hidden) -> (n, T, k, rows): the target heads' rows of `part` ("qk", "v" or "qkv")."""
+        return self._select(layer, self.geo.qkv_by_head(t))[..., self.geo.rows_in_head(part)]
 
     def dense_heads(self, layer: int, a: torch.Tensor) -> torch.Tensor:
         """(n, T, hidden) dense input -> (n, T, k, hd): the target heads' attention outputs."""
-        g = self.geo
-        v = a.view(*a.shape[:-1], g.num_heads, g.head_dim)
-        idx = self.pick(layer)
-        if isinstance(idx, torch.Tensor):
-            return v.index_select(-2, idx.to(a.device))
-        return v[..., idx, :]
+        return self._select(layer, self.geo.dense_by_head(a))
 
     def meta(self) -> dict:
         g = self.geo
@@ -187,13 +182,12 @@ class CovarianceAccumulator(_Partial):
 
     def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
         dt = self.tensors[f"A/{layer}"].dtype
-        hd = self.targets.geo.head_dim
         xf = x.reshape(-1, x.shape[-1]).to(dt)
         self.tensors[f"A/{layer}"].addmm_(xf.T, xf)
-        qk = self.targets.qkv_heads(layer, g, 0, 2 * hd).to(dt).flatten(0, 1)  # (N, k, 2hd)
+        qk = self.targets.qkv_heads(layer, g, "qk").to(dt).flatten(0, 1)  # (N, k, 2hd)
         self.tensors[f"S_qk/{layer}"] += torch.einsum("nki,nkj->kij", qk, qk)
         if self.targets.need_dense:
-            v = self.targets.qkv_heads(layer, g, 2 * hd, 3 * hd).to(dt).flatten(0, 1)
+            v = self.targets.qkv_heads(layer, g, "v").to(dt).flatten(0, 1)
             self.tensors[f"S_v/{layer}"] += torch.einsum("nki,nkj->kij", v, v)
         if layer == self.targets.layers[0]:
             self.counts["tokens"] += int(x.shape[0] * x.shape[1])
@@ -277,13 +271,12 @@ class LambdaAccumulator(_Partial):
     def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
         b = self.bases.tensors
         dt = self.tensors[f"L_qk/{layer}"].dtype
-        hd = self.targets.geo.head_dim
         xr = x.to(dt) @ b[f"QA/{layer}"]  # (n, T, d) in A's eigenbasis
-        qk = self.targets.qkv_heads(layer, g, 0, 2 * hd).to(dt)  # (n, T, k, 2hd)
+        qk = self.targets.qkv_heads(layer, g, "qk").to(dt)  # (n, T, k, 2hd)
         gr = torch.einsum("ntko,kop->ntkp", qk, b[f"QS_qk/{layer}"])
         self._add_rows(f"L_qk/{layer}", torch.einsum("ntkp,nti->nkpi", gr, xr))
         if self.targets.need_dense:
-            v = self.targets.qkv_heads(layer, g, 2 * hd, 3 * hd).to(dt)
+            v = self.targets.qkv_heads(layer, g, "v").to(dt)
             gr = torch.einsum("ntko,kop->ntkp", v, b[f"QS_v/{layer}"])
             self._add_rows(f"L_v/{layer}", torch.einsum("ntkp,nti->nkpi", gr, xr))
         if layer == self.targets.layers[0]:

@@ -30,12 +30,15 @@ HeadBlocks = dict[str, torch.Tensor]
 """Block name -> matrix in (out, in) orientation."""
 
 _HEAD_RE = re.compile(r"^\s*(\d+)\s*[.:,_]\s*(\d+)\s*$")
+_LIST_SEP = re.compile(r"\s*[,;]\s*|\s+")
+_QKV_PARTS = {"qk": (0, 2), "v": (2, 3), "qkv": (0, 3)}
+"""Where each part sits inside one head's 3 * head_dim rows of query_key_value, in units of head_dim."""
 
 
 def check_mode(mode: str) -> tuple[str, ...]:
     """The blocks of `mode`, or a CurateError naming the valid modes."""
     if mode not in MODES:
-        raise CurateError(f"--mode {mode!r}: unknown head subspace mode (expected one of: {', '.join(MODES)})")
+        raise CurateError(f"unknown head subspace mode {mode!r} (expected one of: {', '.join(MODES)})")
     return MODES[mode]
 
 
@@ -48,19 +51,23 @@ class HeadRef:
 
     @classmethod
     def parse(cls, text: str) -> "HeadRef":
-        """Parse "L.H" (also "L:H", "L,H", "L_H")."""
+        """Parse one head "L.H" (also "L:H", "L,H", "L_H"; spaces around the parts are ignored)."""
         m = _HEAD_RE.match(str(text))
         if not m:
-            raise CurateError(f"head {text!r}: expected LAYER.HEAD, e.g. 1.3")
+            raise CurateError(f"{str(text).strip()!r} is not LAYER.HEAD (e.g. 1.3)")
         return cls(int(m.group(1)), int(m.group(2)))
 
     @classmethod
     def parse_list(cls, text: str) -> list["HeadRef"]:
-        """Parse a comma- or space-separated list of "L.H" (e.g. "1.0 1.3" or "1.0,1.3")."""
-        parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
-        if not parts:
-            raise CurateError("--heads: no head given (expected LAYER.HEAD, e.g. 1.3)")
-        return [cls.parse(p) for p in parts]
+        """Parse heads "L.H" separated by commas, semicolons or spaces ("1.0,1.3", "1.0 1.3"); duplicates are
+        dropped, the order kept. An empty item (e.g. a trailing comma) is an error."""
+        stripped = str(text).strip()
+        if not stripped:
+            raise CurateError("no head given (expected LAYER.HEAD, e.g. 1.3)")
+        parts = _LIST_SEP.split(stripped)
+        if "" in parts:
+            raise CurateError(f"{stripped!r}: an empty item in the list of heads (expected LAYER.HEAD,LAYER.HEAD, e.g. 1.0,1.3)")
+        return list(dict.fromkeys(cls.parse(p) for p in parts))
 
     def __str__(self) -> str:
         return f"{self.layer}.{self.head}"
@@ -96,36 +103,50 @@ class HeadGeometry:
             raise CurateError(f"model: hidden size {geo.hidden} is not a multiple of {geo.num_heads} heads")
         return geo
 
+    def check_head(self, head: HeadRef) -> HeadRef:
+        """`head` itself, or a CurateError when the model has no such head."""
+        if not (0 <= head.layer < self.num_layers and 0 <= head.head < self.num_heads):
+            raise CurateError(
+                f"head {head} is out of range: the model has {self.num_layers} layers x {self.num_heads} heads (0-based)"
+            )
+        return head
+
     def check(self, heads: Iterable[HeadRef]) -> list[HeadRef]:
         """Sorted, de-duplicated heads, each checked against the model's shape."""
         out = sorted(set(heads))
         if not out:
-            raise CurateError("--heads: no target head")
-        for h in out:
-            if not (0 <= h.layer < self.num_layers and 0 <= h.head < self.num_heads):
-                raise CurateError(
-                    f"head {h}: outside the model ({self.num_layers} layers x {self.num_heads} heads, 0-based)"
-                )
-        return out
+            raise CurateError("no target head")
+        return [self.check_head(h) for h in out]
 
     def all_heads(self, min_layer: int = 0) -> list[HeadRef]:
         return [HeadRef(l, h) for l in range(min_layer, self.num_layers) for h in range(self.num_heads)]
 
     # -- where each block lives --------------------------------------------------------------
+    def rows_in_head(self, part: str) -> slice:
+        """Rows of `part` ("qk", "v", or "qkv" for both) inside one head's 3 * head_dim rows of `query_key_value`."""
+        if part not in _QKV_PARTS:
+            raise ValueError(f"block {part!r} is not a query_key_value block")
+        a, b = _QKV_PARTS[part]
+        return slice(a * self.head_dim, b * self.head_dim)
+
     def qkv_rows(self, head: int, block: str) -> slice:
         """Rows of `query_key_value` (its weight, or the last dim of its output) for a Q/K/V block."""
-        d = self.head_dim
-        base = head * 3 * d
-        if block == "qk":
-            return slice(base, base + 2 * d)
-        if block == "v":
-            return slice(base + 2 * d, base + 3 * d)
-        raise ValueError(f"block {block!r} is not a query_key_value block")
+        inner = self.rows_in_head(block)
+        base = head * 3 * self.head_dim
+        return slice(base + inner.start, base + inner.stop)
 
     def dense_cols(self, head: int) -> slice:
         """Input columns of `dense` (or the last dim of its input) owned by `head`."""
         d = self.head_dim
         return slice(head * d, (head + 1) * d)
+
+    def qkv_by_head(self, t: torch.Tensor) -> torch.Tensor:
+        """A `query_key_value` output (..., 3 * hidden) viewed per head: (..., heads, 3 * head_dim)."""
+        return t.view(*t.shape[:-1], self.num_heads, 3 * self.head_dim)
+
+    def dense_by_head(self, a: torch.Tensor) -> torch.Tensor:
+        """A `dense` input (..., hidden) viewed per head: (..., heads, head_dim)."""
+        return a.view(*a.shape[:-1], self.num_heads, self.head_dim)
 
     def block_shape(self, block: str) -> tuple[int, int]:
         """(out, in) of a block."""

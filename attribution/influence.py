@@ -24,8 +24,8 @@ from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import HeadTracer, frozen
 from curate.errors import CurateError
 
-ProbeFn = Callable[[nn.Module, HeadRef], torch.Tensor]
-"""f_probe(model, head) -> scalar tensor (differentiable w.r.t. the model's weights)."""
+BoundProbe = Callable[[nn.Module, HeadRef], torch.Tensor]
+"""A probe with its tokens bound (`probes.ProbeFn` applied to fixed probes): (model, head) -> scalar tensor."""
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total)."""
 
@@ -37,7 +37,7 @@ HEAD_INDEPENDENT_CIRCUITS = {"induction"}
 
 
 def probe_gradients(
-    model: nn.Module, probe: ProbeFn, heads: Sequence[HeadRef], mode: str, shared: bool = False
+    model: nn.Module, probe: BoundProbe, heads: Sequence[HeadRef], mode: str, shared: bool = False
 ) -> dict[HeadRef, HeadBlocks]:
     """grad of f_probe w.r.t. each head's blocks. `shared`: the probe ignores its head argument, so one
     backward gives every head's gradient. A block the probe does not reach (e.g. V/O under a probe that
@@ -128,7 +128,7 @@ class HeadInfluenceScorer:
         c = 3 * hd if self.targets.need_dense else 2 * hd
         p = self._p_qkv[layer]
         y = (x.to(self.dtype) @ p.T).view(*x.shape[:-1], -1, c)  # (n, T, k, c): P x_t per head
-        gs = self.targets.qkv_heads(layer, g, 0, c).to(self.dtype)
+        gs = self.targets.qkv_heads(layer, g, "qkv" if self.targets.need_dense else "qk").to(self.dtype)
         self._add(layer, torch.einsum("ntkc,ntkc->nk", y, gs))
 
     def on_dense(self, layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
@@ -227,24 +227,15 @@ def fit_factors(
     return cached.merged_with(fresh).subset(heads)
 
 
-def circuit_probe(circuit, probes: torch.Tensor) -> tuple[ProbeFn, bool]:
+def circuit_probe(circuit, probes: torch.Tensor) -> tuple[BoundProbe, bool]:
     """(f_probe(model, head), shared) for a registry circuit (`attribution.circuits`)."""
     reads_head = getattr(circuit, "probe_reads_head", None)
     shared = (circuit.name in HEAD_INDEPENDENT_CIRCUITS) if reads_head is None else not reads_head
 
     def fn(model: nn.Module, head: HeadRef) -> torch.Tensor:
-        return circuit.probe(model, probes.to(next(model.parameters()).device), (head.layer, head.head))
+        return circuit.probe(model, probes.to(next(model.parameters()).device), head)
 
     return fn, shared
-
-
-def default_probes(model: nn.Module, n: int = 32, half_len: int = 32, seed: int = 0) -> torch.Tensor:
-    """Repeated random token probes [r, r] fitting the model's context (half length <= context / 2)."""
-    from curate.attribution.metrics import make_repeat_probes, special_token_ids
-
-    ctx = int(getattr(model.config, "max_position_embeddings", 2 * half_len))
-    half = max(2, min(int(half_len), ctx // 2))
-    return make_repeat_probes(int(model.config.vocab_size), n=n, half_len=half, seed=seed, exclude_ids=special_token_ids(model.config))
 
 
 def score_corpus(
@@ -272,6 +263,7 @@ def score_corpus(
     The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
     """
     from curate.attribution.circuits import get_circuit
+    from curate.attribution.probes import corpus_probes
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -300,7 +292,7 @@ def score_corpus(
     factors = fit_factors(model, corpus, fit_ids, heads, mode, batch_rows, seed, damping, damping_floor, factor_cache, progress)
     t_fit = time.perf_counter() - t0
     if probes is None:
-        probes = default_probes(model, seed=seed)
+        probes = corpus_probes(model.config, corpus, seed=seed)
     probe_fn, shared = circuit_probe(circ, probes)
     grads = probe_gradients(model, probe_fn, heads, mode, shared=shared)
     precond = factors.precondition(grads)
@@ -343,9 +335,8 @@ def score_corpus(
 
 __all__ = [
     "HeadInfluenceScorer",
-    "ProbeFn",
+    "BoundProbe",
     "circuit_probe",
-    "default_probes",
     "fit_data_key",
     "fit_factors",
     "fit_row_ids",

@@ -14,10 +14,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
-
-Head = tuple[int, int]
-"""(layer, head) — both 0-based."""
 
 
 # --------------------------------------------------------------------------- model access
@@ -121,22 +119,6 @@ def run_base(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- probe inputs
 
 
-def make_repeat_probes(vocab_size: int, n: int = 32, half_len: int = 32, seed: int = 0,
-                       exclude_ids: Sequence[int] = ()) -> torch.Tensor:
-    """`n` sequences `[r, r]` (LongTensor (n, 2*half_len)), r uniform over the vocabulary minus `exclude_ids`."""
-    if n < 1:
-        raise CurateError(f"--probes must be at least 1 (got {n})")
-    if half_len < 2:
-        raise CurateError(f"probe half length must be at least 2 (got {half_len})")
-    excluded = {int(i) for i in exclude_ids if 0 <= int(i) < vocab_size}
-    allowed = torch.tensor([t for t in range(vocab_size) if t not in excluded], dtype=torch.long)
-    if allowed.numel() < 2:
-        raise CurateError(f"vocabulary of {vocab_size} minus {len(excluded)} excluded ids leaves fewer than 2 tokens")
-    gen = torch.Generator().manual_seed(int(seed))
-    first = allowed[torch.randint(0, allowed.numel(), (n, half_len), generator=gen)]
-    return torch.cat([first, first], dim=1)
-
-
 def repeat_half_len(probes: torch.Tensor) -> int:
     """L for probes `[r, r]` of length 2L; raises CurateError on anything else."""
     if probes.dim() != 2 or probes.dtype != torch.long:
@@ -192,12 +174,12 @@ class HeadScores:
             raise CurateError(f"unknown head metric {name!r} (known: {', '.join(self.METRICS)})")
         return getattr(self, name)
 
-    def best(self, name: str) -> tuple[Head, float]:
+    def best(self, name: str) -> tuple[HeadRef, float]:
         """The head with the highest value of metric `name`, and that value."""
         values = self.metric(name)
         flat = int(torch.argmax(values))
-        head = (flat // self.num_heads, flat % self.num_heads)
-        return head, float(values[head])
+        head = HeadRef(flat // self.num_heads, flat % self.num_heads)
+        return head, float(values[head.layer, head.head])
 
     def to_json(self) -> dict:
         return {"induction": self.induction.tolist(), "previous_token": self.previous_token.tolist()}
@@ -289,14 +271,3 @@ def icl_score(model: nn.Module, rows: torch.Tensor, early: tuple[int, int] | Non
     mean_late = totals["late"] / (n * positions["late"].numel())
     return mean_late - mean_early
 
-
-def special_token_ids(config: object) -> list[int]:
-    """bos/eos/pad ids named in a model config (excluded from random probes)."""
-    ids = {getattr(config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    flat: set[int] = set()
-    for value in ids:
-        if isinstance(value, int):
-            flat.add(value)
-        elif isinstance(value, (list, tuple)):
-            flat.update(int(v) for v in value if isinstance(v, int))
-    return sorted(flat)

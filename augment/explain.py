@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from curate.attribution.heads import HeadRef
 from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
 from curate.atomic import read_json
@@ -24,7 +24,6 @@ from curate.errors import CurateError
 
 SUMMARY_FILE = "summary.json"
 SHARDS_DIR = "shards"
-_HEAD_RE = re.compile(r"^(\d+)[._](\d+)$")
 TAILS = ("top", "bottom")
 
 
@@ -51,10 +50,7 @@ class ScoresFolder:
         """The score column: `score`, or `head_L_H` for a head written `L.H`."""
         if head is None:
             return "score"
-        m = _HEAD_RE.match(head.strip())
-        if not m:
-            raise CurateError(f"--head {head!r}: expected LAYER.HEAD, e.g. 1.3")
-        col = f"head_{int(m.group(1))}_{int(m.group(2))}"
+        col = HeadRef.parse(head).column
         if col not in self.columns:
             heads = ", ".join(c[5:].replace("_", ".") for c in self.columns if c.startswith("head_"))
             raise CurateError(f"{self.path}: no scores for head {head} (heads scored: {heads or 'none'})")

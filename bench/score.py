@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from curate.attribution.ekfac import EKFACFitter
 from curate.attribution.heads import HeadGeometry, HeadRef
 from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
-from curate.attribution.metrics import make_repeat_probes
-from curate.attribution.probes import induction_probe
+from curate.attribution.probes import build_probes, induction_probe
 from curate.training.models import build_model
 
 VOCAB = 512
@@ -56,7 +55,7 @@ def make_scorer(model, heads: list[HeadRef], mode: str, fit_batches) -> HeadInfl
     """Fit EK-FAC on a few batches (not timed), precondition the induction probe gradient, build the scorer."""
     fitter = EKFACFitter(model, heads, mode, seed=0)
     factors = fitter.fit(fit_batches)
-    probes = make_repeat_probes(VOCAB, n=16, half_len=32, seed=0)
+    probes = build_probes(model.config, n=16, seed=0)
     grads = probe_gradients(model, lambda m, h: induction_probe(m, probes), heads, mode, shared=True)
     return HeadInfluenceScorer(model, factors, factors.precondition(grads), heads, mode)
 

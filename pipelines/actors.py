@@ -79,7 +79,7 @@ class WorkerSetup:
 
     corpus: str
     batch_size: int  # rows per training step (step = row_id // batch_size)
-    heads: list[tuple[int, int]]
+    heads: list[HeadRef]
     mode: str
     seed: int  # label-sampling seed of the EK-FAC fit
     batch_rows: int
@@ -99,7 +99,7 @@ class ScoreWorker:
         self.model = model.to(torch.device(setup.device))
         self.model.eval()
         self.corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
-        self.heads = [HeadRef(int(l), int(h)) for l, h in setup.heads]
+        self.heads = list(setup.heads)
         self._fitter: EKFACFitter | None = None
         self.scorer: HeadInfluenceScorer | None = None
         if preconditioned is not None:

@@ -159,23 +159,23 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
 
     from curate.corpus import open_corpus
     from curate.pipelines.effects import eligible_heads
-    from curate.pipelines.score_job import job_probes
+    from curate.attribution.probes import corpus_probes
     from curate.training.models import load_model
 
     model = load_model(model_spec, revision=revision)
     model.eval()
     corpus = open_corpus(corpus_path)
-    probes = job_probes(model, corpus, 0)
+    probes = corpus_probes(model.config, corpus, seed=0)
     with torch.no_grad():
         loc = s.circuit.localize(model, probes)  # type: ignore[attr-defined]
     if loc.heads:
         return "auto", []
     values = loc.head_scores.metric(loc.metric)
     eligible = eligible_heads(loc.metric, values.shape[0], values.shape[1])
-    layer, head = max(eligible, key=lambda h: float(values[h]))
+    best = max(eligible, key=lambda h: float(values[h.layer, h.head]))
     note = (f"no {loc.circuit} head localized at step{window.end} ({'; '.join(loc.notes) or 'none passes'}): the scores "
-            f"target the best candidate head {layer}.{head} ({loc.metric} {float(values[layer, head]):.3f})")
-    return f"{layer}.{head}", [note]
+            f"target the best candidate head {best} ({loc.metric} {float(values[best.layer, best.head]):.3f})")
+    return str(best), [note]
 
 
 def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Path, dict, list[str]]:

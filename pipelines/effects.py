@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
 
 CURVE_METRICS = ("induction", "previous_token")
@@ -45,21 +46,15 @@ ALPHA = 0.05
 # --------------------------------------------------------------------------- per-run metrics
 
 
-def eligible_heads(metric: str, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+def eligible_heads(metric: str, num_layers: int, num_heads: int) -> list[HeadRef]:
     """Heads that can carry `metric` (induction: layers >= 1 when there is more than one layer)."""
     first = 1 if metric == "induction" and num_layers > 1 else 0
-    return [(l, h) for l in range(first, num_layers) for h in range(num_heads)]
+    return [HeadRef(l, h) for l in range(first, num_layers) for h in range(num_heads)]
 
 
-def parse_head_names(names: Sequence[str]) -> list[tuple[int, int]]:
-    """["1.2", "1.3"] -> [(1, 2), (1, 3)]."""
-    out = []
-    for name in names:
-        layer, _, head = str(name).partition(".")
-        if not (layer.isdigit() and head.isdigit()):
-            raise CurateError(f"head {name!r}: expected LAYER.HEAD")
-        out.append((int(layer), int(head)))
-    return out
+def parse_head_names(names: Sequence[str]) -> list[HeadRef]:
+    """["1.2", "1.3"] -> [HeadRef(1, 2), HeadRef(1, 3)]."""
+    return [HeadRef.parse(name) for name in names]
 
 
 def emergence_step(steps: Sequence[int], values: Sequence[float | None], threshold: float) -> int | None:
@@ -101,14 +96,14 @@ class RunMetrics:
         return asdict(self)
 
 
-def curve_metrics(points: list[dict], circuit_metric: str, targeted: list[tuple[int, int]]) -> dict[str, list[float | None]]:
+def curve_metrics(points: list[dict], circuit_metric: str, targeted: list[HeadRef]) -> dict[str, list[float | None]]:
     """Best / targeted-mean / other-mean curves of both head metrics, plus ICL, training and held-out loss."""
     if not points:
         raise CurateError("a run with no evaluation points has no curves")
     shape = np.asarray(points[0]["induction"], dtype=np.float64).shape
     for t in targeted:
-        if not (0 <= t[0] < shape[0] and 0 <= t[1] < shape[1]):
-            raise CurateError(f"targeted head {t[0]}.{t[1]} is outside the model's {shape[0]} x {shape[1]} heads")
+        if not (0 <= t.layer < shape[0] and 0 <= t.head < shape[1]):
+            raise CurateError(f"targeted head {t} is outside the model's {shape[0]} x {shape[1]} heads")
     out: dict[str, list[float | None]] = {}
     for metric in CURVE_METRICS:
         eligible = eligible_heads(metric, shape[0], shape[1])
@@ -116,15 +111,15 @@ def curve_metrics(points: list[dict], circuit_metric: str, targeted: list[tuple[
         best, tgt, oth = [], [], []
         for p in points:
             values = np.asarray(p[metric], dtype=np.float64)
-            best.append(float(max(values[l, h] for l, h in eligible)))
-            tgt.append(float(np.mean([values[l, h] for l, h in targeted])) if targeted else None)
-            oth.append(float(np.mean([values[l, h] for l, h in others])) if others else None)
+            best.append(float(max(values[h.layer, h.head] for h in eligible)))
+            tgt.append(float(np.mean([values[h.layer, h.head] for h in targeted])) if targeted else None)
+            oth.append(float(np.mean([values[h.layer, h.head] for h in others])) if others else None)
         out[f"{metric}_best"] = best
         out[f"{metric}_targeted"] = tgt
         out[f"{metric}_other"] = oth
         if metric == circuit_metric:
             out["targeted_max"] = [
-                float(max(np.asarray(p[metric], dtype=np.float64)[l, h] for l, h in targeted)) if targeted else None
+                float(max(np.asarray(p[metric], dtype=np.float64)[h.layer, h.head] for h in targeted)) if targeted else None
                 for p in points
             ]
     for key in ("icl", "loss", "heldout_loss"):
@@ -140,7 +135,7 @@ def run_mean(values: Sequence[float | None]) -> float | None:
 
 
 def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], circuit_metric: str,
-                        targeted: list[tuple[int, int]], threshold: float, eval_every: int, lineage: bool) -> RunMetrics:
+                        targeted: list[HeadRef], threshold: float, eval_every: int, lineage: bool) -> RunMetrics:
     """RunMetrics from a run's evaluation points (`curves.json` "points")."""
     curves = curve_metrics(points, circuit_metric, targeted)
     steps = [int(p["step"]) for p in points]
@@ -162,7 +157,7 @@ def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], c
     )
 
 
-def read_run_metrics(arm: str, seed: int, run_dir: Path, circuit_metric: str, targeted: list[tuple[int, int]],
+def read_run_metrics(arm: str, seed: int, run_dir: Path, circuit_metric: str, targeted: list[HeadRef],
                      threshold: float, lineage: bool) -> RunMetrics:
     """RunMetrics of a finished run folder (curves.json + summary.json written by `training.trainer`)."""
     from curate.training.curves import CURVES_JSON, SUMMARY_JSON

@@ -34,6 +34,7 @@ from curate.attribution.circuits import Circuit, Localization, get_circuit
 from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import HeadRef, check_mode
 from curate.attribution.influence import fit_data_key, fit_row_ids
+from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
@@ -44,8 +45,6 @@ SUMMARY_FILE = "summary.json"
 TOP_POSITIVE_FILE = "top_positive.parquet"
 TOP_NEGATIVE_FILE = "top_negative.parquet"
 JOB_VERSION = 1
-PROBES = 32  # repeat probes [r, r] for localization and f_probe (the paper uses 32 to 200)
-PROBE_HALF_LEN = 32
 DEFAULT_TOP = "10%"
 DEFAULT_BATCH_ROWS = 8
 DEFAULT_SHARD_ROWS = 1024
@@ -293,22 +292,6 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
 # --------------------------------------------------------------------------- probes and identity
 
 
-def job_probes(model: nn.Module, corpus: Corpus, seed: int) -> torch.Tensor:
-    """Repeat probes [r, r] drawn as the training run's evaluation draws them: r over the tokenizer's
-    vocabulary (when the corpus records it), special ids and end-of-text excluded."""
-    from curate.attribution.metrics import make_repeat_probes, special_token_ids
-
-    vocab = int(model.config.vocab_size)
-    if corpus.meta is not None and corpus.meta.vocab_size:
-        vocab = min(vocab, int(corpus.meta.vocab_size))
-    exclude = set(special_token_ids(model.config))
-    if corpus.meta is not None and corpus.meta.eot_id is not None:
-        exclude.add(int(corpus.meta.eot_id))
-    context = min(int(getattr(model.config, "max_position_embeddings", corpus.row_len - 1)), corpus.row_len - 1)
-    half = max(2, min(PROBE_HALF_LEN, context // 2))
-    return make_repeat_probes(vocab, PROBES, half, seed, sorted(exclude))
-
-
 def corpus_identity(corpus: Corpus, rows: tuple[int, int]) -> dict:
     """What identifies the corpus content the job reads: path, shape, file sizes, hash of the window's ends."""
     h = hashlib.blake2b(digest_size=8)
@@ -418,9 +401,9 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     check_window_vocab(corpus, rows, int(model.config.vocab_size))
 
     # -- heads and probe
-    probes = job_probes(model, corpus, req.seed)
+    probes = corpus_probes(model.config, corpus, seed=req.seed)
     loc = circuit.localize(model, probes, heads=req.heads)
-    heads = [HeadRef(l, h) for l, h in loc.require()]
+    heads = loc.require()
 
     # -- identity of the job
     fit_ids = fit_row_ids(rows, req.fit_rows, req.seed)

@@ -213,9 +213,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     if todo:
         session_cm = ray_session(req.ray_address, num_cpus=None if req.ray_address else _local_cpus(req))
         with session_cm as session, JobProgress(req.progress) as progress:
-            heads_t = [(h.layer, h.head) for h in job.heads]
             setup = WorkerSetup(
-                corpus=job.corpus_spec, batch_size=job.corpus.batch_size, heads=heads_t, mode=req.mode,
+                corpus=job.corpus_spec, batch_size=job.corpus.batch_size, heads=list(job.heads), mode=req.mode,
                 seed=req.seed, batch_rows=req.batch_rows, device=req.device, vocab_size=int(job.model.config.vocab_size),
                 shard_meta={"circuit": job.circuit.name, "mode": req.mode, "heads": [str(h) for h in job.heads],
                             "job": fingerprint_hash(job.fingerprint)},

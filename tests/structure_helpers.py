@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.attribution.heads import HeadRef
 from curate.corpus import CorpusMeta
 from curate.default_corpus import train_tokenizer
 from curate.megatron import write_megatron
@@ -67,8 +68,7 @@ def write_scores(folder: Path, corpus: Path, scores: np.ndarray, row_ids: np.nda
             "loss": pa.array(np.full(len(ids), 2.5, np.float32), pa.float32()),
         }
         for i, h in enumerate(heads):
-            layer, head = h.split(".")
-            cols[f"head_{layer}_{head}"] = pa.array(scores[a : a + shard_rows] * (i + 1) / len(heads), pa.float64())
+            cols[HeadRef.parse(h).column] = pa.array(scores[a : a + shard_rows] * (i + 1) / len(heads), pa.float64())
         cols["score"] = pa.array(scores[a : a + shard_rows], pa.float64())
         pq.write_table(pa.table(cols), folder / "shards" / f"rows-{a:09d}.parquet")
     window = [int(row_ids.min() // batch_size), int(row_ids.max() // batch_size + 1)]

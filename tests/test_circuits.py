@@ -9,15 +9,15 @@ import typer
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from typer.testing import CliRunner
 
-from curate.attribution.circuits import CIRCUITS, Localization, get_circuit, parse_heads
+from curate.attribution.circuits import CIRCUITS, Localization, get_circuit
+from curate.attribution.heads import HeadRef as H
 from curate.attribution.metrics import (
     HeadScores,
     head_scores,
     icl_positions,
     icl_score,
-    make_repeat_probes,
 )
-from curate.attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.probes import build_probes, induction_probe, previous_token_probe
 from curate.errors import CurateError
 
 torch.set_num_threads(1)
@@ -29,12 +29,21 @@ HIDDEN = 16
 HEAD_DIM = HIDDEN // HEADS
 
 
+def tiny_config(attn: str = "eager", layers: int = LAYERS) -> GPTNeoXConfig:
+    return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
+                         intermediate_size=4 * HIDDEN, max_position_embeddings=128, rotary_pct=1.0,
+                         tie_word_embeddings=False, attn_implementation=attn)
+
+
 def tiny_model(attn: str = "eager", seed: int = 0, layers: int = LAYERS) -> GPTNeoXForCausalLM:
-    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
-                        intermediate_size=4 * HIDDEN, max_position_embeddings=128, rotary_pct=1.0,
-                        tie_word_embeddings=False, attn_implementation=attn)
+    cfg = tiny_config(attn, layers)
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(cfg).eval()
+
+
+def repeat_probes(n: int, half_len: int, seed: int) -> torch.Tensor:
+    """The tiny model's probes (GPTNeoXConfig's bos 0 / eos 2 left out)."""
+    return build_probes(tiny_config(), n=n, half_len=half_len, seed=seed)
 
 
 def pattern(kind: str, t: int, half: int) -> torch.Tensor:
@@ -66,23 +75,6 @@ def set_attention(model: GPTNeoXForCausalLM, layer: int, kinds: list[str]) -> No
     attn.forward = forward
 
 
-# --------------------------------------------------------------------------- probes input
-
-
-def test_repeat_probes_shape_seed_and_exclusions():
-    p = make_repeat_probes(VOCAB, n=5, half_len=7, seed=3, exclude_ids=(0, 2, 999))
-    assert p.shape == (5, 14) and p.dtype == torch.long
-    assert torch.equal(p[:, :7], p[:, 7:])
-    assert torch.equal(p, make_repeat_probes(VOCAB, n=5, half_len=7, seed=3, exclude_ids=(0, 2)))
-    assert not torch.equal(p, make_repeat_probes(VOCAB, n=5, half_len=7, seed=4, exclude_ids=(0, 2)))
-    big = make_repeat_probes(5, n=200, half_len=16, seed=0, exclude_ids=(0, 2))
-    assert set(big.unique().tolist()) == {1, 3, 4}
-    with pytest.raises(CurateError):
-        make_repeat_probes(3, n=2, exclude_ids=(0, 1))
-    with pytest.raises(CurateError):
-        make_repeat_probes(VOCAB, n=0)
-
-
 # --------------------------------------------------------------------------- head scores
 
 
@@ -92,7 +84,7 @@ def test_head_scores_exact_for_hand_made_patterns():
     set_attention(model, 1, ["induction", "self"])
     set_attention(model, 2, ["uniform", "prev"])
     half = 16
-    probes = make_repeat_probes(VOCAB, n=4, half_len=half, seed=0)
+    probes = repeat_probes(n=4, half_len=half, seed=0)
     s = head_scores(model, probes)
     t = 2 * half
     uniform_induction = sum(1.0 / (i + 1) for i in range(half, t)) / half
@@ -101,13 +93,13 @@ def test_head_scores_exact_for_hand_made_patterns():
     expected_prev = torch.tensor([[1.0, uniform_prev], [0.0, 0.0], [uniform_prev, 1.0]])
     torch.testing.assert_close(s.induction, expected_induction, rtol=0, atol=1e-6)
     torch.testing.assert_close(s.previous_token, expected_prev, rtol=0, atol=1e-6)
-    assert s.best("induction") == ((1, 0), pytest.approx(1.0))
+    assert s.best("induction") == (H(1, 0), pytest.approx(1.0))
 
 
 def test_head_scores_match_output_attentions_on_real_weights():
     model = tiny_model(seed=1)
     half = 12
-    probes = make_repeat_probes(VOCAB, n=6, half_len=half, seed=5)
+    probes = repeat_probes(n=6, half_len=half, seed=5)
     s = head_scores(model, probes)
     with torch.no_grad():
         att = model(probes, output_attentions=True).attentions
@@ -123,7 +115,7 @@ def test_head_scores_switch_sdpa_to_eager_and_restore_mode():
     eager = tiny_model("eager", seed=2)
     sdpa = tiny_model("sdpa", seed=2)
     sdpa.train()
-    probes = make_repeat_probes(VOCAB, n=3, half_len=8, seed=1)
+    probes = repeat_probes(n=3, half_len=8, seed=1)
     a, b = head_scores(eager, probes), head_scores(sdpa, probes)
     torch.testing.assert_close(a.induction, b.induction)
     torch.testing.assert_close(a.previous_token, b.previous_token)
@@ -137,7 +129,8 @@ def test_head_scores_reject_bad_probes():
     with pytest.raises(CurateError, match="even length"):
         head_scores(model, torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(CurateError, match="vocabulary"):
-        head_scores(model, make_repeat_probes(VOCAB + 10, n=50, half_len=8, seed=0))
+        r = torch.full((1, 8), VOCAB + 3, dtype=torch.long)
+        head_scores(model, torch.cat([r, r], dim=1))
 
 
 # --------------------------------------------------------------------------- probes
@@ -146,7 +139,7 @@ def test_head_scores_reject_bad_probes():
 def test_induction_probe_equals_hand_log_probs_and_counts_terms():
     model = tiny_model(seed=3)
     half = 10
-    probes = make_repeat_probes(VOCAB, n=4, half_len=half, seed=2)
+    probes = repeat_probes(n=4, half_len=half, seed=2)
     with torch.no_grad():
         log_probs = torch.log_softmax(model(probes).logits.float(), -1)
     expected = 0.0
@@ -166,7 +159,7 @@ def test_induction_probe_equals_hand_log_probs_and_counts_terms():
 def test_induction_probe_gradient_reaches_every_qkv(training):
     model = tiny_model(seed=4)
     model.train(training)
-    probes = make_repeat_probes(VOCAB, n=3, half_len=8, seed=0)
+    probes = repeat_probes(n=3, half_len=8, seed=0)
     induction_probe(model, probes).backward()
     for layer in model.gpt_neox.layers:
         g = layer.attention.query_key_value.weight.grad
@@ -178,9 +171,9 @@ def test_induction_probe_gradient_reaches_every_qkv(training):
 def test_previous_token_probe_value_and_gradient_only_in_its_heads_q_and_k(training):
     model = tiny_model(seed=5)
     model.train(training)
-    probes = make_repeat_probes(VOCAB, n=3, half_len=8, seed=0)
+    probes = repeat_probes(n=3, half_len=8, seed=0)
     layer, h = 1, 1
-    value = previous_token_probe(model, probes, (layer, h))
+    value = previous_token_probe(model, probes, H(layer, h))
     with torch.no_grad():
         att = model(probes, output_attentions=True).attentions[layer][:, h]
     assert float(value.detach()) == pytest.approx(float(torch.diagonal(att, -1, -2, -1).sum()), rel=1e-5)
@@ -199,14 +192,14 @@ def test_previous_token_probe_value_and_gradient_only_in_its_heads_q_and_k(train
 def test_previous_token_probe_perfect_head_and_bad_head():
     model = tiny_model()
     set_attention(model, 0, ["self", "prev"])
-    probes = make_repeat_probes(VOCAB, n=3, half_len=8, seed=0)
-    assert float(previous_token_probe(model, probes, (0, 1))) == pytest.approx(3 * 15)
-    assert float(previous_token_probe(model, probes, (0, 1), reduction="mean")) == pytest.approx(1.0)
-    assert float(previous_token_probe(model, probes, (0, 0))) == 0.0
+    probes = repeat_probes(n=3, half_len=8, seed=0)
+    assert float(previous_token_probe(model, probes, H(0, 1))) == pytest.approx(3 * 15)
+    assert float(previous_token_probe(model, probes, H(0, 1), reduction="mean")) == pytest.approx(1.0)
+    assert float(previous_token_probe(model, probes, H(0, 0))) == 0.0
     with pytest.raises(CurateError, match="out of range"):
-        previous_token_probe(model, probes, (3, 0))
+        previous_token_probe(model, probes, H(3, 0))
     with pytest.raises(CurateError, match="out of range"):
-        previous_token_probe(model, probes, (0, 2))
+        previous_token_probe(model, probes, H(0, 2))
 
 
 # --------------------------------------------------------------------------- ICL
@@ -248,7 +241,7 @@ def scores_of(induction: list[list[float]], previous: list[list[float]]) -> Head
     return HeadScores(induction=torch.tensor(induction), previous_token=torch.tensor(previous))
 
 
-PROBES = make_repeat_probes(VOCAB, n=2, half_len=4, seed=0)
+PROBES = repeat_probes(n=2, half_len=4, seed=0)
 
 
 def test_registry_and_unknown_circuit():
@@ -264,18 +257,18 @@ def test_induction_localization_needs_an_earlier_previous_token_head():
     induction = get_circuit("induction")
     ind = [[0.0, 0.1], [0.5, 0.1], [0.2, 0.6]]
     loc = induction.localize(model, PROBES, scores=scores_of(ind, [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    assert loc.heads == [(1, 0), (2, 1)] and loc.scores == pytest.approx([0.5, 0.6])
-    assert loc.supporting == {(1, 0): [(0, 0)], (2, 1): [(0, 0)]} and not loc.rejected and not loc.notes
+    assert loc.heads == [H(1, 0), H(2, 1)] and loc.scores == pytest.approx([0.5, 0.6])
+    assert loc.supporting == {H(1, 0): [H(0, 0)], H(2, 1): [H(0, 0)]} and not loc.rejected and not loc.notes
     # the only previous-token head sits in layer 1: head 1.0 may be positional, 2.1 is supported
     loc = induction.localize(model, PROBES, scores=scores_of(ind, [[0.0, 0.0], [0.4, 0.0], [0.0, 0.0]]))
-    assert loc.heads == [(2, 1)] and loc.rejected == [(1, 0)] and loc.supporting == {(2, 1): [(1, 0)]}
+    assert loc.heads == [H(2, 1)] and loc.rejected == [H(1, 0)] and loc.supporting == {H(2, 1): [H(1, 0)]}
     assert loc.notes == ["no previous-token head below layer 1: induction score of head 1.0 (0.500) may be positional"]
     # a previous-token head in the SAME layer does not count
     loc = induction.localize(model, PROBES, scores=scores_of(ind, [[0.0, 0.0], [0.0, 0.9], [0.0, 0.0]]))
-    assert loc.heads == [(2, 1)] and loc.rejected == [(1, 0)]
+    assert loc.heads == [H(2, 1)] and loc.rejected == [H(1, 0)]
     # threshold
     loc = induction.localize(model, PROBES, threshold=0.55, scores=scores_of(ind, [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    assert loc.heads == [(2, 1)] and loc.threshold == 0.55
+    assert loc.heads == [H(2, 1)] and loc.threshold == 0.55
 
 
 def test_localization_with_no_head_explains_and_require_raises():
@@ -291,8 +284,8 @@ def test_explicit_heads_are_kept_with_notes():
     model = tiny_model()
     s = scores_of([[0.0, 0.1], [0.5, 0.1], [0.2, 0.6]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     loc = get_circuit("induction").localize(model, PROBES, heads=" 2.1, 0.1,2.1", scores=s)
-    assert loc.mode == "explicit" and loc.heads == [(2, 1), (0, 1)] and loc.scores == pytest.approx([0.6, 0.1])
-    assert loc.supporting == {(2, 1): [], (0, 1): []}
+    assert loc.mode == "explicit" and loc.heads == [H(2, 1), H(0, 1)] and loc.scores == pytest.approx([0.6, 0.1])
+    assert loc.supporting == {H(2, 1): [], H(0, 1): []}
     assert "head 0.1 induction score 0.100 is below the threshold 0.3" in loc.notes
     assert "no previous-token head below layer 0: induction score of head 0.1 (0.100) may be positional" in loc.notes
     assert get_circuit("induction").localize(model, PROBES, heads="auto", scores=s).mode == "auto"
@@ -302,15 +295,13 @@ def test_previous_token_localization():
     model = tiny_model()
     s = scores_of([[0.0] * 2] * 3, [[0.1, 0.7], [0.3, 0.0], [0.0, 0.29]])
     loc = get_circuit("previous-token").localize(model, PROBES, scores=s)
-    assert loc.heads == [(0, 1), (1, 0)] and loc.scores == pytest.approx([0.7, 0.3]) and not loc.notes
+    assert loc.heads == [H(0, 1), H(1, 0)] and loc.scores == pytest.approx([0.7, 0.3]) and not loc.notes
     assert json.loads(json.dumps(loc.to_json()))["heads"] == ["0.1", "1.0"]
 
 
 @pytest.mark.parametrize("spec", ["", "1", "a.b", "1.2.3", "3.0", "0.2", "1.-1", "1.0,", "1,0"])
 def test_bad_head_specs(spec):
-    with pytest.raises(CurateError, match="--heads"):
-        parse_heads(spec, LAYERS, HEADS)
-    with pytest.raises(CurateError):
+    with pytest.raises(CurateError, match="LAYER.HEAD|out of range"):
         get_circuit("induction").localize(tiny_model(), PROBES, heads=spec,
                                           scores=scores_of([[0.0] * 2] * 3, [[0.0] * 2] * 3))
 
@@ -319,13 +310,13 @@ def test_localize_scores_the_model_itself():
     model = tiny_model()
     set_attention(model, 0, ["prev", "uniform"])
     set_attention(model, 1, ["uniform", "induction"])
-    probes = make_repeat_probes(VOCAB, n=2, half_len=8, seed=0)
+    probes = repeat_probes(n=2, half_len=8, seed=0)
     loc = get_circuit("induction").localize(model, probes)
-    assert loc.heads == [(1, 1)] and loc.supporting == {(1, 1): [(0, 0)]} and loc.scores == pytest.approx([1.0])
+    assert loc.heads == [H(1, 1)] and loc.supporting == {H(1, 1): [H(0, 0)]} and loc.scores == pytest.approx([1.0])
     positional = tiny_model()
     set_attention(positional, 1, ["uniform", "induction"])  # layer 0 has no previous-token head
     loc = get_circuit("induction").localize(positional, probes)
-    assert loc.heads == [] and loc.rejected == [(1, 1)]
+    assert loc.heads == [] and loc.rejected == [H(1, 1)]
     assert isinstance(loc, Localization)
 
 
@@ -353,7 +344,7 @@ def test_cli_json_matches_head_scores(tmp_path):
     report = json.loads(result.output)
     excluded = report["probes"]["excluded_ids"]
     assert excluded == [0, 2]  # GPTNeoXConfig's bos / eos
-    probes = make_repeat_probes(VOCAB, n=5, half_len=32, seed=3, exclude_ids=excluded)
+    probes = build_probes(model.config, n=5, half_len=32, seed=3)
     expected = head_scores(model, probes)
     assert len(report["heads"]) == LAYERS * HEADS
     for row in report["heads"]:
@@ -385,3 +376,16 @@ def test_cli_table_flags_localized_heads(tmp_path, monkeypatch):
 def test_cli_missing_checkpoint_is_a_curate_error(tmp_path):
     result = CliRunner().invoke(cli_app(), ["circuits", str(tmp_path / "nope")])
     assert isinstance(result.exception, CurateError) and "not found" in str(result.exception)
+
+
+def test_cli_half_length_defaults_to_the_context_and_a_longer_one_is_refused(tmp_path):
+    cfg = tiny_config()
+    cfg.max_position_embeddings = 20
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    ok = CliRunner().invoke(cli_app(), ["circuits", str(tmp_path / "ckpt"), "--probes", "2", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["probes"]["half_len"] == 10
+    result = CliRunner().invoke(cli_app(), ["circuits", str(tmp_path / "ckpt"), "--half-len", "12"])
+    assert isinstance(result.exception, CurateError)
+    assert "probe half length 12 does not fit the context of 20 tokens" in str(result.exception)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
 from curate.pipelines.effects import (
     RunMetrics, comparisons, effects_table, metrics_from_points, read_run_metrics, verdicts, welch_t_test,
@@ -432,8 +433,8 @@ def test_run_means_see_a_delay_that_final_values_do_not():
                         "icl": -0.4 if step >= onset else -0.1, "loss": 3.0, "heldout_loss": 3.0})
         return out
 
-    early = metrics_from_points("baseline", 0, "/a", points(400), "induction", [(1, 0)], 0.3, 100, True)
-    late = metrics_from_points("remove-top", 0, "/b", points(700), "induction", [(1, 0)], 0.3, 100, True)
+    early = metrics_from_points("baseline", 0, "/a", points(400), "induction", [HeadRef(1, 0)], 0.3, 100, True)
+    late = metrics_from_points("remove-top", 0, "/b", points(700), "induction", [HeadRef(1, 0)], 0.3, 100, True)
     assert (early.emergence, late.emergence) == (400, 700)
     assert early.final == late.final
     assert early.mean["score"] == pytest.approx((7 * 0.9 + 4 * 0.1) / 11) and late.mean["score"] == pytest.approx((4 * 0.9 + 7 * 0.1) / 11)
@@ -488,7 +489,7 @@ def test_curve_metrics_split_targeted_and_other_heads():
         {"step": 10, "induction": [[0.9, 0.0], [0.4, 0.2]], "previous_token": [[0.1, 0.6], [0.2, 0.0]], "icl": -0.2, "loss": 3.0, "heldout_loss": 3.5},
         {"step": 20, "induction": [[0.9, 0.0], [0.5, 0.1]], "previous_token": [[0.1, 0.7], [0.3, 0.0]], "icl": -0.3, "loss": 2.0, "heldout_loss": 3.0},
     ]
-    m = metrics_from_points("baseline", 0, "/r", points, "induction", [(1, 0)], 0.3, 10, True)
+    m = metrics_from_points("baseline", 0, "/r", points, "induction", [HeadRef(1, 0)], 0.3, 10, True)
     assert m.curves["induction_best"] == [0.2, 0.4, 0.5]  # layer 0's 0.9 is positional, never counted
     assert m.curves["induction_targeted"] == [0.1, 0.4, 0.5] and m.curves["induction_other"] == [0.2, 0.2, 0.1]
     assert m.curves["previous_token_targeted"] == [0.2, 0.2, 0.3]
@@ -497,7 +498,7 @@ def test_curve_metrics_split_targeted_and_other_heads():
     assert m.final == {"score": 0.5, "targeted": 0.5, "other": 0.1, "induction_best": 0.5, "previous_token_best": 0.7,
                        "icl": -0.3, "heldout_loss": 3.0, "loss": 2.0}
     with pytest.raises(CurateError, match="targeted head 2.0 is outside"):
-        metrics_from_points("baseline", 0, "/r", points, "induction", [(2, 0)], 0.3, 10, True)
+        metrics_from_points("baseline", 0, "/r", points, "induction", [HeadRef(2, 0)], 0.3, 10, True)
 
 
 # --------------------------------------------------------------------------- bad inputs

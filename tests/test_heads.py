@@ -62,17 +62,35 @@ def contributions(model: GPTNeoXForCausalLM, a: torch.Tensor, layer: int) -> tor
 TOKENS = torch.randint(0, VOCAB, (3, T), generator=torch.Generator().manual_seed(5))
 
 
-def test_head_ref_parsing() -> None:
-    assert HeadRef.parse("1.3") == HeadRef(1, 3)
-    assert HeadRef.parse(" 2:0 ") == HeadRef(2, 0)
-    assert HeadRef.parse_list("1.0, 1.3 2.1") == [HeadRef(1, 0), HeadRef(1, 3), HeadRef(2, 1)]
-    assert str(HeadRef(4, 7)) == "4.7" and HeadRef(4, 7).column == "head_4_7"
+@pytest.mark.parametrize("text", ["1.3", "1:3", "1,3", "1_3", " 1.3 ", "1 . 3", "01.3"])
+def test_head_ref_parses_every_accepted_form(text: str) -> None:
+    assert HeadRef.parse(text) == HeadRef(1, 3)
+
+
+@pytest.mark.parametrize("text", ["1", "a.b", "1.2.3", "", "1.-1", "-1.0", "1.x", "L1_H3", "head_1_3", "1..3"])
+def test_head_ref_rejects_other_forms(text: str) -> None:
+    with pytest.raises(CurateError, match="is not LAYER.HEAD"):
+        HeadRef.parse(text)
+
+
+@pytest.mark.parametrize("text", ["1.0,1.3,2.1", "1.0, 1.3 2.1", "1.0 1.3 2.1", "1.0;1.3; 2.1", " 1.0,1.3,1.0 2.1,1.3 "])
+def test_head_ref_lists(text: str) -> None:
+    assert HeadRef.parse_list(text) == [HeadRef(1, 0), HeadRef(1, 3), HeadRef(2, 1)]  # duplicates dropped, order kept
+
+
+@pytest.mark.parametrize("text", ["", "  ", "1.0,", ",1.0", "1.0,,1.3", "1,0", "1.0,x"])
+def test_head_ref_bad_lists(text: str) -> None:
+    with pytest.raises(CurateError, match="LAYER.HEAD"):
+        HeadRef.parse_list(text)
+
+
+def test_head_ref_names_and_order() -> None:
+    assert str(HeadRef(4, 7)) == "4.7" and HeadRef(4, 7).column == "head_4_7" and HeadRef(4, 7).key == "L4_H7"
+    assert HeadRef.parse(str(HeadRef(12, 5))) == HeadRef(12, 5)
     assert sorted([HeadRef(2, 0), HeadRef(1, 5), HeadRef(1, 2)]) == [HeadRef(1, 2), HeadRef(1, 5), HeadRef(2, 0)]
-    for bad in ("1", "a.b", "1.2.3", ""):
-        with pytest.raises(CurateError):
-            HeadRef.parse(bad)
-    with pytest.raises(CurateError, match="--mode"):
+    with pytest.raises(CurateError, match="unknown head subspace mode 'qkv' \\(expected one of: qk, qkvo\\)") as info:
         check_mode("qkv")
+    assert "--" not in str(info.value)
 
 
 def test_geometry_checks_heads_and_block_shapes() -> None:
@@ -82,10 +100,20 @@ def test_geometry_checks_heads_and_block_shapes() -> None:
     assert geo.qkv_rows(2, "qk") == slice(6 * HD, 8 * HD) and geo.qkv_rows(2, "v") == slice(8 * HD, 9 * HD)
     assert geo.dense_cols(1) == slice(HD, 2 * HD)
     assert geo.check([HeadRef(1, 2), HeadRef(0, 0), HeadRef(1, 2)]) == [HeadRef(0, 0), HeadRef(1, 2)]
-    with pytest.raises(CurateError, match="outside the model"):
+    with pytest.raises(CurateError, match=f"head {LAYERS}.0 is out of range"):
         geo.check([HeadRef(LAYERS, 0)])
-    with pytest.raises(CurateError, match="outside the model"):
+    with pytest.raises(CurateError, match=f"head 0.{HEADS} is out of range"):
         geo.check([HeadRef(0, HEADS)])
+    with pytest.raises(CurateError, match="no target head"):
+        geo.check([])
+    assert geo.rows_in_head("qk") == slice(0, 2 * HD) and geo.rows_in_head("v") == slice(2 * HD, 3 * HD)
+    assert geo.rows_in_head("qkv") == slice(0, 3 * HD)
+    t = torch.arange(2 * 3 * HIDDEN).view(2, 3 * HIDDEN)
+    for h in range(HEADS):  # the per-head views agree with the weight slices
+        assert torch.equal(geo.qkv_by_head(t)[:, h, geo.rows_in_head("qk")], t[:, geo.qkv_rows(h, "qk")])
+        assert torch.equal(geo.qkv_by_head(t)[:, h, geo.rows_in_head("v")], t[:, geo.qkv_rows(h, "v")])
+        a = t[:, :HIDDEN]
+        assert torch.equal(geo.dense_by_head(a)[:, h], a[:, geo.dense_cols(h)])
 
 
 @pytest.mark.parametrize("target", [0, 1, 2])

@@ -17,8 +17,7 @@ from curate.attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACF
 from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
 from curate.attribution.influence import HeadInfluenceScorer, fit_factors, probe_gradients, score_corpus
-from curate.attribution.metrics import make_repeat_probes
-from curate.attribution.probes import induction_probe, previous_token_probe
+from curate.attribution.probes import build_probes, induction_probe, previous_token_probe
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import HeadTracer, row_seeds, sample_labels
 from curate.atomic import write_json
@@ -42,11 +41,16 @@ def copy_rows(n: int, gen: torch.Generator, row_len: int = T + 1) -> torch.Tenso
     return x
 
 
+def make_config(layers: int = 2) -> GPTNeoXConfig:
+    """No special token ids: the probes may hold every id of the vocabulary."""
+    return GPTNeoXConfig(vocab_size=V, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
+                         intermediate_size=2 * HIDDEN, max_position_embeddings=64, tie_word_embeddings=False,
+                         attn_implementation="eager", initializer_range=0.1, bos_token_id=None, eos_token_id=None)
+
+
 def make_model(seed: int = 0, train_steps: int = 0, layers: int = 2) -> GPTNeoXForCausalLM:
     """A tiny float64 GPT-NeoX (partial rotary, as Pythia), optionally trained a little on copy rows."""
-    cfg = GPTNeoXConfig(vocab_size=V, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
-                        intermediate_size=2 * HIDDEN, max_position_embeddings=64, tie_word_embeddings=False,
-                        attn_implementation="eager", initializer_range=0.1)
+    cfg = make_config(layers)
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(cfg)
     if train_steps:
@@ -110,7 +114,7 @@ def trained() -> GPTNeoXForCausalLM:
     return make_model(seed=0, train_steps=300)
 
 
-PROBES = make_repeat_probes(V, n=8, half_len=T // 2, seed=0)
+PROBES = build_probes(make_config(), n=8, half_len=T // 2, seed=0)
 
 
 # --------------------------------------------------------------------------- exactness
@@ -124,7 +128,7 @@ def test_batched_scores_equal_dense_ekfac_solve(mode: str) -> None:
     fit_rows, rows = copy_rows(96, gen, 13), copy_rows(10, gen, 13)
     heads = [HeadRef(0, 1), HeadRef(1, 0), HeadRef(1, 1)]  # two layers, the lowest one included
     factors = fit(model, fit_rows, heads, mode, batch=32)
-    probes = make_repeat_probes(V, n=4, half_len=6, seed=1)
+    probes = build_probes(make_config(), n=4, half_len=6, seed=1)
     pg = probe_gradients(model, induction_fn(probes), heads, mode, shared=True)
     got = score(model, factors, heads, mode, pg, rows)
     grads = per_row_grads(model, rows, rows[:, 1:], heads, mode)
@@ -282,12 +286,12 @@ def test_the_graph_starts_at_the_lowest_target_layer(trained) -> None:
 
 def test_previous_token_probe_gives_zero_v_and_o_gradients_not_an_error(trained) -> None:
     heads = [HeadRef(0, 0), HeadRef(0, 1)]
-    pg = probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, (h.layer, h.head)), heads, "qkvo")
+    pg = probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, h), heads, "qkvo")
     for h in heads:
         assert pg[h]["qk"].abs().sum() > 0
         assert torch.count_nonzero(pg[h]["v"]) == 0 and torch.count_nonzero(pg[h]["o"]) == 0
     with pytest.raises(CurateError, match="no gradient"):  # a probe on another head does not read head 1.0
-        probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, (0, 0)), [HeadRef(1, 0)], "qk")
+        probe_gradients(trained, lambda m, h: previous_token_probe(m, PROBES, HeadRef(0, 0)), [HeadRef(1, 0)], "qk")
 
 
 def test_sharded_accumulation_merges_to_the_single_pass_result(trained) -> None:

@@ -174,13 +174,8 @@ def _heldout_rows(spec: TrainSpec, train_corpus: Corpus | None, base: Corpus, st
 class _Evaluator:
     """Per-head scores on fixed repeat probes, held-out loss and ICL score, for one model."""
 
-    def __init__(self, spec: TrainSpec, vocab_size: int, context: int, exclude_ids: list[int], heldout: np.ndarray | None, device: str):
-        from curate.attribution.metrics import make_repeat_probes
-
-        half = spec.probe_half_len or min(32, context // 2)
-        if 2 * half > context:
-            raise CurateError(f"probe half length {half} does not fit the context of {context} tokens")
-        self.probes = make_repeat_probes(vocab_size, spec.eval_probes, half, spec.probe_seed, exclude_ids)
+    def __init__(self, probes: torch.Tensor, heldout: np.ndarray | None, device: str):
+        self.probes = probes
         self.heldout = None if heldout is None else torch.from_numpy(heldout)
         self.device = device
         self.batch = 32
@@ -399,12 +394,10 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     heldout, heldout_where = _heldout_rows(run, train_corpus, base, stream)
     if heldout is not None and heldout.max() >= vocab_size:
         raise CurateError(f"held-out rows hold token id {int(heldout.max())}, outside the model's vocabulary ({vocab_size})")
-    eot = base.meta.eot_id if base.meta is not None else None
-    from curate.attribution.metrics import special_token_ids
+    from curate.attribution.probes import corpus_probes
 
-    exclude = sorted(set(special_token_ids(model.config)) | ({int(eot)} if eot is not None else set()))
-    probe_vocab = min(vocab_size, int(base.meta.vocab_size)) if base.meta is not None and base.meta.vocab_size else vocab_size
-    evaluator = _Evaluator(run, probe_vocab, context, exclude, heldout, run.device)
+    probes = corpus_probes(model.config, base, n=run.eval_probes, half_len=run.probe_half_len or None, seed=run.probe_seed)
+    evaluator = _Evaluator(probes, heldout, run.device)
     eval_key = evaluator.key()
     tokenizer_spec = (train_corpus or base).tokenizer_spec()
     tokenizer_file = Path(tokenizer_spec) if tokenizer_spec and Path(tokenizer_spec).is_file() else None

@@ -10,48 +10,42 @@ import typer
 from curate.workspace import WorkspaceOpt
 
 
-def probe_vocabulary(model: object, checkpoint: Path | None) -> tuple[int, list[int]]:
-    """Vocabulary size to draw probe tokens from, and the ids to leave out.
-
-    The config's vocabulary (Pythia pads it to 50,304), cut to the tokenizer's real size when the
-    checkpoint folder ships a `tokenizer.json`; special ids from the config and the tokenizer's
-    end-of-text are excluded.
-    """
-    from curate.attribution.metrics import special_token_ids
-
-    vocab = int(model.config.vocab_size)
-    exclude = special_token_ids(model.config)
+def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | None]:
+    """(vocabulary size, end-of-text id) of the `tokenizer.json` a checkpoint folder ships, or (None, None)."""
     tokenizer_file = checkpoint / "tokenizer.json" if checkpoint is not None else None
-    if tokenizer_file is not None and tokenizer_file.is_file():
-        from curate.tokenize import load_tokenizer
+    if tokenizer_file is None or not tokenizer_file.is_file():
+        return None, None
+    from curate.tokenize import load_tokenizer
 
-        tok = load_tokenizer(tokenizer_file)
-        vocab = min(vocab, tok.vocab_size)
-        exclude.append(tok.eot_id)
-    return vocab, exclude
+    tok = load_tokenizer(tokenizer_file)
+    return tok.vocab_size, tok.eot_id
 
 
-def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int, revision: str | None) -> tuple[dict, object]:
+def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | None, revision: str | None) -> tuple[dict, object]:
     """Load the checkpoint, score every head and localize each registered circuit: (report dict, HeadScores)."""
     import torch
 
-    from curate.attribution.circuits import CIRCUITS, head_name
-    from curate.attribution.metrics import head_scores, make_repeat_probes
+    from curate.attribution.circuits import CIRCUITS
+    from curate.attribution.heads import HeadRef
+    from curate.attribution.metrics import head_scores
+    from curate.attribution.probes import probe_spec
     from curate.training.models import load_model, resolve_checkpoint_dir
 
     model = load_model(checkpoint, revision=revision)
-    vocab, exclude = probe_vocabulary(model, resolve_checkpoint_dir(checkpoint, revision))
-    tokens = make_repeat_probes(vocab, n=probes, half_len=half_len, seed=seed, exclude_ids=exclude)
+    tok_vocab, eot = checkpoint_tokenizer(resolve_checkpoint_dir(checkpoint, revision))
+    spec = probe_spec(model.config, vocab_size=tok_vocab, eot_id=eot, n=probes, half_len=half_len, seed=seed)
+    tokens = spec.draw()
     with torch.no_grad():
         scores = head_scores(model, tokens)
     localized = {name: c.localize(model, tokens, scores=scores) for name, c in CIRCUITS.items()}
     rows = []
     for layer in range(scores.num_layers):
         for h in range(scores.num_heads):
-            flags = [name for name, loc in localized.items() if (layer, h) in loc.heads]
-            flags += [f"{name}?" for name, loc in localized.items() if (layer, h) in loc.rejected]
+            head = HeadRef(layer, h)
+            flags = [name for name, loc in localized.items() if head in loc.heads]
+            flags += [f"{name}?" for name, loc in localized.items() if head in loc.rejected]
             rows.append({
-                "head": head_name((layer, h)),
+                "head": str(head),
                 "layer": layer,
                 "index": h,
                 "induction": float(scores.induction[layer, h]),
@@ -61,7 +55,7 @@ def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int, revi
     report = {
         "checkpoint": checkpoint,
         "revision": revision,
-        "probes": {"n": probes, "half_len": half_len, "seed": seed, "vocab_size": vocab, "excluded_ids": sorted(set(exclude))},
+        "probes": spec.to_json(),
         "heads": rows,
         "localized": {name: loc.to_json() for name, loc in localized.items()},
     }
@@ -100,7 +94,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[str, typer.Argument(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")],
         probes: Annotated[int, typer.Option("--probes", help="Number of random repeated-token probes [r, r].")] = 32,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the probe tokens.")] = 0,
-        half_len: Annotated[int, typer.Option("--half-len", help="Length L of r (probes are 2L tokens).")] = 32,
+        half_len: Annotated[Optional[int], typer.Option("--half-len", help="Length L of r (probes are 2L tokens; default: min(32, context / 2)).", show_default=False)] = None,
         revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint revision, e.g. step1000 (run folders and hub names).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
         workspace: WorkspaceOpt = None,
