@@ -31,6 +31,7 @@ HeadBlocks = dict[str, torch.Tensor]
 
 _HEAD_RE = re.compile(r"^\s*(\d+)\s*[.:,_]\s*(\d+)\s*$")
 _LIST_SEP = re.compile(r"\s*[,;]\s*|\s+")
+_COLUMN_RE = re.compile(r"^head_(\d+)_(\d+)$")
 _QKV_PARTS = {"qk": (0, 2), "v": (2, 3), "qkv": (0, 3)}
 """Where each part sits inside one head's 3 * head_dim rows of query_key_value, in units of head_dim."""
 
@@ -68,6 +69,12 @@ class HeadRef:
         if "" in parts:
             raise CurateError(f"{stripped!r}: an empty item in the list of heads (expected LAYER.HEAD,LAYER.HEAD, e.g. 1.0,1.3)")
         return list(dict.fromkeys(cls.parse(p) for p in parts))
+
+    @classmethod
+    def from_column(cls, name: str) -> "HeadRef | None":
+        """The head of a score-table column "head_L_H" (see `column`), or None for any other column."""
+        m = _COLUMN_RE.match(name)
+        return cls(int(m.group(1)), int(m.group(2))) if m else None
 
     def __str__(self) -> str:
         return f"{self.layer}.{self.head}"

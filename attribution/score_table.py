@@ -7,7 +7,6 @@ Positive = a gradient step on the row increases f_probe (the row builds the circ
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from curate.attribution.heads import HeadRef
 from curate.atomic import atomic_path
 from curate.errors import CurateError
 
-HEAD_COLUMN_RE = re.compile(r"^head_(\d+)_(\d+)$")
 METADATA_KEY = b"curate.scores"
 
 
@@ -53,7 +51,7 @@ class ScoreTable:
 
     def top_k(self, k: int, column: str = "score") -> tuple[np.ndarray, np.ndarray]:
         """Row ids of the k highest (builders) and k lowest (suppressors) by `column`, best first; ties by row id."""
-        values = self.score if column == "score" else self.column(HeadRef(*map(int, HEAD_COLUMN_RE.match(column).groups())))  # type: ignore[union-attr]
+        values = self.score if column == "score" else self.column(HeadRef.from_column(column))  # type: ignore[arg-type]
         k = max(0, min(int(k), len(values)))
         top = np.lexsort((self.row_id, -values))[:k]
         bottom = np.lexsort((self.row_id, values))[:k]
@@ -100,7 +98,7 @@ class ScoreTable:
         for need in ("row_id", "step", "loss", "score"):
             if need not in names:
                 raise CurateError(f"{source}: not a score table (no {need!r} column)")
-        heads = [HeadRef(int(m.group(1)), int(m.group(2))) for m in (HEAD_COLUMN_RE.match(n) for n in names) if m]
+        heads = [h for h in map(HeadRef.from_column, names) if h is not None]
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
         meta = json.loads(raw) if raw else {}
         scores = np.stack([table.column(h.column).to_numpy() for h in heads], axis=1) if heads else np.zeros((table.num_rows, 0))

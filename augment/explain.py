@@ -52,7 +52,7 @@ class ScoresFolder:
             return "score"
         col = HeadRef.parse(head).column
         if col not in self.columns:
-            heads = ", ".join(c[5:].replace("_", ".") for c in self.columns if c.startswith("head_"))
+            heads = ", ".join(str(h) for h in map(HeadRef.from_column, self.columns) if h is not None)
             raise CurateError(f"{self.path}: no scores for head {head} (heads scored: {heads or 'none'})")
         return col
 

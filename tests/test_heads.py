@@ -87,6 +87,8 @@ def test_head_ref_bad_lists(text: str) -> None:
 def test_head_ref_names_and_order() -> None:
     assert str(HeadRef(4, 7)) == "4.7" and HeadRef(4, 7).column == "head_4_7" and HeadRef(4, 7).key == "L4_H7"
     assert HeadRef.parse(str(HeadRef(12, 5))) == HeadRef(12, 5)
+    assert HeadRef.from_column("head_12_5") == HeadRef(12, 5) and HeadRef.from_column(HeadRef(3, 1).column) == HeadRef(3, 1)
+    assert HeadRef.from_column("score") is None and HeadRef.from_column("head_1") is None
     assert sorted([HeadRef(2, 0), HeadRef(1, 5), HeadRef(1, 2)]) == [HeadRef(1, 2), HeadRef(1, 5), HeadRef(2, 0)]
     with pytest.raises(CurateError, match="unknown head subspace mode 'qkv' \\(expected one of: qk, qkvo\\)") as info:
         check_mode("qkv")
