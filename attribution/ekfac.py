@@ -316,6 +316,11 @@ class BlockFactors:
     q_s: torch.Tensor
     lam: torch.Tensor
 
+    def __post_init__(self) -> None:
+        # Row-major, as a factor file stores them: LAPACK returns eigenvectors column-major, and the products
+        # below round differently by memory layout, so fresh and cached factors would precondition differently.
+        self.q_a, self.q_s, self.lam = self.q_a.contiguous(), self.q_s.contiguous(), self.lam.contiguous()
+
     def damping_value(self, factor: float, floor: float) -> float:
         return max(float(factor) * float(self.lam.mean()), float(floor))
 

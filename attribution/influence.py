@@ -2,15 +2,14 @@
 
 Pieces: `probe_gradients` (grad of f_probe w.r.t. each target head's blocks), `EKFACFactors.precondition`
 (once per head), `HeadInfluenceScorer.score_batch` (all target heads of a batch of rows in one
-forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t), and the
-in-process end-to-end `score_corpus`.
+forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t). The driver that
+runs them end to end (fit -> precondition -> score) is `attribution.scoring`.
 Sign: positive = a gradient-descent step on the row increases f_probe (the row builds the head).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,9 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, EKFACFactors, EKFACFitter, TargetHeads
+from curate.attribution.ekfac import EKFACFactors, TargetHeads
 from curate.attribution.heads import HeadBlocks, HeadGeometry, HeadRef, attention_of, check_mode, slice_head_grads
-from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import HeadTracer, frozen
 from curate.errors import CurateError
 
@@ -153,12 +151,7 @@ class HeadInfluenceScorer:
         return loss.float().cpu().numpy(), scores
 
 
-# --------------------------------------------------------------------------- end to end
-
-
-def _work_dtype(model: nn.Module) -> torch.dtype:
-    """Factors and dot products in float32, or float64 for a float64 model."""
-    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+# --------------------------------------------------------------------------- fit rows and probes
 
 
 def fit_data_key(corpus, fit_ids: np.ndarray, seed: int) -> str:
@@ -193,40 +186,6 @@ def iter_row_batches(corpus, ids: np.ndarray, batch_rows: int):
         yield chunk, rows
 
 
-def fit_factors(
-    model: nn.Module,
-    corpus,
-    fit_ids: np.ndarray,
-    heads: Sequence[HeadRef],
-    mode: str,
-    batch_rows: int = 8,
-    seed: int = 0,
-    damping: float = DEFAULT_DAMPING,
-    floor: float = DEFAULT_DAMPING_FLOOR,
-    cache_dir: Path | None = None,
-    progress: Progress | None = None,
-) -> EKFACFactors:
-    """EK-FAC factors of `heads` fitted on corpus rows `fit_ids`; cached heads are loaded, the rest fitted
-    in one set of two passes and saved."""
-    from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
-
-    heads = HeadGeometry.of(model).check(heads)
-    data_key = fit_data_key(corpus, fit_ids, seed)
-    if cache_dir is not None:
-        fp = model_fingerprint(model)
-        cached, missing = load_factors(cache_dir, heads, mode, fp, damping, floor, data_key)
-    else:
-        cached, missing = EKFACFactors(mode, {}, damping, floor), list(heads)
-    if not missing:
-        return cached
-    fitter = EKFACFitter(model, missing, mode, seed=seed, dtype=_work_dtype(model))
-    batches = list(iter_row_batches(corpus, np.asarray(fit_ids, dtype=np.int64), batch_rows))
-    fresh = fitter.fit(batches, damping, floor, progress=progress)
-    if cache_dir is not None:
-        save_factors(cache_dir, fresh, fp, data_key)
-    return cached.merged_with(fresh).subset(heads)
-
-
 def circuit_probe(circuit, probes: torch.Tensor) -> tuple[BoundProbe, bool]:
     """(f_probe(model, head), shared) for a registry circuit (`attribution.circuits`)."""
     reads_head = getattr(circuit, "probe_reads_head", None)
@@ -238,110 +197,12 @@ def circuit_probe(circuit, probes: torch.Tensor) -> tuple[BoundProbe, bool]:
     return fn, shared
 
 
-def score_corpus(
-    model: nn.Module,
-    corpus,
-    row_range: tuple[int, int] | None = None,
-    circuit: "str | object" = "induction",
-    heads: Sequence[HeadRef] | None = None,
-    mode: str = "qk",
-    batch_rows: int = 8,
-    fit_rows: int | None = None,
-    progress: Progress | None = None,
-    device: "str | torch.device" = "cpu",
-    *,
-    seed: int = 0,
-    probes: torch.Tensor | None = None,
-    damping: float = DEFAULT_DAMPING,
-    damping_floor: float = DEFAULT_DAMPING_FLOOR,
-    factor_cache: Path | None = None,
-    threads: int | None = None,
-) -> ScoreTable:
-    """Fit EK-FAC on the window (or `fit_rows` rows sampled from it with `seed`), precondition the
-    circuit's probe gradients once per head, and score every row of `row_range` (default: whole corpus).
-
-    The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
-    """
-    from curate.attribution.circuits import get_circuit
-    from curate.attribution.probes import corpus_probes
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    check_mode(mode)
-    circ = get_circuit(circuit) if isinstance(circuit, str) else circuit
-    model.to(torch.device(device))
-    geo = HeadGeometry.of(model)
-    if heads is None:
-        heads = geo.all_heads(min_layer=1 if circ.name == "induction" and geo.num_layers > 1 else 0)
-    heads = geo.check(heads)
-    start, stop = (0, corpus.num_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
-    if not (0 <= start < stop <= corpus.num_rows):
-        raise CurateError(f"row range [{start}, {stop}) is empty or outside the corpus (0..{corpus.num_rows})")
-    if corpus.row_len - 1 > int(getattr(model.config, "max_position_embeddings", corpus.row_len)):
-        raise CurateError(
-            f"{corpus.path}: rows of {corpus.row_len} tokens exceed the model's context ({model.config.max_position_embeddings} + 1)"
-        )
-    if batch_rows < 1:
-        raise CurateError(f"--batch-rows must be at least 1 (got {batch_rows})")
-    window = np.arange(start, stop, dtype=np.int64)
-    if fit_rows is not None and fit_rows < 1:
-        raise CurateError(f"--fit-rows must be at least 1 (got {fit_rows})")
-    fit_ids = fit_row_ids((start, stop), fit_rows, seed)
-
-    t0 = time.perf_counter()
-    factors = fit_factors(model, corpus, fit_ids, heads, mode, batch_rows, seed, damping, damping_floor, factor_cache, progress)
-    t_fit = time.perf_counter() - t0
-    if probes is None:
-        probes = corpus_probes(model.config, corpus, seed=seed)
-    probe_fn, shared = circuit_probe(circ, probes)
-    grads = probe_gradients(model, probe_fn, heads, mode, shared=shared)
-    precond = factors.precondition(grads)
-    scorer = HeadInfluenceScorer(model, factors, precond, heads, mode, dtype=_work_dtype(model))
-
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    done = 0
-    t1 = time.perf_counter()
-    for ids, rows in iter_row_batches(corpus, window, batch_rows):
-        loss, scores = scorer.score_batch(rows)
-        parts.append((ids, loss, scores))
-        done += len(ids)
-        if progress:
-            progress("score", done, len(window))
-    t_score = time.perf_counter() - t1
-    ids = np.concatenate([p[0] for p in parts])
-    meta = {
-        "circuit": circ.name,
-        "mode": mode,
-        "heads": [str(h) for h in heads],
-        "row_range": [start, stop],
-        "fit_rows": int(len(fit_ids)),
-        "seed": int(seed),
-        "damping": float(damping),
-        "damping_floor": float(damping_floor),
-        "probes": list(probes.shape),
-        "batch_size": int(corpus.batch_size),
-        "seconds_fit": round(t_fit, 3),
-        "seconds_score": round(t_score, 3),
-    }
-    return ScoreTable(
-        ids,
-        ids // int(corpus.batch_size),
-        np.concatenate([p[1] for p in parts]),
-        np.concatenate([p[2] for p in parts]),
-        list(heads),
-        meta,
-    )
-
-
 __all__ = [
     "HeadInfluenceScorer",
     "BoundProbe",
     "circuit_probe",
     "fit_data_key",
-    "fit_factors",
     "fit_row_ids",
     "iter_row_batches",
     "probe_gradients",
-    "score_corpus",
-    "ScoreTable",
 ]

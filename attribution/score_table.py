@@ -19,6 +19,20 @@ from curate.atomic import atomic_path
 from curate.errors import CurateError
 
 METADATA_KEY = b"curate.scores"
+TAILS = ("top", "bottom")
+
+
+def top_indices(values: np.ndarray, row_ids: np.ndarray, k: int | None = None, tail: str = "top") -> np.ndarray:
+    """Indices of the k best entries, best first: the highest values (`tail` top) or the lowest (bottom); ties go
+    to the lower row id, so the selection never depends on the order rows arrive in. k None: every entry, ranked.
+
+    The one top-k rule of the package: score tables, scores folders (streaming), the scoring job's top files and
+    mixes all select with it."""
+    if tail not in TAILS:
+        raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
+    values = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((np.asarray(row_ids, dtype=np.int64), -values if tail == "top" else values))
+    return order if k is None else order[: max(0, int(k))]
 
 
 @dataclass
@@ -52,10 +66,7 @@ class ScoreTable:
     def top_k(self, k: int, column: str = "score") -> tuple[np.ndarray, np.ndarray]:
         """Row ids of the k highest (builders) and k lowest (suppressors) by `column`, best first; ties by row id."""
         values = self.score if column == "score" else self.column(HeadRef.from_column(column))  # type: ignore[arg-type]
-        k = max(0, min(int(k), len(values)))
-        top = np.lexsort((self.row_id, -values))[:k]
-        bottom = np.lexsort((self.row_id, values))[:k]
-        return self.row_id[top], self.row_id[bottom]
+        return self.row_id[top_indices(values, self.row_id, k, "top")], self.row_id[top_indices(values, self.row_id, k, "bottom")]
 
     @staticmethod
     def concat(tables: list["ScoreTable"]) -> "ScoreTable":

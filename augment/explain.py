@@ -1,105 +1,23 @@
 """What kind of rows carry the influence: structural classes enriched among the top-k rows of a
 scores folder, against the window's base rate, and how heavy the tail is.
 
-A scores folder (written by the scoring pipeline): `summary.json` (at least `corpus`, `circuit`,
-`heads`, `window` [start_step, end_step], `batch_size`) and `shards/*.parquet` with columns
-`row_id`, `step`, `loss`, `head_{L}_{H}` per head and `score`. Shards are streamed one at a time,
-reading only the columns needed.
+The scores folder is read with `attribution.scores_folder` (shards streamed one at a time, reading only
+the columns needed).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from curate.attribution.heads import HeadRef
+from curate.attribution.scores_folder import ScoresFolder, open_scores
 from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
-from curate.atomic import read_json
 from curate.errors import CurateError
 
-SUMMARY_FILE = "summary.json"
-SHARDS_DIR = "shards"
 TAILS = ("top", "bottom")
-
-
-@dataclass
-class ScoresFolder:
-    """A scores folder: its summary and shard files."""
-
-    path: Path
-    summary: dict
-    shards: list[Path]
-    num_rows: int
-    columns: list[str]
-
-    @property
-    def corpus_path(self) -> str:
-        """The scored corpus: `summary.json` `corpus`, relative paths taken from the folder first."""
-        raw = str(self.summary["corpus"])
-        p = Path(raw)
-        if not p.is_absolute() and (self.path / p).exists():
-            return str(self.path / p)
-        return raw
-
-    def column_for(self, head: str | None) -> str:
-        """The score column: `score`, or `head_L_H` for a head written `L.H`."""
-        if head is None:
-            return "score"
-        col = HeadRef.parse(head).column
-        if col not in self.columns:
-            heads = ", ".join(str(h) for h in map(HeadRef.from_column, self.columns) if h is not None)
-            raise CurateError(f"{self.path}: no scores for head {head} (heads scored: {heads or 'none'})")
-        return col
-
-    def iter_columns(self, columns: list[str], batch_rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:
-        """Stream the given columns shard by shard, in batches."""
-        import pyarrow.parquet as pq
-
-        for f in self.shards:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-                yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
-
-
-def open_scores(path: str | Path) -> ScoresFolder:
-    """Open a scores folder; anything missing or malformed is one CurateError line."""
-    import pyarrow.parquet as pq
-
-    folder = Path(path)
-    if not folder.exists():
-        raise CurateError(f"{folder}: scores folder not found")
-    if not folder.is_dir():
-        raise CurateError(f"{folder}: not a folder (expected a scores folder with {SUMMARY_FILE} and {SHARDS_DIR}/)")
-    summary_path = folder / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise CurateError(f"{folder}: no {SUMMARY_FILE} (not a scores folder, or scoring has not finished)")
-    summary = read_json(summary_path, SUMMARY_FILE)
-    if not isinstance(summary, dict) or "corpus" not in summary:
-        raise CurateError(f"{summary_path}: missing the 'corpus' field")
-    shards = sorted((folder / SHARDS_DIR).glob("*.parquet"))
-    if not shards:
-        raise CurateError(f"{folder}: no score shards ({SHARDS_DIR}/*.parquet)")
-    num_rows = 0
-    columns: list[str] | None = None
-    for f in shards:
-        try:
-            pf = pq.ParquetFile(f)
-        except Exception as e:  # pyarrow raises several types for corrupt files
-            raise CurateError(f"{f}: not a readable Parquet file ({type(e).__name__})") from None
-        names = pf.schema_arrow.names
-        for need in ("row_id", "score"):
-            if need not in names:
-                raise CurateError(f"{f}: not a score shard (no {need!r} column)")
-        columns = names if columns is None else [c for c in columns if c in names]
-        num_rows += pf.metadata.num_rows
-    if num_rows == 0:
-        raise CurateError(f"{folder}: the score shards hold no rows")
-    return ScoresFolder(folder, summary, shards, num_rows, columns or [])
 
 
 def parse_top(spec: str | int, total: int, flag: str = "--top") -> int:
@@ -121,32 +39,6 @@ def parse_top(spec: str | int, total: int, flag: str = "--top") -> int:
     return k
 
 
-@dataclass
-class TopRows:
-    """The k best rows by one column (`tail` top: highest first; bottom: lowest first), ties by row id."""
-
-    row_ids: np.ndarray
-    values: np.ndarray
-
-
-def top_rows(scores: ScoresFolder, k: int, column: str = "score", tail: str = "top") -> TopRows:
-    """Streaming top-k over the shards (holds at most k + one batch of rows)."""
-    if tail not in TAILS:
-        raise CurateError(f"--tail {tail!r}: expected one of {', '.join(TAILS)}")
-    sign = 1.0 if tail == "top" else -1.0
-    best_ids = np.zeros(0, dtype=np.int64)
-    best_vals = np.zeros(0, dtype=np.float64)
-    for batch in scores.iter_columns(["row_id", column]):
-        ids = np.concatenate([best_ids, batch["row_id"].astype(np.int64)])
-        vals = np.concatenate([best_vals, sign * batch[column].astype(np.float64)])
-        if len(ids) > k:
-            order = np.lexsort((ids, -vals))[:k]
-            ids, vals = ids[order], vals[order]
-        best_ids, best_vals = ids, vals
-    order = np.lexsort((best_ids, -best_vals))[:k]
-    return TopRows(best_ids[order], sign * best_vals[order])
-
-
 def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", fractions: tuple[float, ...] = (0.01, 0.10)) -> dict[str, float]:
     """Share of the total positive influence (negative for `bottom`) carried by the top 1% and 10% of rows."""
     sign = 1.0 if tail == "top" else -1.0
@@ -156,7 +48,7 @@ def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", 
         total += float(v[v > 0].sum())
     out: dict[str, float] = {}
     ks = {f: max(1, math.ceil(scores.num_rows * f - 1e-9)) for f in fractions}
-    best = top_rows(scores, max(ks.values()), column, tail)
+    best = scores.top_rows(max(ks.values()), column, tail)
     signed = sign * best.values
     for f, k in ks.items():
         carried = float(np.clip(signed[:k], 0.0, None).sum())
@@ -275,7 +167,7 @@ def explain_scores(
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
     tokenizer = _tokenizer_for(corp)
 
-    best = top_rows(scores, k, column, tail)
+    best = scores.top_rows(k, column, tail)
     all_ids = np.concatenate([b["row_id"].astype(np.int64) for b in scores.iter_columns(["row_id"])])
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.attribution.score_table import top_indices
+from curate.attribution.scores_folder import ScoresFolder, Window, open_scored_corpus, open_scores, read_window
 from curate.augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
-from curate.augment.explain import ScoresFolder, open_scores
 from curate.augment.synth import DEFAULT_TOP
 from curate.atomic import atomic_dir, atomic_path, write_json
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
@@ -113,60 +114,6 @@ class MixSpec:
             raise CurateError(f"chunk rows must be positive, got {self.chunk_rows}")
 
 
-@dataclass(frozen=True)
-class Window:
-    """The attribution window: steps [start_step, end_step) at `batch_size` rows per step."""
-
-    start_step: int
-    end_step: int
-    batch_size: int
-
-    @property
-    def first_row(self) -> int:
-        return self.start_step * self.batch_size
-
-    @property
-    def stop_row(self) -> int:
-        return self.end_step * self.batch_size
-
-    @property
-    def rows(self) -> int:
-        return self.stop_row - self.first_row
-
-
-def read_window(scores: ScoresFolder) -> Window:
-    """The window and batch size from `summary.json`; missing or malformed fields are one CurateError line."""
-    where = scores.path / "summary.json"
-    s = scores.summary
-    window = s.get("window")
-    b = s.get("batch_size")
-    if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in window)):
-        raise CurateError(f"{where}: 'window' must be [start_step, end_step], got {window!r}")
-    if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-        raise CurateError(f"{where}: 'batch_size' must be a positive integer, got {b!r}")
-    start, end = window
-    if start < 0 or end <= start:
-        raise CurateError(f"{where}: window {window} is empty or negative")
-    return Window(start, end, b)
-
-
-def open_scored_corpus(scores: ScoresFolder, batch_size: int) -> tuple[Corpus, str]:
-    """The scored corpus and the path to name it by. A data file (`corpus.idx`) inside a corpus folder is
-    opened as that folder, so its corpus.json (tokenizer, vocabulary) comes along."""
-    raw = Path(scores.corpus_path)
-    corpus = open_corpus(raw, batch_size=batch_size)
-    name = raw
-    if corpus.meta is None:
-        folder = Path(corpus.path).parent
-        if (folder / METADATA_FILE).is_file():
-            meta = CorpusMeta.load(folder)
-            data = folder / meta.data
-            same = {data.resolve(), data.with_suffix(".idx").resolve(), data.with_name(data.name + ".idx").resolve()}
-            if Path(corpus.path).resolve() in same:
-                corpus, name = open_corpus(folder, batch_size=batch_size), folder
-    return corpus, str(name.resolve())
-
-
 def window_scores(scores: ScoresFolder, window: Window) -> np.ndarray:
     """Aggregate score of each window row (window-relative index), NaN where unscored; streamed shard by shard."""
     values = np.full(window.rows, np.nan, dtype=np.float64)
@@ -199,7 +146,7 @@ def window_scores(scores: ScoresFolder, window: Window) -> np.ndarray:
 def rank_rows(values: np.ndarray) -> np.ndarray:
     """Indices of the scored entries, highest score first, ties by lower index."""
     scored = np.flatnonzero(~np.isnan(values))
-    return scored[np.lexsort((scored, -values[scored]))]
+    return scored[top_indices(values[scored], scored)]
 
 
 # ---- where added rows come from -------------------------------------------------------------------
@@ -607,7 +554,7 @@ def _manifest(
     spec: MixSpec, scores: ScoresFolder, base: Corpus, base_name: str, window: Window, window_sha: str, counts: dict,
     added: Added | None, n_remove: int, n_add: int, scored: int,
 ) -> dict:
-    inputs: dict = {"scores_summary": file_input(scores.path / "summary.json")}
+    inputs: dict = {"scores_summary": file_input(scores.summary_path)}
     for f in scores.shards:
         inputs[f"scores_shard:{f.name}"] = file_input(f)
     inputs["window_rows"] = rows_input(base, window_sha, row_range=(window.first_row, window.stop_row), path=base_name)

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from curate.attribution.scores_folder import open_scored_corpus, open_scores, read_window
 from curate.augment.checksums import check_out_dir, file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
 from curate.atomic import atomic_dir, write_json
@@ -195,9 +196,6 @@ def corpus_tokenizer(corpus: Corpus) -> TextTokenizer:
 
 def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, top: int = DEFAULT_TOP, seed: int = 0) -> dict:
     """`curate synth`: mine the motifs of the top rows of a scores folder and write `rows` synthetic rows to `out`."""
-    from curate.augment.explain import open_scores, top_rows
-    from curate.augment.mix import open_scored_corpus, read_window
-
     if rows < 1:
         raise CurateError(f"--rows {rows}: must be at least 1")
     if top < 1:
@@ -208,7 +206,7 @@ def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, 
     out = Path(out)
     check_out_dir(out, "synthetic corpus")
     tokenizer = corpus_tokenizer(base)
-    best = top_rows(scores, min(top, scores.num_rows))
+    best = scores.top_rows(min(top, scores.num_rows))
     ids = best.row_ids
     if len(ids) and (ids.min() < 0 or ids.max() >= base.num_rows):
         raise CurateError(f"{scores.path}: scored row {int(ids.max())} is outside {base.path} ({base.num_rows} rows)")
@@ -216,7 +214,7 @@ def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, 
     motifs = mine_motifs(base.take(ids), ids, best.values, tokenizer, vc)
     with atomic_dir(out) as tmp:
         summary = write_synthetic_corpus(tmp, motifs, rows, tokenizer, base.row_len, window.batch_size, seed, base_name, vc)
-        inputs: dict = {"scores_summary": file_input(scores.path / "summary.json")}
+        inputs: dict = {"scores_summary": file_input(scores.summary_path)}
         for f in scores.shards:
             inputs[f"scores_shard:{f.name}"] = file_input(f)
         inputs["motif_rows"] = rows_input(base, rows_sha256(base, ids=ids), ids=ids, path=base_name)

@@ -1,5 +1,5 @@
 """Ray scoring throughput: rows/s of the scoring phase with 1 and 2 actors (one torch thread each), and the
-overhead of the Ray path vs. the in-process path (`attribution.influence.score_corpus`, one thread), measured
+overhead of the Ray path vs. the in-process path (`attribution.scoring.score_corpus`, one thread), measured
 side by side in one run on the same model, corpus, heads, factors and probes. Targets: 2 actors / 1 actor
 >= 1.7; Ray 1 actor vs. in-process <= 10% slower.
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from curate.attribution.heads import HeadRef
-from curate.attribution.influence import score_corpus
+from curate.attribution.scoring import score_corpus
 from curate.atomic import write_json
 from curate.corpus import CorpusMeta, open_corpus
 from curate.pipelines.ray_pool import ray_session

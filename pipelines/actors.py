@@ -1,11 +1,12 @@
-"""The scoring worker: one per Ray actor (or used directly in-process).
+"""The scoring worker of a Ray actor: `attribution.scoring.ScoringWorker` (the per-row work the in-process
+executor runs too) plus what an actor needs.
 
 A worker loads the model, the corpus (memory-mapped) and, once known, the preconditioned probe
 gradients ONCE, then serves three kinds of task on row ranges:
-- `fit_covariance(ids)` / `fit_lambda(bases, ids)`: EK-FAC partial sums (pass 1 / pass 2) of its rows,
-  returned as `state_dict()`s for the driver to merge (`attribution.ekfac`);
-- `score_shard(start, stop, path)`: scores rows [start, stop) with `HeadInfluenceScorer` and writes the
-  shard atomically as a score-table Parquet file (`attribution.score_table`); returns rows, sha256, seconds.
+- `fit_covariance(heads, ids)` / `fit_lambda(heads, bases, ids)`: EK-FAC partial sums (pass 1 / pass 2) of
+  its rows, returned as `state_dict()`s for the driver to merge (`attribution.scoring.ScoringDriver`);
+- `score_shard(start, stop, path)`: scores rows [start, stop) and writes the shard atomically as a
+  score-table Parquet file (`attribution.score_table`); returns rows, sha256, seconds.
 Each worker runs torch with one thread.
 
 Test hooks (fault injection, read by the DRIVER from its environment and passed to the workers):
@@ -21,14 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from curate.attribution.ekfac import EigenBases, EKFACFitter
 from curate.attribution.heads import HeadBlocks, HeadRef
-from curate.attribution.influence import HeadInfluenceScorer, iter_row_batches
-from curate.attribution.score_table import ScoreTable
+from curate.attribution.scoring import ScoringWorker
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import file_sha256
@@ -90,77 +88,23 @@ class WorkerSetup:
     threads: int = 1
 
 
-class ScoreWorker:
-    """Holds a model, a corpus and (after `load_probe`) a scorer; serves fit and score tasks."""
+class ScoreWorker(ScoringWorker):
+    """A Ray actor's `ScoringWorker`: loads the model, the corpus (memory-mapped) and, once known, the
+    preconditioned probe gradients once; writes each scored shard to its file."""
 
     def __init__(self, setup: WorkerSetup, model: nn.Module, preconditioned: dict[HeadRef, HeadBlocks] | None = None) -> None:
         torch.set_num_threads(max(1, int(setup.threads)))
         self.setup = setup
-        self.model = model.to(torch.device(setup.device))
-        self.model.eval()
-        self.corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
-        self.heads = list(setup.heads)
-        self._fitter: EKFACFitter | None = None
-        self.scorer: HeadInfluenceScorer | None = None
+        model = model.to(torch.device(setup.device))
+        model.eval()
+        corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
+        heads = list(setup.heads)
+        super().__init__(model, corpus, heads, setup.mode, setup.seed, setup.batch_rows, setup.vocab_size, setup.shard_meta)
         if preconditioned is not None:
             self.load_probe(preconditioned)
 
     def pid(self) -> int:
         return os.getpid()
-
-    def load_probe(self, preconditioned: dict[HeadRef, HeadBlocks]) -> None:
-        """Build the scorer from the preconditioned probe gradients (once per worker)."""
-        if self.scorer is None:
-            self.scorer = HeadInfluenceScorer(self.model, None, preconditioned, self.heads, self.setup.mode)
-
-    # -- reading ------------------------------------------------------------------------------
-    def _batches(self, ids: np.ndarray):
-        vocab = self.setup.vocab_size
-        for chunk, rows in iter_row_batches(self.corpus, np.asarray(ids, dtype=np.int64), self.setup.batch_rows):
-            if vocab is not None and rows.size and int(rows.max()) >= vocab:
-                r, c = np.argwhere(np.asarray(rows) >= vocab)[0]
-                raise CurateError(
-                    f"{self.corpus.path}: token id {int(rows[r, c])} at row {int(chunk[r])} is outside the model's vocabulary (size {vocab})"
-                )
-            yield chunk, rows
-
-    # -- EK-FAC partial sums ------------------------------------------------------------------
-    def _get_fitter(self) -> EKFACFitter:
-        if self._fitter is None:
-            self._fitter = EKFACFitter(self.model, self.heads, self.setup.mode, seed=self.setup.seed)
-        return self._fitter
-
-    def fit_covariance(self, ids: np.ndarray) -> dict:
-        """Pass 1 partial sums over rows `ids` (a fresh accumulator: the result depends on `ids` only)."""
-        acc = self._get_fitter().covariance_accumulator()
-        for chunk, rows in self._batches(ids):
-            acc.update(rows, chunk)
-        return acc.state_dict()
-
-    def fit_lambda(self, bases_state: dict, ids: np.ndarray) -> dict:
-        """Pass 2 partial sums over rows `ids` in the eigenbases the driver finalized."""
-        acc = self._get_fitter().lambda_accumulator(EigenBases.from_state(bases_state))
-        for chunk, rows in self._batches(ids):
-            acc.update(rows, chunk)
-        state = acc.state_dict()
-        state.pop("bases", None)  # the driver has them; do not ship them back
-        return state
-
-    # -- scoring ------------------------------------------------------------------------------
-    def score_rows(self, start: int, stop: int) -> ScoreTable:
-        """Scores of rows [start, stop) (batches of `batch_rows` from `start`)."""
-        if self.scorer is None:
-            raise CurateError("worker has no probe gradients (load_probe was not called)")
-        ids_all = np.arange(start, stop, dtype=np.int64)
-        ids, losses, scores = [], [], []
-        for chunk, rows in self._batches(ids_all):
-            loss, s = self.scorer.score_batch(rows)
-            ids.append(chunk)
-            losses.append(loss)
-            scores.append(s)
-        row_id = np.concatenate(ids)
-        meta = {**self.setup.shard_meta, "rows": [int(start), int(stop)]}
-        return ScoreTable(row_id, row_id // int(self.setup.batch_size), np.concatenate(losses), np.concatenate(scores), self.heads, meta)
 
     def score_shard(self, start: int, stop: int, path: str) -> dict:
         """Score rows [start, stop) and write them atomically to `path`; returns rows, sha256, wall and CPU seconds."""
@@ -170,4 +114,3 @@ class ScoreWorker:
         table.to_parquet(path)
         return {"rows": len(table), "sha256": file_sha256(Path(path)), "seconds": time.perf_counter() - t0,
                 "cpu_seconds": time.process_time() - c0, "pid": os.getpid()}
-

@@ -214,11 +214,7 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Pa
 
 
 def _complete_scores(folder: Path, fingerprint: str) -> dict | None:
-    path = folder / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return summary if summary.get("fingerprint_hash") == fingerprint else None
+    from curate.attribution.scores_folder import read_summary
+
+    summary = read_summary(folder)
+    return summary if summary is not None and summary.get("fingerprint_hash") == fingerprint else None

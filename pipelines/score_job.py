@@ -12,9 +12,9 @@ Two stages (this module resolves; `pipelines.score_run` runs):
   `<out>/summary.json` last. A rerun skips the shards the manifest lists, so a killed run resumes and
   ends byte-identical to an uninterrupted one.
 
-Output folder: `manifest.json`, `shards/rows-<start>-<stop>.parquet` (score-table schema, see
-`attribution.score_table`), `top_positive.parquet` / `top_negative.parquet` (the k best / worst rows),
-`factors/` (EK-FAC cache), `summary.json`.
+Output folder: a scores folder (`attribution.scores_folder`: `shards/rows-<start>-<stop>.parquet`,
+`top_positive.parquet` / `top_negative.parquet`, `factors/` (EK-FAC cache), `summary.json`) plus the job's
+`manifest.json`.
 """
 from __future__ import annotations
 
@@ -39,11 +39,6 @@ from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
 
-SHARDS_DIR = "shards"
-FACTORS_DIR = "factors"
-SUMMARY_FILE = "summary.json"
-TOP_POSITIVE_FILE = "top_positive.parquet"
-TOP_NEGATIVE_FILE = "top_negative.parquet"
 JOB_VERSION = 1
 DEFAULT_TOP = "10%"
 DEFAULT_BATCH_ROWS = 8
@@ -432,10 +427,3 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
                     fit_ids, data_key, model_fp, fingerprint, notes)
-
-
-def score(req: ScoreRequest, log: Log = lambda s: None) -> dict:
-    """Resolve and run a scoring job; returns the summary."""
-    from curate.pipelines.score_run import run_job
-
-    return run_job(resolve_job(req, log), log)

@@ -1,34 +1,33 @@
 """Running a resolved scoring job (`pipelines.score_job.ScoreJob`) on a pool of Ray actors.
 
-EK-FAC is fitted distributed (actors accumulate partial sums of fit-row shards, the driver merges them in
-shard order and caches the factors), the probe gradients are preconditioned once in the driver, the window's
-row shards are scored by the actors (each writes its shard atomically, the driver records it in the manifest),
-the top-k rows are merged by streaming, and `summary.json` is written last.
+The scoring driver (`attribution.scoring.ScoringDriver`) runs with the Ray executor (`RayExecutor`): EK-FAC is
+fitted distributed (actors accumulate partial sums of fit-row shards, the driver merges them in shard order and
+caches the factors in `<out>/factors/`), the probe gradients are preconditioned once in the driver, the window's
+row shards are scored by the actors (each writes its shard atomically, the driver records it in the manifest);
+then the top-k rows are merged by streaming, and `summary.json` is written last (`attribution.scores_folder`).
 """
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EKFACFactors, LambdaAccumulator
-from curate.attribution.factors_io import load_factors, save_factors
+from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import HeadBlocks, HeadRef
-from curate.attribution.influence import circuit_probe, probe_gradients
-from curate.atomic import atomic_path, write_json
+from curate.attribution.influence import circuit_probe
+from curate.attribution.scores_folder import (
+    FACTORS_DIR, SHARDS_DIR, TOP_NEGATIVE_FILE, TOP_POSITIVE_FILE, begin_results, clear_results,
+    remove_unlisted_shards, shard_file, top_tables, write_summary, write_top_files,
+)
+from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
-from curate.pipelines.score_job import (
-    FACTORS_DIR, SHARDS_DIR, SHOW_TOP, SUMMARY_FILE, TEXT_CHARS, TOP_NEGATIVE_FILE, TOP_POSITIVE_FILE, Log, ScoreJob,
-    ScoreRequest,
-)
-from curate.pipelines.topk import top_rows
+from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob, ScoreRequest
 
 
 # --------------------------------------------------------------------------- progress
@@ -76,32 +75,6 @@ class JobProgress:
 # --------------------------------------------------------------------------- run
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove a previous job's results (manifest, shards, top files, summary); the factor cache stays."""
-    for name in (MANIFEST_FILE, SUMMARY_FILE, TOP_POSITIVE_FILE, TOP_NEGATIVE_FILE):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
-
-
-def _remove_stale_shards(out: Path, manifest: Manifest) -> int:
-    """Delete shard files (and temporaries of killed writers) the manifest does not list."""
-    folder = out / SHARDS_DIR
-    if not folder.is_dir():
-        return 0
-    keep = {Path(rec.file).name for rec in manifest.shards.values()}
-    removed = 0
-    for p in folder.iterdir():
-        if p.is_file() and p.name not in keep:
-            p.unlink()
-            removed += 1
-    return removed
-
-
-def shard_file(start: int, stop: int) -> str:
-    """A shard's path relative to the output folder (names sort in row order)."""
-    return f"{SHARDS_DIR}/rows-{start:012d}-{stop:012d}.parquet"
-
-
 def _worker_count(req: ScoreRequest, session_cpus: int, session_gpus: int, tasks: int) -> int:
     """Actors to start: --workers, else one per CPU (per GPU with cuda); never more than the cluster's CPUs
     (each actor takes one, so more would wait forever) or than there are tasks."""
@@ -127,44 +100,70 @@ def _local_cpus(req: ScoreRequest) -> int:
     return max(1, req.workers if req.workers is not None else (os.cpu_count() or 1))
 
 
-def _split(ids: np.ndarray, size: int) -> list[np.ndarray]:
-    return [ids[a : a + size] for a in range(0, len(ids), size)]
+class RayExecutor:
+    """The scoring driver's executor on a pool of Ray actors (`ScoreWorker`s): partial sums of each fit chunk and
+    the scores of each shard, on whichever actor is free (a dead actor's task is retried on a fresh one); every
+    scored shard is written by its actor and recorded in the manifest."""
 
+    def __init__(self, make_actor, workers: int, job: ScoreJob, manifest: Manifest, progress: JobProgress, rows_todo: int) -> None:
+        from curate.pipelines.ray_pool import ActorPool
 
-def fit_factors_distributed(pool, job: ScoreJob, progress: JobProgress) -> EKFACFactors:
-    """EK-FAC of the job's heads: actors accumulate each fit shard's partial sums, the driver merges them in
-    shard order (deterministic whatever actor ran what) and finalizes."""
-    from curate.pipelines.ray_pool import Task
+        self.job = job
+        self.manifest = manifest
+        self.progress = progress
+        self.rows_todo = rows_todo
+        self.cpu_seconds = 0.0
+        self.precond_ref = None  # actors created after the probe is known (replacing dead ones) get it at once
+        self.pool = ActorPool(lambda: make_actor(self.precond_ref), workers, on_retry=self._note_retry)
 
-    chunks = _split(job.fit_ids, job.request.shard_rows)
-    cov_states: dict[int, dict] = {}
-    progress.phase("fit covariances", len(job.fit_ids))
+    def _note_retry(self, r) -> None:
+        self.manifest.retries.append({**r.to_json(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.manifest.save()
 
-    def keep_cov(task: Task, state: dict) -> None:
-        cov_states[task.key] = state
-        progress.advance(len(chunks[task.key]))
+    def _partials(self, method: str, phase: str, args, chunks: list[np.ndarray]) -> list[dict]:
+        """Partial sums of every chunk, in chunk order (whatever actor ran what)."""
+        from curate.pipelines.ray_pool import Task
 
-    pool.run("fit_covariance", [Task(i, (c,)) for i, c in enumerate(chunks)], keep_cov, phase="fit covariances")
-    cov = CovarianceAccumulator.from_state(cov_states[0])
-    for i in range(1, len(chunks)):
-        cov.merge(CovarianceAccumulator.from_state(cov_states[i]))
-    bases = cov.finalize()
-    bases_state = bases.state_dict()
-    import ray
+        states: dict[int, dict] = {}
+        self.progress.phase(phase, sum(len(c) for c in chunks))
 
-    bases_ref = ray.put(bases_state)
-    lam_states: dict[int, dict] = {}
-    progress.phase("fit eigenvalues", len(job.fit_ids))
+        def keep(task: Task, state: dict) -> None:
+            states[task.key] = state
+            self.progress.advance(len(chunks[task.key]))
 
-    def keep_lam(task: Task, state: dict) -> None:
-        lam_states[task.key] = state
-        progress.advance(len(chunks[task.key]))
+        self.pool.run(method, [Task(i, (*args, c)) for i, c in enumerate(chunks)], keep, phase=phase)
+        return [states[i] for i in range(len(chunks))]
 
-    pool.run("fit_lambda", [Task(i, (bases_ref, c)) for i, c in enumerate(chunks)], keep_lam, phase="fit eigenvalues")
-    lam = LambdaAccumulator.from_state({**lam_states[0], "bases": bases_state})
-    for i in range(1, len(chunks)):
-        lam.merge(LambdaAccumulator.from_state({**lam_states[i], "bases": bases_state}))
-    return lam.finalize(DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR)
+    def fit_covariance(self, heads: list[HeadRef], chunks: list[np.ndarray]) -> list[dict]:
+        return self._partials("fit_covariance", "fit covariances", (heads,), chunks)
+
+    def fit_lambda(self, heads: list[HeadRef], bases_state: dict, chunks: list[np.ndarray]) -> list[dict]:
+        import ray
+
+        return self._partials("fit_lambda", "fit eigenvalues", (heads, ray.put(bases_state)), chunks)
+
+    def score_shards(self, preconditioned: dict[HeadRef, HeadBlocks], shards: list[tuple[int, int]]) -> list[ShardRecord]:
+        """Score the shards on the actors (each writes its file); returns their manifest records."""
+        import ray
+
+        from curate.pipelines.ray_pool import Task
+
+        self.precond_ref = ray.put(preconditioned)
+        self.pool.call_all("load_probe", self.precond_ref)
+        self.progress.phase("score", self.job.num_rows, self.job.num_rows - self.rows_todo)
+        out = self.job.out
+        records: list[ShardRecord] = []
+
+        def record(task: Task, result: dict) -> None:
+            self.cpu_seconds += float(result.get("cpu_seconds", 0.0))
+            a, b = task.key
+            rec = ShardRecord(a, b, shard_file(a, b), result["sha256"], int(result["rows"]), round(float(result["seconds"]), 3), task.attempts)
+            self.manifest.record(rec)
+            records.append(rec)
+            self.progress.advance(b - a)
+
+        self.pool.run("score_shard", [Task((a, b), (a, b, str(out / shard_file(a, b)))) for a, b in shards], record, phase="score")
+        return records
 
 
 DRIVER_THREADS = 1
@@ -185,17 +184,16 @@ def run_job(job: ScoreJob, log: Log = lambda s: None) -> dict:
 def _run_job(job: ScoreJob, log: Log) -> dict:
     import ray
 
-    from curate.pipelines.ray_pool import ActorPool, Retry, Task, ray_session
+    from curate.pipelines.ray_pool import Retry, ray_session
 
     req = job.request
     t_start = time.perf_counter()
     out = job.out
     if req.force:
-        _clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY_FILE).unlink(missing_ok=True)  # summary.json present = the job is complete
+        clear_results(out, also=(MANIFEST_FILE,))
+    begin_results(out)  # summary.json present = the job is complete
     manifest = Manifest.open(out, job.fingerprint, force=req.force)
-    stale = _remove_stale_shards(out, manifest)
+    stale = remove_unlisted_shards(out, {Path(rec.file).name for rec in manifest.shards.values()})
     if stale:
         log(f"removed {stale} unrecorded shard file(s) an interrupted run left behind")
     shards = job.shards()
@@ -226,62 +224,29 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
             remote_cls = ray.remote(ScoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
             where = f"joined {req.ray_address}" if req.ray_address else "local"
             log(f"ray: {where} ({session.cpus} CPUs, {session.gpus} GPUs); {workers_used} worker(s), {len(todo)} shard(s) to score")
-            precond_ref = None
 
-            def make_actor():
-                return remote_cls.remote(setup, model_ref, precond_ref)
-
-            def note_retry(r: Retry) -> None:
-                manifest.retries.append({**r.to_json(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                manifest.save()
-
-            pool = ActorPool(make_actor, workers_used, on_retry=note_retry)
+            executor = RayExecutor(lambda precond_ref: remote_cls.remote(setup, model_ref, precond_ref), workers_used, job,
+                                   manifest, progress, rows_todo)
+            fit = FactorFit(job.fit_ids, job.data_key, DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, req.shard_rows)
+            driver = ScoringDriver(executor, job.model, job.heads, req.mode, fit, out / FACTORS_DIR, job.model_fp)
             try:
-                # factors: the cache, else a distributed fit
-                t0 = time.perf_counter()
-                cache = out / FACTORS_DIR
-                factors, missing = load_factors(cache, job.heads, req.mode, job.model_fp, DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, job.data_key)
-                if missing:
-                    fresh = fit_factors_distributed(pool, job, progress)
-                    save_factors(cache, fresh, job.model_fp, job.data_key)
-                    factors = factors.merged_with(fresh).subset(job.heads)
-                    fitted = f"fitted on {len(job.fit_ids)} rows"
-                else:
-                    fitted = "loaded from the cache"
-                seconds_fit = time.perf_counter() - t0
+                factors = driver.fit_factors()
+                fitted = f"fitted on {len(job.fit_ids)} rows" if driver.fitted else "loaded from the cache"
+                seconds_fit = driver.seconds_fit
                 # probe gradients, preconditioned once in the driver, shipped once per actor
                 probe_fn, shared = circuit_probe(job.circuit, job.probes)
-                grads = probe_gradients(job.model, probe_fn, job.heads, req.mode, shared=shared)
-                precond: dict[HeadRef, HeadBlocks] = factors.precondition(grads)
-                precond_ref = ray.put(precond)
-                pool.call_all("load_probe", precond_ref)
-                # scoring
+                preconditioned = driver.precondition(factors, probe_fn, shared)
                 t1 = time.perf_counter()
-                progress.phase("score", job.num_rows, job.num_rows - rows_todo)
-
-                def record(task: Task, result: dict) -> None:
-                    nonlocal cpu_score
-                    cpu_score += float(result.get("cpu_seconds", 0.0))
-                    a, b = task.key
-                    manifest.record(ShardRecord(a, b, shard_file(a, b), result["sha256"], int(result["rows"]),
-                                                round(float(result["seconds"]), 3), task.attempts))
-                    progress.advance(b - a)
-
-                tasks = [Task((a, b), (a, b, str(out / shard_file(a, b)))) for a, b in todo]
-                pool.run("score_shard", tasks, record, phase="score")
+                driver.score(preconditioned, todo)
                 seconds_score = time.perf_counter() - t1
-                retries = list(pool.retries)
+                cpu_score = executor.cpu_seconds
+                retries = list(executor.pool.retries)
             finally:
-                pool.shutdown()
+                executor.pool.shutdown()
 
     # -- top-k, by streaming the shard files
-    files = [out / shard_file(a, b) for a, b in shards]
-    best, worst = top_rows(files, job.top_k)
-    import pyarrow.parquet as pq
-
-    for table, name in ((best, TOP_POSITIVE_FILE), (worst, TOP_NEGATIVE_FILE)):
-        with atomic_path(out / name) as tmp:
-            pq.write_table(table, tmp)
+    best, worst = top_tables([out / shard_file(a, b) for a, b in shards], job.top_k)
+    write_top_files(out, best, worst)
     positive = describe_rows(job.corpus, best.slice(0, SHOW_TOP))
     negative = describe_rows(job.corpus, worst.slice(0, SHOW_TOP))
 
@@ -329,7 +294,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "notes": job.notes + list(job.localization.notes),
         "fingerprint_hash": fingerprint_hash(job.fingerprint),
     }
-    write_json(out / SUMMARY_FILE, summary)
+    write_summary(out, summary)  # last: the folder is complete
     return summary
 
 

@@ -10,7 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from curate.augment.explain import explain_scores, open_scores, parse_top, tail_shares, top_rows, wilson_interval
+from curate.attribution.scores_folder import open_scores
+from curate.augment.explain import explain_scores, parse_top, tail_shares, wilson_interval
 from curate.augment.features import (
     DISTANCE_BINS,
     StructureSpec,
@@ -266,7 +267,7 @@ def test_explain_equals_hand_computation(scores_dir: Path, corpus_dir: Path) -> 
 
 def test_explain_bottom_tail_head_column_and_sampled_base(scores_dir: Path) -> None:
     folder = open_scores(scores_dir)
-    best = top_rows(folder, 5, "score", "bottom")
+    best = folder.top_rows(5, "score", "bottom")
     assert np.all(np.diff(best.values) >= 0)  # lowest first
     shares = tail_shares(folder, "score", "bottom")
     assert 0 < shares["top_1%"] < shares["top_10%"] <= 1
@@ -338,7 +339,7 @@ def test_cli_index_and_neighbors(scores_dir: Path, corpus_dir: Path, labels: lis
     code, out, err = run_cli(["neighbors", "--top", "3", "--scores", scores_dir, "--json"], monkeypatch, capsys)
     assert code == 0, err
     res = json.loads(out)
-    best = top_rows(open_scores(scores_dir), 3)
+    best = open_scores(scores_dir).top_rows(3)
     assert [q["row_id"] for q in res["queries"]] == best.row_ids.tolist()
     assert all(len(q["neighbors"]) == 10 for q in res["queries"])
     code, out, err = run_cli(["neighbors", "--top", "2", "--scores", scores_dir, "--k", "2"], monkeypatch, capsys)

@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curate.attribution.influence import score_corpus
+from curate.attribution.scoring import score_corpus
 from curate.attribution.score_table import ScoreTable
 from curate.errors import CurateError
-from curate.pipelines.score_job import ScoreRequest, resolve_job, score
+from curate.pipelines.score_job import ScoreRequest, resolve_job
 from curate.pipelines.score_run import run_job
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
@@ -55,6 +55,10 @@ def request(tiny: dict, out: Path, **kw) -> ScoreRequest:
                 batch_rows=BATCH_ROWS, shard_rows=SHARD_ROWS, fit_rows=48, top="10%", progress=False)
     args.update(kw)
     return ScoreRequest(**args)
+
+
+def score(req: ScoreRequest) -> dict:
+    return run_job(resolve_job(req))
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -200,3 +204,38 @@ def test_driver_killed_then_rerun_resumes_identically(reference, tiny, ray_addre
     assert (s["shards_skipped"], s["shards_scored"]) == (done, 8 - done)
     assert shard_bytes(out) == reference["bytes"]
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(reference["bytes"])  # no temporaries left
+
+
+def factor_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
+
+
+def test_one_driver_two_executors_same_factors_and_scores(reference, tiny, monkeypatch):
+    """The in-process executor, chunked like the Ray shards, fits byte-identical factors and scores identically;
+    the cache it writes is used by a Ray run (no refit), and the Ray run's cache by the in-process path."""
+    from curate.attribution.ekfac import EKFACFitter
+
+    job, ref_out = reference["job"], reference["out"]
+    cache = tiny["base"] / "inproc-factors"
+    inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=BATCH_ROWS, fit_rows=48,
+                          seed=0, probes=job.probes, factor_cache=cache, shard_rows=SHARD_ROWS)
+    assert factor_bytes(cache) == factor_bytes(ref_out / "factors")
+    ray_table = all_scores(ref_out)
+    np.testing.assert_array_equal(inproc.row_id, ray_table.row_id)
+    np.testing.assert_array_equal(inproc.loss, ray_table.loss)
+    np.testing.assert_array_equal(inproc.head_scores, ray_table.head_scores)
+    # a Ray run on the in-process cache loads it, and matches the reference run
+    out = tiny["base"] / "from-inproc-cache"
+    out.mkdir()
+    shutil.copytree(cache, out / "factors")
+    s = score(request(tiny, out))
+    assert s["factors"] == "loaded from the cache"
+    assert shard_bytes(out) == reference["bytes"]
+    # and the in-process path on the Ray cache fits nothing
+    def no_fit(*a, **k):
+        raise AssertionError("factors were refitted although cached")
+
+    monkeypatch.setattr(EKFACFitter, "covariance_accumulator", no_fit)
+    again = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=BATCH_ROWS, fit_rows=48,
+                         seed=0, probes=job.probes, factor_cache=ref_out / "factors", shard_rows=SHARD_ROWS)
+    np.testing.assert_array_equal(again.head_scores, inproc.head_scores)

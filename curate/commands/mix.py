@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Write the window's rows in a new order (top rows removed and/or rows added) as .bin/.idx + provenance + plan."""
-        from curate.augment.explain import open_scores
+        from curate.attribution.scores_folder import open_scores
         from curate.augment.mix import MixSpec, build_mix, default_slug
 
         spec = MixSpec(remove=remove, augment=augment, source=source, pool=pool, at_step=at_step, control=control, seed=seed, top=top)

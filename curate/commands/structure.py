@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
-        from curate.augment.explain import open_scores
+        from curate.attribution.scores_folder import open_scores
         from curate.augment.index import IndexParams, build_index
         from curate.augment.neighbors import INDEX_SUBDIR
 
