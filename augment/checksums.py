@@ -17,7 +17,7 @@ import numpy as np
 from curate.atomic import write_json, read_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from curate.pipelines.manifest import file_sha256
+from curate.atomic import file_sha256
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

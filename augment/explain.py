@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from curate.amounts import parse_amount
 from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
 from curate.atomic import read_json
@@ -106,25 +107,6 @@ def open_scores(path: str | Path) -> ScoresFolder:
     return ScoresFolder(folder, summary, shards, num_rows, columns or [])
 
 
-def parse_top(spec: str | int, total: int, flag: str = "--top") -> int:
-    """`10%` (of `total`, rounded up, at least 1) or a row count `500`; bad values are one CurateError line."""
-    text = str(spec).strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not (0.0 < pct <= 100.0) or math.isnan(pct):
-                raise ValueError
-            return max(1, math.ceil(total * pct / 100.0 - 1e-9))
-        k = int(text)
-    except ValueError:
-        raise CurateError(f"{flag} {spec!r}: expected a percentage in (0, 100] like 10% or a positive row count like 500") from None
-    if k < 1:
-        raise CurateError(f"{flag} {spec!r}: must be at least 1 row")
-    if k > total:
-        raise CurateError(f"{flag} {spec!r}: more rows than the {total} scored")
-    return k
-
-
 @dataclass
 class TopRows:
     """The k best rows by one column (`tail` top: highest first; bottom: lowest first), ties by row id."""
@@ -159,7 +141,7 @@ def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", 
         v = sign * batch[column].astype(np.float64)
         total += float(v[v > 0].sum())
     out: dict[str, float] = {}
-    ks = {f: max(1, math.ceil(scores.num_rows * f - 1e-9)) for f in fractions}
+    ks = {f: parse_amount(f"{f * 100:g}%", scores.num_rows) for f in fractions}
     best = top_rows(scores, max(ks.values()), column, tail)
     signed = sign * best.values
     for f, k in ks.items():
@@ -275,7 +257,7 @@ def explain_scores(
     if base_sample < 1:
         raise CurateError(f"--base-sample {base_sample}: must be positive")
     column = scores.column_for(head)
-    k = parse_top(top, scores.num_rows)
+    k = parse_amount(top, scores.num_rows, "top")
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
     tokenizer = _tokenizer_for(corp)
 

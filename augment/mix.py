@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.amounts import parse_amount
 from curate.augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.explain import ScoresFolder, open_scores
 from curate.augment.synth import DEFAULT_TOP
@@ -53,35 +54,6 @@ _SEED_REMOVE, _SEED_ADD, _SEED_ORDER = 1, 2, 3
 
 
 # ---- options --------------------------------------------------------------------------------------
-def parse_amount(text: str, flag: str, total: int) -> int:
-    """`2%` (of `total`), a fraction `0.02`, or a row count `500` -> rows; nonsense is one CurateError line."""
-    raw = str(text).strip()
-    usage = f"{flag} {text!r}: expected a percentage in (0, 100] like 2%, a fraction in (0, 1] like 0.02, or a row count like 500"
-    try:
-        if raw.endswith("%"):
-            pct = float(raw[:-1])
-            if not math.isfinite(pct) or not 0.0 < pct <= 100.0:
-                raise ValueError
-            n = math.floor(total * pct / 100.0 + 0.5)
-        elif re.fullmatch(r"\d+", raw):
-            n = int(raw)
-            if n < 1:
-                raise CurateError(f"{flag} {text!r}: must be at least 1 row (leave the option out for none)")
-            if n > total:
-                raise CurateError(f"{flag} {text!r}: more rows than the {total}-row window")
-            return n
-        else:
-            frac = float(raw)
-            if not math.isfinite(frac) or not 0.0 < frac <= 1.0:
-                raise ValueError
-            n = math.floor(total * frac + 0.5)
-    except ValueError:
-        raise CurateError(usage) from None
-    if n < 1:
-        raise CurateError(f"{flag} {text!r}: of the {total}-row window that rounds to 0 rows")
-    return n
-
-
 @dataclass(frozen=True)
 class MixSpec:
     """What `build-mix` does (the CLI's options)."""
@@ -429,8 +401,8 @@ def build_mix(scores_path: str | Path, out: str | Path, spec: MixSpec) -> MixRes
             f"but {base.path} has {base.num_rows}"
         )
     total = window.rows
-    n_remove = parse_amount(spec.remove, "--remove", total) if spec.remove is not None else 0
-    n_add = parse_amount(spec.augment, "--augment", total) if spec.augment is not None else 0
+    n_remove = parse_amount(spec.remove, total, "remove") if spec.remove is not None else 0
+    n_add = parse_amount(spec.augment, total, "augment") if spec.augment is not None else 0
     out = Path(out)
     check_out_dir(out, "mix")
     if spec.pool is not None and spec.control is None and not Path(spec.pool).exists():

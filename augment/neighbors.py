@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.augment.explain import open_scores, parse_top, top_rows
+from curate.amounts import parse_amount
+from curate.augment.explain import open_scores, top_rows
 from curate.augment.index import load_index
 from curate.augment.tags import main_segment, tag_text
 from curate.corpus import Corpus, open_corpus
@@ -85,7 +86,7 @@ def find_neighbors(
         query_ids = np.array([row_id], dtype=np.int64)
         query_scores: list[float | None] = [_score_of(scores, row_id)]
     else:
-        best = top_rows(scores, parse_top(top, scores.num_rows), "score", "top")
+        best = top_rows(scores, parse_amount(top, scores.num_rows, "top"), "score", "top")
         query_ids = best.row_ids
         query_scores = [float(v) for v in best.values]
     index_corpus = idx.corpus()

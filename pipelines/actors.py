@@ -31,7 +31,7 @@ from curate.attribution.influence import HeadInfluenceScorer, iter_row_batches
 from curate.attribution.score_table import ScoreTable
 from curate.corpus import open_corpus
 from curate.errors import CurateError
-from curate.pipelines.manifest import file_sha256
+from curate.atomic import file_sha256
 
 FAULT_KILL_ENV = "CURATE_FAULT_KILL_ACTOR_AT_SHARD"
 FAULT_MARKER_ENV = "CURATE_FAULT_MARKER"

@@ -258,7 +258,7 @@ def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, cap
     assert [p["step"] for p in arm_points] == list(range(0, 101, 10))
     # the same weights at step 0; after it the arm trains with the Pythia optimizer settings (TrainSpec's
     # defaults and its own schedule: an external model is not the embedded default), the baseline with
-    # DEFAULT_TRAINING's
+    # the reference recipe's (training.recipes)
     assert arm_points[0]["previous_token"] == base_points[0]["previous_token"]
     assert arm_points[0]["loss"] == base_points[0]["loss"]
     assert arm_points[-1]["heldout_loss"] < arm_points[0]["heldout_loss"] - 0.5

@@ -10,7 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from curate.augment.explain import explain_scores, open_scores, parse_top, tail_shares, top_rows, wilson_interval
+from curate.amounts import parse_amount
+from curate.augment.explain import explain_scores, open_scores, tail_shares, top_rows, wilson_interval
 from curate.augment.features import (
     DISTANCE_BINS,
     StructureSpec,
@@ -281,11 +282,11 @@ def test_wilson_and_parse_top() -> None:
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     lo, hi = wilson_interval(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    assert parse_top("10%", 3200) == 320 and parse_top("0.01%", 3200) == 1 and parse_top("7", 10) == 7
-    assert parse_top("33%", 10) == 4
+    assert parse_amount("10%", 3200) == 320 and parse_amount("0.01%", 3200) == 1 and parse_amount("7", 10) == 7
+    assert parse_amount("33%", 10) == 4
     for bad in ("0", "-3", "0%", "101%", "abc", "11", "nan%", ""):
-        with pytest.raises(CurateError, match="--top"):
-            parse_top(bad, 10)
+        with pytest.raises(CurateError, match="top"):
+            parse_amount(bad, 10, "top")
 
 
 # -- the commands ------------------------------------------------------------------------------------
@@ -365,8 +366,8 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
     cases = [
         (["explain", tmp_path / "missing"], "scores folder not found"),
         (["explain", tmp_path], "no summary.json"),
-        (["explain", scores_dir, "--top", "abc"], "--top"),
-        (["explain", scores_dir, "--top", "0%"], "--top"),
+        (["explain", scores_dir, "--top", "abc"], "top 'abc'"),
+        (["explain", scores_dir, "--top", "0%"], "top '0%'"),
         (["explain", scores_dir, "--top", "999999"], "more rows than"),
         (["explain", scores_dir, "--head", "9.9"], "no scores for head 9.9"),
         (["explain", scores_dir, "--tail", "middle"], "--tail"),

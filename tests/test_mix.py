@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.augment.features import repetition_features
-from curate.augment.mix import MixSpec, build_mix, parse_amount
+from curate.amounts import parse_amount
+from curate.augment.mix import MixSpec, build_mix
 from corpus_helpers import run_cli
 from curate.corpus import open_corpus
 from curate.errors import CurateError
@@ -62,21 +63,22 @@ def _multiset(rows: np.ndarray) -> Counter:
 # -- amounts ------------------------------------------------------------------------------------------
 
 def test_parse_amount_forms() -> None:
-    assert parse_amount("2%", "--augment", 1000) == 20
-    assert parse_amount("0.02", "--augment", 1000) == 20
-    assert parse_amount("20", "--augment", 1000) == 20
-    assert parse_amount("1", "--augment", 1000) == 1  # an integer is a row count, not 100%
-    assert parse_amount("1.0", "--augment", 1000) == 1000
-    assert parse_amount("100%", "--remove", 768) == 768
-    assert parse_amount("10%", "--remove", 768) == 77  # 76.8 rounds to nearest
-    assert parse_amount(" 2.5% ", "--remove", 200) == 5
+    assert parse_amount("2%", 1000) == 20
+    assert parse_amount("0.02", 1000) == 20
+    assert parse_amount("20", 1000) == 20
+    assert parse_amount("1", 1000) == 1  # an integer is a row count, not 100%
+    assert parse_amount("1.0", 1000) == 1000
+    assert parse_amount("100%", 768) == 768
+    assert parse_amount("10%", 768) == 77  # 76.8 rounds up
+    assert parse_amount(" 2.5% ", 200) == 5
+    assert parse_amount("0.0001", 1000) == 1  # a share is at least one row
 
 
-@pytest.mark.parametrize("text", ["-3%", "150%", "abc", "0%", "0", "0.0", "1.5", "nan%", "inf", "", "5000", "2%%", "0.0001"])
+@pytest.mark.parametrize("text", ["-3%", "150%", "abc", "0%", "0", "0.0", "1.5", "nan%", "inf", "", "5000", "2%%"])
 def test_parse_amount_rejects_nonsense(text: str) -> None:
     with pytest.raises(CurateError) as e:
-        parse_amount(text, "--remove", 1000)
-    assert "\n" not in str(e.value) and str(e.value).startswith(f"--remove {text!r}")
+        parse_amount(text, 1000, "remove")
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"remove {text!r}")
 
 
 # -- what a mix holds ---------------------------------------------------------------------------------
@@ -197,11 +199,11 @@ def test_build_mix_command_default_folder(setup, tmp_path, monkeypatch, capsys) 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--remove", "-3%"], "--remove '-3%': expected a percentage"),
-    (["--remove", "150%"], "--remove '150%': expected a percentage"),
-    (["--augment", "abc"], "--augment 'abc': expected a percentage"),
-    (["--remove", "0"], "--remove '0': must be at least 1 row"),
-    (["--remove", "100000"], "--remove '100000': more rows than the 768-row window"),
+    (["--remove", "-3%"], "remove '-3%': expected a percentage"),
+    (["--remove", "150%"], "remove '150%': expected a percentage"),
+    (["--augment", "abc"], "augment 'abc': expected a percentage"),
+    (["--remove", "0"], "remove '0': must be at least 1 row"),
+    (["--remove", "100000"], "remove '100000': more rows than the 768 there are"),
     ([], "nothing to do: give --remove and/or --augment"),
     (["--augment", "2%", "--source", "bogus"], "--source 'bogus': expected one of top, neighbors, synthetic"),
     (["--augment", "2%", "--at-step", "60"], "--at-step 60: outside the window (steps 2 to 49)"),
