@@ -118,7 +118,7 @@ class TopRows:
 def top_rows(scores: ScoresFolder, k: int, column: str = "score", tail: str = "top") -> TopRows:
     """Streaming top-k over the shards (holds at most k + one batch of rows)."""
     if tail not in TAILS:
-        raise CurateError(f"--tail {tail!r}: expected one of {', '.join(TAILS)}")
+        raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
     sign = 1.0 if tail == "top" else -1.0
     best_ids = np.zeros(0, dtype=np.int64)
     best_vals = np.zeros(0, dtype=np.float64)
@@ -253,9 +253,9 @@ def explain_scores(
     """Enrichment of structural classes among the top rows of a scores folder, and the tail's weight."""
     scores = open_scores(path)
     if tail not in TAILS:
-        raise CurateError(f"--tail {tail!r}: expected one of {', '.join(TAILS)}")
+        raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
     if base_sample < 1:
-        raise CurateError(f"--base-sample {base_sample}: must be positive")
+        raise CurateError(f"base sample {base_sample}: must be positive")
     column = scores.column_for(head)
     k = parse_amount(top, scores.num_rows, "top")
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
@@ -266,7 +266,7 @@ def explain_scores(
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)
     if len(all_ids) and (all_ids.max() >= corp.num_rows):
-        raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); pass --corpus")
+        raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); give the corpus that was scored")
 
     top_tags = tag_corpus_rows(corp, best.row_ids, tokenizer)
     base_tags = tag_corpus_rows(corp, base_ids, tokenizer)

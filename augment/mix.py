@@ -70,17 +70,17 @@ class MixSpec:
 
     def validate(self) -> None:
         if self.remove is None and self.augment is None:
-            raise CurateError("nothing to do: give --remove and/or --augment")
+            raise CurateError("nothing to do: give rows to remove and/or rows to add")
         if self.source not in SOURCES:
-            raise CurateError(f"--source {self.source!r}: expected one of {', '.join(SOURCES)}")
+            raise CurateError(f"source {self.source!r}: expected one of {', '.join(SOURCES)}")
         if self.control is not None and self.control not in CONTROLS:
-            raise CurateError(f"--control {self.control!r}: expected one of {', '.join(CONTROLS)}")
+            raise CurateError(f"control {self.control!r}: expected one of {', '.join(CONTROLS)}")
         if self.augment is None and self.at_step is not None:
-            raise CurateError("--at-step places added rows: it needs --augment")
+            raise CurateError("at_step places added rows: it needs rows to add (augment)")
         if self.pool is not None and (self.augment is None or self.source == "top"):
-            raise CurateError("--pool is where added rows come from: it needs --augment with --source neighbors or synthetic")
+            raise CurateError("a pool is where added rows come from: it needs rows to add (augment) from neighbors or synthetic")
         if self.top < 1:
-            raise CurateError(f"--top {self.top}: must be at least 1")
+            raise CurateError(f"top {self.top}: must be at least 1")
         if self.chunk_rows < 1:
             raise CurateError(f"chunk rows must be positive, got {self.chunk_rows}")
 
@@ -222,7 +222,7 @@ def _neighbor_rows(
             inputs["pool_index"] = file_input(index.folder / "index.faiss")
         pool_corpus = index.corpus()
         if pool_corpus.row_len != base.row_len:
-            raise CurateError(f"--pool {pool_corpus.path}: rows of {pool_corpus.row_len} tokens, the scored corpus has {base.row_len}")
+            raise CurateError(f"pool {pool_corpus.path}: rows of {pool_corpus.row_len} tokens, the scored corpus has {base.row_len}")
         same = _same_corpus(pool_corpus, base)
         pool_name = base_name if same else pool_name
         q = ranked[: min(spec.top, len(ranked))] + window.first_row
@@ -244,7 +244,7 @@ def _neighbor_rows(
     if len(chosen) < need:
         where = "outside the window " if same else ""
         raise CurateError(
-            f"--pool {pool_corpus.path}: only {len(chosen)} distinct neighbour rows {where}found for the top rows; --augment needs {need}"
+            f"pool {pool_corpus.path}: only {len(chosen)} distinct neighbour rows {where}found for the top rows; {need} rows are to be added"
         )
     rows = chosen[:need].astype(np.int64)
     rng = np.random.default_rng([spec.seed, _SEED_ORDER])
@@ -268,9 +268,9 @@ def _synthetic_rows(
     if spec.pool is not None:
         pool = open_corpus(spec.pool)
         if pool.row_len != base.row_len:
-            raise CurateError(f"--pool {spec.pool}: rows of {pool.row_len} tokens, the scored corpus has {base.row_len}")
+            raise CurateError(f"pool {spec.pool}: rows of {pool.row_len} tokens, the scored corpus has {base.row_len}")
         if pool.num_rows < need:
-            raise CurateError(f"--pool {spec.pool}: {pool.num_rows} synthetic rows, --augment needs {need}")
+            raise CurateError(f"pool {spec.pool}: {pool.num_rows} synthetic rows, {need} are to be added")
         rows = np.arange(need, dtype=np.int64)
         name = str(Path(spec.pool).resolve())
         inputs = {"pool_rows": rows_input(pool, rows_sha256(pool, row_range=(0, need)), row_range=(0, need), path=name)}
@@ -298,11 +298,11 @@ def placement(added: int, kept: int, window: Window, at_step: int | None) -> tup
     b = window.batch_size
     if at_step is not None:
         if not window.start_step <= at_step < window.end_step:
-            raise CurateError(f"--at-step {at_step}: outside the window (steps {window.start_step} to {window.end_step - 1})")
+            raise CurateError(f"at step {at_step}: outside the window (steps {window.start_step} to {window.end_step - 1})")
         rel = (at_step - window.start_step) * b
         if rel > kept:
             raise CurateError(
-                f"--at-step {at_step}: after the removal only {kept} window rows remain, which end before step {at_step}"
+                f"at step {at_step}: after the removal only {kept} window rows remain, which end before step {at_step}"
             )
         return np.full(added, rel, dtype=np.int64), {"step": int(at_step)}
     steps = kept // b
@@ -406,10 +406,10 @@ def build_mix(scores_path: str | Path, out: str | Path, spec: MixSpec) -> MixRes
     out = Path(out)
     check_out_dir(out, "mix")
     if spec.pool is not None and spec.control is None and not Path(spec.pool).exists():
-        raise CurateError(f"--pool {spec.pool}: no such file or folder")
+        raise CurateError(f"pool {spec.pool}: no such file or folder")
     kept_count = total - n_remove
     if kept_count + n_add == 0:
-        raise CurateError(f"--remove {spec.remove}: removes every window row and nothing is added; the mix would be empty")
+        raise CurateError(f"remove {spec.remove}: removes every window row and nothing is added; the mix would be empty")
     anchors, plan_place = placement(n_add, kept_count, window, spec.at_step) if n_add else (np.zeros(0, np.int64), {})
 
     values = window_scores(scores, window)

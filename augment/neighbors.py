@@ -74,9 +74,9 @@ def find_neighbors(
 ) -> dict:
     """Neighbours of one row of the scored corpus, or of its top rows by score, from the structure index."""
     if (row_id is None) == (top is None):
-        raise CurateError("give either a row id or --top K (not both, not neither)")
+        raise CurateError("give either a row id or a top-rows amount (not both, not neither)")
     if k < 1:
-        raise CurateError(f"--k {k}: must be at least 1")
+        raise CurateError(f"k {k}: neighbours per row must be at least 1")
     scores = open_scores(scores_path)
     idx = load_index(Path(index) if index is not None else scores.path / INDEX_SUBDIR)
     query_corpus = open_corpus(scores.corpus_path)

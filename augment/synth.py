@@ -199,9 +199,9 @@ def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, 
     from curate.augment.mix import open_scored_corpus, read_window
 
     if rows < 1:
-        raise CurateError(f"--rows {rows}: must be at least 1")
+        raise CurateError(f"rows {rows}: must be at least 1")
     if top < 1:
-        raise CurateError(f"--top {top}: must be at least 1")
+        raise CurateError(f"top {top}: must be at least 1")
     scores = open_scores(scores_path)
     window = read_window(scores)
     base, base_name = open_scored_corpus(scores, window.batch_size)

@@ -517,7 +517,7 @@ BAD = [
     (["--scales", "--sizes", "32x2,48x2"], "at least three model sizes"),
     (["--scales", "--sizes", "32x2,abc,48x2"], "'abc' is not HIDDENxLAYERS"),
     (["--scales", "--sizes", "30x1,32x2,48x2"], "hidden size 30 is not a multiple of the 4 attention heads"),
-    (["--config", "{base}/missing.json"], "--config file not found"),
+    (["--config", "{base}/missing.json"], "missing.json: model config file not found"),
     (["--corpus", "{base}/missing-corpus"], "no such file or folder"),
 ]
 

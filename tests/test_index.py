@@ -370,7 +370,7 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
         (["explain", scores_dir, "--top", "0%"], "top '0%'"),
         (["explain", scores_dir, "--top", "999999"], "more rows than"),
         (["explain", scores_dir, "--head", "9.9"], "no scores for head 9.9"),
-        (["explain", scores_dir, "--tail", "middle"], "--tail"),
+        (["explain", scores_dir, "--tail", "middle"], "tail 'middle'"),
         (["index", tmp_path / "missing"], "scores folder not found"),
         (["index", scores_dir, "--kind", "lsh"], "index kind"),
         (["neighbors", "--scores", scores_dir], "either ROW_ID or --top"),

@@ -207,7 +207,7 @@ def test_checkpoint_step_specs():
     assert parse_checkpoint_steps("none", 50) == [50]
     assert parse_checkpoint_steps("7, 12", 50, start_step=10) == [12, 50]
     for bad in ("every:0", "log:x", "sometimes", "-3"):
-        with pytest.raises(CurateError, match="--checkpoints"):
+        with pytest.raises(CurateError, match="checkpoint steps"):
             parse_checkpoint_steps(bad, 50)
 
 
@@ -418,7 +418,7 @@ def test_cli_trains_and_rejects_bad_input(monkeypatch, capsys, corpus_dir, tmp_p
         ([*common, "--out", str(tmp_path / "b1"), "--plan", str(bad_plan)], "more than once"),
         ([*common, "--out", str(tmp_path / "run")], "already holds a run"),
         (["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "9"], "continues a run as it was"),
-        ([*common, "--out", str(tmp_path / "b2"), "--checkpoints", "often"], "--checkpoints"),
+        ([*common, "--out", str(tmp_path / "b2"), "--checkpoints", "often"], "checkpoint steps 'often'"),
         (["train", "--corpus", str(corpus_dir), "--steps", "3", "--out", str(tmp_path / "b3"), "--from", str(tmp_path / "nope")], "model folder not found"),
         (["train", "--corpus", str(tmp_path / "nothing.idx"), "--config", str(config), "--out", str(tmp_path / "b4")], "index file not found"),
         (["train", "--corpus", str(corpus_dir), "--config", str(config)], "--out is required"),

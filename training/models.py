@@ -38,11 +38,11 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """A `--config` JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
+    """A model config JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
     from curate.atomic import read_json
 
     p = Path(path).expanduser()
-    raw = read_json(p, "--config file")
+    raw = read_json(p, "model config file")
     if not isinstance(raw, dict):
         raise CurateError(f"{p}: a model config is a JSON object")
     config_from_dict(raw)

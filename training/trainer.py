@@ -145,7 +145,7 @@ def _default_config(vocab_size: int):
     try:
         from curate.training.default_model import default_model_config
     except ImportError as e:
-        raise CurateError(f"the default model config is not available ({e}); pass --config") from None
+        raise CurateError(f"the default model config is not available ({e}); give a model config") from None
     return default_model_config(vocab_size)
 
 
@@ -188,7 +188,7 @@ def _heldout_rows(spec: TrainSpec, train_corpus: Corpus | None, base: Corpus, st
             first_free = 0
         available = n - first_free
         if available <= 0:
-            return None, f"none: {src.path} has no rows beyond those trained on (give --heldout)"
+            return None, f"none: {src.path} has no rows beyond those trained on (give a held-out corpus)"
         rows = np.arange(n - min(available, spec.heldout_rows), n)
         where = f"{src.path} rows [{rows[0]}, {n}) (unused tail)"
     check_token_ids(src, (int(rows[0]), int(rows[-1]) + 1), vocab_size)
@@ -259,17 +259,17 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:
 
 def _check_spec(spec: TrainSpec) -> None:
     checks = [
-        (spec.steps >= 1, f"--steps must be at least 1 (got {spec.steps})"),
-        (spec.batch_size is None or spec.batch_size >= 1, f"--batch-size must be at least 1 (got {spec.batch_size})"),
-        (spec.lr > 0, f"--lr must be positive (got {spec.lr})"),
+        (spec.steps >= 1, f"steps must be at least 1 (got {spec.steps})"),
+        (spec.batch_size is None or spec.batch_size >= 1, f"batch_size must be at least 1 (got {spec.batch_size})"),
+        (spec.lr > 0, f"lr must be positive (got {spec.lr})"),
         (0 <= spec.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1] (got {spec.min_lr_ratio})"),
         (spec.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {spec.warmup_steps})"),
-        (spec.eval_every >= 1, f"--eval-every must be at least 1 (got {spec.eval_every})"),
+        (spec.eval_every >= 1, f"eval_every must be at least 1 (got {spec.eval_every})"),
         (spec.grad_clip >= 0, f"grad_clip must be >= 0 (got {spec.grad_clip})"),
-        (spec.threads >= 1, f"--threads must be at least 1 (got {spec.threads})"),
+        (spec.threads >= 1, f"threads must be at least 1 (got {spec.threads})"),
         (spec.heldout_rows >= 0, f"heldout_rows must be >= 0 (got {spec.heldout_rows})"),
         (not (spec.model_config is not None and spec.init_from is not None), "give a model config or a checkpoint to start from, not both"),
-        (not (spec.init_state and spec.init_from is None), "init_state (--resume with --from) needs a checkpoint to start from"),
+        (not (spec.init_state and spec.init_from is None), "init_state (continue a checkpoint's trainer state) needs a checkpoint to start from"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,7 +279,7 @@ def _check_spec(spec: TrainSpec) -> None:
 def _start_step_from(spec: TrainSpec, folder: Path | None, state: dict | None) -> int:
     if state is not None:
         if spec.start_step is not None and spec.start_step != state["step"]:
-            raise CurateError(f"{folder}: its trainer state is at step {state['step']}, but --start-step is {spec.start_step}")
+            raise CurateError(f"{folder}: its trainer state is at step {state['step']}, but the start step asked for is {spec.start_step}")
         return int(state["step"])
     if spec.start_step is not None:
         return spec.start_step
@@ -375,7 +375,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     plan = _resolved_plan(run)
     run = _normalized(run, plan)
     if plan.corpus is None and run.corpus is None:
-        raise CurateError("no corpus: pass --corpus (or a plan that names one)")
+        raise CurateError("no corpus: give a training corpus (or a plan that names one)")
     train_corpus = open_corpus(run.corpus) if run.corpus else None
     base = open_corpus(plan.corpus) if plan.corpus else train_corpus
     assert base is not None
@@ -387,13 +387,13 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     run_file = out_dir / RUN_FILE
     if run_file.is_file():
         if not resume:
-            raise CurateError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+            raise CurateError(f"{out_dir}: already holds a run; resume it or choose another output folder")
         saved = json.loads(run_file.read_text())
         if saved.get("spec_hash") != this_hash:
-            raise CurateError(f"{out_dir}: the run there was started with different settings (spec {saved.get('spec_hash')}, now {this_hash}); --resume continues a run as it was")
+            raise CurateError(f"{out_dir}: the run there was started with different settings (spec {saved.get('spec_hash')}, now {this_hash}); resuming continues a run as it was")
         resume_dir = latest_resumable(out_dir)
     elif out_dir.exists() and any(out_dir.iterdir()):
-        raise CurateError(f"{out_dir}: exists and is not empty (and holds no run); choose another --out")
+        raise CurateError(f"{out_dir}: exists and is not empty (and holds no run); choose another output folder")
 
     init_folder: Path | None = None
     init_state: dict | None = None
@@ -401,11 +401,11 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
         init_folder = resolve_checkpoint_dir(run.init_from, run.revision)
         if run.init_state:
             if init_folder is None:
-                raise CurateError(f"{run.init_from}: --resume with --from needs a local run checkpoint (hub models carry no trainer state)")
+                raise CurateError(f"{run.init_from}: continuing a checkpoint's trainer state needs a local run checkpoint (hub models carry no trainer state)")
             init_state = load_trainer_state(init_folder)
     start_step = _start_step_from(run, init_folder, init_state)
     if start_step >= run.steps:
-        raise CurateError(f"nothing to train: the start step {start_step} is not before --steps {run.steps}")
+        raise CurateError(f"nothing to train: the start step {start_step} is not before the final step {run.steps}")
     schedule_steps = run.schedule_steps or run.steps
 
     stream = resolve_stream(plan, base, batch_size, run.steps, start_step)
@@ -528,7 +528,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
             optimizer.step()
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
-                raise CurateError(f"training diverged at step {step} (loss {last_loss}); lower --lr")
+                raise CurateError(f"training diverged at step {step} (loss {last_loss}); lower the learning rate")
             loss_sum += last_loss
             loss_count += 1
             display.step(last_loss)
