@@ -377,8 +377,8 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
         (["neighbors", "3", "--top", "2", "--scores", scores_dir], "either ROW_ID or --top"),
         (["neighbors", "3", "--scores", scores_dir, "--index", tmp_path], "no structure index"),
         (["neighbors", "99999999", "--scores", scores_dir], "outside the scored corpus"),
-        (["neighbors", "--top", "x", "--scores", scores_dir], "--top"),
-        (["neighbors", "3", "--scores", scores_dir, "--k", "0"], "--k"),
+        (["neighbors", "--top", "x", "--scores", scores_dir], "top 'x'"),
+        (["neighbors", "3", "--scores", scores_dir, "--k", "0"], "k 0"),
     ]
     (tmp_path / "junk.txt").write_text("x")
     for args, needle in cases:

@@ -503,3 +503,24 @@ def test_recipes_are_one_table_with_trainspec_names():
         "min_lr_ratio": 1.0, "weight_decay": 0.0, "beta2": 0.999}
     assert recipe_fields("reference") == {**recipe_fields("fresh"), "batch_size": 32, "steps": 4000, "eval_every": 100,
                                           "checkpoints": "log,every:100", "seed": 0}
+
+
+def test_reference_run_is_trained_by_the_library_with_the_reference_recipe(corpus_dir, tmp_path):
+    """`training.reference.train_reference_run` (what `curate train --default` calls): the reference recipe under
+    the caller's overrides, resumed (idempotent) on a second call; other settings than the run's are refused."""
+    from curate.training.recipes import recipe_fields
+    from curate.training.reference import train_reference_run
+    from curate.workspace import reference_run_dir
+
+    small = {"corpus": str(corpus_dir), "steps": 4, "eval_every": 2, "checkpoints": "none", "heldout_rows": 8,
+             "eval_probes": 4, "probe_half_len": 8}
+    first = train_reference_run(tmp_path / "ws", progress=False, overrides=small)
+    saved = json.loads((first.out_dir / "run.json").read_text())["spec"]
+    assert first.out_dir == reference_run_dir(tmp_path / "ws")
+    assert not (tmp_path / "ws" / "default" / "corpus").exists()  # a given corpus: the default one is not built
+    assert {k: saved[k] for k in recipe_fields("reference") if k not in small} == {
+        k: v for k, v in recipe_fields("reference").items() if k not in small}
+    again = train_reference_run(tmp_path / "ws", progress=False, overrides=small)
+    assert again.resumed_from == 4 and again.fingerprint == first.fingerprint
+    with pytest.raises(CurateError, match="the run there has steps = 4, not 5"):
+        train_reference_run(tmp_path / "ws", progress=False, overrides={**small, "steps": 5})
