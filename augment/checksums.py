@@ -17,7 +17,7 @@ import numpy as np
 from curate.atomic import write_json, read_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from curate.pipelines.manifest import file_sha256
+from curate.atomic import file_sha256
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -112,7 +112,7 @@ def check_out_dir(out: Path, kind: str) -> None:
         if not out.is_dir():
             raise CurateError(f"{out}: exists and is not a folder")
         if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-            raise CurateError(f"{out}: folder exists, is not empty and is not a curate {kind}; choose another --out")
+            raise CurateError(f"{out}: folder exists, is not empty and is not a curate {kind}; choose another output folder")
 
 
 def load_manifest(folder: Path) -> dict:

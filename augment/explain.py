@@ -12,31 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.amounts import parse_amount
 from curate.attribution.scores_folder import ScoresFolder, open_scores
 from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 
 TAILS = ("top", "bottom")
-
-
-def parse_top(spec: str | int, total: int, flag: str = "--top") -> int:
-    """`10%` (of `total`, rounded up, at least 1) or a row count `500`; bad values are one CurateError line."""
-    text = str(spec).strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not (0.0 < pct <= 100.0) or math.isnan(pct):
-                raise ValueError
-            return max(1, math.ceil(total * pct / 100.0 - 1e-9))
-        k = int(text)
-    except ValueError:
-        raise CurateError(f"{flag} {spec!r}: expected a percentage in (0, 100] like 10% or a positive row count like 500") from None
-    if k < 1:
-        raise CurateError(f"{flag} {spec!r}: must be at least 1 row")
-    if k > total:
-        raise CurateError(f"{flag} {spec!r}: more rows than the {total} scored")
-    return k
 
 
 def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", fractions: tuple[float, ...] = (0.01, 0.10)) -> dict[str, float]:
@@ -47,7 +29,7 @@ def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", 
         v = sign * batch[column].astype(np.float64)
         total += float(v[v > 0].sum())
     out: dict[str, float] = {}
-    ks = {f: max(1, math.ceil(scores.num_rows * f - 1e-9)) for f in fractions}
+    ks = {f: parse_amount(f"{f * 100:g}%", scores.num_rows) for f in fractions}
     best = scores.top_rows(max(ks.values()), column, tail)
     signed = sign * best.values
     for f, k in ks.items():
@@ -159,11 +141,11 @@ def explain_scores(
     """Enrichment of structural classes among the top rows of a scores folder, and the tail's weight."""
     scores = open_scores(path)
     if tail not in TAILS:
-        raise CurateError(f"--tail {tail!r}: expected one of {', '.join(TAILS)}")
+        raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
     if base_sample < 1:
-        raise CurateError(f"--base-sample {base_sample}: must be positive")
+        raise CurateError(f"base sample {base_sample}: must be positive")
     column = scores.column_for(head)
-    k = parse_top(top, scores.num_rows)
+    k = parse_amount(top, scores.num_rows, "top")
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
     tokenizer = _tokenizer_for(corp)
 
@@ -172,7 +154,7 @@ def explain_scores(
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)
     if len(all_ids) and (all_ids.max() >= corp.num_rows):
-        raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); pass --corpus")
+        raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); give the corpus that was scored")
 
     top_tags = tag_corpus_rows(corp, best.row_ids, tokenizer)
     base_tags = tag_corpus_rows(corp, base_ids, tokenizer)

@@ -193,7 +193,7 @@ def build_index(
     else:
         nlist = params.nlist or default_nlist(n)
         if nlist > n:
-            raise CurateError(f"IVF index: nlist {nlist} is larger than the {n} rows to index; use --kind flat or a smaller nlist")
+            raise CurateError(f"IVF index: nlist {nlist} is larger than the {n} rows to index; use a flat index or a smaller nlist")
         train_rows = min(n, params.train_rows or max(64 * nlist, 10_000))
         train_ids = np.sort(rng.choice(n, size=train_rows, replace=False)) + start
         quantizer = faiss.IndexFlatIP(spec.dim)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.amounts import parse_amount
 from curate.attribution.score_table import top_indices
 from curate.attribution.scores_folder import ScoresFolder, Window, open_scored_corpus, open_scores, read_window
 from curate.augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
@@ -54,35 +55,6 @@ _SEED_REMOVE, _SEED_ADD, _SEED_ORDER = 1, 2, 3
 
 
 # ---- options --------------------------------------------------------------------------------------
-def parse_amount(text: str, flag: str, total: int) -> int:
-    """`2%` (of `total`), a fraction `0.02`, or a row count `500` -> rows; nonsense is one CurateError line."""
-    raw = str(text).strip()
-    usage = f"{flag} {text!r}: expected a percentage in (0, 100] like 2%, a fraction in (0, 1] like 0.02, or a row count like 500"
-    try:
-        if raw.endswith("%"):
-            pct = float(raw[:-1])
-            if not math.isfinite(pct) or not 0.0 < pct <= 100.0:
-                raise ValueError
-            n = math.floor(total * pct / 100.0 + 0.5)
-        elif re.fullmatch(r"\d+", raw):
-            n = int(raw)
-            if n < 1:
-                raise CurateError(f"{flag} {text!r}: must be at least 1 row (leave the option out for none)")
-            if n > total:
-                raise CurateError(f"{flag} {text!r}: more rows than the {total}-row window")
-            return n
-        else:
-            frac = float(raw)
-            if not math.isfinite(frac) or not 0.0 < frac <= 1.0:
-                raise ValueError
-            n = math.floor(total * frac + 0.5)
-    except ValueError:
-        raise CurateError(usage) from None
-    if n < 1:
-        raise CurateError(f"{flag} {text!r}: of the {total}-row window that rounds to 0 rows")
-    return n
-
-
 @dataclass(frozen=True)
 class MixSpec:
     """What `build-mix` does (the CLI's options)."""
@@ -99,17 +71,17 @@ class MixSpec:
 
     def validate(self) -> None:
         if self.remove is None and self.augment is None:
-            raise CurateError("nothing to do: give --remove and/or --augment")
+            raise CurateError("nothing to do: give rows to remove and/or rows to add")
         if self.source not in SOURCES:
-            raise CurateError(f"--source {self.source!r}: expected one of {', '.join(SOURCES)}")
+            raise CurateError(f"source {self.source!r}: expected one of {', '.join(SOURCES)}")
         if self.control is not None and self.control not in CONTROLS:
-            raise CurateError(f"--control {self.control!r}: expected one of {', '.join(CONTROLS)}")
+            raise CurateError(f"control {self.control!r}: expected one of {', '.join(CONTROLS)}")
         if self.augment is None and self.at_step is not None:
-            raise CurateError("--at-step places added rows: it needs --augment")
+            raise CurateError("at_step places added rows: it needs rows to add (augment)")
         if self.pool is not None and (self.augment is None or self.source == "top"):
-            raise CurateError("--pool is where added rows come from: it needs --augment with --source neighbors or synthetic")
+            raise CurateError("a pool is where added rows come from: it needs rows to add (augment) from neighbors or synthetic")
         if self.top < 1:
-            raise CurateError(f"--top {self.top}: must be at least 1")
+            raise CurateError(f"top {self.top}: must be at least 1")
         if self.chunk_rows < 1:
             raise CurateError(f"chunk rows must be positive, got {self.chunk_rows}")
 
@@ -197,7 +169,7 @@ def _neighbor_rows(
             inputs["pool_index"] = file_input(index.folder / "index.faiss")
         pool_corpus = index.corpus()
         if pool_corpus.row_len != base.row_len:
-            raise CurateError(f"--pool {pool_corpus.path}: rows of {pool_corpus.row_len} tokens, the scored corpus has {base.row_len}")
+            raise CurateError(f"pool {pool_corpus.path}: rows of {pool_corpus.row_len} tokens, the scored corpus has {base.row_len}")
         same = _same_corpus(pool_corpus, base)
         pool_name = base_name if same else pool_name
         q = ranked[: min(spec.top, len(ranked))] + window.first_row
@@ -219,7 +191,7 @@ def _neighbor_rows(
     if len(chosen) < need:
         where = "outside the window " if same else ""
         raise CurateError(
-            f"--pool {pool_corpus.path}: only {len(chosen)} distinct neighbour rows {where}found for the top rows; --augment needs {need}"
+            f"pool {pool_corpus.path}: only {len(chosen)} distinct neighbour rows {where}found for the top rows; {need} rows are to be added"
         )
     rows = chosen[:need].astype(np.int64)
     rng = np.random.default_rng([spec.seed, _SEED_ORDER])
@@ -243,9 +215,9 @@ def _synthetic_rows(
     if spec.pool is not None:
         pool = open_corpus(spec.pool)
         if pool.row_len != base.row_len:
-            raise CurateError(f"--pool {spec.pool}: rows of {pool.row_len} tokens, the scored corpus has {base.row_len}")
+            raise CurateError(f"pool {spec.pool}: rows of {pool.row_len} tokens, the scored corpus has {base.row_len}")
         if pool.num_rows < need:
-            raise CurateError(f"--pool {spec.pool}: {pool.num_rows} synthetic rows, --augment needs {need}")
+            raise CurateError(f"pool {spec.pool}: {pool.num_rows} synthetic rows, {need} are to be added")
         rows = np.arange(need, dtype=np.int64)
         name = str(Path(spec.pool).resolve())
         inputs = {"pool_rows": rows_input(pool, rows_sha256(pool, row_range=(0, need)), row_range=(0, need), path=name)}
@@ -273,11 +245,11 @@ def placement(added: int, kept: int, window: Window, at_step: int | None) -> tup
     b = window.batch_size
     if at_step is not None:
         if not window.start_step <= at_step < window.end_step:
-            raise CurateError(f"--at-step {at_step}: outside the window (steps {window.start_step} to {window.end_step - 1})")
+            raise CurateError(f"at step {at_step}: outside the window (steps {window.start_step} to {window.end_step - 1})")
         rel = (at_step - window.start_step) * b
         if rel > kept:
             raise CurateError(
-                f"--at-step {at_step}: after the removal only {kept} window rows remain, which end before step {at_step}"
+                f"at step {at_step}: after the removal only {kept} window rows remain, which end before step {at_step}"
             )
         return np.full(added, rel, dtype=np.int64), {"step": int(at_step)}
     steps = kept // b
@@ -376,15 +348,15 @@ def build_mix(scores_path: str | Path, out: str | Path, spec: MixSpec) -> MixRes
             f"but {base.path} has {base.num_rows}"
         )
     total = window.rows
-    n_remove = parse_amount(spec.remove, "--remove", total) if spec.remove is not None else 0
-    n_add = parse_amount(spec.augment, "--augment", total) if spec.augment is not None else 0
+    n_remove = parse_amount(spec.remove, total, "remove") if spec.remove is not None else 0
+    n_add = parse_amount(spec.augment, total, "augment") if spec.augment is not None else 0
     out = Path(out)
     check_out_dir(out, "mix")
     if spec.pool is not None and spec.control is None and not Path(spec.pool).exists():
-        raise CurateError(f"--pool {spec.pool}: no such file or folder")
+        raise CurateError(f"pool {spec.pool}: no such file or folder")
     kept_count = total - n_remove
     if kept_count + n_add == 0:
-        raise CurateError(f"--remove {spec.remove}: removes every window row and nothing is added; the mix would be empty")
+        raise CurateError(f"remove {spec.remove}: removes every window row and nothing is added; the mix would be empty")
     anchors, plan_place = placement(n_add, kept_count, window, spec.at_step) if n_add else (np.zeros(0, np.int64), {})
 
     values = window_scores(scores, window)

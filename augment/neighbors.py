@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.amounts import parse_amount
 from curate.attribution.scores_folder import open_scores
-from curate.augment.explain import parse_top
 from curate.augment.index import load_index
 from curate.augment.tags import main_segment, tag_text
 from curate.corpus import Corpus, open_corpus
@@ -74,9 +74,9 @@ def find_neighbors(
 ) -> dict:
     """Neighbours of one row of the scored corpus, or of its top rows by score, from the structure index."""
     if (row_id is None) == (top is None):
-        raise CurateError("give either a row id or --top K (not both, not neither)")
+        raise CurateError("give either a row id or a top-rows amount (not both, not neither)")
     if k < 1:
-        raise CurateError(f"--k {k}: must be at least 1")
+        raise CurateError(f"k {k}: neighbours per row must be at least 1")
     scores = open_scores(scores_path)
     idx = load_index(Path(index) if index is not None else scores.path / INDEX_SUBDIR)
     query_corpus = open_corpus(scores.corpus_path)
@@ -86,7 +86,7 @@ def find_neighbors(
         query_ids = np.array([row_id], dtype=np.int64)
         query_scores: list[float | None] = [_score_of(scores, row_id)]
     else:
-        best = scores.top_rows(parse_top(top, scores.num_rows), "score", "top")
+        best = scores.top_rows(parse_amount(top, scores.num_rows, "top"), "score", "top")
         query_ids = best.row_ids
         query_scores = [float(v) for v in best.values]
     index_corpus = idx.corpus()

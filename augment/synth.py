@@ -197,9 +197,9 @@ def corpus_tokenizer(corpus: Corpus) -> TextTokenizer:
 def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, top: int = DEFAULT_TOP, seed: int = 0) -> dict:
     """`curate synth`: mine the motifs of the top rows of a scores folder and write `rows` synthetic rows to `out`."""
     if rows < 1:
-        raise CurateError(f"--rows {rows}: must be at least 1")
+        raise CurateError(f"rows {rows}: must be at least 1")
     if top < 1:
-        raise CurateError(f"--top {top}: must be at least 1")
+        raise CurateError(f"top {top}: must be at least 1")
     scores = open_scores(scores_path)
     window = read_window(scores)
     base, base_name = open_scored_corpus(scores, window.batch_size)

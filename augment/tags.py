@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -156,9 +156,6 @@ class TextCues:
     sentence_ends: float  # sentence endings per 100 chars
     punct_variety: int  # distinct ASCII punctuation characters
     lines: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _tandem_repeat_share(text: str, max_period: int = REPEAT_MAX_PERIOD) -> float:
@@ -471,10 +468,6 @@ def tag_text(text: str) -> str:
     if cues.recur_share >= RECUR_SHARE or repeat >= 0.5 or cues.natural_share < NATURAL_MIN:
         return "repeat"
     return "prose"
-
-
-def tag_texts(texts: Iterable[str]) -> list[str]:
-    return [tag_text(t) for t in texts]
 
 
 def main_segment(row: np.ndarray, eot_id: int | None) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -174,17 +174,6 @@ class Corpus:
                 lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
         return lo, hi
 
-    def check_vocab(self, vocab_size: int, chunk_rows: int = 65536) -> None:
-        """Fail with one line if any token id is outside [0, vocab_size)."""
-        for a, chunk in self.iter_chunks(chunk_rows=chunk_rows):
-            bad = (chunk < 0) | (chunk >= vocab_size)
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                raise CurateError(
-                    f"{self.path}: token id {int(chunk[r, c])} at row {a + int(r)} is outside the model's "
-                    f"vocabulary (size {vocab_size})"
-                )
-
     def tokenizer_spec(self) -> str | None:
         """The tokenizer recorded for this corpus (an absolute tokenizer.json path or a name)."""
         if not self.meta or not self.meta.tokenizer:
@@ -297,6 +286,22 @@ class NpyCorpus(Corpus):
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
+
+
+def check_token_ids(corpus: Corpus, rows: tuple[int, int], vocab_size: int, chunk_rows: int = 65536,
+                    progress: Callable[[int], None] | None = None) -> None:
+    """The one vocabulary check: every token id of rows [rows[0], rows[1]) lies in [0, vocab_size), else one
+    CurateError line naming the corpus file, the first bad row and its id. Streams the rows in chunks;
+    `progress(n)` is called with the number of rows of each chunk checked."""
+    for a, chunk in corpus.iter_chunks(rows[0], rows[1], chunk_rows=chunk_rows):
+        if chunk.size and (int(chunk.max()) >= vocab_size or int(chunk.min()) < 0):
+            r, c = np.argwhere((chunk < 0) | (chunk >= vocab_size))[0]
+            raise CurateError(
+                f"{corpus.path}: token id {int(chunk[r, c])} at row {a + int(r)} is outside the model's "
+                f"vocabulary (size {vocab_size})"
+            )
+        if progress is not None:
+            progress(chunk.shape[0])
 
 
 def natural_key(name: str) -> list:

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from curate.atomic import atomic_dir, write_json
 from curate.corpus import METADATA_FILE, CorpusMeta
@@ -23,6 +23,11 @@ from curate.workspace import default_corpus_dir
 
 GENERATOR_VERSION = 1  # bump when the generator's output for a given seed changes
 
+# The corpus is sized for the reference run (`training.recipes`, which reads these): every row is trained on once.
+DEFAULT_CONTEXT = 64  # tokens of context of the default model; corpus rows hold one more (the label shift)
+DEFAULT_BATCH_SIZE = 32  # rows per step of the reference run
+REFERENCE_STEPS = 4000  # length of the reference run
+
 
 @dataclass(frozen=True)
 class DefaultCorpusSpec:
@@ -30,9 +35,9 @@ class DefaultCorpusSpec:
 
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     vocab_size: int = 256  # BPE vocabulary including <|endoftext|>
-    seq_len: int = 64  # context; rows hold seq_len + 1 tokens
-    batch_size: int = 32
-    train_rows: int = 32 * 4000  # rows the default training run consumes (total_steps x batch_size)
+    seq_len: int = DEFAULT_CONTEXT  # context; rows hold seq_len + 1 tokens
+    batch_size: int = DEFAULT_BATCH_SIZE
+    train_rows: int = DEFAULT_BATCH_SIZE * REFERENCE_STEPS  # rows the reference run consumes (steps x batch size)
     heldout_rows: int = 512  # at least this many rows after the training rows
     tokenizer_docs: int = 4000  # documents the tokenizer is trained on (the first ones)
 
@@ -51,14 +56,8 @@ class DefaultCorpusSpec:
 
 
 def default_spec() -> DefaultCorpusSpec:
-    """The default corpus's spec, sized for `training.default_model.DEFAULT_TRAINING`."""
-    from curate.training.default_model import DEFAULT_CONTEXT, DEFAULT_TRAINING
-
-    return DefaultCorpusSpec(
-        seq_len=DEFAULT_CONTEXT,
-        batch_size=DEFAULT_TRAINING.batch_size,
-        train_rows=DEFAULT_TRAINING.rows_needed,
-    )
+    """The default corpus's spec, sized for the reference run."""
+    return DefaultCorpusSpec()
 
 
 def tokenizer_alphabet() -> list[str]:
@@ -215,3 +214,13 @@ def build_default_corpus(
         write_json(tmp / METADATA_FILE, meta.to_json())
     _log(progress, f"default corpus: {result.num_rows} rows of {row_len} tokens in {time.perf_counter() - t0:.1f}s -> {out}")
     return out
+
+
+def ensure_default_corpus(workspace: Path, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
+    """The workspace's default corpus folder, built first when missing (an existing one is used as it is)."""
+    folder = default_corpus_dir(Path(workspace))
+    if not (folder / METADATA_FILE).is_file():
+        if log is not None:
+            log(f"building the default corpus in {folder} ...")
+        build_default_corpus(Path(workspace), progress=progress)
+    return folder

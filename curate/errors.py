@@ -4,8 +4,3 @@ from __future__ import annotations
 
 class CurateError(Exception):
     """Bad input or a state the user must fix; printed as one line, exit code 2."""
-
-
-def fail(message: str) -> "CurateError":
-    """Build a CurateError (use as `raise fail(...)`)."""
-    return CurateError(message)

@@ -29,7 +29,7 @@ from curate.attribution.heads import HeadBlocks, HeadRef
 from curate.attribution.scoring import ScoringWorker
 from curate.corpus import open_corpus
 from curate.errors import CurateError
-from curate.pipelines.manifest import file_sha256
+from curate.atomic import file_sha256
 
 FAULT_KILL_ENV = "CURATE_FAULT_KILL_ACTOR_AT_SHARD"
 FAULT_MARKER_ENV = "CURATE_FAULT_MARKER"

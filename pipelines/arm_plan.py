@@ -33,14 +33,14 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-    from curate.augment.mix import parse_amount
+    from curate.amounts import parse_amount
     from curate.corpus import open_corpus
 
     b = s.baseline
     window_rows = (window.end - window.start) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
-    n_remove = parse_amount(s.opts.k, "--k", window_rows)
-    n_add = parse_amount(s.opts.augment, "--augment", window_rows)
+    n_remove = parse_amount(s.opts.k, window_rows, "--k")
+    n_add = parse_amount(s.opts.augment, window_rows, "--augment")
     corpus = open_corpus(b.corpus)
     heldout = run_json.get("spec", {}).get("heldout") if run_json else None
     start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None and not heldout else None

@@ -57,7 +57,8 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
     """Train (or reuse) the baseline run; returns its run.json (empty for an external model)."""
     b = s.baseline
     if b.mode == "reference":
-        from curate.pipelines.score_job import ensure_default_corpus, ensure_reference_run
+        from curate.default_corpus import ensure_default_corpus
+        from curate.training.reference import ensure_reference_run
 
         ensure_default_corpus(s.ws, s.opts.progress, log)
         b.run_dir = Path(abs_path(ensure_reference_run(s.ws, s.opts.progress, log)))
@@ -67,7 +68,7 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
         from curate.training.trainer import train
 
         if s.opts.corpus is None:
-            from curate.pipelines.score_job import ensure_default_corpus
+            from curate.default_corpus import ensure_default_corpus
 
             ensure_default_corpus(s.ws, s.opts.progress, log)
             assert Path(b.corpus) == Path(abs_path(default_corpus_dir(s.ws)))

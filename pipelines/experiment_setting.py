@@ -103,14 +103,14 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def check_options(opts: ExperimentOptions) -> None:
     """Every check that needs no file: one CurateError line before anything is read or written."""
     from curate.attribution.circuits import get_circuit
-    from curate.augment.mix import parse_amount
+    from curate.amounts import check_amount
     from curate.pipelines.arms import parse_arms
     from curate.pipelines.score_job import parse_window
     from curate.training.schedule import parse_checkpoint_steps
 
     get_circuit(opts.circuit)
-    parse_amount(opts.k, "--k", 1 << 50)
-    parse_amount(opts.augment, "--augment", 1 << 50)
+    check_amount(opts.k, "--k")
+    check_amount(opts.augment, "--augment")
     arms = parse_arms(opts.arms)
     if opts.rerun is not None:
         for arm in parse_arms(opts.rerun, flag="--rerun"):
@@ -227,10 +227,10 @@ def default_out(opts: ExperimentOptions, ws: Path) -> Path:
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     """Resolve the baseline, seeds, arms and thresholds; opens files but writes nothing."""
     from curate.attribution.circuits import get_circuit
-    from curate.commands.train import default_training_fields
     from curate.corpus import open_corpus
     from curate.workspace import default_corpus_dir, resolve_workspace
     from curate.pipelines.arms import parse_arms
+    from curate.training.recipes import recipe_fields
     from curate.training.trainer import TrainSpec
 
     check_options(opts)
@@ -296,7 +296,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
         else:
             corpus_path = abs_path(default_corpus_dir(ws))
             corpus_obj = open_corpus(corpus_path) if (Path(corpus_path) / "corpus.json").is_file() else None
-        fields_ = default_training_fields()
+        fields_ = recipe_fields("reference")  # the arms' own baseline trains like the reference run
         batch = opts.batch_size or (corpus_obj.batch_size if corpus_obj is not None else int(fields_.get("batch_size", 32)))
         if opts.quick and opts.batch_size is None:
             batch = max(1, batch // 2)

@@ -10,19 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curate.atomic import write_json
+from curate.atomic import file_sha256, write_json
 from curate.errors import CurateError
 
 MANIFEST_FILE = "manifest.json"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
@@ -114,6 +105,3 @@ class Manifest:
                 "retries": self.retries,
             },
         )
-
-    def shard_files(self) -> list[Path]:
-        return [self.out_dir / rec.file for _, rec in sorted(self.shards.items())]

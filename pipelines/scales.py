@@ -57,7 +57,7 @@ def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     if opts.corpus is not None:
         corpus_path = opts.corpus
     else:
-        from curate.pipelines.score_job import ensure_default_corpus
+        from curate.default_corpus import ensure_default_corpus
 
         corpus_path = str(ensure_default_corpus(ws, opts.progress, log))
     from curate.training.default_model import default_model_config

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,8 +33,9 @@ from curate.attribution.circuits import Circuit, Localization, get_circuit
 from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import HeadRef, check_mode
 from curate.attribution.influence import fit_data_key, fit_row_ids
+from curate.amounts import check_amount, parse_amount
 from curate.attribution.probes import corpus_probes
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
 
@@ -116,30 +116,6 @@ class ScoreJob:
 # --------------------------------------------------------------------------- parsing flags
 
 
-def parse_top(text: str, window_rows: int) -> int:
-    """`--top 10%` (share of the window's rows, rounded up) or `--top 500` (a count) -> k."""
-    raw = str(text).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", raw)
-    if m:
-        pct = float(m.group(1))
-        if not 0 < pct <= 100:
-            raise CurateError(f"--top {raw}: a percentage must be in (0%, 100%]")
-        return max(1, math.ceil(window_rows * pct / 100.0))
-    if not raw.isdigit():
-        raise CurateError(f"--top {raw!r}: expected a percentage (e.g. 10%) or a row count (e.g. 500)")
-    k = int(raw)
-    if k < 1:
-        raise CurateError(f"--top {raw}: must be at least 1 row")
-    if k > window_rows:
-        raise CurateError(f"--top {raw}: more than the {window_rows} rows of the window")
-    return k
-
-
-def check_top_syntax(text: str) -> None:
-    """Reject a malformed `--top` before any work (the window size is not known yet)."""
-    parse_top(text, 1 << 62)
-
-
 def parse_window(text: str) -> tuple[int | None, int | None]:
     """`--window START:END` in steps (either side may be empty: 0 / the checkpoint's step)."""
     m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", str(text))
@@ -156,7 +132,7 @@ def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the flags alone (no file is opened)."""
     if req.mode is not None:
         check_mode(req.mode)
-    check_top_syntax(req.top)
+    check_amount(req.top, "--top")
     if req.window is not None:
         parse_window(req.window)
     for name, value in (("--batch-rows", req.batch_rows), ("--shard-rows", req.shard_rows)):
@@ -187,35 +163,6 @@ def _run_dir_of(spec: str | None) -> Path | None:
     if p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir()):
         return p
     return None
-
-
-def ensure_default_corpus(ws: Path, progress: bool, log: Log) -> Path:
-    """The workspace's default corpus folder, built first when missing."""
-    from curate.workspace import default_corpus_dir
-
-    folder = default_corpus_dir(ws)
-    if not (folder / "corpus.json").is_file():
-        log(f"building the default corpus in {folder} ...")
-        from curate.default_corpus import build_default_corpus
-
-        build_default_corpus(ws, progress=progress)
-    return folder
-
-
-def ensure_reference_run(ws: Path, progress: bool, log: Log) -> Path:
-    """The workspace's reference training run, trained (or finished) first when incomplete."""
-    from curate.workspace import reference_run_dir
-    from curate.training.curves import SUMMARY_JSON
-
-    run_dir = reference_run_dir(ws)
-    summary = run_dir / SUMMARY_JSON
-    complete = summary.is_file() and json.loads(summary.read_text()).get("complete") is True
-    if not complete:
-        log(f"training the reference run in {run_dir} (curate train --default) ...")
-        from curate.commands.train import train_command
-
-        train_command(default=True, quiet=not progress, workspace=ws)
-    return run_dir
 
 
 def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, int]:
@@ -303,27 +250,14 @@ def corpus_identity(corpus: Corpus, rows: tuple[int, int]) -> dict:
     }
 
 
-def check_window_vocab(corpus: Corpus, rows: tuple[int, int], vocab: int) -> None:
-    """Every token id of the window below the model's vocabulary (trusting corpus.json's size when it fits)."""
-    if corpus.meta is not None and corpus.meta.vocab_size and int(corpus.meta.vocab_size) <= vocab:
-        return
-    for a, chunk in corpus.iter_chunks(rows[0], rows[1], chunk_rows=65536):
-        bad = chunk >= vocab
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise CurateError(
-                f"{corpus.path}: token id {int(chunk[r, c])} at row {a + int(r)} is outside the model's vocabulary "
-                f"(size {vocab}): model and corpus do not match"
-            )
-
-
 # --------------------------------------------------------------------------- resolve
 
 
 def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     """Validate the request and load what the job needs; writes nothing to the output folder."""
     from curate.workspace import resolve_workspace, scores_dir
-    from curate.training.models import load_model, model_fingerprint, resolve_checkpoint_dir
+    from curate.attribution.fingerprint import model_fingerprint
+    from curate.training.models import load_model, resolve_checkpoint_dir
 
     circuit = get_circuit(req.circuit)
     if req.mode is None:
@@ -345,6 +279,9 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     if req.model is None:
         if req.corpus is not None:
             raise CurateError("--corpus needs --model (the reference run was trained on the default corpus)")
+        from curate.default_corpus import ensure_default_corpus
+        from curate.training.reference import ensure_reference_run
+
         corpus_path = str(ensure_default_corpus(ws, req.progress, log))
         run_dir = ensure_reference_run(ws, req.progress, log)
     elif req.corpus is not None:
@@ -392,8 +329,10 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
             f"{corpus.num_rows // batch} whole steps of {batch}"
         )
     rows = (start * batch, end * batch)
-    top_k = parse_top(req.top, rows[1] - rows[0])
-    check_window_vocab(corpus, rows, int(model.config.vocab_size))
+    top_k = parse_amount(req.top, rows[1] - rows[0], "--top")
+    vocab = int(model.config.vocab_size)
+    if not (corpus.meta is not None and corpus.meta.vocab_size and int(corpus.meta.vocab_size) <= vocab):
+        check_token_ids(corpus, rows, vocab)  # corpus.json's recorded vocabulary is trusted when it fits
 
     # -- heads and probe
     probes = corpus_probes(model.config, corpus, seed=req.seed)

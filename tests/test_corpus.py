@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.corpus import CorpusMeta, natural_key, open_corpus
+from curate.corpus import CorpusMeta, check_token_ids, natural_key, open_corpus
 from curate.errors import CurateError
 from curate.megatron import write_megatron
 from curate.parquet_io import ParquetRowWriter, write_rows_parquet
@@ -204,10 +204,21 @@ def test_vocabulary_checks(small_corpus) -> None:
     single_idx, _, rows = small_corpus
     corpus = open_corpus(single_idx)
     assert corpus.vocab_range() == (int(rows.min()), int(rows.max()))
-    corpus.check_vocab(int(rows.max()) + 1)
+    check_token_ids(corpus, (0, corpus.num_rows), int(rows.max()) + 1)
     bad_row = int(np.argwhere(rows >= 30000)[0][0])
     with pytest.raises(CurateError, match=f"at row {bad_row} is outside the model's vocabulary \\(size 30000\\)"):
-        corpus.check_vocab(30000)
+        check_token_ids(corpus, (0, corpus.num_rows), 30000)
+    check_token_ids(corpus, (0, bad_row), 30000)  # only the rows asked for are read
+
+
+def test_check_token_ids_refuses_negative_ids_naming_the_file_and_row(tmp_path: Path) -> None:
+    rows = np.arange(40, dtype=np.int64).reshape(8, 5)
+    rows[5, 2] = -4
+    np.save(tmp_path / "rows.npy", rows)
+    corpus = open_corpus(tmp_path / "rows.npy")
+    check_token_ids(corpus, (0, 5), 100)
+    with pytest.raises(CurateError, match=r"rows\.npy: token id -4 at row 5 is outside the model's vocabulary \(size 100\)"):
+        check_token_ids(corpus, (3, 8), 100)
 
 
 def test_open_corpus_errors(tmp_path: Path) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curate.commands.train import default_training_fields
 from curate.default_corpus import build_default_corpus
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON
-from curate.training.default_model import DEFAULT_TRAINING
+from curate.training.recipes import recipe_fields
 from curate.training.trainer import TrainSpec, train
 
 STOP = 2000  # seed 0 forms at step 1,700 (bench/RESULTS.md); the reference run goes on to 4,000
@@ -17,13 +16,14 @@ STOP = 2000  # seed 0 forms at step 1,700 (bench/RESULTS.md); the reference run 
 
 def test_default_forms_previous_token_then_induction_head(tmp_path: Path) -> None:
     corpus = build_default_corpus(tmp_path, seed=0, progress=False)
-    fields = {**default_training_fields(), "corpus": str(corpus), "steps": STOP, "checkpoints": "none"}
+    reference = recipe_fields("reference")
+    fields = {**reference, "corpus": str(corpus), "steps": STOP, "checkpoints": "none"}
     result = train(TrainSpec(**fields), tmp_path / "run", progress=False)
     summary = json.loads((result.out_dir / SUMMARY_JSON).read_text())
     emergence = summary["emergence"]
     ind, prev = emergence["induction"]["emergence_step"], emergence["previous_token"]["emergence_step"]
     assert ind is not None and prev is not None, emergence
-    assert 500 <= ind <= STOP - 200 < DEFAULT_TRAINING.total_steps  # a "before" and an "after" inside the run
+    assert 500 <= ind <= STOP - 200 < reference["steps"]  # a "before" and an "after" inside the run
     assert prev <= ind  # the previous-token head is there no later than the induction head
     assert emergence["induction"]["final"] >= 0.6
     points = json.loads((result.out_dir / CURVES_JSON).read_text())["points"]

@@ -126,7 +126,7 @@ def test_arm_plans_drop_and_add_the_right_rows(quick):
     out, res = quick["out"], quick["results"]
     k, added = res["k_rows"], res["augment_rows"]
     window_rows = res["window"]["rows"]
-    assert k == math.floor(window_rows * 0.10 + 0.5) and added == math.floor(window_rows * 0.02 + 0.5)
+    assert k == math.ceil(window_rows * 10 / 100) and added == math.ceil(window_rows * 2 / 100)  # curate.amounts' rule
     scores = Path(res["scores"]["folder"])
     import pyarrow as pa
 
@@ -259,7 +259,7 @@ def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, cap
     assert [p["step"] for p in arm_points] == list(range(0, 101, 10))
     # the same weights at step 0; after it the arm trains with the Pythia optimizer settings (TrainSpec's
     # defaults and its own schedule: an external model is not the embedded default), the baseline with
-    # DEFAULT_TRAINING's
+    # the reference recipe's (training.recipes)
     assert arm_points[0]["previous_token"] == base_points[0]["previous_token"]
     assert arm_points[0]["loss"] == base_points[0]["loss"]
     assert arm_points[-1]["heldout_loss"] < arm_points[0]["heldout_loss"] - 0.5
@@ -518,7 +518,7 @@ BAD = [
     (["--scales", "--sizes", "32x2,48x2"], "at least three model sizes"),
     (["--scales", "--sizes", "32x2,abc,48x2"], "'abc' is not HIDDENxLAYERS"),
     (["--scales", "--sizes", "30x1,32x2,48x2"], "hidden size 30 is not a multiple of the 4 attention heads"),
-    (["--config", "{base}/missing.json"], "--config file not found"),
+    (["--config", "{base}/missing.json"], "missing.json: model config file not found"),
     (["--corpus", "{base}/missing-corpus"], "no such file or folder"),
 ]
 

@@ -10,8 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
+from curate.amounts import parse_amount
 from curate.attribution.scores_folder import open_scores
-from curate.augment.explain import explain_scores, parse_top, tail_shares, wilson_interval
+from curate.augment.explain import explain_scores, tail_shares, wilson_interval
 from curate.augment.features import (
     DISTANCE_BINS,
     StructureSpec,
@@ -282,11 +283,11 @@ def test_wilson_and_parse_top() -> None:
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     lo, hi = wilson_interval(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    assert parse_top("10%", 3200) == 320 and parse_top("0.01%", 3200) == 1 and parse_top("7", 10) == 7
-    assert parse_top("33%", 10) == 4
+    assert parse_amount("10%", 3200) == 320 and parse_amount("0.01%", 3200) == 1 and parse_amount("7", 10) == 7
+    assert parse_amount("33%", 10) == 4
     for bad in ("0", "-3", "0%", "101%", "abc", "11", "nan%", ""):
-        with pytest.raises(CurateError, match="--top"):
-            parse_top(bad, 10)
+        with pytest.raises(CurateError, match="top"):
+            parse_amount(bad, 10, "top")
 
 
 # -- the commands ------------------------------------------------------------------------------------
@@ -366,19 +367,19 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
     cases = [
         (["explain", tmp_path / "missing"], "scores folder not found"),
         (["explain", tmp_path], "no summary.json"),
-        (["explain", scores_dir, "--top", "abc"], "--top"),
-        (["explain", scores_dir, "--top", "0%"], "--top"),
+        (["explain", scores_dir, "--top", "abc"], "top 'abc'"),
+        (["explain", scores_dir, "--top", "0%"], "top '0%'"),
         (["explain", scores_dir, "--top", "999999"], "more rows than"),
         (["explain", scores_dir, "--head", "9.9"], "no scores for head 9.9"),
-        (["explain", scores_dir, "--tail", "middle"], "--tail"),
+        (["explain", scores_dir, "--tail", "middle"], "tail 'middle'"),
         (["index", tmp_path / "missing"], "scores folder not found"),
         (["index", scores_dir, "--kind", "lsh"], "index kind"),
         (["neighbors", "--scores", scores_dir], "either ROW_ID or --top"),
         (["neighbors", "3", "--top", "2", "--scores", scores_dir], "either ROW_ID or --top"),
         (["neighbors", "3", "--scores", scores_dir, "--index", tmp_path], "no structure index"),
         (["neighbors", "99999999", "--scores", scores_dir], "outside the scored corpus"),
-        (["neighbors", "--top", "x", "--scores", scores_dir], "--top"),
-        (["neighbors", "3", "--scores", scores_dir, "--k", "0"], "--k"),
+        (["neighbors", "--top", "x", "--scores", scores_dir], "top 'x'"),
+        (["neighbors", "3", "--scores", scores_dir, "--k", "0"], "k 0"),
     ]
     (tmp_path / "junk.txt").write_text("x")
     for args, needle in cases:

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.augment.features import repetition_features
-from curate.augment.mix import MixSpec, build_mix, parse_amount
+from curate.amounts import parse_amount
+from curate.augment.mix import MixSpec, build_mix
 from corpus_helpers import run_cli
 from curate.corpus import open_corpus
 from curate.errors import CurateError
@@ -62,39 +63,40 @@ def _multiset(rows: np.ndarray) -> Counter:
 # -- amounts ------------------------------------------------------------------------------------------
 
 def test_parse_amount_forms() -> None:
-    assert parse_amount("2%", "--augment", 1000) == 20
-    assert parse_amount("0.02", "--augment", 1000) == 20
-    assert parse_amount("20", "--augment", 1000) == 20
-    assert parse_amount("1", "--augment", 1000) == 1  # an integer is a row count, not 100%
-    assert parse_amount("1.0", "--augment", 1000) == 1000
-    assert parse_amount("100%", "--remove", 768) == 768
-    assert parse_amount("10%", "--remove", 768) == 77  # 76.8 rounds to nearest
-    assert parse_amount(" 2.5% ", "--remove", 200) == 5
+    assert parse_amount("2%", 1000) == 20
+    assert parse_amount("0.02", 1000) == 20
+    assert parse_amount("20", 1000) == 20
+    assert parse_amount("1", 1000) == 1  # an integer is a row count, not 100%
+    assert parse_amount("1.0", 1000) == 1000
+    assert parse_amount("100%", 768) == 768
+    assert parse_amount("10%", 768) == 77  # 76.8 rounds up
+    assert parse_amount(" 2.5% ", 200) == 5
+    assert parse_amount("0.0001", 1000) == 1  # a share is at least one row
 
 
-@pytest.mark.parametrize("text", ["-3%", "150%", "abc", "0%", "0", "0.0", "1.5", "nan%", "inf", "", "5000", "2%%", "0.0001"])
+@pytest.mark.parametrize("text", ["-3%", "150%", "abc", "0%", "0", "0.0", "1.5", "nan%", "inf", "", "5000", "2%%"])
 def test_parse_amount_rejects_nonsense(text: str) -> None:
     with pytest.raises(CurateError) as e:
-        parse_amount(text, "--remove", 1000)
-    assert "\n" not in str(e.value) and str(e.value).startswith(f"--remove {text!r}")
+        parse_amount(text, 1000, "remove")
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"remove {text!r}")
 
 
 # -- what a mix holds ---------------------------------------------------------------------------------
 
 def test_mix_rows_are_window_minus_removed_plus_added_exactly(setup, mixes) -> None:
     rows = _rows(mixes["top"])
-    removed, added = _top(setup, 77), _top(setup, 38)  # 10% and 5% of 768
+    removed, added = _top(setup, 77), _top(setup, 39)  # 10% and 5% of 768, rounded up
     window_ids = np.arange(setup.first_row, setup.stop_row)
     expected = _multiset(setup.rows[np.setdiff1d(window_ids, removed)]) + _multiset(setup.rows[added])
-    assert len(rows) == WINDOW - 77 + 38
+    assert len(rows) == WINDOW - 77 + 39
     assert _multiset(rows) == expected
     prov = _prov(mixes["top"])
-    assert Counter(prov["reason"]) == {"kept": WINDOW - 77, "duplicate": 38}
+    assert Counter(prov["reason"]) == {"kept": WINDOW - 77, "duplicate": 39}
     assert sorted(r for r, why in zip(prov["source_row_id"], prov["reason"]) if why == "duplicate") == sorted(added.tolist())
     plan = json.loads((mixes["top"] / "plan.json").read_text())
     assert plan["drop"] == sorted(removed.tolist())
     manifest = json.loads((mixes["top"] / "manifest.json").read_text())
-    assert manifest["counts"]["removed"] == 77 and manifest["counts"]["added"] == 38 and manifest["seed"] == 0
+    assert manifest["counts"]["removed"] == 77 and manifest["counts"]["added"] == 39 and manifest["seed"] == 0
 
 
 def test_mix_bin_reads_back_in_the_planned_order(setup, mixes) -> None:
@@ -105,18 +107,18 @@ def test_mix_bin_reads_back_in_the_planned_order(setup, mixes) -> None:
     assert prov["step"] == [START_STEP + i // BATCH for i in range(len(rows))]
     kept = np.array([why == "kept" for why in prov["reason"]])
     assert np.all(np.diff(src[kept]) > 0)  # kept rows keep the window order
-    # spread evenly over the kept rows' 43 whole steps: one added row every 43*16/38 = 18.1 kept rows
+    # spread evenly over the kept rows' 43 whole steps: one added row every 43*16/39 = 17.6 kept rows
     added_pos = np.flatnonzero(~kept)
-    assert len(added_pos) == 38 and added_pos[0] == 0
-    assert set(np.diff(added_pos).tolist()) <= {19, 20}  # 18 or 19 kept rows between consecutive added rows
+    assert len(added_pos) == 39 and added_pos[0] == 0
+    assert set(np.diff(added_pos).tolist()) <= {18, 19}  # 17 or 18 kept rows between consecutive added rows
     assert np.bincount(added_pos // BATCH).max() == 1
     scores = np.array(prov["score"])
     assert np.allclose(scores, setup.window_scores[src - setup.first_row])
-    # --at-step 20 puts all 15 added rows in one block at the start of step 20
+    # --at-step 20 puts all 16 added rows (2% of 768, rounded up) in one block at the start of step 20
     prov_at = _prov(mixes["at_step"])
     added_pos = [i for i, why in enumerate(prov_at["reason"]) if why != "kept"]
     first = (20 - START_STEP) * BATCH
-    assert added_pos == list(range(first, first + 15))
+    assert added_pos == list(range(first, first + 16))
 
 
 @pytest.mark.parametrize("name", ["top", "at_step", "neighbors", "synthetic", "control"])
@@ -150,7 +152,7 @@ def test_random_control_is_reproducible_by_seed_and_not_the_top_rows(setup, mixe
     top = set(_top(setup, 77).tolist())
     assert len(drop5 & top) < 25  # random removal: ~7.7 expected overlap with the top 77; the attribution arm has 77
     prov = _prov(mixes["control"])
-    assert Counter(prov["reason"]) == {"kept": WINDOW - 77, "random": 38}
+    assert Counter(prov["reason"]) == {"kept": WINDOW - 77, "random": 39}
     assert all(setup.first_row <= r < setup.stop_row for r in prov["source_row_id"])
     assert _multiset(_rows(mixes["control"])) == (
         _multiset(setup.rows[np.setdiff1d(np.arange(setup.first_row, setup.stop_row), sorted(drop5))])
@@ -161,7 +163,7 @@ def test_random_control_is_reproducible_by_seed_and_not_the_top_rows(setup, mixe
 def test_neighbors_come_from_outside_the_window_and_share_structure(setup, mixes) -> None:
     prov = _prov(mixes["neighbors"])
     ids = np.array([r for r, w in zip(prov["source_row_id"], prov["reason"]) if w == "neighbor"])
-    assert len(ids) == 38 and len(set(ids.tolist())) == 38
+    assert len(ids) == 39 and len(set(ids.tolist())) == 39
     assert ((ids < setup.first_row) | (ids >= setup.stop_row)).all()
     assert all(np.isnan(s) for s, w in zip(prov["score"], prov["reason"]) if w == "neighbor")
     longest = repetition_features(setup.rows).longest
@@ -173,13 +175,13 @@ def test_neighbors_come_from_outside_the_window_and_share_structure(setup, mixes
 def test_synthetic_mix_holds_the_generated_rows(setup, mixes) -> None:
     mix = mixes["synthetic"]
     synth = open_corpus(mix / "synthetic")
-    assert synth.num_rows == 23 and synth.row_len == 129  # 3% of 768
+    assert synth.num_rows == 24 and synth.row_len == 129  # 3% of 768, rounded up
     rows, prov = _rows(mix), _prov(mix)
     pos = [i for i, w in enumerate(prov["reason"]) if w == "synthetic"]
-    assert np.array_equal(rows[pos], np.asarray(synth.rows(0, 23)))
+    assert np.array_equal(rows[pos], np.asarray(synth.rows(0, 24)))
     assert {c for c, w in zip(prov["source_corpus"], prov["reason"]) if w == "synthetic"} == {"synthetic"}
     plan = json.loads((mix / "plan.json").read_text())
-    assert plan["insert"][0]["corpus"] == "synthetic" and plan["insert"][0]["rows"] == list(range(23))
+    assert plan["insert"][0]["corpus"] == "synthetic" and plan["insert"][0]["rows"] == list(range(24))
     window = {r.tobytes() for r in setup.rows[setup.first_row : setup.stop_row]}
     assert not any(r.tobytes() in window for r in rows[pos])  # new rows, not copies
 
@@ -197,17 +199,17 @@ def test_build_mix_command_default_folder(setup, tmp_path, monkeypatch, capsys) 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--remove", "-3%"], "--remove '-3%': expected a percentage"),
-    (["--remove", "150%"], "--remove '150%': expected a percentage"),
-    (["--augment", "abc"], "--augment 'abc': expected a percentage"),
-    (["--remove", "0"], "--remove '0': must be at least 1 row"),
-    (["--remove", "100000"], "--remove '100000': more rows than the 768-row window"),
-    ([], "nothing to do: give --remove and/or --augment"),
-    (["--augment", "2%", "--source", "bogus"], "--source 'bogus': expected one of top, neighbors, synthetic"),
-    (["--augment", "2%", "--at-step", "60"], "--at-step 60: outside the window (steps 2 to 49)"),
-    (["--remove", "2%", "--at-step", "5"], "--at-step places added rows: it needs --augment"),
-    (["--augment", "2%", "--source", "neighbors", "--pool", "/nonexistent/pool"], "--pool /nonexistent/pool: no such file or folder"),
-    (["--remove", "2%", "--control", "sometimes"], "--control 'sometimes': expected one of random"),
+    (["--remove", "-3%"], "remove '-3%': expected a percentage"),
+    (["--remove", "150%"], "remove '150%': expected a percentage"),
+    (["--augment", "abc"], "augment 'abc': expected a percentage"),
+    (["--remove", "0"], "remove '0': must be at least 1 row"),
+    (["--remove", "100000"], "remove '100000': more rows than the 768 there are"),
+    ([], "nothing to do: give rows to remove and/or rows to add"),
+    (["--augment", "2%", "--source", "bogus"], "source 'bogus': expected one of top, neighbors, synthetic"),
+    (["--augment", "2%", "--at-step", "60"], "at step 60: outside the window (steps 2 to 49)"),
+    (["--remove", "2%", "--at-step", "5"], "at_step places added rows: it needs rows to add"),
+    (["--augment", "2%", "--source", "neighbors", "--pool", "/nonexistent/pool"], "pool /nonexistent/pool: no such file or folder"),
+    (["--remove", "2%", "--control", "sometimes"], "control 'sometimes': expected one of random"),
 ])
 def test_bad_options_are_one_line_and_leave_no_folder(setup, tmp_path, monkeypatch, capsys, args, message) -> None:
     out = tmp_path / "deep" / "mix"

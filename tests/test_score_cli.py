@@ -15,7 +15,8 @@ import pytest
 
 from curate.attribution.circuits import get_circuit
 from curate.errors import CurateError
-from curate.pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_top, parse_window, resolve_job
+from curate.amounts import parse_amount
+from curate.pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_window, resolve_job
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
@@ -45,10 +46,10 @@ BAD_INPUTS = [
     (["--model", "{small_vocab_model}"], "outside the model's vocabulary (size 100)"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot reach a Ray cluster"),
     (["--ray-address", "nowhere"], "expected HOST:PORT"),
-    (["--top", "0"], "--top 0: must be at least 1 row"),
-    (["--top", "150%"], "--top 150%: a percentage must be in (0%, 100%]"),
+    (["--top", "0"], "--top '0': must be at least 1 row"),
+    (["--top", "150%"], "--top '150%': expected a percentage in (0, 100]"),
     (["--top", "ten"], "expected a percentage"),
-    (["--top", "65"], "more than the 64 rows of the window"),
+    (["--top", "65"], "more rows than the 64 there are"),
     (["--mode", "qv"], "unknown head subspace mode"),
     (["--batch-rows", "4", "--shard-rows", "6"], "must be a multiple of --batch-rows"),
     (["--model", "{base}/missing-model"], "model folder not found"),
@@ -119,8 +120,8 @@ def test_existing_results_of_another_job_are_refused(tiny, tmp_path, monkeypatch
 
 
 def test_parse_top_and_window():
-    assert parse_top("10%", 64) == 7 and parse_top("100%", 64) == 64 and parse_top("0.5%", 1000) == 5
-    assert parse_top("12", 64) == 12
+    assert parse_amount("10%", 64) == 7 and parse_amount("100%", 64) == 64 and parse_amount("0.5%", 1000) == 5
+    assert parse_amount("12", 64) == 12
     assert parse_window("0:1500") == (0, 1500) and parse_window(":20") == (None, 20) and parse_window("5:") == (5, None)
     for bad in ("1500", "a:b", "3:3"):
         with pytest.raises(CurateError):

@@ -143,8 +143,8 @@ def test_synth_command_writes_a_corpus_with_provenance(setup, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rows", "0"], "--rows 0: must be at least 1"),
-    (["--rows", "5", "--top", "0"], "--top 0: must be at least 1"),
+    (["--rows", "0"], "rows 0: must be at least 1"),
+    (["--rows", "5", "--top", "0"], "top 0: must be at least 1"),
 ])
 def test_synth_bad_options_are_one_line(setup, tmp_path, monkeypatch, capsys, args, message) -> None:
     out = tmp_path / "s"

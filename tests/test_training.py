@@ -18,7 +18,8 @@ from curate.corpus import CorpusMeta, open_corpus
 from curate.errors import CurateError
 from curate.megatron import write_megatron
 from curate.training.curves import emergence_step, summarize_curves
-from curate.training.models import build_model, config_from_dict, load_model, model_fingerprint
+from curate.attribution.fingerprint import model_fingerprint
+from curate.training.models import build_model, config_from_dict, load_model
 from curate.training.plan import TrainingPlan, load_plan, plan_from_json, resolve_stream
 from curate.training.schedule import lr_at, parse_checkpoint_steps
 from curate.training.trainer import TrainSpec, train
@@ -206,7 +207,7 @@ def test_checkpoint_step_specs():
     assert parse_checkpoint_steps("none", 50) == [50]
     assert parse_checkpoint_steps("7, 12", 50, start_step=10) == [12, 50]
     for bad in ("every:0", "log:x", "sometimes", "-3"):
-        with pytest.raises(CurateError, match="--checkpoints"):
+        with pytest.raises(CurateError, match="checkpoint steps"):
             parse_checkpoint_steps(bad, 50)
 
 
@@ -416,8 +417,8 @@ def test_cli_trains_and_rejects_bad_input(monkeypatch, capsys, corpus_dir, tmp_p
     cases = [
         ([*common, "--out", str(tmp_path / "b1"), "--plan", str(bad_plan)], "more than once"),
         ([*common, "--out", str(tmp_path / "run")], "already holds a run"),
-        (["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "9"], "--resume continues a run as it was"),
-        ([*common, "--out", str(tmp_path / "b2"), "--checkpoints", "often"], "--checkpoints"),
+        (["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "9"], "continues a run as it was"),
+        ([*common, "--out", str(tmp_path / "b2"), "--checkpoints", "often"], "checkpoint steps 'often'"),
         (["train", "--corpus", str(corpus_dir), "--steps", "3", "--out", str(tmp_path / "b3"), "--from", str(tmp_path / "nope")], "model folder not found"),
         (["train", "--corpus", str(tmp_path / "nothing.idx"), "--config", str(config), "--out", str(tmp_path / "b4")], "index file not found"),
         (["train", "--corpus", str(corpus_dir), "--config", str(config)], "--out is required"),
@@ -475,3 +476,51 @@ def test_branch_plan_must_keep_the_rows_before_its_start(reference_run, corpus_d
     assert ok.fingerprint != reference_run.fingerprint
     # the inherited curve is the reference's up to the branch point, then its own
     assert ok.curves[:2] == reference_run.curves[:2] and ok.curves[2] != reference_run.curves[2]
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_anything_is_written(tmp_path):
+    """A corpus row with an id the model cannot embed fails at once, naming the file and row; no run folder is left."""
+    rows = copy_rows(200, 1)
+    rows[37, 5] = VOCAB + 3  # trained on at step 4 (batch 8)
+    corpus = write_corpus(tmp_path / "bad", rows)
+    out = tmp_path / "run"
+    with pytest.raises(CurateError, match=r"corpus\.(idx|bin): token id 35 at row 37 is outside the model's vocabulary \(size 32\)"):
+        train(spec(corpus, steps=8, checkpoints="none"), out, progress=False)
+    assert not out.exists()
+    train(spec(corpus, steps=4, checkpoints="none", heldout_rows=0), out, progress=False)  # rows 0..31 are fine
+
+
+def test_recipes_are_one_table_with_trainspec_names():
+    """TrainSpec's defaults are the from-checkpoint recipe; the fresh and reference recipes differ only where stated."""
+    from dataclasses import fields
+
+    from curate.training.recipes import recipe_fields
+
+    defaults = {f.name: f.default for f in fields(TrainSpec)}
+    checkpoint = recipe_fields("from_checkpoint")
+    assert checkpoint == {k: defaults[k] for k in checkpoint}
+    assert {k: v for k, v in recipe_fields("fresh").items() if v != checkpoint[k]} == {
+        "min_lr_ratio": 1.0, "weight_decay": 0.0, "beta2": 0.999}
+    assert recipe_fields("reference") == {**recipe_fields("fresh"), "batch_size": 32, "steps": 4000, "eval_every": 100,
+                                          "checkpoints": "log,every:100", "seed": 0}
+
+
+def test_reference_run_is_trained_by_the_library_with_the_reference_recipe(corpus_dir, tmp_path):
+    """`training.reference.train_reference_run` (what `curate train --default` calls): the reference recipe under
+    the caller's overrides, resumed (idempotent) on a second call; other settings than the run's are refused."""
+    from curate.training.recipes import recipe_fields
+    from curate.training.reference import train_reference_run
+    from curate.workspace import reference_run_dir
+
+    small = {"corpus": str(corpus_dir), "steps": 4, "eval_every": 2, "checkpoints": "none", "heldout_rows": 8,
+             "eval_probes": 4, "probe_half_len": 8}
+    first = train_reference_run(tmp_path / "ws", progress=False, overrides=small)
+    saved = json.loads((first.out_dir / "run.json").read_text())["spec"]
+    assert first.out_dir == reference_run_dir(tmp_path / "ws")
+    assert not (tmp_path / "ws" / "default" / "corpus").exists()  # a given corpus: the default one is not built
+    assert {k: saved[k] for k in recipe_fields("reference") if k not in small} == {
+        k: v for k, v in recipe_fields("reference").items() if k not in small}
+    again = train_reference_run(tmp_path / "ws", progress=False, overrides=small)
+    assert again.resumed_from == 4 and again.fingerprint == first.fingerprint
+    with pytest.raises(CurateError, match="the run there has steps = 4, not 5"):
+        train_reference_run(tmp_path / "ws", progress=False, overrides={**small, "steps": 5})

@@ -50,7 +50,7 @@ def load_trainer_state(folder: Path) -> dict:
     """The trainer state of a checkpoint folder; a missing or damaged file is one CurateError line."""
     path = Path(folder) / STATE_FILE
     if not path.is_file():
-        raise CurateError(f"{folder}: no {STATE_FILE} (an HF folder without training state: start from it without --resume)")
+        raise CurateError(f"{folder}: no {STATE_FILE} (an HF folder without training state: start from its weights alone, not its trainer state)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt pickles/zips

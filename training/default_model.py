@@ -1,43 +1,18 @@
-"""The default model and training settings: a CPU-sized GPT-NeoX that forms a previous-token head
-and then an induction head on the embedded mini-Pile corpus within a few minutes on 2 cores.
+"""The default model: a CPU-sized GPT-NeoX that forms a previous-token head and then an induction head
+on the embedded mini-Pile corpus within a few minutes on 2 cores (trained with `training.recipes`).
 
-Tuned together with `curate.minipile.MixtureConfig` (see bench/RESULTS.md for the measurements).
+Tuned together with `curate.minipile.MixtureConfig` (see bench/RESULTS.md for the measurements); its context
+is the default corpus's (`curate.default_corpus.DEFAULT_CONTEXT`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from curate.default_corpus import DEFAULT_CONTEXT
 from curate.errors import CurateError
 
-DEFAULT_CONTEXT = 64  # tokens of context; corpus rows hold one more (the label shift)
 DEFAULT_HIDDEN = 64
 DEFAULT_LAYERS = 2
 DEFAULT_HEADS = 4
 DEFAULT_MLP_MULT = 4
-
-
-@dataclass(frozen=True)
-class DefaultTraining:
-    """Hyper-parameters of the reference run on the default corpus."""
-
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    total_steps: int = 4000
-    eval_every: int = 100
-    min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio at total_steps (1.0: constant after warm-up)
-    weight_decay: float = 0.0
-    beta2: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 0
-
-    @property
-    def rows_needed(self) -> int:
-        """Training rows the run consumes (each row is seen once)."""
-        return self.batch_size * self.total_steps
-
-
-DEFAULT_TRAINING = DefaultTraining()
 
 
 def default_model_config(vocab_size: int, **overrides):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -39,11 +38,11 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """A `--config` JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
+    """A model config JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
     from curate.atomic import read_json
 
     p = Path(path).expanduser()
-    raw = read_json(p, "--config file")
+    raw = read_json(p, "model config file")
     if not isinstance(raw, dict):
         raise CurateError(f"{p}: a model config is a JSON object")
     config_from_dict(raw)
@@ -167,13 +166,3 @@ def _check_gpt_neox(folder: Path) -> None:
         raise CurateError(f"{folder / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if raw.get("model_type") != "gpt_neox":
         raise CurateError(f"{folder}: model_type is {raw.get('model_type')!r}; curate works on GPT-NeoX (Pythia) models")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short sha256 hex over every parameter's name, dtype, shape and bytes (keys factors and score manifests)."""
-    h = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        t = param.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

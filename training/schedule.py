@@ -55,6 +55,6 @@ def parse_checkpoint_steps(spec: str, steps: int, start_step: int = 0) -> list[i
                 chosen.add(step)
         except ValueError:
             raise CurateError(
-                f"--checkpoints {spec!r}: {raw.strip()!r} is not log, log:K, every:N, a step number or none"
+                f"checkpoint steps {spec!r}: {raw.strip()!r} is not log, log:K, every:N, a step number or none"
             ) from None
     return sorted(s for s in chosen if start_step <= s <= steps)

@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from curate.atomic import atomic_path, write_json
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.training.checkpoints import latest_resumable, load_trainer_state, save_checkpoint, STATE_FILE
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
-from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, model_fingerprint, resolve_checkpoint_dir
+from curate.attribution.fingerprint import model_fingerprint
+from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, resolve_checkpoint_dir
 from curate.training.plan import TrainingPlan, RowStream, load_plan, plan_from_json, resolve_stream
+from curate.training.recipes import CHECKPOINT_RECIPE
 from curate.training.schedule import DEFAULT_CHECKPOINTS, lr_at, parse_checkpoint_steps
 
 PLAN_FILE = "plan.json"
@@ -49,15 +51,16 @@ class TrainSpec:
     steps: int = 1000  # train until this step (a checkpoint stepK has seen batches 0..K-1)
     start_step: int | None = None  # data/schedule position of the first update (None: from init_from, else 0)
     batch_size: int | None = None  # None = the corpus's batch size
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    # the optimizer and schedule default to `recipes.CHECKPOINT_RECIPE` (`recipes.recipe_fields` gives each case's)
+    lr: float = CHECKPOINT_RECIPE.lr
+    min_lr_ratio: float = CHECKPOINT_RECIPE.min_lr_ratio
+    warmup_steps: int = CHECKPOINT_RECIPE.warmup_steps
     schedule_steps: int | None = None  # cosine horizon (None = steps)
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    weight_decay: float = CHECKPOINT_RECIPE.weight_decay
+    beta1: float = CHECKPOINT_RECIPE.beta1
+    beta2: float = CHECKPOINT_RECIPE.beta2
+    eps: float = CHECKPOINT_RECIPE.eps
+    grad_clip: float = CHECKPOINT_RECIPE.grad_clip
     seed: int = 0
     eval_every: int = 100
     eval_probes: int = 32
@@ -81,6 +84,25 @@ class TrainSpec:
         if unknown:
             raise CurateError(f"run spec: unknown field {unknown[0]!r}")
         return cls(**raw)
+
+
+def saved_spec(out_dir: Path, fields: dict) -> TrainSpec | None:
+    """The spec of the run already in `out_dir` (None when it holds none), checked against `fields`: a resumed
+    run continues as it was, so each field given must equal the saved one (corpus, held-out and plan paths
+    compared resolved)."""
+    run_file = Path(out_dir) / RUN_FILE
+    if not run_file.is_file():
+        return None
+    saved = TrainSpec.from_json(json.loads(run_file.read_text())["spec"])
+    for name, value in fields.items():
+        current = getattr(saved, name)
+        if name in ("corpus", "heldout", "plan") and isinstance(current, str) and isinstance(value, str):
+            same = Path(current).expanduser().resolve() == Path(value).expanduser().resolve()
+        else:
+            same = current == value
+        if not same:
+            raise CurateError(f"{out_dir}: the run there has {name} = {current!r}, not {value!r}; resuming continues a run as it was")
+    return saved
 
 
 @dataclass
@@ -123,7 +145,7 @@ def _default_config(vocab_size: int):
     try:
         from curate.training.default_model import default_model_config
     except ImportError as e:
-        raise CurateError(f"the default model config is not available ({e}); pass --config") from None
+        raise CurateError(f"the default model config is not available ({e}); give a model config") from None
     return default_model_config(vocab_size)
 
 
@@ -134,8 +156,9 @@ def corpus_vocab_size(corpus: Corpus) -> int:
     return corpus.vocab_range()[1] + 1
 
 
-def _heldout_rows(spec: TrainSpec, train_corpus: Corpus | None, base: Corpus, stream: RowStream) -> tuple[np.ndarray | None, str]:
-    """Held-out rows for the held-out loss and the ICL score, and where they came from."""
+def _heldout_rows(spec: TrainSpec, train_corpus: Corpus | None, base: Corpus, stream: RowStream,
+                  vocab_size: int) -> tuple[np.ndarray | None, str]:
+    """Held-out rows for the held-out loss and the ICL score (checked against the vocabulary), and where they came from."""
     if spec.heldout_rows <= 0:
         return None, "disabled (heldout_rows = 0)"
     src = open_corpus(spec.heldout) if spec.heldout else (train_corpus or base)
@@ -165,10 +188,22 @@ def _heldout_rows(spec: TrainSpec, train_corpus: Corpus | None, base: Corpus, st
             first_free = 0
         available = n - first_free
         if available <= 0:
-            return None, f"none: {src.path} has no rows beyond those trained on (give --heldout)"
+            return None, f"none: {src.path} has no rows beyond those trained on (give a held-out corpus)"
         rows = np.arange(n - min(available, spec.heldout_rows), n)
         where = f"{src.path} rows [{rows[0]}, {n}) (unused tail)"
+    check_token_ids(src, (int(rows[0]), int(rows[-1]) + 1), vocab_size)
     return np.asarray(src.take(rows), dtype=np.int64), where
+
+
+def check_stream_vocab(stream: RowStream, start_step: int, steps: int, vocab_size: int) -> None:
+    """Every row the run will train on (steps start_step..steps-1) holds ids inside the vocabulary."""
+    a, b = start_step * stream.batch_size, steps * stream.batch_size
+    for i, source in enumerate(stream.sources):
+        rows = np.unique(stream.row[a:b][stream.source[a:b] == i])
+        if len(rows) == 0:
+            continue
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):  # contiguous row ranges
+            check_token_ids(source, (int(run[0]), int(run[-1]) + 1), vocab_size)
 
 
 class _Evaluator:
@@ -219,17 +254,17 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:
 
 def _check_spec(spec: TrainSpec) -> None:
     checks = [
-        (spec.steps >= 1, f"--steps must be at least 1 (got {spec.steps})"),
-        (spec.batch_size is None or spec.batch_size >= 1, f"--batch-size must be at least 1 (got {spec.batch_size})"),
-        (spec.lr > 0, f"--lr must be positive (got {spec.lr})"),
+        (spec.steps >= 1, f"steps must be at least 1 (got {spec.steps})"),
+        (spec.batch_size is None or spec.batch_size >= 1, f"batch_size must be at least 1 (got {spec.batch_size})"),
+        (spec.lr > 0, f"lr must be positive (got {spec.lr})"),
         (0 <= spec.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1] (got {spec.min_lr_ratio})"),
         (spec.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {spec.warmup_steps})"),
-        (spec.eval_every >= 1, f"--eval-every must be at least 1 (got {spec.eval_every})"),
+        (spec.eval_every >= 1, f"eval_every must be at least 1 (got {spec.eval_every})"),
         (spec.grad_clip >= 0, f"grad_clip must be >= 0 (got {spec.grad_clip})"),
-        (spec.threads >= 1, f"--threads must be at least 1 (got {spec.threads})"),
+        (spec.threads >= 1, f"threads must be at least 1 (got {spec.threads})"),
         (spec.heldout_rows >= 0, f"heldout_rows must be >= 0 (got {spec.heldout_rows})"),
         (not (spec.model_config is not None and spec.init_from is not None), "give a model config or a checkpoint to start from, not both"),
-        (not (spec.init_state and spec.init_from is None), "init_state (--resume with --from) needs a checkpoint to start from"),
+        (not (spec.init_state and spec.init_from is None), "init_state (continue a checkpoint's trainer state) needs a checkpoint to start from"),
     ]
     for ok, message in checks:
         if not ok:
@@ -239,7 +274,7 @@ def _check_spec(spec: TrainSpec) -> None:
 def _start_step_from(spec: TrainSpec, folder: Path | None, state: dict | None) -> int:
     if state is not None:
         if spec.start_step is not None and spec.start_step != state["step"]:
-            raise CurateError(f"{folder}: its trainer state is at step {state['step']}, but --start-step is {spec.start_step}")
+            raise CurateError(f"{folder}: its trainer state is at step {state['step']}, but the start step asked for is {spec.start_step}")
         return int(state["step"])
     if spec.start_step is not None:
         return spec.start_step
@@ -335,7 +370,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     plan = _resolved_plan(run)
     run = _normalized(run, plan)
     if plan.corpus is None and run.corpus is None:
-        raise CurateError("no corpus: pass --corpus (or a plan that names one)")
+        raise CurateError("no corpus: give a training corpus (or a plan that names one)")
     train_corpus = open_corpus(run.corpus) if run.corpus else None
     base = open_corpus(plan.corpus) if plan.corpus else train_corpus
     assert base is not None
@@ -347,13 +382,13 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     run_file = out_dir / RUN_FILE
     if run_file.is_file():
         if not resume:
-            raise CurateError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+            raise CurateError(f"{out_dir}: already holds a run; resume it or choose another output folder")
         saved = json.loads(run_file.read_text())
         if saved.get("spec_hash") != this_hash:
-            raise CurateError(f"{out_dir}: the run there was started with different settings (spec {saved.get('spec_hash')}, now {this_hash}); --resume continues a run as it was")
+            raise CurateError(f"{out_dir}: the run there was started with different settings (spec {saved.get('spec_hash')}, now {this_hash}); resuming continues a run as it was")
         resume_dir = latest_resumable(out_dir)
     elif out_dir.exists() and any(out_dir.iterdir()):
-        raise CurateError(f"{out_dir}: exists and is not empty (and holds no run); choose another --out")
+        raise CurateError(f"{out_dir}: exists and is not empty (and holds no run); choose another output folder")
 
     init_folder: Path | None = None
     init_state: dict | None = None
@@ -361,11 +396,11 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
         init_folder = resolve_checkpoint_dir(run.init_from, run.revision)
         if run.init_state:
             if init_folder is None:
-                raise CurateError(f"{run.init_from}: --resume with --from needs a local run checkpoint (hub models carry no trainer state)")
+                raise CurateError(f"{run.init_from}: continuing a checkpoint's trainer state needs a local run checkpoint (hub models carry no trainer state)")
             init_state = load_trainer_state(init_folder)
     start_step = _start_step_from(run, init_folder, init_state)
     if start_step >= run.steps:
-        raise CurateError(f"nothing to train: the start step {start_step} is not before --steps {run.steps}")
+        raise CurateError(f"nothing to train: the start step {start_step} is not before the final step {run.steps}")
     schedule_steps = run.schedule_steps or run.steps
 
     stream = resolve_stream(plan, base, batch_size, run.steps, start_step)
@@ -391,9 +426,8 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     if state is not None and state["plan_hash"] != plan.plan_hash() and resume_dir is not None:
         raise CurateError(f"{resume_dir}: checkpoint was trained under another plan")
 
-    heldout, heldout_where = _heldout_rows(run, train_corpus, base, stream)
-    if heldout is not None and heldout.max() >= vocab_size:
-        raise CurateError(f"held-out rows hold token id {int(heldout.max())}, outside the model's vocabulary ({vocab_size})")
+    check_stream_vocab(stream, start_step, run.steps, vocab_size)  # before anything is written
+    heldout, heldout_where = _heldout_rows(run, train_corpus, base, stream, vocab_size)
     from curate.attribution.probes import corpus_probes
 
     probes = corpus_probes(model.config, base, n=run.eval_probes, half_len=run.probe_half_len or None, seed=run.probe_seed)
@@ -472,9 +506,6 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
                 break
             src, rows = stream.batch_ids(step)
             tokens = stream.read_batch(step)
-            if int(tokens.max()) >= vocab_size or int(tokens.min()) < 0:
-                bad = int(np.argmax((tokens >= vocab_size).any(1) | (tokens < 0).any(1)))
-                raise CurateError(f"{stream.sources[int(src[bad])].path}: row {int(rows[bad])} (step {step}) holds token ids outside the model's vocabulary ({vocab_size})")
             if on_batch is not None:
                 on_batch(step, src, rows, tokens)
             lr = lr_at(step, run.lr, run.warmup_steps, schedule_steps, run.min_lr_ratio)
@@ -490,7 +521,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
             optimizer.step()
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
-                raise CurateError(f"training diverged at step {step} (loss {last_loss}); lower --lr")
+                raise CurateError(f"training diverged at step {step} (loss {last_loss}); lower the learning rate")
             loss_sum += last_loss
             loss_count += 1
             display.step(last_loss)

@@ -6,7 +6,6 @@ default corpus adds `corpus build-default`).
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 from pathlib import Path
 from typing import Iterator, Optional
@@ -17,11 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate.atomic import atomic_path
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
-from curate.megatron import CODE_BY_DTYPE, MegatronWriter, token_dtype_for_vocab
-from curate.parquet_io import ParquetRowWriter
+from curate.export import ExportFormat, export_rows
 from curate.workspace import WorkspaceOpt, default_corpus_dir, resolve_workspace
 
 corpus_app = typer.Typer(
@@ -32,13 +29,6 @@ corpus_app = typer.Typer(
 
 EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact
 SAMPLED_STEPS = 64
-EXPORT_CHUNK_ROWS = 4096
-
-
-class ExportFormat(str, enum.Enum):
-    megatron = "megatron"
-    parquet = "parquet"
-    npy = "npy"
 
 
 def register(app: typer.Typer) -> None:
@@ -137,21 +127,13 @@ def vocab_range(corpus: Corpus, exact: bool) -> tuple[int | None, int | None, bo
 
 
 def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
-    """`Corpus.check_vocab` over the whole corpus with a progress bar."""
+    """`check_token_ids` over the whole corpus with a progress bar."""
     if vocab_size < 1:
         raise CurateError(f"--vocab-size must be at least 1, got {vocab_size}")
     chunk = max(1, (1 << 22) // max(1, corpus.row_len))
     with progress_bar() as bar:
         task = bar.add_task("checking token ids", total=corpus.num_rows)
-        for a, block in corpus.iter_chunks(chunk_rows=chunk):
-            bad = (block < 0) | (block >= vocab_size)
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                raise CurateError(
-                    f"{corpus.path}: token id {int(block[r, c])} at row {a + int(r)} is outside the model's "
-                    f"vocabulary (size {vocab_size})"
-                )
-            bar.advance(task, block.shape[0])
+        check_token_ids(corpus, (0, corpus.num_rows), vocab_size, chunk, progress=lambda n: bar.advance(task, n))
 
 
 # -- info -------------------------------------------------------------------------------------------
@@ -313,74 +295,6 @@ def ingest_command(
 
 # -- export -----------------------------------------------------------------------------------------
 
-def _megatron_prefix(out: Path) -> Path:
-    return out.with_suffix("") if out.suffix in (".bin", ".idx") else out
-
-
-def _export_targets(fmt: ExportFormat, out: Path) -> list[Path]:
-    if fmt is ExportFormat.megatron:
-        prefix = _megatron_prefix(out)
-        return [prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")]
-    return [out]
-
-
-def _sidecar_columns(corpus: Corpus) -> dict[str, np.ndarray] | None:
-    """The corpus sidecar's label columns indexed by row id (None when there is no sidecar)."""
-    side = corpus.sidecar_path()
-    if side is None or not side.is_file():
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(side)
-    if "row_id" not in table.column_names or table.num_rows != corpus.num_rows:
-        raise CurateError(f"{side}: sidecar has {table.num_rows} rows, the corpus {corpus.num_rows}")
-    ids = table.column("row_id").to_numpy()
-    if not np.array_equal(ids, np.arange(corpus.num_rows)):
-        table = table.take(np.argsort(ids))
-    return {name: table.column(name) for name in table.column_names if name not in ("row_id", "step")}
-
-
-def export_rows(corpus: Corpus, fmt: ExportFormat, out: Path, start: int, stop: int) -> list[Path]:
-    """Stream rows [start, stop) of `corpus` into `out` (atomically); returns the files written."""
-    targets = _export_targets(fmt, out)
-    sources = {f.resolve() for f in corpus.files}
-    for t in targets:
-        if t.resolve() in sources:
-            raise CurateError(f"--out {out}: would overwrite the corpus being exported ({t})")
-    n = stop - start
-    with progress_bar() as bar:
-        task = bar.add_task(f"export {fmt.value}", total=n)
-        chunks = corpus.iter_chunks(start, stop, chunk_rows=EXPORT_CHUNK_ROWS)
-        if fmt is ExportFormat.megatron:
-            if corpus.meta and corpus.meta.vocab_size:
-                dtype = token_dtype_for_vocab(corpus.meta.vocab_size)
-            elif corpus.dtype in CODE_BY_DTYPE:
-                dtype = corpus.dtype
-            else:
-                _, hi, _ = vocab_range(corpus, exact=True)
-                dtype = token_dtype_for_vocab((hi or 0) + 1)
-            with MegatronWriter(_megatron_prefix(out), dtype) as writer:
-                for _, block in chunks:
-                    writer.add_rows(block)
-                    bar.advance(task, block.shape[0])
-        elif fmt is ExportFormat.parquet:
-            labels = _sidecar_columns(corpus)
-            with ParquetRowWriter(out, corpus.batch_size) as writer:
-                for a, block in chunks:
-                    extra = {k: v.slice(a, block.shape[0]).combine_chunks() for k, v in labels.items()} if labels else None
-                    writer.add(block, np.arange(a, a + block.shape[0], dtype=np.int64), extra)
-                    bar.advance(task, block.shape[0])
-        else:
-            with atomic_path(out) as tmp:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=corpus.dtype.newbyteorder("<"), shape=(n, corpus.row_len))
-                for a, block in chunks:
-                    arr[a - start : a - start + block.shape[0]] = block
-                    bar.advance(task, block.shape[0])
-                arr.flush()
-                del arr
-    return targets
-
-
 @corpus_app.command("export")
 def export_command(
     src: Optional[Path] = typer.Argument(None, metavar="SRC", help="Corpus to export (default: the workspace's default corpus)."),
@@ -404,7 +318,9 @@ def export_command(
         start, stop = 0, corpus.num_rows
     if fmt_suffix_mismatch(to, out):
         raise CurateError(f"--out {out}: a {to.value} export needs a {fmt_suffix_mismatch(to, out)} file name")
-    written = export_rows(corpus, to, out, start, stop)
+    with progress_bar() as bar:
+        task = bar.add_task(f"export {to.value}", total=stop - start)
+        written = export_rows(corpus, to, out, start, stop, progress=lambda n: bar.advance(task, n))
     print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")
 
 

@@ -8,11 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from curate.errors import CurateError
-from curate.workspace import WorkspaceOpt, default_corpus_dir, reference_run_dir, resolve_workspace
-
-REFERENCE_CHECKPOINTS = "log,every:100"
-"""The reference run keeps Pythia's early log-spaced checkpoints, then one at every evaluation (the model is
-small), so any formation window can be re-trained from, or attributed at, an evaluated step."""
+from curate.workspace import WorkspaceOpt, resolve_workspace
 
 # CLI option name -> TrainSpec field, for the options that map one to one.
 SPEC_OPTIONS = {
@@ -21,35 +17,6 @@ SPEC_OPTIONS = {
     "lr": "lr", "warmup_steps": "warmup_steps", "start_step": "start_step", "heldout": "heldout",
     "threads": "threads", "device": "device",
 }
-
-
-def default_training_fields() -> dict:
-    """TrainSpec fields from `training.default_model.DEFAULT_TRAINING` (the reference run's settings)."""
-    from dataclasses import asdict, is_dataclass
-
-    try:
-        from curate.training.default_model import DEFAULT_TRAINING
-    except ImportError as e:
-        raise CurateError(f"the default training settings are not available ({e})") from None
-    raw = asdict(DEFAULT_TRAINING) if is_dataclass(DEFAULT_TRAINING) else dict(DEFAULT_TRAINING)
-    renames = {"total_steps": "steps", "min_lr": "min_lr_ratio", "min_lr_ratio": "min_lr_ratio"}
-    from curate.training.trainer import TrainSpec
-
-    known = set(TrainSpec.__dataclass_fields__)
-    out = {}
-    for key, value in raw.items():
-        name = renames.get(key, key)
-        if name in known:
-            out[name] = value
-    return out
-
-
-RECIPE_FIELDS = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "beta2", "grad_clip")
-
-
-def default_recipe_fields() -> dict:
-    """The optimizer settings of the default recipe (DEFAULT_TRAINING), for any fresh model."""
-    return {k: v for k, v in default_training_fields().items() if k in RECIPE_FIELDS}
 
 
 def train_command(
@@ -78,53 +45,33 @@ def train_command(
 ) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
     args = dict(locals())
-    from curate.training.models import RUN_FILE
-    from curate.training.trainer import TrainSpec, train
+    from curate.training.recipes import recipe_fields
+    from curate.training.reference import train_reference_run
+    from curate.training.trainer import TrainSpec, saved_spec, train
 
     given = {field: args[opt] for opt, field in SPEC_OPTIONS.items() if args[opt] is not None}
     ws = resolve_workspace(workspace)
     if default:
         if config is not None or from_ is not None:
             raise CurateError("--default trains the default model from scratch; drop --config/--from")
-        corpus_dir = default_corpus_dir(ws)
-        if corpus is None:
-            if not (corpus_dir / "corpus.json").is_file():
-                from curate.default_corpus import build_default_corpus
-
-                build_default_corpus(ws, progress=not quiet)
-            given["corpus"] = str(corpus_dir)
-        out = out or reference_run_dir(ws)
-        resume = True  # `curate train --default` is idempotent: continue or confirm the reference run
-        fields = {"checkpoints": REFERENCE_CHECKPOINTS, **default_training_fields(), **given}
+        # `curate train --default` is idempotent: it continues or confirms the reference run
+        result = train_reference_run(ws, progress=not quiet, overrides=given, out=out)
     else:
         if out is None:
             raise CurateError("--out is required (or use --default for the reference run)")
-        # a fresh model trains with the default recipe's optimizer settings unless told otherwise
-        fields = {**default_recipe_fields(), **given} if from_ is None else dict(given)
-    if config is not None:
-        from curate.training.models import load_config_file
+        fields = {**recipe_fields("fresh" if from_ is None else "from_checkpoint"), **given}
+        if config is not None:
+            from curate.training.models import load_config_file
 
-        fields["model_config"] = load_config_file(config)
-    if resume and from_ is not None:
-        fields["init_state"] = True
-
-    run_file = out / RUN_FILE
-    if resume and from_ is None and run_file.is_file():
-        saved = TrainSpec.from_json(json.loads(run_file.read_text())["spec"])
-        for name, value in fields.items():
-            current = getattr(saved, name)
-            if name in ("corpus", "heldout", "plan") and isinstance(current, str) and isinstance(value, str):
-                same = Path(current).expanduser().resolve() == Path(value).expanduser().resolve()
-            else:
-                same = current == value
-            if not same:
-                raise CurateError(f"{out}: the run there has {name} = {current!r}, not {value!r}; --resume continues a run as it was")
-        spec = saved
-    else:
-        if fields.get("corpus") is None and fields.get("plan") is None:
-            raise CurateError("--corpus is required (or a --plan that names a corpus, or --default)")
-        spec = TrainSpec(**fields)
-    result = train(spec, out, progress=not quiet, resume=resume)
+            fields["model_config"] = load_config_file(config)
+        if resume and from_ is not None:
+            fields["init_state"] = True
+        spec = saved_spec(out, fields) if resume and from_ is None else None
+        if spec is None:
+            if fields.get("corpus") is None and fields.get("plan") is None:
+                raise CurateError("--corpus is required (or a --plan that names a corpus, or --default)")
+            spec = TrainSpec(**fields)
+        result = train(spec, out, progress=not quiet, resume=resume)
     if as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
