@@ -219,9 +219,10 @@ def _is_run_folder(spec: str) -> bool:
 
 def default_out(opts: ExperimentOptions, ws: Path) -> Path:
     from curate.attribution.circuits import get_circuit
+    from curate.workspace import experiments_dir
 
     name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
-    return ws / "experiments" / name
+    return experiments_dir(ws) / name
 
 
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:

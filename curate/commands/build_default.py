@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from curate.workspace import WorkspaceOpt, resolve_workspace
+from curate.commands.options import WorkspaceOpt
+from curate.workspace import resolve_workspace
 
 
 def build_default_command(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.workspace import WorkspaceOpt
+from curate.commands.options import WorkspaceOpt
 
 
 def probe_vocabulary(model: object, checkpoint: Path | None) -> tuple[int, list[int]]:

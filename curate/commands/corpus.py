@@ -22,7 +22,8 @@ from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from curate.megatron import CODE_BY_DTYPE, MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import ParquetRowWriter
-from curate.workspace import WorkspaceOpt, default_corpus_dir, resolve_workspace
+from curate.commands.options import WorkspaceOpt
+from curate.workspace import default_corpus_dir, resolve_workspace
 
 corpus_app = typer.Typer(
     name="corpus",

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.workspace import WorkspaceOpt
+from curate.commands.options import WorkspaceOpt
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from curate.errors import CurateError
-from curate.workspace import WorkspaceOpt, resolve_workspace
+from curate.commands.options import WorkspaceOpt
+from curate.workspace import resolve_workspace
 
 
 def register(app: typer.Typer) -> None:

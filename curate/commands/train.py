@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from curate.errors import CurateError
-from curate.workspace import WorkspaceOpt, default_corpus_dir, reference_run_dir, resolve_workspace
+from curate.commands.options import WorkspaceOpt
+from curate.workspace import default_corpus_dir, reference_run_dir, resolve_workspace
 
 REFERENCE_CHECKPOINTS = "log,every:100"
 """The reference run keeps Pythia's early log-spaced checkpoints, then one at every evaluation (the model is
