@@ -73,7 +73,9 @@ def named(options: Any, name: str) -> Iterator[None]:
     try:
         yield
     except (CurateError, ValueError) as e:
-        raise CurateError(f"{flag(options, name)} {e}") from None
+        text = str(e)
+        sep = " " if text[:1] in ("'", '"') or text[:1].isdigit() else ": "  # `--x 'v': ...` or `--x: ...`
+        raise CurateError(f"{flag(options, name)}{sep}{text}") from None
 
 
 def check_positive(options: Any, *names: str, minimum: int = 1) -> None:

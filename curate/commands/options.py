@@ -42,7 +42,8 @@ def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any],
         base = plain_type(hint)
         kind = Optional[base] if base is not hint else hint
         if cli["argument"]:
-            info = typer.Argument(help=cli["help"], show_default=cli["show_default"], **cli["extra"])
+            extra = {"metavar": f.name.upper(), **cli["extra"]}
+            info = typer.Argument(help=cli["help"], show_default=cli["show_default"], **extra)
         else:
             info = typer.Option(*cli["flags"], help=cli["help"], show_default=cli["show_default"], **cli["extra"])
         if f.default is not dataclasses.MISSING:
