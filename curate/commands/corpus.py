@@ -29,6 +29,7 @@ corpus_app = typer.Typer(
     name="corpus",
     help="Inspect, view, ingest and export token corpora (Megatron .bin/.idx, .npy, Parquet).",
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts are plain, as in the top-level app
 )
 
 EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact
