@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: `[r, r]` and `[default: 8192]` print as written
 )
 
 # One line per command module; each defines `register(app: typer.Typer) -> None`.
@@ -26,6 +27,7 @@ COMMAND_MODULES = [
     "curate.commands.score",
     "curate.commands.mix",
     "curate.commands.experiment",
+    "curate.commands.options",  # `curate replay FOLDER`
 ]
 
 for _name in COMMAND_MODULES:

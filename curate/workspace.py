@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 
 ENV_VAR = "CURATE_WORKSPACE"
 DEFAULT_DIR = "curate-workspace"
 
-WorkspaceOpt = Annotated[
-    Optional[Path],
-    typer.Option("--workspace", help=f"Workspace folder (default: ${ENV_VAR} or ./{DEFAULT_DIR}).", show_default=False),
-]
+WORKSPACE_HELP = f"Workspace folder (default: ${ENV_VAR} or ./{DEFAULT_DIR})."
 
 
 def resolve_workspace(explicit: Path | None = None) -> Path:
@@ -37,3 +31,13 @@ def reference_run_dir(ws: Path) -> Path:
 def scores_dir(ws: Path, circuit: str) -> Path:
     """Where `curate score --circuit C` writes on the default setup."""
     return ws / "default" / "scores" / circuit
+
+
+def mixes_dir(ws: Path) -> Path:
+    """Where `curate build-mix` writes a mix when no --out is given (one folder per circuit and options)."""
+    return ws / "mixes"
+
+
+def experiments_dir(ws: Path) -> Path:
+    """Where `curate experiment` writes when no --out is given (one folder per circuit and mode)."""
+    return ws / "experiments"

@@ -60,19 +60,19 @@ ALL_ARMS = tuple(ARMS)
 SCALE_ARMS = ("baseline", "augment-top", "augment-random", "augment-synthetic")
 
 
-def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, flag: str = "--arms") -> list[str]:
-    """A comma-separated arm list (in the canonical order, baseline always included); None = `default`."""
+def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, include_baseline: bool = True) -> list[str]:
+    """A comma-separated arm list (in the canonical order, the baseline included unless told not); None = `default`."""
     if text is None:
         names = list(default)
     else:
         names = [t.strip() for t in str(text).split(",") if t.strip()]
         if not names:
-            raise CurateError(f"{flag} {text!r}: name at least one arm (known: {', '.join(ALL_ARMS)})")
+            raise CurateError(f"{text!r}: name at least one arm (known: {', '.join(ALL_ARMS)})")
         for n in names:
             if n not in ARMS:
-                raise CurateError(f"{flag}: unknown arm {n!r} (known: {', '.join(ALL_ARMS)})")
+                raise CurateError(f"unknown arm {n!r} (known: {', '.join(ALL_ARMS)})")
     chosen = set(names)
-    if flag == "--arms":
+    if include_baseline:
         chosen.add("baseline")
     return [a for a in ALL_ARMS if a in chosen]
 

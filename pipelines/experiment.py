@@ -53,7 +53,7 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
     s.out.mkdir(parents=True, exist_ok=True)
     write_json(s.out / EXPERIMENT_FILE, {"identity": s.identity, "command": command_line(opts)})
     if opts.rerun is not None:
-        for arm in parse_arms(opts.rerun, flag="--rerun"):
+        for arm in parse_arms(opts.rerun, include_baseline=False):
             log(f"--rerun: discarding the {arm} runs and mixes")
             discard(s.out / "arms", s.out / "mixes", arm)
 

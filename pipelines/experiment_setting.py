@@ -4,13 +4,18 @@ threshold, and the identity a rerun into the same folder must match."""
 from __future__ import annotations
 
 import json
-import math
-import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
+from curate.pipelines.experiment_options import (  # noqa: F401  (the options, importable from here)
+    DEFAULT_ARM_CHECKPOINTS,
+    ExperimentOptions,
+    check_options,
+    command_line,
+    parse_sizes,
+)
 from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
@@ -18,131 +23,6 @@ EXPERIMENT_FILE = "experiment.json"
 QUICK_BASELINE_STEPS = 300
 QUICK_EVAL_EVERY = 25
 DEFAULT_SEEDS = 3
-DEFAULT_ARM_CHECKPOINTS = "every:1000"
-
-
-@dataclass
-class ExperimentOptions:
-    """The command's flags (None = the default, resolved in `resolve_setting`)."""
-
-    circuit: str = "induction"
-    quick: bool = False
-    k: str = "10%"
-    augment: str = "2%"
-    seeds: int | None = None
-    arms: str | None = None
-    rerun: str | None = None
-    window: str | None = None
-    steps: int | None = None
-    threshold: float | None = None
-    heads: str = "auto"
-    corpus: str | None = None
-    model: str | None = None
-    revision: str | None = None
-    config: str | None = None
-    baseline_steps: int | None = None
-    batch_size: int | None = None
-    eval_every: int | None = None
-    lr: float | None = None
-    warmup_steps: int | None = None
-    schedule_steps: int | None = None
-    arm_checkpoints: str = DEFAULT_ARM_CHECKPOINTS
-    motif_rows: int = 2000
-    fit_rows: int | None = None
-    workers: int | None = None
-    device: str = "cpu"
-    out: Path | None = None
-    workspace: Path | None = None
-    progress: bool = True
-    scales: bool = False
-    sizes: str = "64x2,96x2,128x3"
-
-    def flags(self) -> list[str]:
-        """The `curate experiment` flags that reproduce these options (defaults left out, --out always)."""
-        defaults = ExperimentOptions()
-        out: list[str] = []
-        for f in fields(self):
-            name, value = f.name, getattr(self, f.name)
-            if name in ("progress", "rerun") or value == getattr(defaults, name):
-                continue
-            flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):
-                out.append(flag)
-            else:
-                if name in ("out", "workspace", "config") or (name in ("corpus", "model") and Path(str(value)).exists()):
-                    value = str(Path(value).expanduser().resolve())
-                out += [flag, str(value)]
-        if not self.progress:
-            out.append("--quiet")
-        return out
-
-
-def command_line(opts: ExperimentOptions, extra: list[str] | None = None) -> str:
-    return shlex.join(["curate", "experiment", *opts.flags(), *(extra or [])])
-
-
-# --------------------------------------------------------------------------- cheap checks
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """`--sizes 64x2,96x2,128x3` -> [(hidden, layers), ...]; at least three distinct sizes."""
-    sizes: list[tuple[int, int]] = []
-    for part in str(text).split(","):
-        item = part.strip().lower()
-        h, sep, l = item.partition("x")
-        if not (sep and h.isdigit() and l.isdigit() and int(h) > 0 and int(l) > 0):
-            raise CurateError(f"--sizes {text!r}: {part.strip()!r} is not HIDDENxLAYERS (e.g. 64x2)")
-        if (int(h), int(l)) in sizes:
-            raise CurateError(f"--sizes {text!r}: {item} is listed twice")
-        sizes.append((int(h), int(l)))
-    if len(sizes) < 3:
-        raise CurateError(f"--sizes {text!r}: --scales needs at least three model sizes")
-    return sizes
-
-
-def check_options(opts: ExperimentOptions) -> None:
-    """Every check that needs no file: one CurateError line before anything is read or written."""
-    from curate.attribution.circuits import get_circuit
-    from curate.amounts import check_amount
-    from curate.pipelines.arms import parse_arms
-    from curate.pipelines.score_job import parse_window
-    from curate.training.schedule import parse_checkpoint_steps
-
-    get_circuit(opts.circuit)
-    check_amount(opts.k, "--k")
-    check_amount(opts.augment, "--augment")
-    arms = parse_arms(opts.arms)
-    if opts.rerun is not None:
-        for arm in parse_arms(opts.rerun, flag="--rerun"):
-            if arm not in arms:
-                raise CurateError(f"--rerun {arm}: not one of the arms run ({', '.join(arms)})")
-    positive = {"--seeds": opts.seeds, "--steps": opts.steps, "--baseline-steps": opts.baseline_steps,
-                "--batch-size": opts.batch_size, "--eval-every": opts.eval_every, "--workers": opts.workers,
-                "--fit-rows": opts.fit_rows, "--schedule-steps": opts.schedule_steps, "--motif-rows": opts.motif_rows}
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise CurateError(f"{flag} must be at least 1 (got {value})")
-    if opts.warmup_steps is not None and opts.warmup_steps < 0:
-        raise CurateError(f"--warmup-steps must be >= 0 (got {opts.warmup_steps})")
-    if opts.lr is not None and not (opts.lr > 0 and math.isfinite(opts.lr)):
-        raise CurateError(f"--lr must be positive (got {opts.lr})")
-    if opts.threshold is not None and not 0.0 < opts.threshold <= 1.0:
-        raise CurateError(f"--threshold must be in (0, 1] (got {opts.threshold})")
-    if opts.window is not None:
-        parse_window(opts.window)
-    if opts.device not in ("cpu", "cuda"):
-        raise CurateError(f"--device {opts.device!r}: expected cpu or cuda")
-    parse_checkpoint_steps(opts.arm_checkpoints, 10, 0)
-    if opts.revision is not None and opts.model is None:
-        raise CurateError("--revision names a checkpoint of --model: give --model too")
-    if opts.config is not None and opts.model is not None:
-        raise CurateError("--config builds a fresh baseline model; --model starts from existing weights: give one of them")
-    if opts.scales:
-        parse_sizes(opts.sizes)
-        if opts.model is not None:
-            raise CurateError("--scales trains its own baseline per model size: drop --model")
-        if opts.window is not None:
-            raise CurateError("--scales finds each size's window from its own baseline: drop --window")
 
 
 # --------------------------------------------------------------------------- the resolved setting
@@ -219,9 +99,10 @@ def _is_run_folder(spec: str) -> bool:
 
 def default_out(opts: ExperimentOptions, ws: Path) -> Path:
     from curate.attribution.circuits import get_circuit
+    from curate.workspace import experiments_dir
 
     name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
-    return ws / "experiments" / name
+    return experiments_dir(ws) / name
 
 
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:

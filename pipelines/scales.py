@@ -70,9 +70,9 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     from curate.atomic import write_json
     from curate.workspace import resolve_workspace
     from curate.pipelines.arms import SCALE_ARMS, parse_arms
-    from curate.pipelines.experiment import check_options, command_line, default_out, parse_sizes, ray_holder, run_experiment
+    from curate.pipelines.experiment import command_line, default_out, parse_sizes, ray_holder, run_experiment
 
-    check_options(opts)
+    opts.validate()
     sizes = parse_sizes(opts.sizes)
     ws = resolve_workspace(opts.workspace)
     out = Path(opts.out) if opts.out is not None else default_out(opts, ws)

@@ -33,17 +33,22 @@ from curate.attribution.circuits import Circuit, Localization, get_circuit
 from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import HeadRef, check_mode
 from curate.attribution.influence import fit_data_key, fit_row_ids
-from curate.amounts import check_amount, parse_amount
+from curate.amounts import parse_amount
 from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
+from curate.pipelines.score_request import (  # noqa: F401  (the request and its checks, importable from here)
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_FIT_ROWS,
+    DEFAULT_SHARD_ROWS,
+    DEFAULT_TOP,
+    ScoreRequest,
+    check_request,
+    parse_window,
+)
 
 JOB_VERSION = 1
-DEFAULT_TOP = "10%"
-DEFAULT_BATCH_ROWS = 8
-DEFAULT_SHARD_ROWS = 1024
-DEFAULT_FIT_ROWS = 8192
 SHOW_TOP = 10  # rows printed (and kept decoded in summary.json) per tail
 TEXT_CHARS = 80
 
@@ -51,31 +56,6 @@ Log = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- the request
-
-
-@dataclass
-class ScoreRequest:
-    """What the user asked for (the CLI flags); None = the default."""
-
-    circuit: str = "induction"
-    corpus: str | None = None
-    model: str | None = None
-    revision: str | None = None
-    heads: str = "auto"
-    mode: str | None = None  # None: the circuit's default_mode
-    window: str | None = None
-    top: str = DEFAULT_TOP
-    out: Path | None = None
-    workers: int | None = None
-    ray_address: str | None = None
-    device: str = "cpu"
-    batch_rows: int = DEFAULT_BATCH_ROWS
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    fit_rows: int | None = DEFAULT_FIT_ROWS  # None: every row of the window
-    seed: int = 0
-    force: bool = False
-    workspace: Path | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -111,43 +91,6 @@ class ScoreJob:
         step = self.request.shard_rows
         a, b = self.rows
         return [(s, min(s + step, b)) for s in range(a, b, step)]
-
-
-# --------------------------------------------------------------------------- parsing flags
-
-
-def parse_window(text: str) -> tuple[int | None, int | None]:
-    """`--window START:END` in steps (either side may be empty: 0 / the checkpoint's step)."""
-    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", str(text))
-    if not m:
-        raise CurateError(f"--window {text!r}: expected START:END in training steps, e.g. 0:1500")
-    start = int(m.group(1)) if m.group(1) else None
-    end = int(m.group(2)) if m.group(2) else None
-    if start is not None and end is not None and end <= start:
-        raise CurateError(f"--window {text}: END must be after START")
-    return start, end
-
-
-def check_request(req: ScoreRequest) -> None:
-    """Cheap checks of the flags alone (no file is opened)."""
-    if req.mode is not None:
-        check_mode(req.mode)
-    check_amount(req.top, "--top")
-    if req.window is not None:
-        parse_window(req.window)
-    for name, value in (("--batch-rows", req.batch_rows), ("--shard-rows", req.shard_rows)):
-        if value < 1:
-            raise CurateError(f"{name} must be at least 1 (got {value})")
-    if req.shard_rows % req.batch_rows:
-        raise CurateError(f"--shard-rows {req.shard_rows} must be a multiple of --batch-rows {req.batch_rows}")
-    if req.fit_rows is not None and req.fit_rows < 1:
-        raise CurateError(f"--fit-rows must be at least 1 (got {req.fit_rows})")
-    if req.workers is not None and req.workers < 1:
-        raise CurateError(f"--workers must be at least 1 (got {req.workers})")
-    if req.device not in ("cpu", "cuda"):
-        raise CurateError(f"--device {req.device!r}: expected cpu or cuda")
-    if req.device == "cuda" and not torch.cuda.is_available():
-        raise CurateError("--device cuda: no CUDA device is available to torch here")
 
 
 # --------------------------------------------------------------------------- model and corpus

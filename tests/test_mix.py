@@ -280,3 +280,21 @@ def test_scores_naming_the_data_file_still_find_the_corpus_folder(setup, tmp_pat
     assert plan["corpus"] == str(setup.corpus.resolve())
     assert open_corpus(mix).tokenizer_spec() == str(mix / "tokenizer.json")
     assert open_corpus(mix / "synthetic").num_rows == 8
+
+
+def test_build_mix_saves_its_config_and_a_replay_gives_the_same_bytes(setup, tmp_path, monkeypatch, capsys) -> None:
+    from curate.commands.options import CONFIG_FILE
+
+    out = tmp_path / "mix"
+    code, _, err = run_cli(["build-mix", setup.scores, "--remove", "10%", "--augment", "3%", "--seed", "2", "--out", out],
+                           monkeypatch, capsys)
+    assert code == 0, err
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    assert saved["command"] == "build-mix"
+    assert saved["options"] == {**saved["options"], "scores": str(setup.scores), "remove": "10%", "augment": "3%", "seed": 2,
+                                "out": str(out), "source": "top", "top": 2000}
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    code, _, err = run_cli(["replay", out], monkeypatch, capsys)
+    assert code == 0, err
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before

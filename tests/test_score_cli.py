@@ -201,3 +201,39 @@ def test_print_summary_shows_heads_counts_paths_and_top_rows(capsys, tmp_path):
     assert "shards 5 scored, 3 skipped; retries 1" in printed
     assert f"scores: {tmp_path / 'shards'}" in printed
     assert r"\begin{table} [x]" in printed and "latex" in printed and "+3.5" in printed and "-2" in printed
+
+
+def test_score_saves_its_config_and_a_replay_resolves_the_same_job(tiny, tmp_path, monkeypatch, capsys):
+    """`curate score` writes OUT/command.json once the job resolved; `curate replay OUT` resolves the same job
+    (same fingerprint). The Ray run itself is stubbed (test_score_pipeline runs it)."""
+    import curate.pipelines.score_run as score_run
+    from curate.commands.options import CONFIG_FILE
+
+    jobs = []
+    monkeypatch.setattr(score_run, "run_job", lambda job, log: jobs.append(job) or {"out": str(job.out)})
+    out = tmp_path / "scores"
+    code, _, stderr = run_cli([*base_args(tiny, out), "--top", "5", "--seed", "3", "--json"], monkeypatch, capsys)
+    assert code == 0, stderr
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    assert saved["command"] == "score" and saved["options"]["top"] == "5" and saved["options"]["seed"] == 3
+    assert saved["options"]["out"] == str(out) and saved["options"]["heads"] == "1.0" and "curate_version" in saved
+    code, _, stderr = run_cli(["replay", out], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert len(jobs) == 2 and jobs[0].fingerprint == jobs[1].fingerprint and jobs[1].top_k == 5
+
+
+def test_replay_of_a_folder_without_config_is_one_error_line(tmp_path, monkeypatch, capsys):
+    code, _, stderr = run_cli(["replay", tmp_path], monkeypatch, capsys)
+    assert code == 2 and stderr.strip().splitlines() == [f"error: {tmp_path}: no command.json (not a folder written by a curate command that saves its config)"]
+
+
+def test_score_help_keeps_brackets_and_lists_the_flags(monkeypatch, capsys):
+    code, out, _ = run_cli(["score", "--help"], monkeypatch, capsys)
+    assert code == 0
+    for flag in ("--circuit", "--corpus", "--model", "--checkpoint", "--revision", "--heads", "--mode", "--window", "--top",
+                 "--out", "--workers", "--ray-address", "--device", "--batch-rows", "--shard-rows", "--fit-rows", "--seed",
+                 "--force", "--json", "--quiet", "--workspace"):
+        assert flag in out
+    assert "[default: 8192]" in out and "[default: 10%]" in out
+    code, out, _ = run_cli(["circuits", "--help"], monkeypatch, capsys)
+    assert code == 0 and "[r, r]" in out

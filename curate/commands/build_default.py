@@ -1,23 +1,31 @@
 """`curate corpus build-default`: build the embedded mini-Pile corpus into the workspace."""
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
-from curate.workspace import WorkspaceOpt, resolve_workspace
+from curate.commands.options import command
+from curate.options import opt, workspace_opt
+from curate.workspace import resolve_workspace
 
 
-def build_default_command(
-    workspace: WorkspaceOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator, the tokenizer sample and the row order.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the corpus exists.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
-) -> None:
+@dataclass
+class BuildDefaultOptions:
+    """`curate corpus build-default`."""
+
+    workspace: Path | None = workspace_opt()
+    seed: int = opt(0, "--seed", help="Seed of the generator, the tokenizer sample and the row order.")
+    force: bool = opt(False, "--force", help="Rebuild even if the corpus exists.")
+    quiet: bool = opt(False, "--quiet", "-q", help="No progress lines.")
+
+
+def build_default_command(o: BuildDefaultOptions) -> None:
     """Build the default corpus (generated locally, no download) into WORKSPACE/default/corpus."""
     from curate.default_corpus import build_default_corpus
 
-    out = build_default_corpus(resolve_workspace(workspace), seed=seed, force=force, progress=not quiet)
+    out = build_default_corpus(resolve_workspace(o.workspace), seed=o.seed, force=o.force, progress=not o.quiet)
     typer.echo(str(out))
 
 
@@ -25,4 +33,4 @@ def register(app: typer.Typer) -> None:
     """Add `build-default` to `curate corpus` (the corpus command group lives in curate.commands.corpus)."""
     from curate.commands.corpus import corpus_app
 
-    corpus_app.command("build-default")(build_default_command)
+    command(corpus_app, "build-default", BuildDefaultOptions, build_default_command)

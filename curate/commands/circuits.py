@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
-from curate.workspace import WorkspaceOpt
+from curate.commands.options import command
+from curate.options import arg, opt, workspace_opt
 
 
 def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | None]:
@@ -88,20 +89,27 @@ def print_table(report: dict) -> None:
         console.print("flag 'NAME?' = over the threshold but not localized (see notes)")
 
 
+@dataclass
+class CircuitsOptions:
+    """`curate circuits`."""
+
+    checkpoint: str = arg(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")
+    probes: int = opt(32, "--probes", help="Number of random repeated-token probes [r, r].")
+    seed: int = opt(0, "--seed", help="Seed of the probe tokens.")
+    half_len: int = opt(32, "--half-len", help="Length L of r (probes are 2L tokens).")
+    revision: str | None = opt(None, "--revision", help="Checkpoint revision, e.g. step1000 (run folders and hub names).")
+    as_json: bool = opt(False, "--json", help="Print the report as JSON instead of a table.")
+    workspace: Path | None = workspace_opt()
+
+
+def circuits_command(o: CircuitsOptions) -> None:
+    """Score every head's induction and previous-token attention and flag the localized heads."""
+    report, _ = circuits_report(o.checkpoint, o.probes, o.seed, o.half_len, o.revision)
+    if o.as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("circuits")
-    def circuits(
-        checkpoint: Annotated[str, typer.Argument(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")],
-        probes: Annotated[int, typer.Option("--probes", help="Number of random repeated-token probes [r, r].")] = 32,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the probe tokens.")] = 0,
-        half_len: Annotated[Optional[int], typer.Option("--half-len", help="Length L of r (probes are 2L tokens; default: min(32, context / 2)).", show_default=False)] = None,
-        revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint revision, e.g. step1000 (run folders and hub names).")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        """Score every head's induction and previous-token attention and flag the localized heads."""
-        report, _ = circuits_report(checkpoint, probes, seed, half_len, revision)
-        if as_json:
-            typer.echo(json.dumps(report, indent=2))
-        else:
-            print_table(report)
+    command(app, "circuits", CircuitsOptions, circuits_command)

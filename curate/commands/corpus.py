@@ -18,13 +18,15 @@ from rich.table import Table
 
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
+from curate.commands.options import WorkspaceOpt
 from curate.export import ExportFormat, export_rows
-from curate.workspace import WorkspaceOpt, default_corpus_dir, resolve_workspace
+from curate.workspace import default_corpus_dir, resolve_workspace
 
 corpus_app = typer.Typer(
     name="corpus",
     help="Inspect, view, ingest and export token corpora (Megatron .bin/.idx, .npy, Parquet).",
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts are plain, as in the top-level app
 )
 
 EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact

@@ -1,12 +1,13 @@
 """`curate experiment`: the causal validation, end to end: baseline, scores, retrained arms, report."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+from dataclasses import dataclass
 
 import typer
 
-from curate.workspace import WorkspaceOpt
+from curate.commands.options import command, save_config
+from curate.options import opt
+from curate.pipelines.experiment_options import ExperimentOptions
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",
@@ -16,53 +17,26 @@ HELP = "\n\n".join([
 ])
 
 
-def experiment_command(
-    circuit: Annotated[str, typer.Option("--circuit", help="Circuit to validate: induction or previous-token.")] = "induction",
-    quick: Annotated[bool, typer.Option("--quick", help="Reduced run for smoke tests: one seed, a short own baseline, all arms.")] = False,
-    scales: Annotated[bool, typer.Option("--scales", help="Baseline + augmentation arms on several model sizes (--sizes), acceleration per size.")] = False,
-    sizes: Annotated[str, typer.Option("--sizes", help="Model sizes for --scales: HIDDENxLAYERS list (at least three).")] = "64x2,96x2,128x3",
-    k: Annotated[str, typer.Option("--k", help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")] = "10%",
-    augment: Annotated[str, typer.Option("--augment", help="Rows added: a share of the window (2%), a fraction or a count.")] = "2%",
-    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per arm (default 3; --quick: 1).", show_default=False)] = None,
-    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms to run (default: all; the baseline always runs).", show_default=False)] = None,
-    rerun: Annotated[Optional[str], typer.Option("--rerun", help="Discard these arms' runs and mixes and train them again.", show_default=False)] = None,
-    window: Annotated[Optional[str], typer.Option("--window", help="Attribution window START:END in steps (default: 0 to the first checkpoint after formation).", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Arms train until this step (default: window end + the window's length, at most the baseline's length).", show_default=False)] = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Emergence threshold of the circuit score (default: the circuit's, 0.3).", show_default=False)] = None,
-    heads: Annotated[str, typer.Option("--heads", help="Heads to attribute: auto (localize) or L.H,L.H.")] = "auto",
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Training corpus (default: the embedded default corpus).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="A finished curate run folder, or an external model (hub name / folder of stepK/) with --corpus and --window.", show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint stepK to score at (default: the window's end).", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", help="GPT-NeoX config JSON of an own baseline model (default: the embedded default model).", show_default=False)] = None,
-    baseline_steps: Annotated[Optional[int], typer.Option("--baseline-steps", help="Length of an own baseline run (default 3000; --quick: 300).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step (default: the corpus's; --quick: half of it).", show_default=False)] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every K steps (default 100; --quick: 25).", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 1e-3).", show_default=False)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Warm-up steps (default 100).", show_default=False)] = None,
-    schedule_steps: Annotated[Optional[int], typer.Option("--schedule-steps", help="Cosine horizon (default: the baseline's; external model: the arms' length).", show_default=False)] = None,
-    arm_checkpoints: Annotated[str, typer.Option("--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")] = "every:1000",
-    motif_rows: Annotated[int, typer.Option("--motif-rows", help="Top rows mined for motifs (synthetic) and queried for neighbours.")] = 2000,
-    fit_rows: Annotated[Optional[int], typer.Option("--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Parallel runs (Ray workers, one torch thread each; default: one per CPU).", show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Experiment folder (default: WORKSPACE/experiments/CIRCUIT[-quick][-scales]).", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the verdicts and effects as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
-    workspace: WorkspaceOpt = None,
-) -> None:
+@dataclass
+class ExperimentCommandOptions(ExperimentOptions):
+    """`curate experiment`: the experiment's options plus how to print (progress follows --quiet)."""
+
+    as_json: bool = opt(False, "--json", help="Print the verdicts and effects as JSON.")
+    quiet: bool = opt(False, "--quiet", help="No progress output.")
+
+    def __post_init__(self) -> None:
+        self.progress = not self.quiet
+
+
+def experiment_command(opts: ExperimentCommandOptions) -> None:
     import json
 
     from rich.console import Console
 
-    from curate.pipelines.experiment import ExperimentOptions, run_experiment
+    from curate.pipelines.experiment import default_out, run_experiment
+    from curate.workspace import resolve_workspace
 
-    opts = ExperimentOptions(
-        circuit=circuit, quick=quick, k=k, augment=augment, seeds=seeds, arms=arms, rerun=rerun, window=window, steps=steps,
-        threshold=threshold, heads=heads, corpus=corpus, model=model, revision=revision, config=config,
-        baseline_steps=baseline_steps, batch_size=batch_size, eval_every=eval_every, lr=lr, warmup_steps=warmup_steps,
-        schedule_steps=schedule_steps, arm_checkpoints=arm_checkpoints, motif_rows=motif_rows, fit_rows=fit_rows,
-        workers=workers, device=device, out=out, workspace=workspace, progress=not quiet, scales=scales, sizes=sizes,
-    )
+    quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
     err = Console(stderr=True)
     log = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False, highlight=False))
     if scales:
@@ -73,6 +47,7 @@ def experiment_command(
     else:
         results = run_experiment(opts, log)
         summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
+    save_config(opts.out if opts.out is not None else default_out(opts, resolve_workspace(opts.workspace)), "experiment", opts)
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
@@ -102,4 +77,4 @@ def _print(results: dict, scales: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("experiment", help=HELP)(experiment_command)
+    command(app, "experiment", ExperimentCommandOptions, experiment_command, help=HELP)

@@ -1,57 +1,44 @@
 """`curate score --circuit induction`: MDA scores of every row of the attribution window, on Ray actors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
-from curate.workspace import WorkspaceOpt
+from curate.commands.options import command, save_config
+from curate.options import opt
+from curate.pipelines.score_job import ScoreRequest
 
 
-def score_command(
-    circuit: Annotated[str, typer.Option("--circuit", help="Circuit to attribute: induction or previous-token.")] = "induction",
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Training corpus (default: the embedded default corpus, or the run's).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "--checkpoint", help="HF folder, training run folder, or a Pythia name with --revision (default: the reference run).")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint stepK of a run folder or hub model (default for a run: the first one after the head formed).")] = None,
-    heads: Annotated[str, typer.Option("--heads", help="auto (localize) or L.H,L.H.")] = "auto",
-    mode: Annotated[Optional[str], typer.Option("--mode", help="Head subspace: qk or qkvo (default: the circuit's: qkvo for induction, qk for previous-token).", show_default=False)] = None,
-    window: Annotated[Optional[str], typer.Option("--window", help="Training steps START:END to score (default: 0 to the checkpoint's step).")] = None,
-    top: Annotated[str, typer.Option("--top", help="Top rows kept per tail: a share of the window (10%) or a count.")] = "10%",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: <workspace>/default/scores/<circuit>).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Ray actors (default: one per CPU, or per GPU with --device cuda).")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of a local Ray.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per forward/backward.")] = 8,
-    shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per shard (a multiple of --batch-rows).")] = 1024,
-    fit_rows: Annotated[Optional[int], typer.Option("--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit [default: 8192].", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Discard results already in --out (even of another job) and start over.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-    workspace: WorkspaceOpt = None,
-) -> None:
+@dataclass
+class ScoreOptions(ScoreRequest):
+    """`curate score`: the request plus how to print (progress follows --quiet)."""
+
+    as_json: bool = opt(False, "--json", help="Print the summary as JSON.")
+    quiet: bool = opt(False, "--quiet", help="No progress bars.")
+
+    def __post_init__(self) -> None:
+        self.progress = not self.quiet
+
+
+def score_command(options: ScoreOptions) -> None:
     """Score every row of the attribution window by its influence on the circuit's heads (sharded, resumable)."""
     import json
 
     from rich.console import Console
 
-    from curate.pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
+    from curate.pipelines.score_job import resolve_job
     from curate.pipelines.score_run import run_job
 
     err = Console(stderr=True)
-    log = (lambda s: None) if quiet else (lambda s: err.print(s, markup=False, highlight=False))
-    req = ScoreRequest(
-        circuit=circuit, corpus=corpus, model=model, revision=revision, heads=heads, mode=mode, window=window, top=top,
-        out=out, workers=workers, ray_address=ray_address, device=device, batch_rows=batch_rows, shard_rows=shard_rows,
-        fit_rows=DEFAULT_FIT_ROWS if fit_rows is None else fit_rows, seed=seed, force=force, workspace=workspace,
-        progress=not quiet,
-    )
-    job = resolve_job(req, log)
+    log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
+    job = resolve_job(options, log)
+    save_config(job.out, "score", options)
     for note in job.notes + job.localization.notes:
         log(f"note: {note}")
     summary = run_job(job, log)
-    if as_json:
+    if options.as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     print_summary(summary, job.out)
@@ -91,4 +78,4 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score")(score_command)
+    command(app, "score", ScoreOptions, score_command)

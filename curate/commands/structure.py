@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from curate.errors import CurateError
-from curate.workspace import WorkspaceOpt, resolve_workspace, scores_dir
+from curate.commands.options import WorkspaceOpt
+from curate.workspace import resolve_workspace, scores_dir
 
 
 def _fmt_ratio(x: float | None) -> str:

@@ -3,76 +3,88 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+import dataclasses
+from dataclasses import dataclass
 
 import typer
 
 from curate.errors import CurateError
-from curate.workspace import WorkspaceOpt, resolve_workspace
-
-# CLI option name -> TrainSpec field, for the options that map one to one.
-SPEC_OPTIONS = {
-    "corpus": "corpus", "from_": "init_from", "revision": "revision", "plan": "plan", "steps": "steps",
-    "batch_size": "batch_size", "eval_every": "eval_every", "checkpoints": "checkpoints", "seed": "seed",
-    "lr": "lr", "warmup_steps": "warmup_steps", "start_step": "start_step", "heldout": "heldout",
-    "threads": "threads", "device": "device",
-}
+from curate.options import flag, opt, workspace_opt
+from curate.commands.options import command, save_config
+from curate.workspace import resolve_workspace
 
 
-def train_command(
-    default: Annotated[bool, typer.Option("--default", help="The reference run: default corpus (built if missing) and model, into the workspace.")] = False,
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Training corpus (Megatron prefix/.idx, .npy, .parquet or corpus folder).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="GPT-NeoX config JSON for a fresh model (default: the embedded default model).")] = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Checkpoint of --from (stepK), as on the hub.")] = None,
-    plan: Annotated[Optional[str], typer.Option("--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Train until this step (default 1000; --default: the reference length).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step (default: the corpus's).")] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every K steps (default 100).")] = None,
-    checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for the initialisation and the RNG (default 0).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --from weights.")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (default 100).")] = None,
-    start_step: Annotated[Optional[int], typer.Option("--start-step", help="Data/schedule position of the first update (default: from --from).")] = None,
-    heldout: Annotated[Optional[str], typer.Option("--heldout", help="Held-out corpus for held-out loss and ICL.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (1 keeps runs bit-reproducible).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (checkpoints, curves, summary).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    workspace: WorkspaceOpt = None,
-) -> None:
+@dataclass
+class TrainOptions:
+    """`curate train` options; the ones named like TrainSpec fields pass to it unchanged when given."""
+
+    default: bool = opt(False, "--default", help="The reference run: default corpus (built if missing) and model, into the workspace.")
+    corpus: str | None = opt(None, "--corpus", help="Training corpus (Megatron prefix/.idx, .npy, .parquet or corpus folder).")
+    config: Path | None = opt(None, "--config", help="GPT-NeoX config JSON for a fresh model (default: the embedded default model).")
+    init_from: str | None = opt(None, "--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
+    revision: str | None = opt(None, "--revision", help="Checkpoint of --from (stepK), as on the hub.")
+    plan: str | None = opt(None, "--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")
+    steps: int | None = opt(None, "--steps", help="Train until this step (default 1000; --default: the reference length).")
+    batch_size: int | None = opt(None, "--batch-size", help="Rows per step (default: the corpus's).")
+    eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100).")
+    checkpoints: str | None = opt(None, "--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")
+    seed: int | None = opt(None, "--seed", help="Seed for the initialisation and the RNG (default 0).")
+    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --from weights.")
+    warmup_steps: int | None = opt(None, "--warmup-steps", help="Linear warm-up steps (default 100).")
+    start_step: int | None = opt(None, "--start-step", help="Data/schedule position of the first update (default: from --from).")
+    heldout: str | None = opt(None, "--heldout", help="Held-out corpus for held-out loss and ICL.")
+    threads: int | None = opt(None, "--threads", help="CPU threads (1 keeps runs bit-reproducible).")
+    device: str | None = opt(None, "--device", help="cpu or cuda.")
+    out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
+    resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")
+    as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
+    quiet: bool = opt(False, "--quiet", help="No progress bar.")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        """The option combinations (the values themselves are checked by TrainSpec)."""
+        if self.default and (self.config is not None or self.init_from is not None):
+            raise CurateError(f"--default trains the default model from scratch; drop {flag(self, 'config')}/{flag(self, 'init_from')}")
+        if not self.default and self.out is None:
+            raise CurateError(f"{flag(self, 'out')} is required (or use --default for the reference run)")
+
+    def spec_fields(self) -> dict:
+        """The given options that are TrainSpec fields of the same name."""
+        from curate.training.trainer import TrainSpec
+
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name in TrainSpec.__dataclass_fields__ and getattr(self, f.name) is not None}
+
+
+def train_command(options: TrainOptions) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
-    args = dict(locals())
+    o = options
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
     from curate.training.trainer import TrainSpec, saved_spec, train
 
-    given = {field: args[opt] for opt, field in SPEC_OPTIONS.items() if args[opt] is not None}
-    ws = resolve_workspace(workspace)
-    if default:
-        if config is not None or from_ is not None:
-            raise CurateError("--default trains the default model from scratch; drop --config/--from")
+    given = o.spec_fields()
+    ws = resolve_workspace(o.workspace)
+    if o.default:
         # `curate train --default` is idempotent: it continues or confirms the reference run
-        result = train_reference_run(ws, progress=not quiet, overrides=given, out=out)
+        result = train_reference_run(ws, progress=not o.quiet, overrides=given, out=o.out)
     else:
-        if out is None:
-            raise CurateError("--out is required (or use --default for the reference run)")
-        fields = {**recipe_fields("fresh" if from_ is None else "from_checkpoint"), **given}
-        if config is not None:
+        assert o.out is not None  # validate() requires it
+        fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **given}
+        if o.config is not None:
             from curate.training.models import load_config_file
 
-            fields["model_config"] = load_config_file(config)
-        if resume and from_ is not None:
+            fields["model_config"] = load_config_file(o.config)
+        if o.resume and o.init_from is not None:
             fields["init_state"] = True
-        spec = saved_spec(out, fields) if resume and from_ is None else None
+        spec = saved_spec(o.out, fields) if o.resume and o.init_from is None else None
         if spec is None:
             if fields.get("corpus") is None and fields.get("plan") is None:
-                raise CurateError("--corpus is required (or a --plan that names a corpus, or --default)")
+                raise CurateError(f"{flag(o, 'corpus')} is required (or a {flag(o, 'plan')} that names a corpus, or --default)")
             spec = TrainSpec(**fields)
-        result = train(spec, out, progress=not quiet, resume=resume)
-    if as_json:
+        result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
+    save_config(result.out_dir, "train", options)
+    if o.as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
     _print_summary(result)
@@ -112,4 +124,4 @@ def _print_summary(result) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    command(app, "train", TrainOptions, train_command)

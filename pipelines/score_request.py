@@ -1,0 +1,80 @@
+"""The `curate score` request: its options (flags and help in the field metadata) and their cheap checks.
+
+Kept free of torch and the model code so that the command line can be built from it quickly."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from curate.amounts import check_amount
+from curate.errors import CurateError
+from curate.options import check_positive, flag, named, opt, workspace_opt
+
+DEFAULT_TOP = "10%"
+DEFAULT_BATCH_ROWS = 8
+DEFAULT_SHARD_ROWS = 1024
+DEFAULT_FIT_ROWS = 8192
+
+
+@dataclass
+class ScoreRequest:
+    """What the user asked for: the `curate score` options (flags and help in the field metadata)."""
+
+    circuit: str = opt("induction", "--circuit", help="Circuit to attribute: induction or previous-token.")
+    corpus: str | None = opt(None, "--corpus", help="Training corpus (default: the embedded default corpus, or the run's).")
+    model: str | None = opt(None, "--model", "--checkpoint", help="HF folder, training run folder, or a Pythia name with --revision (default: the reference run).")
+    revision: str | None = opt(None, "--revision", help="Checkpoint stepK of a run folder or hub model (default for a run: the first one after the head formed).")
+    heads: str = opt("auto", "--heads", help="auto (localize) or L.H,L.H.")
+    mode: str | None = opt(None, "--mode", help="Head subspace: qk or qkvo (default: the circuit's: qkvo for induction, qk for previous-token).", show_default=False)  # None: the circuit's default_mode
+    window: str | None = opt(None, "--window", help="Training steps START:END to score (default: 0 to the checkpoint's step).")
+    top: str = opt(DEFAULT_TOP, "--top", help="Top rows kept per tail: a share of the window (10%) or a count.")
+    out: Path | None = opt(None, "--out", help="Output folder (default: <workspace>/default/scores/<circuit>).")
+    workers: int | None = opt(None, "--workers", help="Ray actors (default: one per CPU, or per GPU with --device cuda).")
+    ray_address: str | None = opt(None, "--ray-address", help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of a local Ray.")
+    device: str = opt("cpu", "--device", help="cpu or cuda.")
+    batch_rows: int = opt(DEFAULT_BATCH_ROWS, "--batch-rows", help="Rows per forward/backward.")
+    shard_rows: int = opt(DEFAULT_SHARD_ROWS, "--shard-rows", help="Rows per shard (a multiple of --batch-rows).")
+    fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
+    seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
+    force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
+    workspace: Path | None = workspace_opt()
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Cheap checks of the options alone (no file is opened); an error names the flag."""
+        check_request(self)
+
+
+def parse_window(text: str) -> tuple[int | None, int | None]:
+    """`START:END` in steps (either side may be empty: 0 / the checkpoint's step)."""
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", str(text))
+    if not m:
+        raise CurateError(f"{text!r}: expected START:END in training steps, e.g. 0:1500")
+    start = int(m.group(1)) if m.group(1) else None
+    end = int(m.group(2)) if m.group(2) else None
+    if start is not None and end is not None and end <= start:
+        raise CurateError(f"{text}: END must be after START")
+    return start, end
+
+
+def check_request(req: ScoreRequest) -> None:
+    """Cheap checks of the options alone (no file is opened); an error names the flag."""
+    from curate.attribution.heads import check_mode
+
+    if req.mode is not None:
+        check_mode(req.mode)
+    check_amount(req.top, flag(req, "top"))
+    if req.window is not None:
+        with named(req, "window"):
+            parse_window(req.window)
+    check_positive(req, "batch_rows", "shard_rows")
+    if req.shard_rows % req.batch_rows:
+        raise CurateError(f"{flag(req, 'shard_rows')} {req.shard_rows} must be a multiple of {flag(req, 'batch_rows')} {req.batch_rows}")
+    check_positive(req, "fit_rows", "workers")
+    if req.device not in ("cpu", "cuda"):
+        raise CurateError(f"{flag(req, 'device')} {req.device!r}: expected cpu or cuda")
+    import torch
+
+    if req.device == "cuda" and not torch.cuda.is_available():
+        raise CurateError(f"{flag(req, 'device')} cuda: no CUDA device is available to torch here")
