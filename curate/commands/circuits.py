@@ -96,7 +96,7 @@ class CircuitsOptions:
     checkpoint: str = arg(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")
     probes: int = opt(32, "--probes", help="Number of random repeated-token probes [r, r].")
     seed: int = opt(0, "--seed", help="Seed of the probe tokens.")
-    half_len: int = opt(32, "--half-len", help="Length L of r (probes are 2L tokens).")
+    half_len: int | None = opt(None, "--half-len", help="Length L of r (probes are 2L tokens; default: min(32, context / 2)).", show_default=False)
     revision: str | None = opt(None, "--revision", help="Checkpoint revision, e.g. step1000 (run folders and hub names).")
     as_json: bool = opt(False, "--json", help="Print the report as JSON instead of a table.")
     workspace: Path | None = workspace_opt()
