@@ -107,7 +107,24 @@ def fit_documents(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tu
     Long texts are cut (at a character, re-encoded until the count is exact); texts that come out
     short are padded with tabs (`PAD_CHAR`, one token each). The generator makes documents longer
     than a row, so padding is rare: a padded end is a positional target that slows the formation
-    of induction heads. Returns the fitted texts and their token ids."""
+    of induction heads. Returns the fitted texts and their token ids.
+
+    Works through `FIT_CHUNK_DOCS` documents at a time (each document is fitted on its own, so the
+    result does not depend on the chunking): the tokenizer's encodings of a whole corpus at once
+    took gigabytes."""
+    out: list[str] = []
+    ids: list[list[int]] = []
+    for a in range(0, len(texts), FIT_CHUNK_DOCS):
+        chunk_texts, chunk_ids = _fit_chunk(texts[a : a + FIT_CHUNK_DOCS], tok, n_tokens)
+        out += chunk_texts
+        ids += chunk_ids
+    return out, ids
+
+
+FIT_CHUNK_DOCS = 2048
+
+
+def _fit_chunk(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tuple[list[str], list[list[int]]]:
     out = list(texts)
     ids: list[list[int]] = [[] for _ in out]
     todo = list(range(len(out)))
@@ -116,7 +133,7 @@ def fit_documents(texts: Sequence[str], tok: TextTokenizer, n_tokens: int) -> tu
         bad = []
         for i, e in zip(todo, encodings):
             if len(e.ids) == n_tokens:
-                ids[i] = e.ids
+                ids[i] = list(e.ids)
             else:
                 out[i] = _fit_one(out[i], e, n_tokens)
                 bad.append(i)

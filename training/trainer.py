@@ -9,6 +9,7 @@ runs with `threads` CPU threads (1 by default, for determinism).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -73,9 +74,18 @@ class TrainSpec:
     checkpoints: str = DEFAULT_CHECKPOINTS
     threads: int = 1
     device: str = "cpu"
+    micro_batch: int | None = None  # rows per forward/backward, gradients accumulated over the step (None: the whole batch)
+    autocast: bool | None = None  # bf16 autocast of the forward on CUDA, fp32 master weights (None: on for cuda, off for cpu)
+
+    # fields added after runs were first recorded: left out of to_json (and so of spec hashes) while unset
+    OPTIONAL_FIELDS = ("micro_batch", "autocast")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        body = asdict(self)
+        for name in self.OPTIONAL_FIELDS:
+            if body[name] is None:
+                del body[name]
+        return body
 
     @classmethod
     def from_json(cls, raw: dict) -> "TrainSpec":
@@ -261,6 +271,7 @@ def _check_spec(spec: TrainSpec) -> None:
         (spec.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {spec.warmup_steps})"),
         (spec.eval_every >= 1, f"eval_every must be at least 1 (got {spec.eval_every})"),
         (spec.grad_clip >= 0, f"grad_clip must be >= 0 (got {spec.grad_clip})"),
+        (spec.micro_batch is None or spec.micro_batch >= 1, f"micro_batch must be at least 1 (got {spec.micro_batch})"),
         (spec.threads >= 1, f"threads must be at least 1 (got {spec.threads})"),
         (spec.heldout_rows >= 0, f"heldout_rows must be >= 0 (got {spec.heldout_rows})"),
         (not (spec.model_config is not None and spec.init_from is not None), "give a model config or a checkpoint to start from, not both"),
@@ -512,10 +523,8 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = torch.from_numpy(tokens).to(run.device)
-            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = backward_batch(model, batch, run.micro_batch, _use_autocast(run))
             if run.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
             optimizer.step()
@@ -536,6 +545,44 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     return TrainResult(out_dir=out_dir, start_step=start_step, final_step=run.steps, final_checkpoint=final_ckpt,
                        fingerprint=fingerprint, summary=summary, curves=curves,
                        resumed_from=int(state["step"]) if resume_dir is not None and state is not None else None)
+
+
+def _use_autocast(run: TrainSpec) -> bool:
+    return run.autocast if run.autocast is not None else str(run.device).startswith("cuda")
+
+
+def backward_batch(model: torch.nn.Module, batch: torch.Tensor, micro_batch: int | None, autocast: bool = False) -> torch.Tensor:
+    """Backward of one step's mean next-token loss; returns the loss (detached).
+
+    With `micro_batch` below the batch, the rows are run `micro_batch` at a time and each part's
+    summed token loss, divided by the whole batch's token count, is backpropagated: the accumulated
+    gradient equals the full batch's up to float rounding, in the memory of one micro-batch.
+    `autocast`: the forward in bf16 on CUDA; weights, gradients and the optimizer stay fp32.
+    """
+    device_type = batch.device.type
+    cast = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    rows = batch.shape[0]
+    if not micro_batch or micro_batch >= rows:
+        with cast:
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        return loss.detach()
+    tokens = rows * (batch.shape[1] - 1)
+    total: torch.Tensor | None = None
+    for a in range(0, rows, micro_batch):
+        part = batch[a : a + micro_batch]
+        with cast:
+            logits = model(input_ids=part[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), part[:, 1:].flatten(), reduction="sum") / tokens
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None
+    return total
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _finished(run: TrainSpec, out_dir: Path, start_step: int, summary: dict) -> TrainResult:
