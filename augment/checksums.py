@@ -106,15 +106,6 @@ def write_manifest(folder: Path, body: dict, known: dict[str, dict] | None = Non
     return body
 
 
-def check_out_dir(out: Path, kind: str) -> None:
-    """An output folder must be new, empty, or an earlier curated folder (which is replaced)."""
-    if out.exists():
-        if not out.is_dir():
-            raise CurateError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-            raise CurateError(f"{out}: folder exists, is not empty and is not a curate {kind}; choose another --out")
-
-
 def load_manifest(folder: Path) -> dict:
     path = folder / MANIFEST_FILE
     if not folder.is_dir():

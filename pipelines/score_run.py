@@ -20,6 +20,7 @@ from curate.attribution.factors_io import load_factors, save_factors
 from curate.attribution.heads import HeadBlocks, HeadRef
 from curate.attribution.influence import circuit_probe, probe_gradients
 from curate.atomic import atomic_path, write_json
+from curate.outputs import SCORES, check_output_folder
 from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
@@ -190,6 +191,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     req = job.request
     t_start = time.perf_counter()
     out = job.out
+    check_output_folder(out, SCORES, [job.corpus.path, *job.corpus.files, job.checkpoint])
     if req.force:
         _clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
