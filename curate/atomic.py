@@ -5,8 +5,10 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -72,6 +74,54 @@ def _disk_errors(where: Path) -> Iterator[None]:
         raise err from None
 
 
+_STARTED = time.time()  # temporaries older than this process with no writer pid are an earlier run's
+
+
+def _temp_prefix(final: Path) -> str:
+    """Temporaries carry the writer's pid, so a later run can tell a dead writer's leftovers from a live one's."""
+    return f".{final.name}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale_temps(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of `final` that a killed writer left (its pid is gone; or, with no pid in the name,
+    made before this process started); returns what was removed."""
+    final = Path(final)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:(\d+)-[a-z0-9_]{{8}}\.tmp|old-(\d+)|[a-z0-9_]{{8}}\.tmp)$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None:
+            continue
+        pid = m.group(1) or m.group(2)
+        try:
+            stale = not _pid_alive(int(pid)) if pid else entry.stat(follow_symlinks=False).st_mtime < _STARTED
+            if not stale:
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
@@ -85,7 +135,8 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(final)
     with _disk_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        clean_stale_temps(final)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent)
         os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -105,7 +156,8 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(final)
     with _disk_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        clean_stale_temps(final)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent))
     try:
         with _disk_errors(final):
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
