@@ -9,7 +9,6 @@ large to hash whole is checked on exactly the rows that were used.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +103,6 @@ def write_manifest(folder: Path, body: dict, known: dict[str, dict] | None = Non
     body["outputs"] = output_checksums(folder, known)
     write_json(folder / MANIFEST_FILE, body)
     return body
-
-
-def check_out_dir(out: Path, kind: str) -> None:
-    """An output folder must be new, empty, or an earlier curated folder (which is replaced)."""
-    if out.exists():
-        if not out.is_dir():
-            raise CurateError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-            raise CurateError(f"{out}: folder exists, is not empty and is not a curate {kind}; choose another output folder")
 
 
 def load_manifest(folder: Path) -> dict:

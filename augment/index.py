@@ -19,6 +19,7 @@ import numpy as np
 
 from curate.augment.features import StructureSpec, structure_vectors
 from curate.atomic import atomic_dir, write_json
+from curate.outputs import INDEX, check_output_folder
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 
@@ -171,6 +172,7 @@ def build_index(
     else:
         source = Path(corpus)
         corpus = open_corpus(corpus)
+    check_output_folder(out_dir, INDEX, [source, *corpus.files])
     start, stop = rows if rows is not None else (0, corpus.num_rows)
     if not (0 <= start < stop <= corpus.num_rows):
         raise CurateError(f"{corpus.path}: row range [{start}, {stop}) is empty or outside the corpus (0..{corpus.num_rows})")

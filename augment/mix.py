@@ -31,9 +31,10 @@ import pyarrow as pa
 from curate.amounts import parse_amount
 from curate.attribution.score_table import top_indices
 from curate.attribution.scores_folder import ScoresFolder, Window, open_scored_corpus, open_scores, read_window
-from curate.augment.checksums import RowHasher, check_out_dir, file_input, rows_input, rows_sha256, write_manifest
+from curate.augment.checksums import RowHasher, file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.synth import DEFAULT_TOP
 from curate.atomic import atomic_dir, atomic_path, write_json
+from curate.outputs import MIX, check_output_folder
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
 from curate.errors import CurateError
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
@@ -351,7 +352,7 @@ def build_mix(scores_path: str | Path, out: str | Path, spec: MixSpec) -> MixRes
     n_remove = parse_amount(spec.remove, total, "remove") if spec.remove is not None else 0
     n_add = parse_amount(spec.augment, total, "augment") if spec.augment is not None else 0
     out = Path(out)
-    check_out_dir(out, "mix")
+    check_output_folder(out, MIX, [scores.path, base.path, *base.files, spec.pool])
     if spec.pool is not None and spec.control is None and not Path(spec.pool).exists():
         raise CurateError(f"pool {spec.pool}: no such file or folder")
     kept_count = total - n_remove

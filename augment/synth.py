@@ -17,9 +17,10 @@ from typing import Iterator
 import numpy as np
 
 from curate.attribution.scores_folder import open_scored_corpus, open_scores, read_window
-from curate.augment.checksums import check_out_dir, file_input, rows_input, rows_sha256, write_manifest
+from curate.augment.checksums import file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
 from curate.atomic import atomic_dir, write_json
+from curate.outputs import SYNTHETIC, check_output_folder
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta
 from curate.errors import CurateError
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
@@ -204,7 +205,7 @@ def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, 
     window = read_window(scores)
     base, base_name = open_scored_corpus(scores, window.batch_size)
     out = Path(out)
-    check_out_dir(out, "synthetic corpus")
+    check_output_folder(out, SYNTHETIC, [scores.path, base.path, *base.files])
     tokenizer = corpus_tokenizer(base)
     best = scores.top_rows(min(top, scores.num_rows))
     ids = best.row_ids

@@ -52,6 +52,12 @@ def main() -> None:
 
         if isinstance(e, (click.exceptions.Exit, typer.Exit)):
             sys.exit(e.exit_code)
+        from curate.atomic import disk_error
+
+        disk = disk_error(e)  # a full / read-only / forbidden location, however deeply wrapped (Ray, faiss, safetensors)
+        if disk is not None:
+            print(f"error: {disk}", file=sys.stderr)
+            sys.exit(2)
         if type(e).__name__ == "NoArgsIsHelpError" and hasattr(e, "show"):
             e.show()  # prints the help text
             sys.exit(2)

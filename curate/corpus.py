@@ -224,6 +224,8 @@ class MegatronCorpus(Corpus):
                 if not (np.all(idx.sizes == row_len) and np.array_equal(idx.pointers, expected)):
                     raise CurateError(not_rows)
             self._check_data_size(idx_path, files, n, row_len, idx.dtype)
+        elif self.bin.nbytes:  # an index that lists nothing beside data: a broken index, not an empty corpus
+            raise CurateError(f"{files[0]}: {self.bin.nbytes} bytes of data, but the index {idx_path.name} lists 0 sequences")
         super().__init__(idx_path, n, row_len, idx.dtype, [idx_path, *files])
         self.idx = idx
         self._row_bytes = row_len * item

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from curate.atomic import atomic_dir, write_json
+from curate.outputs import CORPUS, check_output_folder
 from curate.corpus import METADATA_FILE, CorpusMeta
 from curate.errors import CurateError
 from curate.minipile import MixtureConfig, copy_pieces, generate_documents
@@ -174,6 +175,7 @@ def build_default_corpus(
     spec = spec or default_spec()
     out = default_corpus_dir(Path(workspace))
     wanted = spec.to_json(seed)
+    check_output_folder(out, CORPUS)  # --force replaces a corpus, never another folder
     if out.exists() and not force:
         meta_path = out / METADATA_FILE
         if not meta_path.is_file():

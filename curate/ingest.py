@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.atomic import atomic_dir, write_json
+from curate.outputs import CORPUS, check_output_folder
 from curate.corpus import METADATA_FILE, PYTHIA_BATCH_SIZE, CorpusMeta
 from curate.errors import CurateError
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
@@ -183,14 +184,6 @@ def _label_array(name: str, values: list) -> pa.Array:
 
 # -- the corpus folder ----------------------------------------------------------------------------
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise CurateError(f"{out_dir}: exists and is not a folder")
-        if any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file():
-            raise CurateError(f"{out_dir}: folder exists, is not empty and is not a curate corpus; choose another --out")
-
-
 def ingest_documents(
     texts: Sequence[str],
     fields: dict[str, list] | None,
@@ -201,6 +194,7 @@ def ingest_documents(
     batch_size: int = PYTHIA_BATCH_SIZE,
     source: str | None = None,
     progress: ProgressFn | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> IngestResult:
     """Tokenize, pack into rows of seq_len + 1 tokens, shuffle with `seed`, write a corpus folder atomically."""
     out_dir = Path(out_dir)
@@ -214,7 +208,7 @@ def ingest_documents(
     for name, values in fields.items():
         if len(values) != len(texts):
             raise CurateError(f"{source or 'input'}: field {name!r} has {len(values)} values for {len(texts)} documents")
-    _check_out_dir(out_dir)
+    check_output_folder(out_dir, CORPUS, inputs)
     tok = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(tokenizer)
     row_len = seq_len + 1
 
@@ -296,4 +290,5 @@ def ingest_path(
     """`curate corpus ingest`: read JSONL / a text folder, then `ingest_documents`."""
     tok = load_tokenizer(tokenizer)
     docs = read_documents(input_path)
-    return ingest_documents(docs.texts, docs.fields, tok, seq_len, out_dir, seed, batch_size, docs.source, progress)
+    return ingest_documents(docs.texts, docs.fields, tok, seq_len, out_dir, seed, batch_size, docs.source, progress,
+                            inputs=[input_path, tokenizer])

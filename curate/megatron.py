@@ -250,7 +250,8 @@ class MegatronWriter:
             lo, hi = int(rows.min()), int(rows.max())
             if lo < info.min or hi > info.max:
                 raise CurateError(f"{self.bin_path}: token ids [{lo}, {hi}] do not fit {self.dtype}")
-        np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).tofile(self._fh)
+        # file.write, not ndarray.tofile: a full disk then raises OSError(ENOSPC), not a bare short-write error
+        self._fh.write(np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
         self.rows += int(rows.shape[0])
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -33,6 +33,14 @@ class TextTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+def hf_tokenizer_config() -> dict:
+    """`tokenizer_config.json` beside a copied `tokenizer.json`: `AutoTokenizer` then loads the file as it is, with
+    the end-of-text token (in the vocabulary) as pad/eos/bos, instead of a GPT-NeoX tokenizer that appends
+    `<|padding|>` past the model's embeddings."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN,
+            "pad_token": EOT_TOKEN, "clean_up_tokenization_spaces": False}
+
+
 def load_tokenizer(spec: str | Path) -> TextTokenizer:
     """A `tokenizer.json` path, a folder holding one, or a transformers name (local cache only at run time)."""
     from tokenizers import Tokenizer

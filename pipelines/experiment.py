@@ -46,9 +46,11 @@ REPORT_DIR = "report"
 def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayHolder | None = None) -> dict:
     """Run (or resume) the experiment and write its report; returns results.json's content."""
     from curate.atomic import write_json
+    from curate.outputs import EXPERIMENT, check_output_folder
     from curate.pipelines.arms import discard, parse_arms, train_runs
 
     s = resolve_setting(opts, log)
+    check_output_folder(s.out, EXPERIMENT, [s.baseline.corpus])
     check_identity(s)
     s.out.mkdir(parents=True, exist_ok=True)
     write_json(s.out / EXPERIMENT_FILE, {"identity": s.identity, "command": command_line(opts)})

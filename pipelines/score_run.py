@@ -23,6 +23,7 @@ from curate.attribution.scores_folder import (
     remove_unlisted_shards, shard_file, top_tables, write_summary, write_top_files,
 )
 from curate.attribution.scoring import FactorFit, ScoringDriver
+from curate.outputs import SCORES, check_output_folder
 from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
@@ -189,6 +190,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     req = job.request
     t_start = time.perf_counter()
     out = job.out
+    check_output_folder(out, SCORES, [job.corpus.path, *job.corpus.files, job.checkpoint])
     if req.force:
         clear_results(out, also=(MANIFEST_FILE,))
     begin_results(out)  # summary.json present = the job is complete

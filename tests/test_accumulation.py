@@ -1,9 +1,7 @@
 """Gradient accumulation: k micro-batches give the full batch's gradient and the same weights after a step."""
 from __future__ import annotations
 
-import copy
 
-import numpy as np
 import pytest
 import torch
 

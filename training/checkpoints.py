@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from curate.atomic import atomic_dir
+from curate.atomic import atomic_dir, write_json
+from curate.tokenize import hf_tokenizer_config
 from curate.errors import CurateError
 from curate.training.models import CHECKPOINTS_DIR, list_checkpoints, quiet_transformers
 
@@ -35,6 +36,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
             model.save_pretrained(tmp)
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+            write_json(tmp / "tokenizer_config.json", hf_tokenizer_config())
         state = {
             "version": STATE_VERSION,
             "step": int(step),

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from curate.atomic import atomic_path, write_json
 from curate.corpus import Corpus, check_token_ids, open_corpus
+from curate.outputs import RUN, check_output_folder
 from curate.errors import CurateError
 from curate.training.checkpoints import latest_resumable, load_trainer_state, save_checkpoint, STATE_FILE
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
@@ -391,6 +392,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     # -- where to start: a run in out_dir (resume), a checkpoint (branch / warm start), or fresh weights
     resume_dir: Path | None = None
     run_file = out_dir / RUN_FILE
+    check_output_folder(out_dir, RUN, [*base.files, *(train_corpus.files if train_corpus else [])])
     if run_file.is_file():
         if not resume:
             raise CurateError(f"{out_dir}: already holds a run; resume it or choose another output folder")
