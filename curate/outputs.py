@@ -49,6 +49,19 @@ def _manifest_kind(folder: Path) -> str | None:
     return None
 
 
+# `command.json` (the saved options of the command that writes the folder; see `curate replay`) -> kind
+_COMMAND_KINDS = {"score": SCORES, "train": RUN, "build-mix": MIX, "synth": SYNTHETIC, "experiment": EXPERIMENT}
+
+
+def _command_kind(folder: Path) -> str | None:
+    path = folder / "command.json"
+    try:
+        body = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return _COMMAND_KINDS.get(body.get("command")) if isinstance(body, dict) else None
+
+
 def folder_kind(folder: str | os.PathLike[str]) -> str | None:
     """The kind of curate output `folder` holds, or None (not a folder, or not written by curate)."""
     folder = Path(folder)
@@ -62,7 +75,7 @@ def folder_kind(folder: str | os.PathLike[str]) -> str | None:
     for name, k in _SIGNATURE_FILES:
         if (folder / name).exists():
             return k
-    return None
+    return _command_kind(folder)
 
 
 def _overlaps(out: Path, inp: Path) -> bool:
