@@ -28,7 +28,8 @@ _LABEL = {
     CORPUS: "corpus", RUN: "training run", EXPERIMENT: "experiment",
 }
 # Files (or, last, folders) a writer always leaves, naming its kind (checked after manifest.json).
-_SIGNATURE_FILES = (("experiment.json", EXPERIMENT), ("run.json", RUN), ("index.json", INDEX),
+_SIGNATURE_FILES = (("experiment.json", EXPERIMENT), ("model-config.json", EXPERIMENT),  # a --scales size folder
+                    ("run.json", RUN), ("index.json", INDEX),
                     ("corpus.json", CORPUS), ("summary.json", SCORES), ("factors", SCORES), ("shards", SCORES))
 
 

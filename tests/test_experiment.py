@@ -514,7 +514,7 @@ BAD = [
     (["--window", "9:3"], "END must be after START"),
     (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
     (["--device", "tpu"], "--device 'tpu'"),
-    (["--arm-checkpoints", "every:x"], "--checkpoints 'every:x'"),
+    (["--arm-checkpoints", "every:x"], "checkpoint steps 'every:x'"),
     (["--scales", "--sizes", "32x2,48x2"], "at least three model sizes"),
     (["--scales", "--sizes", "32x2,abc,48x2"], "'abc' is not HIDDENxLAYERS"),
     (["--scales", "--sizes", "30x1,32x2,48x2"], "hidden size 30 is not a multiple of the 4 attention heads"),
