@@ -71,7 +71,7 @@ def test_reader_refuses_a_folder_without_summary(tmp_path: Path) -> None:
     best = scores.top_rows(3)
     assert best.row_ids.tolist() == [3, 5, 7] and best.values.tolist() == [2.0, 2.0, 2.0]
     assert scores.column_for("1.0") == "head_1_0"
-    with pytest.raises(CurateError, match="expected LAYER.HEAD") as e:
+    with pytest.raises(CurateError, match="is not LAYER.HEAD") as e:
         scores.column_for("x")
     assert "--" not in str(e.value)
     begin_results(folder)  # a rerun starts by marking the folder incomplete
