@@ -39,7 +39,7 @@ from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
 from curate.pipelines.score_request import (  # noqa: F401  (the request and its checks, importable from here)
-    DEFAULT_BATCH_ROWS,
+    auto_batch_rows,
     DEFAULT_FIT_ROWS,
     DEFAULT_SHARD_ROWS,
     DEFAULT_TOP,
@@ -253,6 +253,8 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     if run_batch:
         corpus.batch_size = int(run_batch)
     batch = corpus.batch_size
+    if req.batch_rows is None:
+        req = replace(req, batch_rows=auto_batch_rows(corpus.row_len, req.shard_rows))
     context = int(getattr(model.config, "max_position_embeddings", corpus.row_len))
     if corpus.row_len - 1 > context:
         raise CurateError(f"{corpus.path}: rows of {corpus.row_len} tokens exceed the model's context ({context} + 1)")

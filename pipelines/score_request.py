@@ -12,7 +12,9 @@ from curate.errors import CurateError
 from curate.options import check_positive, flag, named, opt, workspace_opt
 
 DEFAULT_TOP = "10%"
-DEFAULT_BATCH_ROWS = 8
+BATCH_TOKENS = 8192
+"""Tokens per forward/backward that the default batch aims at (see `auto_batch_rows`)."""
+MAX_BATCH_ROWS = 64
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
 
@@ -33,7 +35,7 @@ class ScoreRequest:
     workers: int | None = opt(None, "--workers", help="Ray actors (default: one per CPU, or per GPU with --device cuda).")
     ray_address: str | None = opt(None, "--ray-address", help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of a local Ray.")
     device: str = opt("cpu", "--device", help="cpu or cuda.")
-    batch_rows: int = opt(DEFAULT_BATCH_ROWS, "--batch-rows", help="Rows per forward/backward.")
+    batch_rows: int | None = opt(None, "--batch-rows", help="Rows per forward/backward (default: the power of two nearest below 8,192 tokens, at most 64: 64 rows of 65 tokens, 2 rows of 2,049).", show_default=False)
     shard_rows: int = opt(DEFAULT_SHARD_ROWS, "--shard-rows", help="Rows per shard (a multiple of --batch-rows).")
     fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
@@ -69,7 +71,7 @@ def check_request(req: ScoreRequest) -> None:
         with named(req, "window"):
             parse_window(req.window)
     check_positive(req, "batch_rows", "shard_rows")
-    if req.shard_rows % req.batch_rows:
+    if req.batch_rows is not None and req.shard_rows % req.batch_rows:
         raise CurateError(f"{flag(req, 'shard_rows')} {req.shard_rows} must be a multiple of {flag(req, 'batch_rows')} {req.batch_rows}")
     check_positive(req, "fit_rows", "workers")
     if req.device not in ("cpu", "cuda"):
@@ -78,3 +80,17 @@ def check_request(req: ScoreRequest) -> None:
 
     if req.device == "cuda" and not torch.cuda.is_available():
         raise CurateError(f"{flag(req, 'device')} cuda: no CUDA device is available to torch here")
+
+
+def auto_batch_rows(row_len: int, shard_rows: int = DEFAULT_SHARD_ROWS) -> int:
+    """The default rows per forward/backward for rows of `row_len` tokens: the largest power of two with at
+    most `BATCH_TOKENS` tokens (at least 1, at most `MAX_BATCH_ROWS`), that divides `shard_rows`.
+
+    Measured (bench/score_batch.py, bench/RESULTS.md): on the default model, 64 rows of 65 tokens score within
+    a few percent of the fastest batch while 8 rows were 0.8x; at Pythia's 2,049-token rows the per-row
+    matrices are already large and the batch is held down by memory (the logits alone are rows x 2,048 x 50,304
+    floats)."""
+    rows = 1
+    while rows * 2 * row_len <= BATCH_TOKENS and rows * 2 <= MAX_BATCH_ROWS and shard_rows % (rows * 2) == 0:
+        rows *= 2
+    return rows

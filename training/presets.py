@@ -74,6 +74,11 @@ class PythiaTraining:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def spec_fields(self) -> dict:
+        """The TrainSpec fields these settings fix. The batch is left to the corpus (Pythia's data records
+        1,024 rows per step), so a step K run on it starts at row 1,024 K."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -75,11 +75,12 @@ class TrainSpec:
     checkpoints: str = DEFAULT_CHECKPOINTS
     threads: int = 1
     device: str = "cpu"
+    architecture: dict | None = None  # GPTNeoXConfig fields that replace the default model's (layers, width, heads, context)
     micro_batch: int | None = None  # rows per forward/backward, gradients accumulated over the step (None: the whole batch)
     autocast: bool | None = None  # bf16 autocast of the forward on CUDA, fp32 master weights (None: on for cuda, off for cpu)
 
     # fields added after runs were first recorded: left out of to_json (and so of spec hashes) while unset
-    OPTIONAL_FIELDS = ("micro_batch", "autocast")
+    OPTIONAL_FIELDS = ("architecture", "micro_batch", "autocast")
 
     def to_json(self) -> dict:
         body = asdict(self)
@@ -152,12 +153,13 @@ def spec_hash(spec: TrainSpec, plan: TrainingPlan) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _default_config(vocab_size: int):
+def _default_config(vocab_size: int, architecture: dict | None = None):
+    """The default model for this vocabulary, with `architecture`'s fields replacing its own."""
     try:
         from curate.training.default_model import default_model_config
     except ImportError as e:
         raise CurateError(f"the default model config is not available ({e}); give a model config") from None
-    return default_model_config(vocab_size)
+    return default_model_config(vocab_size, **dict(architecture or {}))
 
 
 def corpus_vocab_size(corpus: Corpus) -> int:
@@ -276,6 +278,8 @@ def _check_spec(spec: TrainSpec) -> None:
         (spec.threads >= 1, f"threads must be at least 1 (got {spec.threads})"),
         (spec.heldout_rows >= 0, f"heldout_rows must be >= 0 (got {spec.heldout_rows})"),
         (not (spec.model_config is not None and spec.init_from is not None), "give a model config or a checkpoint to start from, not both"),
+        (not (spec.architecture and (spec.model_config is not None or spec.init_from is not None)),
+         "architecture fields shape a fresh default model: give them without a model config or a checkpoint"),
         (not (spec.init_state and spec.init_from is None), "init_state (continue a checkpoint's trainer state) needs a checkpoint to start from"),
     ]
     for ok, message in checks:
@@ -432,10 +436,13 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     else:
         state = None
         vocab = corpus_vocab_size(train_corpus or base)
-        config = config_from_dict(run.model_config) if run.model_config is not None else _default_config(vocab)
+        config = config_from_dict(run.model_config) if run.model_config is not None else _default_config(vocab, run.architecture)
         model = build_model(config, run.seed).to(run.device)
     vocab_size = int(model.config.vocab_size)
     context = base.row_len - 1
+    model_context = int(getattr(model.config, "max_position_embeddings", context))
+    if context > model_context:  # before anything is written
+        raise CurateError(f"{base.path}: rows of {base.row_len} tokens exceed the model's context ({model_context} + 1)")
     if state is not None and state["plan_hash"] != plan.plan_hash() and resume_dir is not None:
         raise CurateError(f"{resume_dir}: checkpoint was trained under another plan")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import typer
 
 from curate.errors import CurateError
-from curate.options import flag, opt, workspace_opt
+from curate.options import flag, named, opt, workspace_opt
 from curate.commands.options import command, save_config
 from curate.workspace import resolve_workspace
 
@@ -35,6 +35,13 @@ class TrainOptions:
     heldout: str | None = opt(None, "--heldout", help="Held-out corpus for held-out loss and ICL.")
     threads: int | None = opt(None, "--threads", help="CPU threads (1 keeps runs bit-reproducible).")
     device: str | None = opt(None, "--device", help="cpu or cuda.")
+    preset: str | None = opt(None, "--preset", help="A published architecture and its training settings for a fresh model: pythia-14m, pythia-31m, pythia-70m, pythia-160m, pythia-410m.")
+    layers: int | None = opt(None, "--layers", help="Layers of a fresh default model (default 2).")
+    hidden: int | None = opt(None, "--hidden", help="Hidden width of a fresh default model (default 64; the MLP is 4x).")
+    heads: int | None = opt(None, "--heads", help="Attention heads of a fresh default model (default 4; must divide --hidden).")
+    context: int | None = opt(None, "--context", help="Context of a fresh default model in tokens (default 64; corpus rows hold one more).")
+    micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward; gradients are accumulated over the step (default: the whole batch).")
+    precision: str | None = opt(None, "--precision", help="Forward precision: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).")
     out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
     resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")
     as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
@@ -47,6 +54,46 @@ class TrainOptions:
             raise CurateError(f"--default trains the default model from scratch; drop {flag(self, 'config')}/{flag(self, 'init_from')}")
         if not self.default and self.out is None:
             raise CurateError(f"{flag(self, 'out')} is required (or use --default for the reference run)")
+        shape = [name for name in ARCHITECTURE_OPTIONS if getattr(self, name) is not None]
+        for name in [*shape, "micro_batch"]:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CurateError(f"{flag(self, name)} must be at least 1 (got {getattr(self, name)})")
+        if (shape or self.preset) and (self.default or self.config is not None or self.init_from is not None):
+            given = ", ".join(flag(self, n) for n in (*shape, *(["preset"] if self.preset else [])))
+            raise CurateError(f"{given} shape a fresh model: drop --default/{flag(self, 'config')}/{flag(self, 'init_from')}")
+        if shape and self.preset:
+            raise CurateError(f"{flag(self, 'preset')} fixes the architecture: drop {', '.join(flag(self, n) for n in shape)}")
+        if self.preset is not None:
+            from curate.training.presets import preset_for
+
+            with named(self, "preset"):
+                preset_for(self.preset)
+        if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
+            raise CurateError(f"{flag(self, 'hidden')} {self.hidden} is not a multiple of {flag(self, 'heads')} {self.heads}")
+        if self.precision not in (None, "bf16", "fp32"):
+            raise CurateError(f"{flag(self, 'precision')} {self.precision!r}: expected bf16 or fp32")
+
+    def architecture(self) -> dict | None:
+        """GPTNeoXConfig fields from --layers/--hidden/--heads/--context (None when none is given)."""
+        fields = {ARCHITECTURE_OPTIONS[name]: getattr(self, name) for name in ARCHITECTURE_OPTIONS if getattr(self, name) is not None}
+        if "hidden_size" in fields:
+            fields["intermediate_size"] = 4 * fields["hidden_size"]
+        return fields or None
+
+    def shape_fields(self) -> dict:
+        """TrainSpec fields for the model's shape and numerics: a preset, the architecture flags, precision."""
+        out: dict = {}
+        if self.preset is not None:
+            from curate.training.presets import preset_for
+
+            preset = preset_for(self.preset)
+            out.update(preset.training.spec_fields())
+            out["model_config"] = preset.architecture.config_fields()
+        if self.architecture():
+            out["architecture"] = self.architecture()
+        if self.precision is not None:
+            out["autocast"] = self.precision == "bf16"
+        return out
 
     def spec_fields(self) -> dict:
         """The given options that are TrainSpec fields of the same name."""
@@ -54,6 +101,11 @@ class TrainOptions:
 
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name in TrainSpec.__dataclass_fields__ and getattr(self, f.name) is not None}
+
+
+ARCHITECTURE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+                        "context": "max_position_embeddings"}
+"""The architecture flags of `curate train` -> the GPTNeoXConfig field each sets."""
 
 
 def train_command(options: TrainOptions) -> None:
@@ -70,7 +122,13 @@ def train_command(options: TrainOptions) -> None:
         result = train_reference_run(ws, progress=not o.quiet, overrides=given, out=o.out)
     else:
         assert o.out is not None  # validate() requires it
-        fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **given}
+        fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **o.shape_fields(), **given}
+        if o.init_from is not None:
+            from curate.training.presets import find_preset
+
+            preset = find_preset(o.init_from)  # a Pythia checkpoint continues with Pythia's own settings
+            if preset is not None:
+                fields = {**fields, **preset.training.spec_fields(), **given}
         if o.config is not None:
             from curate.training.models import load_config_file
 

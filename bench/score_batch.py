@@ -1,0 +1,77 @@
+"""Scoring throughput by batch size (rows per forward/backward), measured side by side (interleaved) in one run.
+
+Picks the `--batch-rows` default of `curate score`: the scorer (`HeadInfluenceScorer.score_batch`, the induction
+job's heads and mode) on random rows, one thread, process CPU time per row for each batch size, repeated
+`--repeats` times in interleaved order; prints min / median rows per second and the ratio to the best.
+
+    python bench/score_batch.py [--model default|pythia-14m|pythia-70m] [--rows 256] [--sizes 4,8,16,32,64] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from curate.attribution.ekfac import EKFACFitter
+from curate.attribution.heads import HeadGeometry
+from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
+from curate.attribution.probes import build_probes, induction_probe
+from curate.training.models import build_model
+
+
+def model_and_rows(name: str, rows: int, seed: int = 0):
+    """(model, random rows of the model's context + 1 tokens)."""
+    from transformers import GPTNeoXConfig
+
+    if name == "default":
+        from curate.training.default_model import default_model_config
+
+        config = default_model_config(512)
+    else:
+        from curate.training.presets import preset_for
+
+        config = GPTNeoXConfig(**preset_for(name).architecture.config_fields())
+    model = build_model(config, seed).eval()
+    row_len = int(config.max_position_embeddings) + 1
+    data = np.random.default_rng(seed).integers(0, min(int(config.vocab_size), 50277), (rows, row_len))
+    return model, data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--sizes", default="4,8,16,32,64")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mode", default="qkvo")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    model, data = model_and_rows(args.model, args.rows)
+    geo = HeadGeometry.of(model)
+    heads = geo.all_heads(min_layer=1)
+    fit = [(np.arange(len(data[:16])), data[:16])]
+    factors = EKFACFitter(model, heads, args.mode, seed=0).fit(fit)
+    probes = build_probes(model.config, n=8, seed=0)
+    grads = probe_gradients(model, lambda m, h: induction_probe(m, probes), heads, args.mode, shared=True)
+    scorer = HeadInfluenceScorer(model, factors, factors.precondition(grads), heads, args.mode)
+    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, rows of {data.shape[1]} tokens, "
+          f"{len(heads)} heads, mode {args.mode}, {args.rows} rows per measurement, 1 thread")
+    rates: dict[int, list[float]] = {b: [] for b in sizes}
+    for r in range(args.repeats):
+        for b in (sizes if r % 2 == 0 else sizes[::-1]):
+            c0 = time.process_time()
+            for a in range(0, len(data), b):
+                scorer.score_batch(data[a : a + b])
+            rates[b].append(len(data) / (time.process_time() - c0))
+    best = max(statistics.median(v) for v in rates.values())
+    print(f"{'batch':>6s} {'rows/s min':>11s} {'rows/s median':>14s} {'median / best':>14s}")
+    for b in sizes:
+        print(f"{b:6d} {min(rates[b]):11.1f} {statistics.median(rates[b]):14.1f} {statistics.median(rates[b]) / best:14.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Pythia-sized stand-ins on CPU: the Pythia-14m and Pythia-70m architectures with random weights, a 21-shard
+pre-shuffled-format corpus of 2,049-token rows straddling shards; `curate score` and `curate train` (with
+micro-batches) run end to end in bounded memory. Nothing is downloaded."""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curate.atomic import write_json
+from curate.corpus import CorpusMeta, open_corpus
+from curate.megatron import write_megatron
+from corpus_helpers import shard_bin
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW_LEN = 2049
+TOKENIZER_VOCAB = 50277
+
+pytestmark = pytest.mark.slow
+
+
+def pythia_corpus(folder: Path, rows: int, batch_size: int, seed: int = 0) -> Path:
+    """`rows` random rows cut into 21 Pythia-named shards (`document-000NN-of-00020.bin`) + `document.idx`."""
+    data = np.random.default_rng(seed).integers(0, TOKENIZER_VOCAB, (rows, ROW_LEN))
+    single = folder / "single"
+    write_megatron(single / "document", data, np.uint16)
+    size = (single / "document.bin").stat().st_size
+    shards = shard_bin(single / "document.bin", folder, "document", math.ceil(size / 21))
+    assert len(shards) == 21 and shards[-1].name == "document-00020-of-00020.bin"
+    (folder / "document.idx").write_bytes((single / "document.idx").read_bytes())
+    write_json(folder / "corpus.json", CorpusMeta(data="document.idx", batch_size=batch_size, vocab_size=TOKENIZER_VOCAB).to_json())
+    corpus = open_corpus(folder)
+    assert corpus.num_rows == rows and corpus.row_len == ROW_LEN and np.array_equal(corpus.rows(0, rows), data)
+    return folder
+
+
+def random_checkpoint(preset: str, folder: Path) -> Path:
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from curate.training.presets import preset_for
+
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(**preset_for(preset).architecture.config_fields())).save_pretrained(folder)
+    return folder
+
+
+def curate_cli(*args) -> tuple[dict, float]:
+    """Run `curate ARGS --json` in a child process: (its JSON output, the child's peak resident GiB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args), "--json", "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return json.loads(proc.stdout), max(peak, before) / 2**20
+
+
+@pytest.mark.parametrize("preset,batch,heads,memory_gib", [
+    ("pythia-14m", 4, "1.0,5.3", 4.0),
+    ("pythia-70m", 2, "1.0", 6.0),
+])
+def test_score_and_train_at_pythia_size(tmp_path, preset, batch, heads, memory_gib):
+    corpus = pythia_corpus(tmp_path / "pile", rows=2 * batch, batch_size=batch)
+    ckpt = random_checkpoint(preset, tmp_path / "ckpt")
+    summary, peak = curate_cli("score", "--model", ckpt, "--corpus", corpus, "--window", "0:1", "--heads", heads,
+                               "--fit-rows", batch, "--workers", "1", "--out", tmp_path / "scores")
+    assert summary["rows"] == batch and summary["rows_scored"] == batch and summary["heads"] == heads.split(",")
+    assert peak < memory_gib, f"score peaked at {peak:.2f} GiB"
+    result, peak = curate_cli("train", "--from", ckpt, "--corpus", corpus, "--start-step", 0, "--steps", 1,
+                              "--micro-batch", 1, "--checkpoints", "none", "--eval-every", 1, "--out", tmp_path / "run")
+    assert result["complete"] is True and result["step"] == 1
+    assert peak < memory_gib, f"train peaked at {peak:.2f} GiB"
