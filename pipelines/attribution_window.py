@@ -104,7 +104,7 @@ def choose_window(s: Setting, run_json: dict) -> Window:
     """The attribution window [start, end): --window, else 0 to the first checkpoint at/after the baseline's
     emergence, else (never formed) 0 to the last checkpoint at 2/3 of the baseline."""
     from curate.pipelines.effects import emergence_step
-    from curate.pipelines.score_job import parse_window
+    from curate.pipelines.score_request import parse_window
     from curate.training.curves import CURVES_JSON
     from curate.training.models import list_checkpoints
 
@@ -183,7 +183,8 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Pa
     """Score the window (reusing `curate score`'s results when they are the same job); (folder, summary, notes)."""
     from curate.workspace import scores_dir
     from curate.pipelines.manifest import fingerprint_hash
-    from curate.pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
+    from curate.pipelines.score_job import resolve_job
+    from curate.pipelines.score_request import DEFAULT_FIT_ROWS, ScoreRequest
     from curate.pipelines.score_run import run_job
 
     b = s.baseline

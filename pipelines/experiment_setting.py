@@ -9,13 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from curate.pipelines.experiment_options import (  # noqa: F401  (the options, importable from here)
-    DEFAULT_ARM_CHECKPOINTS,
-    ExperimentOptions,
-    check_options,
-    command_line,
-    parse_sizes,
-)
+from curate.pipelines.experiment_options import ExperimentOptions, check_options
 from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
@@ -148,7 +142,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
             raise CurateError(f"--model {opts.model}: an external model needs --corpus (the rows it was trained on)")
         if opts.window is None:
             raise CurateError(f"--model {opts.model}: an external model needs --window START:END (training steps)")
-        from curate.pipelines.score_job import parse_window
+        from curate.pipelines.score_request import parse_window
 
         start, end = parse_window(opts.window)
         if end is None:

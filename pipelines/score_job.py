@@ -38,15 +38,7 @@ from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
-from curate.pipelines.score_request import (  # noqa: F401  (the request and its checks, importable from here)
-    DEFAULT_BATCH_ROWS,
-    DEFAULT_FIT_ROWS,
-    DEFAULT_SHARD_ROWS,
-    DEFAULT_TOP,
-    ScoreRequest,
-    check_request,
-    parse_window,
-)
+from curate.pipelines.score_request import ScoreRequest, check_request, parse_window
 
 JOB_VERSION = 1
 SHOW_TOP = 10  # rows printed (and kept decoded in summary.json) per tail

@@ -28,7 +28,8 @@ from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
-from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob, ScoreRequest
+from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
+from curate.pipelines.score_request import ScoreRequest
 
 
 # --------------------------------------------------------------------------- progress

@@ -16,7 +16,8 @@ import pytest
 from curate.attribution.circuits import get_circuit
 from curate.errors import CurateError
 from curate.amounts import parse_amount
-from curate.pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_window, resolve_job
+from curate.pipelines.score_job import emergence_checkpoint, resolve_job
+from curate.pipelines.score_request import ScoreRequest, parse_window
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
