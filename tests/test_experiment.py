@@ -225,8 +225,8 @@ def test_window_after_step_zero_branches_from_the_baseline_checkpoint(tiny, quic
 
 def test_run_folder_baseline_refuses_baseline_flags(quick, tmp_path, monkeypatch, capsys):
     args = ["experiment", "--model", quick["out"] / "baseline", "--out", tmp_path / "exp", "--workspace", tmp_path / "ws"]
-    for extra, message in ((["--batch-size", "4"], "--batch-size: the arms copy the settings of the run"),
-                           (["--corpus", quick["out"]], "--corpus: the run"),
+    for extra, message in ((["--batch-size", "4"], "the arms copy the settings of this run; give no batch size"),
+                           (["--corpus", quick["out"]], "the run records its corpus"),
                            (["--model", quick["out"] / "arms" / "remove-top" / "seed0"], "was trained under a plan")):
         code, _, stderr = run_cli(args + extra, monkeypatch, capsys)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
@@ -542,8 +542,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tiny, tmp_path, monkeypa
 
 MODEL_BAD = [
     (["--revision", "step5"], "--revision names a checkpoint of --model"),
-    (["--model", "EleutherAI/pythia-70m"], "an external model needs --corpus"),
-    (["--model", "EleutherAI/pythia-70m", "--corpus", "{corpus}"], "an external model needs --window"),
+    (["--model", "EleutherAI/pythia-70m"], "an external model needs a corpus"),
+    (["--model", "EleutherAI/pythia-70m", "--corpus", "{corpus}"], "an external model needs a window"),
     (["--model", "./no/such/model", "--corpus", "{corpus}", "--window", "0:10"], "model folder not found"),
     (["--model", "{base}", "--corpus", "{corpus}", "--window", "0:10"], "no step0/ checkpoint folder inside"),
     (["--model", "EleutherAI/pythia-70m", "--config", "{config}"], "give one of them"),
@@ -571,4 +571,4 @@ def test_arms_that_would_read_held_out_rows_are_refused(tiny, tmp_path, monkeypa
     code, _, stderr = run_cli(args, monkeypatch, capsys)
     assert code == 2
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and f"--steps {too_many}: the arms would read past row" in lines[0], stderr
+    assert len(lines) == 1 and f"steps {too_many}: the arms would read past row" in lines[0], stderr

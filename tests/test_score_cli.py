@@ -42,7 +42,7 @@ BAD_INPUTS = [
     (["--circuit", "copying"], "unknown circuit 'copying'"),
     (["--heads", "1.x"], "'1.x' is not LAYER.HEAD"),
     (["--heads", "5.0"], "head 5.0 is out of range"),
-    (["--window", "0:1000"], "--window 0:1000 is outside the corpus"),
+    (["--window", "0:1000"], "the window 0:1000 is outside the corpus"),
     (["--window", "9:3"], "END must be after START"),
     (["--model", "{small_vocab_model}"], "outside the model's vocabulary (size 100)"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot reach a Ray cluster"),
@@ -103,9 +103,9 @@ def test_corpus_without_model_and_model_without_step(tiny, tmp_path, monkeypatch
     assert code == 2 and "--corpus needs --model" in stderr
     args = [a for a in base_args(tiny, out) if a not in ("--window", "0:8")]
     code, _, stderr = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and "cannot tell which training step" in stderr and "--window" in stderr
+    assert code == 2 and "cannot tell which training step" in stderr and "give the window START:END" in stderr
     code, _, stderr = run_cli(["score", "--model", tiny["model"], "--out", out], monkeypatch, capsys)
-    assert code == 2 and "--corpus is required with --model" in stderr
+    assert code == 2 and "give the corpus the model was trained on" in stderr
     assert not out.exists()
 
 
