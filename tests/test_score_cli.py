@@ -115,7 +115,7 @@ def test_existing_results_of_another_job_are_refused(tiny, tmp_path, monkeypatch
     manifest = {"fingerprint": {"window": [0, 4]}, "shards": {}, "retries": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     code, _, stderr = run_cli(base_args(tiny, out), monkeypatch, capsys)
-    assert code == 2 and "holds results of a different job" in stderr and "--force" in stderr
+    assert code == 2 and "holds results of a different job" in stderr and "force a fresh start" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
