@@ -73,14 +73,14 @@ def abs_path(path: str | Path) -> str:
 
 
 
-def _baseline_flags(opts: ExperimentOptions) -> dict:
+def _baseline_options(opts: ExperimentOptions) -> dict:
     """The options that shape a baseline trained here (meaningless with a finished run as the baseline), by field name."""
     names = ("baseline_steps", "batch_size", "eval_every", "lr", "warmup_steps", "schedule_steps")
     return {name: getattr(opts, name) for name in names}
 
 
 def _own_mode(opts: ExperimentOptions) -> bool:
-    given = (opts.corpus, opts.config, *_baseline_flags(opts).values())
+    given = (opts.corpus, opts.config, *_baseline_options(opts).values())
     return opts.quick or opts.scales or any(v is not None for v in given)
 
 
@@ -131,7 +131,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
             raise CurateError(f"{run_dir}: was trained under a plan; the baseline must train on the corpus in its own order")
         if opts.corpus is not None:
             raise CurateError(f"{run_dir}: the run records its corpus; give no other corpus")
-        for name, value in _baseline_flags(opts).items():
+        for name, value in _baseline_options(opts).items():
             if value is not None:
                 raise CurateError(f"{run_dir}: the arms copy the settings of this run; give no {name.replace('_', ' ')}")
         corpus = abs_path(raw["spec"].get("corpus") or raw["base_corpus"])
