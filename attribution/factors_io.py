@@ -15,12 +15,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from curate.attribution.ekfac import BlockFactors, EKFACFactors
-from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import MODES, HeadRef, check_mode
 from curate.atomic import atomic_path
 from curate.errors import CurateError
 
-__all__ = ["model_fingerprint", "factor_key", "factor_path", "save_factors", "load_factors", "load_head_factors"]
+__all__ = ["factor_key", "factor_path", "save_factors", "load_factors", "load_head_factors"]
 
 FORMAT_VERSION = 1
 

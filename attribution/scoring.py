@@ -27,7 +27,8 @@ from torch import nn
 from curate.attribution.ekfac import (
     DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EigenBases, EKFACFactors, EKFACFitter, LambdaAccumulator,
 )
-from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
+from curate.attribution.factors_io import load_factors, save_factors
+from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import HeadBlocks, HeadGeometry, HeadRef, check_mode
 from curate.attribution.influence import (
     HeadInfluenceScorer, BoundProbe, Progress, circuit_probe, fit_data_key, fit_row_ids, iter_row_batches,

@@ -27,7 +27,8 @@ from curate.attribution.scoring import score_corpus
 from curate.atomic import write_json
 from curate.corpus import CorpusMeta, open_corpus
 from curate.pipelines.ray_pool import ray_session
-from curate.pipelines.score_job import ScoreRequest, resolve_job
+from curate.pipelines.score_job import resolve_job
+from curate.pipelines.score_request import ScoreRequest
 from curate.pipelines.score_run import run_job
 from curate.training.models import build_model
 

@@ -179,7 +179,7 @@ def build_default_corpus(
     if out.exists() and not force:
         meta_path = out / METADATA_FILE
         if not meta_path.is_file():
-            raise CurateError(f"{out}: exists but is not a corpus folder (no {METADATA_FILE}); pass --force to rebuild it")
+            raise CurateError(f"{out}: exists but is not a corpus folder (no {METADATA_FILE}); force a rebuild to replace it")
         try:
             recorded = json.loads(meta_path.read_text()).get("build")
         except json.JSONDecodeError:
@@ -188,7 +188,7 @@ def build_default_corpus(
             _log(progress, f"default corpus up to date: {out}")
             return out
         was = f"seed {recorded.get('seed')}" if isinstance(recorded, dict) else "unknown parameters"
-        raise CurateError(f"{out}: built with other parameters ({was}); pass --force to rebuild it with seed {seed}")
+        raise CurateError(f"{out}: built with other parameters ({was}); force a rebuild to replace it (seed {seed})")
 
     t0 = time.perf_counter()
     row_len = spec.seq_len + 1

@@ -200,9 +200,9 @@ def ingest_documents(
     out_dir = Path(out_dir)
     fields = dict(fields or {})
     if seq_len < 1:
-        raise CurateError(f"--seq-len must be at least 1, got {seq_len}")
+        raise CurateError(f"the sequence length must be at least 1, got {seq_len}")
     if batch_size < 1:
-        raise CurateError(f"--batch-size must be at least 1, got {batch_size}")
+        raise CurateError(f"the batch size must be at least 1, got {batch_size}")
     if not texts:
         raise CurateError(f"{source or 'input'}: no documents (empty input)")
     for name, values in fields.items():
@@ -222,7 +222,7 @@ def ingest_documents(
     if total < row_len:
         raise CurateError(
             f"{source or 'input'}: {total} tokens in {len(docs)} documents (with separators) do not fill one row of "
-            f"{row_len} tokens (--seq-len {seq_len} + 1)"
+            f"{row_len} tokens (sequence length {seq_len} + 1)"
         )
     packed, _ = pack_rows(docs, row_len, tok.eot_id)
     del docs

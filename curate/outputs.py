@@ -51,7 +51,8 @@ def _manifest_kind(folder: Path) -> str | None:
 
 
 # `command.json` (the saved options of the command that writes the folder; see `curate replay`) -> kind
-_COMMAND_KINDS = {"score": SCORES, "train": RUN, "build-mix": MIX, "synth": SYNTHETIC, "experiment": EXPERIMENT}
+_COMMAND_KINDS = {"score": SCORES, "train": RUN, "build-mix": MIX, "synth": SYNTHETIC, "experiment": EXPERIMENT,
+                  "ingest": CORPUS, "index": INDEX}
 
 
 def _command_kind(folder: Path) -> str | None:
@@ -99,16 +100,16 @@ def check_output_folder(
     if not out.exists():
         return
     if not out.is_dir():
-        raise CurateError(f"{out}: exists and is not a folder; choose another --out")
+        raise CurateError(f"{out}: exists and is not a folder; choose another output folder")
     for inp in inputs:
         if inp is not None and _overlaps(out, Path(inp)):
             what = "is" if Path(inp).resolve() == out.resolve() else "contains"
-            raise CurateError(f"{out}: {what} an input of this command ({inp}); choose another --out")
+            raise CurateError(f"{out}: {what} an input of this command ({inp}); choose another output folder")
     if not any(out.iterdir()):
         return
     found = folder_kind(out)
     want = _LABEL.get(kind, kind)
     if found is None:
-        raise CurateError(f"{out}: folder exists, is not empty and is not a curate {want}; it is left as it is, choose another --out")
+        raise CurateError(f"{out}: folder exists, is not empty and is not a curate {want}; it is left as it is, choose another output folder")
     if found != kind:
-        raise CurateError(f"{out}: folder holds a curate {_LABEL.get(found, found)}, not a {want}; it is left as it is, choose another --out")
+        raise CurateError(f"{out}: folder holds a curate {_LABEL.get(found, found)}, not a {want}; it is left as it is, choose another output folder")

@@ -39,8 +39,8 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     b = s.baseline
     window_rows = (window.end - window.start) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
-    n_remove = parse_amount(s.opts.k, window_rows, "--k")
-    n_add = parse_amount(s.opts.augment, window_rows, "--augment")
+    n_remove = parse_amount(s.opts.k, window_rows, "rows removed")
+    n_add = parse_amount(s.opts.augment, window_rows, "rows added")
     corpus = open_corpus(b.corpus)
     heldout = run_json.get("spec", {}).get("heldout") if run_json else None
     start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None and not heldout else None
@@ -56,7 +56,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     if s.opts.steps is not None:
         steps = s.opts.steps
         if steps > cap:
-            raise CurateError(f"--steps {steps}: the arms would read past row {limit} of {b.corpus} (held-out rows or the "
+            raise CurateError(f"steps {steps}: the arms would read past row {limit} of {b.corpus} (held-out rows or the "
                               f"end); at most {cap} steps")
     else:
         span = window.end - window.start
@@ -68,13 +68,13 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
             notes.append(f"arms stop at step {cap} (the corpus's rows before the held-out rows run out)")
             steps = cap
     if steps < window.end:
-        raise CurateError(f"--steps {steps}: the arms must train at least to the window's end (step {window.end})")
+        raise CurateError(f"steps {steps}: the arms must train at least to the window's end (step {window.end})")
     first_free = steps * b.batch_size + extra
     pool_rows = min(limit - first_free, max(POOL_MIN_ROWS, POOL_PER_ADDED * n_add))
     pool = (first_free, first_free + pool_rows) if pool_rows >= n_add else None
     if "augment-neighbors" in s.arms and pool is None:
         raise CurateError(f"augment-neighbors: only {max(0, limit - first_free)} rows of {b.corpus} lie outside every arm's "
-                          f"training rows, fewer than the {n_add} to add; lower --steps or leave the arm out (--arms)")
+                          f"training rows, fewer than the {n_add} to add; train the arms fewer steps or leave this arm out")
     return ArmPlan(steps, n_remove, n_add, pool, notes)
 
 

@@ -152,7 +152,7 @@ def check_run_folder(run: ArmRun) -> None:
             saved = None
         if saved != run.key:
             raise CurateError(f"{run.out_dir}: holds a run of other settings (spec {saved}, this arm {run.key}); "
-                              f"rerun the arm with --rerun {run.arm} or use another --out")
+                              f"rerun the arm {run.arm} or use another output folder")
 
 
 # --------------------------------------------------------------------------- running
@@ -203,7 +203,7 @@ def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> No
     with ray_session(None, num_cpus=workers) as session:
         gpus = 1.0 if device == "cuda" else 0.0
         if gpus and session.gpus < 1:
-            raise CurateError("--device cuda: the Ray session has no GPU")
+            raise CurateError("device cuda: the Ray session has no GPU")
         remote_cls = ray.remote(ArmWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
         size = min(workers, session.gpus) if gpus else workers
         log(f"arms: {len(todo)} run(s) on {size} Ray worker(s)")

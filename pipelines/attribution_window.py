@@ -83,7 +83,7 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
 
     summary = json.loads((b.run_dir / SUMMARY_JSON).read_text())
     if summary.get("complete") is not True:
-        raise CurateError(f"{b.run_dir}: the baseline run is not finished; finish it (curate train --resume) first")
+        raise CurateError(f"{b.run_dir}: the baseline run is not finished; resume its training first")
     b.batch_size = int(raw["batch_size"])
     s.eval_every = int(raw["spec"].get("eval_every") or s.eval_every or 100)
     return raw
@@ -104,7 +104,7 @@ def choose_window(s: Setting, run_json: dict) -> Window:
     """The attribution window [start, end): --window, else 0 to the first checkpoint at/after the baseline's
     emergence, else (never formed) 0 to the last checkpoint at 2/3 of the baseline."""
     from curate.pipelines.effects import emergence_step
-    from curate.pipelines.score_job import parse_window
+    from curate.pipelines.score_request import parse_window
     from curate.training.curves import CURVES_JSON
     from curate.training.models import list_checkpoints
 
@@ -124,7 +124,7 @@ def choose_window(s: Setting, run_json: dict) -> Window:
     if end is None and s.opts.revision is not None:
         m = s.opts.revision[4:] if s.opts.revision.startswith("step") else ""
         if not m.isdigit():
-            raise CurateError(f"--revision {s.opts.revision!r}: expected stepK")
+            raise CurateError(f"revision {s.opts.revision!r}: expected stepK")
         end, reason = int(m), f"the checkpoint given (--revision {s.opts.revision})"
     elif end is not None:
         reason = "given (--window)"
@@ -138,12 +138,12 @@ def choose_window(s: Setting, run_json: dict) -> Window:
         limit = int(final * FALLBACK_WINDOW_SHARE)
         before = [c for c in checkpoints if start < c <= limit]
         if not before:
-            raise CurateError(f"{s.baseline.run_dir}: no checkpoint after step {start} and before step {limit}; pass --window")
+            raise CurateError(f"{s.baseline.run_dir}: no checkpoint after step {start} and before step {limit}; give the window")
         end = before[-1]
         reason = (f"the circuit never formed in the baseline (best score {max(best):.3f} < threshold {s.threshold:g}): "
                   f"the last checkpoint at 2/3 of the baseline")
     if end <= start:
-        raise CurateError(f"--window {start}:{end} is empty")
+        raise CurateError(f"the window {start}:{end} is empty")
     if end not in checkpoints:
         have = ", ".join(f"step{c}" for c in checkpoints[:14])
         raise CurateError(f"{s.baseline.run_dir}: no checkpoint step{end} to score the window's end at (have: {have}, ...)")
@@ -183,7 +183,8 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Pa
     """Score the window (reusing `curate score`'s results when they are the same job); (folder, summary, notes)."""
     from curate.workspace import scores_dir
     from curate.pipelines.manifest import fingerprint_hash
-    from curate.pipelines.score_job import DEFAULT_FIT_ROWS, ScoreRequest, resolve_job
+    from curate.pipelines.score_job import resolve_job
+    from curate.pipelines.score_request import DEFAULT_FIT_ROWS, ScoreRequest
     from curate.pipelines.score_run import run_job
 
     b = s.baseline

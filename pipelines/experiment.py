@@ -28,14 +28,10 @@ from typing import Callable
 from curate.errors import CurateError
 from curate.pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
 from curate.pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
-from curate.pipelines.experiment_setting import (  # noqa: F401 (the command's API, re-exported)
-    EXPERIMENT_FILE, ExperimentOptions, Setting, check_identity, check_options, command_line, default_out, parse_sizes,
-    resolve_setting,
-)
+from curate.pipelines.experiment_options import ExperimentOptions, command_line
+from curate.pipelines.experiment_setting import EXPERIMENT_FILE, Setting, check_identity, resolve_setting
 
 Log = Callable[[str], None]
-
-__all__ = ["ExperimentOptions", "run_experiment", "check_options", "command_line", "default_out", "parse_sizes", "ray_holder"]
 
 REPORT_DIR = "report"
 

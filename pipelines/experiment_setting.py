@@ -9,13 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from curate.pipelines.experiment_options import (  # noqa: F401  (the options, importable from here)
-    DEFAULT_ARM_CHECKPOINTS,
-    ExperimentOptions,
-    check_options,
-    command_line,
-    parse_sizes,
-)
+from curate.pipelines.experiment_options import ExperimentOptions, check_options
 from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
@@ -79,14 +73,14 @@ def abs_path(path: str | Path) -> str:
 
 
 
-def _baseline_flags(opts: ExperimentOptions) -> dict:
-    """The flags that shape a baseline trained here (meaningless with a finished run as the baseline)."""
-    return {"--baseline-steps": opts.baseline_steps, "--batch-size": opts.batch_size, "--eval-every": opts.eval_every,
-            "--lr": opts.lr, "--warmup-steps": opts.warmup_steps, "--schedule-steps": opts.schedule_steps}
+def _baseline_options(opts: ExperimentOptions) -> dict:
+    """The options that shape a baseline trained here (meaningless with a finished run as the baseline), by field name."""
+    names = ("baseline_steps", "batch_size", "eval_every", "lr", "warmup_steps", "schedule_steps")
+    return {name: getattr(opts, name) for name in names}
 
 
 def _own_mode(opts: ExperimentOptions) -> bool:
-    given = (opts.corpus, opts.config, *_baseline_flags(opts).values())
+    given = (opts.corpus, opts.config, *_baseline_options(opts).values())
     return opts.quick or opts.scales or any(v is not None for v in given)
 
 
@@ -119,7 +113,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     ws = resolve_workspace(opts.workspace)
     out = Path(abs_path(opts.out if opts.out is not None else default_out(opts, ws)))
     if out.exists() and not out.is_dir():
-        raise CurateError(f"--out {out}: exists and is not a folder")
+        raise CurateError(f"{out}: exists and is not a folder")
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)))
     arms = parse_arms(opts.arms)
     threshold = float(opts.threshold if opts.threshold is not None else circuit.default_threshold)
@@ -136,37 +130,37 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
         if raw.get("spec", {}).get("plan") is not None:
             raise CurateError(f"{run_dir}: was trained under a plan; the baseline must train on the corpus in its own order")
         if opts.corpus is not None:
-            raise CurateError(f"--corpus: the run {run_dir} records its corpus; drop --corpus")
-        for flag, value in _baseline_flags(opts).items():
+            raise CurateError(f"{run_dir}: the run records its corpus; give no other corpus")
+        for name, value in _baseline_options(opts).items():
             if value is not None:
-                raise CurateError(f"{flag}: the arms copy the settings of the run {run_dir}; drop {flag}")
+                raise CurateError(f"{run_dir}: the arms copy the settings of this run; give no {name.replace('_', ' ')}")
         corpus = abs_path(raw["spec"].get("corpus") or raw["base_corpus"])
         baseline = Baseline("run", corpus, int(raw["batch_size"]), run_dir=run_dir)
         eval_every = int(raw["spec"].get("eval_every", 100))
     elif opts.model is not None:
         if opts.corpus is None:
-            raise CurateError(f"--model {opts.model}: an external model needs --corpus (the rows it was trained on)")
+            raise CurateError(f"{opts.model}: an external model needs a corpus (the rows it was trained on)")
         if opts.window is None:
-            raise CurateError(f"--model {opts.model}: an external model needs --window START:END (training steps)")
-        from curate.pipelines.score_job import parse_window
+            raise CurateError(f"{opts.model}: an external model needs a window START:END (training steps)")
+        from curate.pipelines.score_request import parse_window
 
         start, end = parse_window(opts.window)
         if end is None:
-            raise CurateError(f"--window {opts.window}: give the window's end step with an external model")
+            raise CurateError(f"window {opts.window}: give the window's end step with an external model")
         if opts.baseline_steps is not None:
-            raise CurateError("--baseline-steps: an external model is its own baseline (nothing is trained before the arms)")
+            raise CurateError(f"{opts.model}: an external model is its own baseline (nothing is trained before the arms): give no baseline steps")
         from curate.training.models import HUB_NAME_RE
 
         local = Path(opts.model).expanduser()
         if not local.exists() and (opts.model.startswith((".", "/", "~")) or not HUB_NAME_RE.match(opts.model)):
-            raise CurateError(f"--model {opts.model}: model folder not found (and not a hub name like EleutherAI/pythia-70m)")
+            raise CurateError(f"{opts.model}: model folder not found (and not a hub name like EleutherAI/pythia-70m)")
         corpus_obj = open_corpus(opts.corpus)
         batch = opts.batch_size or corpus_obj.batch_size
         if local.exists():
             revision = opts.revision or f"step{end}"
             for step_name in (f"step{start or 0}", revision):
                 if not (local / step_name / "config.json").is_file():
-                    raise CurateError(f"--model {local}: no {step_name}/ checkpoint folder inside (an external model folder "
+                    raise CurateError(f"{local}: no {step_name}/ checkpoint folder inside (an external model folder "
                                       "holds one stepK/ folder per checkpoint, like the hub's revisions)")
         baseline = Baseline("external", abs_path(opts.corpus), int(batch), model=opts.model if not local.exists() else abs_path(local))
         eval_every = opts.eval_every or 100
@@ -243,9 +237,9 @@ def check_identity(s: Setting) -> None:
     try:
         old = json.loads(path.read_text()).get("identity", {})
     except json.JSONDecodeError:
-        raise CurateError(f"{path}: not valid JSON; remove it or use another --out") from None
+        raise CurateError(f"{path}: not valid JSON; remove it or use another output folder") from None
     new = json.loads(json.dumps(s.identity, default=str))
     if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise CurateError(f"{s.out}: holds an experiment with other settings (changed: {', '.join(changed)}); "
-                          "use another --out")
+                          "use another output folder")

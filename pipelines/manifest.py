@@ -68,14 +68,14 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError:
-            raise CurateError(f"{path}: corrupt manifest (not JSON); remove it or pass --force") from None
+            raise CurateError(f"{path}: corrupt manifest (not JSON); remove it, or force a fresh start") from None
         old = raw.get("fingerprint", {})
         if old != json.loads(json.dumps(fingerprint, default=str)):
             if not force:
                 changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
                 raise CurateError(
                     f"{out_dir}: holds results of a different job (changed: {', '.join(changed)}); "
-                    "use another --out or pass --force to discard them"
+                    "use another output folder, or force a fresh start to discard them"
                 )
             for rec in raw.get("shards", {}).values():
                 (out_dir / rec["file"]).unlink(missing_ok=True)

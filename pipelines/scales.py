@@ -27,7 +27,7 @@ def size_config(base: dict, hidden: int, layers: int) -> dict:
     """The base config resized: hidden size, layers, MLP width at the base's ratio; heads unchanged."""
     heads = int(base.get("num_attention_heads", 4))
     if hidden % heads:
-        raise CurateError(f"--sizes: hidden size {hidden} is not a multiple of the {heads} attention heads")
+        raise CurateError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
     ratio = int(base.get("intermediate_size", 4 * int(base["hidden_size"]))) / int(base["hidden_size"])
     cfg = {k: v for k, v in base.items() if k not in ("_name_or_path", "transformers_version", "architectures")}
     cfg.update(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=int(round(ratio * hidden)))
@@ -70,14 +70,17 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     from curate.atomic import write_json
     from curate.workspace import resolve_workspace
     from curate.pipelines.arms import SCALE_ARMS, parse_arms
-    from curate.pipelines.experiment import command_line, default_out, parse_sizes, ray_holder, run_experiment
+    from curate.pipelines.attribution_window import ray_holder
+    from curate.pipelines.experiment import run_experiment
+    from curate.pipelines.experiment_options import command_line, parse_sizes
+    from curate.pipelines.experiment_setting import default_out
 
     opts.validate()
     sizes = parse_sizes(opts.sizes)
     ws = resolve_workspace(opts.workspace)
     out = Path(opts.out) if opts.out is not None else default_out(opts, ws)
     if out.exists() and not out.is_dir():
-        raise CurateError(f"--out {out}: exists and is not a folder")
+        raise CurateError(f"{out}: exists and is not a folder")
     if opts.corpus is not None:
         from curate.corpus import open_corpus
 
@@ -90,7 +93,7 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
         heads = int(load_config_file(opts.config).get("num_attention_heads", 4))
     for hidden, _ in sizes:  # cheap checks before anything is written
         if heads is not None and hidden % heads:
-            raise CurateError(f"--sizes: hidden size {hidden} is not a multiple of the {heads} attention heads")
+            raise CurateError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
     base, corpus = _base_config(opts, ws, log)
     configs = {size_name(h, l): size_config(base, h, l) for h, l in sizes}
 

@@ -38,15 +38,7 @@ from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.pipelines.manifest import Manifest
-from curate.pipelines.score_request import (  # noqa: F401  (the request and its checks, importable from here)
-    auto_batch_rows,
-    DEFAULT_FIT_ROWS,
-    DEFAULT_SHARD_ROWS,
-    DEFAULT_TOP,
-    ScoreRequest,
-    check_request,
-    parse_window,
-)
+from curate.pipelines.score_request import ScoreRequest, auto_batch_rows, check_request, parse_window
 
 JOB_VERSION = 1
 SHOW_TOP = 10  # rows printed (and kept decoded in summary.json) per tail
@@ -115,19 +107,19 @@ def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, in
 
     path = run_dir / SUMMARY_JSON
     if not path.is_file():
-        raise CurateError(f"{run_dir}: no {SUMMARY_JSON} (not a finished training run); pass --revision stepK")
+        raise CurateError(f"{run_dir}: no {SUMMARY_JSON} (not a finished training run); give a revision stepK")
     try:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise CurateError(f"{path}: not valid JSON") from None
     info = (summary.get("emergence") or {}).get(circuit.metric)
     if not info:
-        raise CurateError(f"{path}: records no {circuit.metric} curve; pass --revision stepK")
+        raise CurateError(f"{path}: records no {circuit.metric} curve; give a revision stepK")
     step = info.get("emergence_step")
     if step is None:
         raise CurateError(
             f"{run_dir}: the {circuit.name} head never formed (best {circuit.metric} score {float(info.get('max', 0)):.3f} "
-            f"< threshold {info.get('threshold')}); nothing to attribute (pass --revision stepK to score anyway)"
+            f"< threshold {info.get('threshold')}); nothing to attribute (give a revision stepK to score anyway)"
         )
     checkpoints = list_checkpoints(run_dir)
     after = [s for s in checkpoints if s >= int(step)]
@@ -163,14 +155,14 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
 
     path = run_dir / RUN_FILE
     if not path.is_file():
-        raise CurateError(f"{run_dir}: no {RUN_FILE} to tell which corpus it trained on; pass --corpus")
+        raise CurateError(f"{run_dir}: no {RUN_FILE} to tell which corpus it trained on; give the corpus")
     raw = json.loads(path.read_text())
     spec = raw.get("spec", {})
     if spec.get("plan") is not None:
-        raise CurateError(f"{run_dir}: was trained under a plan (its row order is not the corpus's); pass --corpus and --window")
+        raise CurateError(f"{run_dir}: was trained under a plan (its row order is not the corpus's); give the corpus and the window")
     corpus = spec.get("corpus") or raw.get("base_corpus")
     if not corpus:
-        raise CurateError(f"{path}: names no corpus; pass --corpus")
+        raise CurateError(f"{path}: names no corpus; give the corpus")
     return str(corpus), raw.get("batch_size")
 
 
@@ -213,15 +205,13 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     ws = resolve_workspace(req.workspace)
     out = Path(req.out) if req.out is not None else scores_dir(ws, circuit.name)
     if out.exists() and not out.is_dir():
-        raise CurateError(f"--out {out}: exists and is not a folder")
+        raise CurateError(f"{out}: exists and is not a folder")
     notes: list[str] = []
 
     # -- corpus and model
     run_dir = _run_dir_of(req.model)
     run_batch: int | None = None
     if req.model is None:
-        if req.corpus is not None:
-            raise CurateError("--corpus needs --model (the reference run was trained on the default corpus)")
         from curate.default_corpus import ensure_default_corpus
         from curate.training.reference import ensure_reference_run
 
@@ -232,7 +222,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     elif run_dir is not None:
         corpus_path, run_batch = _run_corpus(run_dir)
     else:
-        raise CurateError("--corpus is required with --model (only a training run folder records its corpus)")
+        raise CurateError(f"{req.model}: give the corpus the model was trained on (only a training run folder records its corpus)")
     if run_dir is not None and run_batch is None and (run_dir / "run.json").is_file():
         run_batch = json.loads((run_dir / "run.json").read_text()).get("batch_size")
 
@@ -264,17 +254,17 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     start = 0 if start is None else start
     if end is None:
         if step is None:
-            raise CurateError(f"{checkpoint}: cannot tell which training step this model is at; pass --window START:END")
+            raise CurateError(f"{checkpoint}: cannot tell which training step this model is at; give the window START:END")
         end = step
     if end <= start:
-        raise CurateError(f"--window {start}:{end} is empty (the checkpoint is at step {step})")
+        raise CurateError(f"the window {start}:{end} is empty (the checkpoint is at step {step})")
     if end * batch > corpus.num_rows:
         raise CurateError(
-            f"--window {start}:{end} is outside the corpus: {corpus.path} holds {corpus.num_rows} rows = "
+            f"the window {start}:{end} is outside the corpus: {corpus.path} holds {corpus.num_rows} rows = "
             f"{corpus.num_rows // batch} whole steps of {batch}"
         )
     rows = (start * batch, end * batch)
-    top_k = parse_amount(req.top, rows[1] - rows[0], "--top")
+    top_k = parse_amount(req.top, rows[1] - rows[0], "top")
     vocab = int(model.config.vocab_size)
     if not (corpus.meta is not None and corpus.meta.vocab_size and int(corpus.meta.vocab_size) <= vocab):
         check_token_ids(corpus, rows, vocab)  # corpus.json's recorded vocabulary is trusted when it fits

@@ -66,6 +66,8 @@ def check_request(req: ScoreRequest) -> None:
 
     if req.mode is not None:
         check_mode(req.mode)
+    if req.corpus is not None and req.model is None:
+        raise CurateError(f"{flag(req, 'corpus')} needs {flag(req, 'model')} (the reference run was trained on the default corpus)")
     check_amount(req.top, flag(req, "top"))
     if req.window is not None:
         with named(req, "window"):

@@ -28,7 +28,8 @@ from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
-from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob, ScoreRequest
+from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
+from curate.pipelines.score_request import ScoreRequest
 
 
 # --------------------------------------------------------------------------- progress
@@ -80,7 +81,7 @@ def _worker_count(req: ScoreRequest, session_cpus: int, session_gpus: int, tasks
     """Actors to start: --workers, else one per CPU (per GPU with cuda); never more than the cluster's CPUs
     (each actor takes one, so more would wait forever) or than there are tasks."""
     if req.device == "cuda" and session_gpus < 1:
-        raise CurateError("--device cuda: the Ray cluster has no GPU")
+        raise CurateError("device cuda: the Ray cluster has no GPU")
     if req.workers is not None:
         n = req.workers
     elif req.device == "cuda":

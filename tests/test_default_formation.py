@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from curate.default_corpus import build_default_corpus
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON
 from curate.training.recipes import recipe_fields
@@ -14,6 +16,7 @@ from curate.training.trainer import TrainSpec, train
 STOP = 2000  # seed 0 forms at step 1,700 (bench/RESULTS.md); the reference run goes on to 4,000
 
 
+@pytest.mark.slow
 def test_default_forms_previous_token_then_induction_head(tmp_path: Path) -> None:
     corpus = build_default_corpus(tmp_path, seed=0, progress=False)
     reference = recipe_fields("reference")

@@ -72,6 +72,7 @@ def quick(tiny, ray_session_for_module) -> dict:
 # --------------------------------------------------------------------------- the quick experiment
 
 
+@pytest.mark.slow
 def test_quick_writes_the_report_with_every_arm(quick):
     out, res = quick["out"], quick["results"]
     report = out / "report"
@@ -103,6 +104,7 @@ def test_quick_writes_the_report_with_every_arm(quick):
     assert "expected effects: observed or not" in md.lower()
 
 
+@pytest.mark.slow
 def test_window_follows_the_baseline_emergence_and_arms_copy_the_baseline(quick):
     """Window = 0 to the first checkpoint at/after the baseline's emergence; the baseline arm with seed 0 is the
     baseline run itself (same init, order and schedule): its curve is bit-identical."""
@@ -120,6 +122,7 @@ def test_window_follows_the_baseline_emergence_and_arms_copy_the_baseline(quick)
     assert seed1["init_fingerprint"] != json.loads((out / "baseline" / "run.json").read_text())["init_fingerprint"]
 
 
+@pytest.mark.slow
 def test_arm_plans_drop_and_add_the_right_rows(quick):
     import pyarrow.parquet as pq
 
@@ -146,6 +149,7 @@ def test_arm_plans_drop_and_add_the_right_rows(quick):
     assert all(pool[0] <= r < pool[1] for r in neighbours)  # rows no arm trains on
 
 
+@pytest.mark.slow
 def test_mix_commands_in_the_report_rebuild_the_same_plans(quick, tmp_path, monkeypatch, capsys):
     for entry in quick["results"]["commands"]["mixes"]:
         if entry["arm"] not in ("remove-random", "augment-top") or entry["seed"] != 1:
@@ -160,6 +164,7 @@ def test_mix_commands_in_the_report_rebuild_the_same_plans(quick, tmp_path, monk
         assert mine == theirs
 
 
+@pytest.mark.slow
 def test_results_hold_the_numbers_of_the_run_folders(quick):
     """The effects in results.json are those recomputed from the run folders."""
     res = quick["results"]
@@ -173,6 +178,40 @@ def test_results_hold_the_numbers_of_the_run_folders(quick):
     assert [c.to_json() for c in comparisons(runs)] == res["comparisons"]
 
 
+@pytest.mark.slow
+def test_emergence_effects_are_the_per_seed_differences_of_the_runs(quick):
+    """Each arm's emergence delta in results.json is the mean over seeds of (arm - baseline) emergence steps, read
+    straight from the per-run numbers (a run that never formed counts as end step + one eval interval, censored)."""
+    res = quick["results"]
+    every = res["eval_every"]
+    assert every == 10  # --eval-every of quick_args
+
+    def emergence(arm: str, seed: int) -> tuple[int, bool]:
+        run = res["arms"][arm]["runs"][str(seed)]
+        return (run["emergence"], False) if run["emergence"] is not None else (run["steps"][-1] + run["eval_every"], True)
+
+    effects = {e["arm"]: e for e in res["effects"]}
+    assert list(effects) == ALL_ARMS
+    base = effects["baseline"]
+    assert base["emergence_delta"] == 0.0 and base["score_delta"] == 0.0  # the baseline against itself
+    assert res["arms"]["baseline"]["runs"]["0"]["emergence"] == res["baseline"]["emergence_step"]  # seed 0 is the baseline run
+    for arm in ALL_ARMS:
+        e = effects[arm]
+        assert e["seeds"] == [0, 1], arm
+        pairs = [(emergence(arm, s), emergence("baseline", s)) for s in e["seeds"]]
+        deltas = [a - b for (a, _), (b, _) in pairs]
+        assert e["emergence_delta"] == pytest.approx(sum(deltas) / len(deltas)), (arm, deltas)
+        assert e["emergence_censored"] == any(ca or cb for (_, ca), (_, cb) in pairs), arm
+        formed = [emergence(arm, s)[0] for s in (0, 1) if not emergence(arm, s)[1]]
+        assert e["formed"] == len(formed)
+        if formed:
+            assert e["emergence_mean"] == pytest.approx(sum(formed) / len(formed))
+        finals = [res["arms"][arm]["runs"][str(s)]["final"]["score"] - res["arms"]["baseline"]["runs"][str(s)]["final"]["score"]
+                  for s in e["seeds"]]
+        assert e["score_delta"] == pytest.approx(sum(finals) / len(finals)), arm
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_arms_and_rerun_flag_retrains_one(tiny, quick, monkeypatch, capsys):
     out = quick["out"]
     summaries = {p: p.stat().st_mtime_ns for p in (out / "arms").glob("*/seed*/summary.json")}
@@ -194,6 +233,7 @@ def test_rerun_skips_finished_arms_and_rerun_flag_retrains_one(tiny, quick, monk
     assert rerun["arms"]["remove-random"] == quick["results"]["arms"]["remove-random"]  # deterministic
 
 
+@pytest.mark.slow
 def test_window_after_step_zero_branches_from_the_baseline_checkpoint(tiny, quick, monkeypatch, capsys):
     """--model RUN --window 20:50: every arm continues the baseline's checkpoint step20 (weights, optimizer, RNG);
     seed-independent arms are trained once; the baseline arm continues the baseline run bit for bit."""
@@ -223,16 +263,18 @@ def test_window_after_step_zero_branches_from_the_baseline_checkpoint(tiny, quic
     assert top[2]["loss"] == base_points[20]["loss"] and top[-1]["loss"] != base_points[70]["loss"]
 
 
+@pytest.mark.slow
 def test_run_folder_baseline_refuses_baseline_flags(quick, tmp_path, monkeypatch, capsys):
     args = ["experiment", "--model", quick["out"] / "baseline", "--out", tmp_path / "exp", "--workspace", tmp_path / "ws"]
-    for extra, message in ((["--batch-size", "4"], "--batch-size: the arms copy the settings of the run"),
-                           (["--corpus", quick["out"]], "--corpus: the run"),
+    for extra, message in ((["--batch-size", "4"], "the arms copy the settings of this run; give no batch size"),
+                           (["--corpus", quick["out"]], "the run records its corpus"),
                            (["--model", quick["out"] / "arms" / "remove-top" / "seed0"], "was trained under a plan")):
         code, _, stderr = run_cli(args + extra, monkeypatch, capsys)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, capsys):
     """An external model (a folder of stepK/ HF checkpoints, like the hub's revisions): the arms start from its
     step{START} weights with a fresh optimizer; here those are the quick baseline's own, so the baseline arm
@@ -266,6 +308,7 @@ def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, cap
     assert f"--model {ext / 'step50'}" in res["scores"]["command"]
 
 
+@pytest.mark.slow
 def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, capsys):
     """No --model/--corpus: the workspace's reference run is the baseline, and `curate score`'s results for the
     same job (same checkpoint, window, heads) are reused instead of scoring again."""
@@ -307,6 +350,7 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
     assert (shared / "summary.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(tiny, quick, monkeypatch, capsys):
     before = (quick["out"] / "experiment.json").read_text()
     args = quick_args(tiny, quick["out"])
@@ -321,6 +365,7 @@ def test_other_settings_in_the_same_folder_are_refused(tiny, quick, monkeypatch,
 # --------------------------------------------------------------------------- --scales
 
 
+@pytest.mark.slow
 def test_scales_reports_acceleration_per_size(tiny, ray_session_for_module, monkeypatch, capsys):
     out = tiny["base"] / "scales"
     args = quick_args(tiny, out)
@@ -542,8 +587,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tiny, tmp_path, monkeypa
 
 MODEL_BAD = [
     (["--revision", "step5"], "--revision names a checkpoint of --model"),
-    (["--model", "EleutherAI/pythia-70m"], "an external model needs --corpus"),
-    (["--model", "EleutherAI/pythia-70m", "--corpus", "{corpus}"], "an external model needs --window"),
+    (["--model", "EleutherAI/pythia-70m"], "an external model needs a corpus"),
+    (["--model", "EleutherAI/pythia-70m", "--corpus", "{corpus}"], "an external model needs a window"),
     (["--model", "./no/such/model", "--corpus", "{corpus}", "--window", "0:10"], "model folder not found"),
     (["--model", "{base}", "--corpus", "{corpus}", "--window", "0:10"], "no step0/ checkpoint folder inside"),
     (["--model", "EleutherAI/pythia-70m", "--config", "{config}"], "give one of them"),
@@ -571,4 +616,4 @@ def test_arms_that_would_read_held_out_rows_are_refused(tiny, tmp_path, monkeypa
     code, _, stderr = run_cli(args, monkeypatch, capsys)
     assert code == 2
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and f"--steps {too_many}: the arms would read past row" in lines[0], stderr
+    assert len(lines) == 1 and f"steps {too_many}: the arms would read past row" in lines[0], stderr

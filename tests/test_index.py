@@ -26,6 +26,7 @@ from curate.augment.tags import LABELS, tag_rows
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.minipile import generate_documents
+from curate.outputs import INDEX, folder_kind
 from curate.tokenize import load_tokenizer, main_document, pack_rows
 from corpus_helpers import run_cli
 from structure_helpers import BALANCED, minipile_rows, write_corpus, write_scores
@@ -353,6 +354,16 @@ def test_cli_neighbors_in_another_corpus(scores_dir: Path, tmp_path: Path, monke
     other = write_corpus(tmp_path / "other", minipile_rows(n_docs=300, seed=9, row_len=65))
     code, out, err = run_cli(["index", scores_dir, "--corpus", other, "--out", tmp_path / "idx"], monkeypatch, capsys)
     assert code == 0, err
+    saved = json.loads((tmp_path / "idx" / "command.json").read_text())  # the resolved options, for `curate replay`
+    assert saved["command"] == "index" and saved["options"]["corpus"] == str(other) and saved["options"]["out"] == str(tmp_path / "idx")
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    code, out, err = run_cli(["replay", tmp_path / "idx"], monkeypatch, capsys)  # the same index again, in place
+    assert code == 0, err
+    again = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert [again[k] for k in ("kind", "num_rows", "dim", "recall")] == [info[k] for k in ("kind", "num_rows", "dim", "recall")]
+    (tmp_path / "only-config").mkdir()
+    (tmp_path / "only-config" / "command.json").write_text(json.dumps(saved))
+    assert folder_kind(tmp_path / "only-config") == INDEX  # a folder `curate index` began is an index folder
     code, out, err = run_cli(["neighbors", "400", "--scores", scores_dir, "--index", tmp_path / "idx", "--k", "4", "--json"],
                              monkeypatch, capsys)
     assert code == 0, err

@@ -14,7 +14,8 @@ from torch.func import functional_call, grad, vmap
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from curate.attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
-from curate.attribution.factors_io import load_factors, model_fingerprint, save_factors
+from curate.attribution.factors_io import load_factors, save_factors
+from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
 from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
 from curate.attribution.scoring import fit_factors, score_corpus

@@ -201,7 +201,7 @@ def test_default_corpus_is_reused_rebuilt_with_force_and_guarded(tmp_path):
     stamp = (out / "corpus.bin").stat().st_mtime_ns
     assert build_default_corpus(tmp_path, seed=1, progress=False, spec=SMALL) == out
     assert (out / "corpus.bin").stat().st_mtime_ns == stamp  # untouched
-    with pytest.raises(CurateError, match="--force"):
+    with pytest.raises(CurateError, match="force a rebuild"):
         build_default_corpus(tmp_path, seed=2, progress=False, spec=SMALL)
     build_default_corpus(tmp_path, seed=2, force=True, progress=False, spec=SMALL)
     assert json.loads((out / "corpus.json").read_text())["build"]["seed"] == 2

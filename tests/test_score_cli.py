@@ -16,7 +16,8 @@ import pytest
 from curate.attribution.circuits import get_circuit
 from curate.errors import CurateError
 from curate.amounts import parse_amount
-from curate.pipelines.score_job import ScoreRequest, emergence_checkpoint, parse_window, resolve_job
+from curate.pipelines.score_job import emergence_checkpoint, resolve_job
+from curate.pipelines.score_request import ScoreRequest, parse_window
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
@@ -41,7 +42,7 @@ BAD_INPUTS = [
     (["--circuit", "copying"], "unknown circuit 'copying'"),
     (["--heads", "1.x"], "'1.x' is not LAYER.HEAD"),
     (["--heads", "5.0"], "head 5.0 is out of range"),
-    (["--window", "0:1000"], "--window 0:1000 is outside the corpus"),
+    (["--window", "0:1000"], "the window 0:1000 is outside the corpus"),
     (["--window", "9:3"], "END must be after START"),
     (["--model", "{small_vocab_model}"], "outside the model's vocabulary (size 100)"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot reach a Ray cluster"),
@@ -102,9 +103,9 @@ def test_corpus_without_model_and_model_without_step(tiny, tmp_path, monkeypatch
     assert code == 2 and "--corpus needs --model" in stderr
     args = [a for a in base_args(tiny, out) if a not in ("--window", "0:8")]
     code, _, stderr = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and "cannot tell which training step" in stderr and "--window" in stderr
+    assert code == 2 and "cannot tell which training step" in stderr and "give the window START:END" in stderr
     code, _, stderr = run_cli(["score", "--model", tiny["model"], "--out", out], monkeypatch, capsys)
-    assert code == 2 and "--corpus is required with --model" in stderr
+    assert code == 2 and "give the corpus the model was trained on" in stderr
     assert not out.exists()
 
 
@@ -114,7 +115,7 @@ def test_existing_results_of_another_job_are_refused(tiny, tmp_path, monkeypatch
     manifest = {"fingerprint": {"window": [0, 4]}, "shards": {}, "retries": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     code, _, stderr = run_cli(base_args(tiny, out), monkeypatch, capsys)
-    assert code == 2 and "holds results of a different job" in stderr and "--force" in stderr
+    assert code == 2 and "holds results of a different job" in stderr and "force a fresh start" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
 

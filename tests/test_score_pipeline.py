@@ -23,7 +23,8 @@ import torch
 from curate.attribution.scoring import score_corpus
 from curate.attribution.score_table import ScoreTable
 from curate.errors import CurateError
-from curate.pipelines.score_job import ScoreRequest, resolve_job
+from curate.pipelines.score_job import resolve_job
+from curate.pipelines.score_request import ScoreRequest
 from curate.pipelines.score_run import run_job
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -18,8 +19,9 @@ from rich.table import Table
 
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
-from curate.commands.options import WorkspaceOpt
+from curate.commands.options import command, save_config
 from curate.export import ExportFormat, export_rows
+from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.workspace import default_corpus_dir, resolve_workspace
 
 corpus_app = typer.Typer(
@@ -35,6 +37,10 @@ SAMPLED_STEPS = 64
 
 def register(app: typer.Typer) -> None:
     """Attach `corpus_app` to the top-level CLI as `curate corpus`."""
+    command(corpus_app, "info", InfoOptions, info_command)
+    command(corpus_app, "show", ShowOptions, show_command)
+    command(corpus_app, "ingest", IngestOptions, ingest_command)
+    command(corpus_app, "export", ExportOptions, export_command)
     app.add_typer(corpus_app, name="corpus")
 
 
@@ -96,8 +102,6 @@ def resolve_corpus_path(path: Optional[Path], workspace: Optional[Path]) -> Path
 
 
 def _load(path: Optional[Path], workspace: Optional[Path], batch_size: Optional[int]) -> Corpus:
-    if batch_size is not None and batch_size < 1:
-        raise CurateError(f"--batch-size must be at least 1, got {batch_size}")
     return open_corpus(resolve_corpus_path(path, workspace), batch_size=batch_size)
 
 
@@ -130,8 +134,6 @@ def vocab_range(corpus: Corpus, exact: bool) -> tuple[int | None, int | None, bo
 
 def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
     """`check_token_ids` over the whole corpus with a progress bar."""
-    if vocab_size < 1:
-        raise CurateError(f"--vocab-size must be at least 1, got {vocab_size}")
     chunk = max(1, (1 << 22) // max(1, corpus.row_len))
     with progress_bar() as bar:
         task = bar.add_task("checking token ids", total=corpus.num_rows)
@@ -140,20 +142,31 @@ def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
 
 # -- info -------------------------------------------------------------------------------------------
 
-@corpus_app.command("info")
-def info_command(
-    path: Optional[Path] = typer.Argument(None, help="Corpus: .bin/.idx prefix, shard, .npy, .parquet (file or folder), or corpus folder. Default: the workspace's default corpus."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Fail if any token id is outside [0, V)."),
-    exact: bool = typer.Option(False, "--exact", help="Scan every row for the id range even on big corpora."),
-    workspace: WorkspaceOpt = None,
-) -> None:
+BATCH_SIZE_HELP = "Rows per step (default: recorded, else 1024)."
+
+
+@dataclass
+class InfoOptions:
+    """`curate corpus info`."""
+
+    path: Path | None = arg(None, help="Corpus: .bin/.idx prefix, shard, .npy, .parquet (file or folder), or corpus folder. Default: the workspace's default corpus.")
+    as_json: bool = opt(False, "--json", help="Print JSON instead of a table.")
+    batch_size: int | None = opt(None, "--batch-size", help=BATCH_SIZE_HELP)
+    vocab_size: int | None = opt(None, "--vocab-size", help="Fail if any token id is outside [0, V).")
+    exact: bool = opt(False, "--exact", help="Scan every row for the id range even on big corpora.")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        check_positive(self, "batch_size", "vocab_size")
+
+
+def info_command(o: InfoOptions) -> None:
     """Rows, steps, batch size, dtype, token id range, shards and files of a corpus."""
-    corpus = _load(path, workspace, batch_size)
+    corpus = _load(o.path, o.workspace, o.batch_size)
+    vocab_size = o.vocab_size
     if vocab_size is not None:
         check_vocab_with_progress(corpus, vocab_size)
-    lo, hi, is_exact = vocab_range(corpus, exact)
+    lo, hi, is_exact = vocab_range(corpus, o.exact)
     desc = corpus.describe()
     desc.update(
         {
@@ -171,7 +184,7 @@ def info_command(
     )
     if vocab_size is not None:
         desc["vocab_check"] = f"all ids < {vocab_size}"
-    if json_out:
+    if o.as_json:
         print(json.dumps(desc, indent=2, default=str))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -218,29 +231,38 @@ def read_sidecar_rows(path: Path, row_ids: list[int]) -> dict[int, dict]:
     return out
 
 
-@corpus_app.command("show")
-def show_command(
-    path: Optional[Path] = typer.Argument(None, help="Corpus (default: the workspace's default corpus)."),
-    step: int = typer.Option(..., "--step", help="Training step whose batch to show."),
-    rows: str = typer.Option("0:4", "--rows", help="Positions a:b inside the step's batch (':' = the whole batch)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer.json or a transformers name (default: the corpus's own)."),
-    raw: bool = typer.Option(False, "--raw", help="Print token ids even when a tokenizer is known."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON records (row_id, step, position, token_ids, text, labels)."),
-    workspace: WorkspaceOpt = None,
-) -> None:
+@dataclass
+class ShowOptions:
+    """`curate corpus show`."""
+
+    path: Path | None = arg(None, help="Corpus (default: the workspace's default corpus).")
+    step: int = opt(..., "--step", help="Training step whose batch to show.", show_default=False)
+    rows: str = opt("0:4", "--rows", help="Positions a:b inside the step's batch (':' = the whole batch).")
+    batch_size: int | None = opt(None, "--batch-size", help=BATCH_SIZE_HELP)
+    tokenizer: str | None = opt(None, "--tokenizer", help="tokenizer.json or a transformers name (default: the corpus's own).")
+    raw: bool = opt(False, "--raw", help="Print token ids even when a tokenizer is known.")
+    as_json: bool = opt(False, "--json", help="Print JSON records (row_id, step, position, token_ids, text, labels).")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        check_positive(self, "batch_size")
+        check_positive(self, "step", minimum=0)
+
+
+def show_command(o: ShowOptions) -> None:
     """The rows of step N's batch, decoded when a tokenizer is known (like Pythia's batch viewer)."""
     from curate.tokenize import load_tokenizer
 
-    corpus = _load(path, workspace, batch_size)
+    step = o.step
+    corpus = _load(o.path, o.workspace, o.batch_size)
     b = corpus.batch_size
-    if step < 0 or (step + 1) * b > corpus.num_rows:
-        raise CurateError(f"--step {step}: the corpus has steps 0..{corpus.num_steps - 1} at batch size {b}")
-    a_pos, b_pos = parse_span(rows, "--rows", b)
+    if (step + 1) * b > corpus.num_rows:
+        raise CurateError(f"{flag(o, 'step')} {step}: the corpus has steps 0..{corpus.num_steps - 1} at batch size {b}")
+    a_pos, b_pos = parse_span(o.rows, flag(o, "rows"), b)
     start = step * b
     block = np.asarray(corpus.rows(start + a_pos, start + b_pos))
-    spec = tokenizer or corpus.tokenizer_spec()
-    tok = load_tokenizer(spec) if spec and not raw else None
+    spec = o.tokenizer or corpus.tokenizer_spec()
+    tok = load_tokenizer(spec) if spec and not o.raw else None
     row_ids = list(range(start + a_pos, start + b_pos))
     side = corpus.sidecar_path()
     labels = read_sidecar_rows(side, row_ids) if side and side.is_file() else {}
@@ -252,7 +274,7 @@ def show_command(
         if rid in labels:
             rec["labels"] = labels[rid]
         records.append(rec)
-    if json_out:
+    if o.as_json:
         print(json.dumps(records, indent=1, default=str))
         return
     console = _stdout()
@@ -267,15 +289,22 @@ def show_command(
 
 # -- ingest -----------------------------------------------------------------------------------------
 
-@corpus_app.command("ingest")
-def ingest_command(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="JSONL ({\"text\": ...} per line, .gz ok) or a folder of text files."),
-    tokenizer: str = typer.Option(..., "--tokenizer", help="tokenizer.json path (or folder holding one) or a transformers name."),
-    seq_len: int = typer.Option(..., "--seq-len", help="Context length; rows hold seq_len + 1 tokens (2048 -> Pythia's 2,049)."),
-    out: Path = typer.Option(..., "--out", help="Output corpus folder (created; replaced if it is a curate corpus)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the row shuffle (training order)."),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Rows per training step recorded in corpus.json."),
-) -> None:
+@dataclass
+class IngestOptions:
+    """`curate corpus ingest`."""
+
+    input_path: Path = arg(help="JSONL ({\"text\": ...} per line, .gz ok) or a folder of text files.", metavar="INPUT")
+    tokenizer: str = opt(..., "--tokenizer", help="tokenizer.json path (or folder holding one) or a transformers name.", show_default=False)
+    seq_len: int = opt(..., "--seq-len", help="Context length; rows hold seq_len + 1 tokens (2048 -> Pythia's 2,049).", show_default=False)
+    out: Path = opt(..., "--out", help="Output corpus folder (created; replaced if it is a curate corpus).", show_default=False)
+    seed: int = opt(0, "--seed", help="Seed of the row shuffle (training order).")
+    batch_size: int = opt(1024, "--batch-size", help="Rows per training step recorded in corpus.json.")
+
+    def validate(self) -> None:
+        check_positive(self, "seq_len", "batch_size")
+
+
+def ingest_command(o: IngestOptions) -> None:
     """Tokenize text, pack rows with end-of-text separators, shuffle, write a Megatron corpus folder."""
     from curate.ingest import ingest_path
 
@@ -287,42 +316,51 @@ def ingest_command(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = ingest_path(input_path, tokenizer, seq_len, out, seed, batch_size, progress=report)
-    steps = result.num_rows // batch_size
+        result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report)
+    save_config(result.out_dir, "ingest", o)
+    steps = result.num_rows // o.batch_size
     print(
-        f"wrote {result.out_dir}: {result.num_rows:,} rows x {seq_len + 1} tokens from {result.num_documents:,} documents "
-        f"({steps:,} steps of {batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped)"
+        f"wrote {result.out_dir}: {result.num_rows:,} rows x {o.seq_len + 1} tokens from {result.num_documents:,} documents "
+        f"({steps:,} steps of {o.batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped)"
     )
 
 
 # -- export -----------------------------------------------------------------------------------------
 
-@corpus_app.command("export")
-def export_command(
-    src: Optional[Path] = typer.Argument(None, metavar="SRC", help="Corpus to export (default: the workspace's default corpus)."),
-    to: ExportFormat = typer.Option(..., "--to", help="Output format.", case_sensitive=False),
-    out: Path = typer.Option(..., "--out", help="Output: a .bin/.idx prefix (megatron), a .parquet file or a .npy file."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Steps a:b to export (at the batch size)."),
-    rows: Optional[str] = typer.Option(None, "--rows", help="Row ids a:b to export."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: recorded, else 1024)."),
-    workspace: WorkspaceOpt = None,
-) -> None:
+@dataclass
+class ExportOptions:
+    """`curate corpus export`."""
+
+    src: Path | None = arg(None, help="Corpus to export (default: the workspace's default corpus).", metavar="SRC")
+    to: ExportFormat = opt(..., "--to", help="Output format.", show_default=False, case_sensitive=False)
+    out: Path = opt(..., "--out", help="Output: a .bin/.idx prefix (megatron), a .parquet file or a .npy file.", show_default=False)
+    steps: str | None = opt(None, "--steps", help="Steps a:b to export (at the batch size).")
+    rows: str | None = opt(None, "--rows", help="Row ids a:b to export.")
+    batch_size: int | None = opt(None, "--batch-size", help=BATCH_SIZE_HELP)
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        if self.steps is not None and self.rows is not None:
+            raise CurateError(f"{flag(self, 'steps')} and {flag(self, 'rows')} exclude each other; give one")
+        check_positive(self, "batch_size")
+        need = fmt_suffix_mismatch(self.to, self.out)
+        if need:
+            raise CurateError(f"{flag(self, 'out')} {self.out}: a {self.to.value} export needs a {need} file name")
+
+
+def export_command(o: ExportOptions) -> None:
     """Stream a corpus (or a step / row range of it) to Megatron, Parquet or .npy."""
-    if steps is not None and rows is not None:
-        raise CurateError("--steps and --rows exclude each other; give one")
-    corpus = _load(src, workspace, batch_size)
-    if steps is not None:
-        a, b = parse_span(steps, "--steps", corpus.num_steps)
+    corpus = _load(o.src, o.workspace, o.batch_size)
+    if o.steps is not None:
+        a, b = parse_span(o.steps, flag(o, "steps"), corpus.num_steps)
         start, stop = a * corpus.batch_size, b * corpus.batch_size
-    elif rows is not None:
-        start, stop = parse_span(rows, "--rows", corpus.num_rows)
+    elif o.rows is not None:
+        start, stop = parse_span(o.rows, flag(o, "rows"), corpus.num_rows)
     else:
         start, stop = 0, corpus.num_rows
-    if fmt_suffix_mismatch(to, out):
-        raise CurateError(f"--out {out}: a {to.value} export needs a {fmt_suffix_mismatch(to, out)} file name")
     with progress_bar() as bar:
-        task = bar.add_task(f"export {to.value}", total=stop - start)
-        written = export_rows(corpus, to, out, start, stop, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task(f"export {o.to.value}", total=stop - start)
+        written = export_rows(corpus, o.to, o.out, start, stop, progress=lambda n: bar.advance(task, n))
     print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")
 
 

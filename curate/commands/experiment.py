@@ -33,7 +33,8 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
 
     from rich.console import Console
 
-    from curate.pipelines.experiment import default_out, run_experiment
+    from curate.pipelines.experiment import run_experiment
+    from curate.pipelines.experiment_setting import default_out
     from curate.workspace import resolve_workspace
 
     quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json

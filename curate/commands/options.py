@@ -16,15 +16,8 @@ import typer
 
 from curate.errors import CurateError
 from curate.options import CLI, cli_fields, from_json, plain_type, to_json
-from curate.workspace import WORKSPACE_HELP
 
 CONFIG_FILE = "command.json"  # not config.json: a run folder must not look like a Hugging Face model folder
-
-WorkspaceOpt = Annotated[
-    Optional[Path],
-    typer.Option("--workspace", help=WORKSPACE_HELP, show_default=False),
-]
-"""The `--workspace` parameter of a command written as a plain typer function."""
 
 COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {}
 """Every command built by `command`, by name: its options class and its run function (for `curate replay`)."""
@@ -120,5 +113,5 @@ def register(app: typer.Typer) -> None:
     def replay_command(
         folder: Annotated[Path, typer.Argument(help=f"A folder a command saved its options in ({CONFIG_FILE}), or that file.", show_default=False)],
     ) -> None:
-        """Run a saved command again from its folder's command.json (score, train, experiment, build-mix)."""
+        """Run a saved command again from its folder's command.json (score, train, experiment, build-mix, corpus ingest, index)."""
         replay(folder)

@@ -8,7 +8,7 @@ import typer
 
 from curate.commands.options import command, save_config
 from curate.options import opt
-from curate.pipelines.score_job import ScoreRequest
+from curate.pipelines.score_request import ScoreRequest
 
 
 @dataclass

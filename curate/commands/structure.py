@@ -3,13 +3,15 @@ and where else in a corpus rows like them live."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
+from curate.amounts import check_amount
+from curate.commands.options import command, save_config
 from curate.errors import CurateError
-from curate.commands.options import WorkspaceOpt
+from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.workspace import resolve_workspace, scores_dir
 
 
@@ -42,81 +44,120 @@ def print_explain(report) -> None:
     console.print(escape(f"tail: of the total {sign} influence, the " + "; the ".join(parts)))
 
 
+@dataclass
+class ExplainOptions:
+    """`curate explain`."""
+
+    scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
+    top: str = opt("10%", "--top", help="Top rows: a percentage of the window (10%) or a count (500).")
+    head: str | None = opt(None, "--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")
+    tail: str = opt("top", "--tail", help="top: builders (highest scores); bottom: suppressors (lowest).")
+    corpus: Path | None = opt(None, "--corpus", help="Corpus the row ids refer to (default: summary.json 'corpus').")
+    base_sample: int = opt(20_000, "--base-sample", help="Tag at most this many window rows for the base rate (seeded sample).")
+    seed: int = opt(0, "--seed", help="Seed of the base-rate sample.")
+    as_json: bool = opt(False, "--json", help="Print the report as JSON.")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        from curate.augment.explain import TAILS
+
+        check_amount(self.top, flag(self, "top"))
+        if self.tail not in TAILS:
+            raise CurateError(f"{flag(self, 'tail')} {self.tail!r}: expected one of {', '.join(TAILS)}")
+        check_positive(self, "base_sample")
+
+
+def explain_command(o: ExplainOptions) -> None:
+    """Which structural classes are enriched among the top-k rows vs. the window's base rate, and how heavy the tail is."""
+    from curate.augment.explain import explain_scores
+
+    report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample, seed=o.seed)
+    if o.as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        print_explain(report)
+
+
+@dataclass
+class IndexOptions:
+    """`curate index`."""
+
+    scores: Path = arg(help="Scores folder; the index is written to SCORES/index unless --out.")
+    corpus: Path | None = opt(None, "--corpus", help="Corpus to index (default: the scored corpus from summary.json).")
+    out: Path | None = opt(None, "--out", help="Index folder (default: SCORES/index).")
+    kind: str = opt("auto", "--kind", help="auto (exact up to --exact-max-rows, else IVF), flat or ivf.")
+    exact_max_rows: int = opt(200_000, "--exact-max-rows", help="auto: exact search up to this many rows.")
+    nlist: int | None = opt(None, "--nlist", help="IVF lists (default 4*sqrt(rows)).")
+    nprobe: int | None = opt(None, "--nprobe", help="IVF lists probed (default: tuned to recall@10 >= 0.9).")
+    seed: int = opt(0, "--seed", help="Seed of the k-means sample, training and recall queries.")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        from curate.augment.index import KINDS
+
+        if self.kind not in KINDS:
+            raise CurateError(f"{flag(self, 'kind')} {self.kind!r}: the index kind must be one of {', '.join(KINDS)}")
+        check_positive(self, "nlist", "nprobe")
+
+
+def index_command(o: IndexOptions) -> None:
+    """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
+    from curate.attribution.scores_folder import open_scores
+    from curate.augment.index import IndexParams, build_index
+    from curate.augment.neighbors import INDEX_SUBDIR
+
+    folder = open_scores(o.scores)
+    target = o.corpus if o.corpus is not None else folder.corpus_path
+    params = IndexParams(kind=o.kind, exact_max_rows=o.exact_max_rows, nlist=o.nlist, nprobe=o.nprobe, seed=o.seed)
+    dest = o.out if o.out is not None else folder.path / INDEX_SUBDIR
+    info = build_index(target, dest, params=params).info
+    save_config(dest, "index", o)
+    detail = "exact inner product" if info["kind"] == "flat" else f"IVF, nlist {info['nlist']}, nprobe {info['nprobe']}"
+    typer.echo(f"indexed {info['num_rows']:,} rows of {info['corpus']} ({detail}, dim {info['dim']}) in {info['build_seconds']:.1f} s -> {dest}")
+    typer.echo(f"recall@{info['recall_k']}: {info['recall']:.3f} on {info['recall_queries']} seeded query rows")
+
+
+@dataclass
+class NeighborsOptions:
+    """`curate neighbors`."""
+
+    row_id: int | None = arg(None, help="Row id in the scored corpus.")
+    top: str | None = opt(None, "--top", help="Instead of ROW_ID: the top K rows by score (a count or a percentage).")
+    k: int = opt(10, "--k", help="Neighbours per row.")
+    scores: Path | None = opt(None, "--scores", help="Scores folder (default: the workspace's scores of --circuit).")
+    circuit: str = opt("induction", "--circuit", help="Circuit whose workspace scores to use when --scores is not given.")
+    index: Path | None = opt(None, "--index", help="Index folder (default: SCORES/index).")
+    chars: int = opt(80, "--chars", help="Characters of decoded text to show per row.")
+    as_json: bool = opt(False, "--json", help="Print the neighbours as JSON.")
+    workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        if (self.row_id is None) == (self.top is None):
+            raise CurateError(f"give either {flag(self, 'row_id')} or {flag(self, 'top')} K (not both, not neither)")
+        if self.top is not None:
+            check_amount(self.top, flag(self, "top"))
+        if self.k < 1:
+            raise CurateError(f"{flag(self, 'k')} {self.k}: must be at least 1")
+        if self.chars < 0:
+            raise CurateError(f"{flag(self, 'chars')} {self.chars}: must not be negative")
+
+
+def neighbors_command(o: NeighborsOptions) -> None:
+    """Structural neighbours of a row (or of the top-K rows), with their tags and the start of their text."""
+    from curate.augment.neighbors import find_neighbors
+
+    folder = o.scores if o.scores is not None else scores_dir(resolve_workspace(o.workspace), o.circuit)
+    result = find_neighbors(folder, row_id=o.row_id, top=o.top, k=o.k, index=o.index, chars=o.chars)
+    if o.as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    print_neighbors(result)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("explain")
-    def explain_cmd(
-        scores: Annotated[Path, typer.Argument(help="Scores folder (summary.json + shards/*.parquet).", show_default=False)],
-        top: Annotated[str, typer.Option("--top", help="Top rows: a percentage of the window (10%) or a count (500).")] = "10%",
-        head: Annotated[Optional[str], typer.Option("--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")] = None,
-        tail: Annotated[str, typer.Option("--tail", help="top: builders (highest scores); bottom: suppressors (lowest).")] = "top",
-        corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus the row ids refer to (default: summary.json 'corpus').")] = None,
-        base_sample: Annotated[int, typer.Option("--base-sample", help="Tag at most this many window rows for the base rate (seeded sample).")] = 20_000,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the base-rate sample.")] = 0,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        """Which structural classes are enriched among the top-k rows vs. the window's base rate, and how heavy the tail is."""
-        from curate.augment.explain import explain_scores
-
-        report = explain_scores(scores, top=top, head=head, tail=tail, corpus=corpus, base_sample=base_sample, seed=seed)
-        if as_json:
-            typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
-        else:
-            print_explain(report)
-
-    @app.command("index")
-    def index_cmd(
-        scores: Annotated[Path, typer.Argument(help="Scores folder; the index is written to SCORES/index unless --out.", show_default=False)],
-        corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus to index (default: the scored corpus from summary.json).")] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", help="Index folder (default: SCORES/index).")] = None,
-        kind: Annotated[str, typer.Option("--kind", help="auto (exact up to --exact-max-rows, else IVF), flat or ivf.")] = "auto",
-        exact_max_rows: Annotated[int, typer.Option("--exact-max-rows", help="auto: exact search up to this many rows.")] = 200_000,
-        nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default 4*sqrt(rows)).")] = None,
-        nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists probed (default: tuned to recall@10 >= 0.9).")] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the k-means sample, training and recall queries.")] = 0,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
-        from curate.attribution.scores_folder import open_scores
-        from curate.augment.index import IndexParams, build_index
-        from curate.augment.neighbors import INDEX_SUBDIR
-
-        folder = open_scores(scores)
-        target = corpus if corpus is not None else folder.corpus_path
-        params = IndexParams(kind=kind, exact_max_rows=exact_max_rows, nlist=nlist, nprobe=nprobe, seed=seed)
-        dest = out if out is not None else folder.path / INDEX_SUBDIR
-        info = build_index(target, dest, params=params).info
-        detail = "exact inner product" if info["kind"] == "flat" else f"IVF, nlist {info['nlist']}, nprobe {info['nprobe']}"
-        typer.echo(f"indexed {info['num_rows']:,} rows of {info['corpus']} ({detail}, dim {info['dim']}) in {info['build_seconds']:.1f} s -> {dest}")
-        typer.echo(f"recall@{info['recall_k']}: {info['recall']:.3f} on {info['recall_queries']} seeded query rows")
-
-    @app.command("neighbors")
-    def neighbors_cmd(
-        row_id: Annotated[Optional[int], typer.Argument(help="Row id in the scored corpus.", show_default=False)] = None,
-        top: Annotated[Optional[str], typer.Option("--top", help="Instead of ROW_ID: the top K rows by score (a count or a percentage).")] = None,
-        k: Annotated[int, typer.Option("--k", help="Neighbours per row.")] = 10,
-        scores: Annotated[Optional[Path], typer.Option("--scores", help="Scores folder (default: the workspace's scores of --circuit).")] = None,
-        circuit: Annotated[str, typer.Option("--circuit", help="Circuit whose workspace scores to use when --scores is not given.")] = "induction",
-        index: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default: SCORES/index).")] = None,
-        chars: Annotated[int, typer.Option("--chars", help="Characters of decoded text to show per row.")] = 80,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the neighbours as JSON.")] = False,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        """Structural neighbours of a row (or of the top-K rows), with their tags and the start of their text."""
-        from curate.augment.neighbors import find_neighbors
-
-        if (row_id is None) == (top is None):
-            raise CurateError("give either ROW_ID or --top K (not both, not neither)")
-        if k < 1:
-            raise CurateError(f"--k {k}: must be at least 1")
-        if chars < 0:
-            raise CurateError(f"--chars {chars}: must not be negative")
-        folder = scores if scores is not None else scores_dir(resolve_workspace(workspace), circuit)
-        result = find_neighbors(folder, row_id=row_id, top=top, k=k, index=index, chars=chars)
-        if as_json:
-            typer.echo(json.dumps(result, indent=2, sort_keys=True))
-            return
-        print_neighbors(result)
+    command(app, "explain", ExplainOptions, explain_command)
+    command(app, "index", IndexOptions, index_command)
+    command(app, "neighbors", NeighborsOptions, neighbors_command)
 
 
 def print_neighbors(result: dict) -> None:

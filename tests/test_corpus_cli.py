@@ -42,6 +42,25 @@ def corpus_dir(inputs: Path, tmp_path_factory) -> Path:
     return out
 
 
+def test_ingest_saves_its_options_and_replays_them(corpus_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """command.json holds the resolved options; `curate replay` with another --out writes the same corpus."""
+    from curate.outputs import CORPUS, folder_kind
+
+    saved = json.loads((corpus_dir / "command.json").read_text())
+    assert saved["command"] == "ingest"
+    opts = saved["options"]
+    assert (opts["seq_len"], opts["seed"], opts["batch_size"], opts["out"]) == (31, 5, 8, str(corpus_dir))
+    again = tmp_path / "again"
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "command.json").write_text(json.dumps({**saved, "options": {**opts, "out": str(again)}}))
+    assert folder_kind(tmp_path / "cfg") == CORPUS  # a folder holding only ingest's options counts as a corpus
+    code, _, err = run_cli(["replay", tmp_path / "cfg"], monkeypatch, capsys)
+    assert code == 0, err
+    for name in ("corpus.bin", "corpus.idx", "rows.parquet"):
+        assert (again / name).read_bytes() == (corpus_dir / name).read_bytes()
+    assert json.loads((again / "command.json").read_text())["options"]["out"] == str(again)
+
+
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
