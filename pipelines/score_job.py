@@ -31,7 +31,7 @@ from torch import nn
 
 from curate.attribution.circuits import Circuit, Localization, get_circuit
 from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
-from curate.attribution.heads import HeadRef, check_mode
+from curate.attribution.heads import HeadRef
 from curate.attribution.influence import fit_data_key, fit_row_ids
 from curate.amounts import parse_amount
 from curate.attribution.probes import corpus_probes
