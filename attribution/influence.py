@@ -154,11 +154,19 @@ class HeadInfluenceScorer:
 # --------------------------------------------------------------------------- fit rows and probes
 
 
-def fit_data_key(corpus, fit_ids: np.ndarray, seed: int) -> str:
-    """What the factors were fitted on: the corpus, the fit rows (hashed) and the label seed."""
+def fit_data_key(corpus, fit_ids: np.ndarray, seed: int, by_path: bool = False) -> str:
+    """What the factors were fitted on: the corpus (by its content, so a moved workspace keeps its cache;
+    `by_path`: the resolved path, as folders written before content keys recorded it), the fit rows (hashed)
+    and the label seed."""
     ids = np.ascontiguousarray(fit_ids, dtype=np.int64)
+    if not hasattr(corpus, "path"):
+        where = "?"
+    elif by_path or not hasattr(corpus, "content_key"):
+        where = str(Path(corpus.path).resolve())
+    else:
+        where = "content:" + corpus.content_key()
     desc = {
-        "corpus": str(Path(getattr(corpus, "path", "?")).resolve()) if hasattr(corpus, "path") else "?",
+        "corpus": where,
         "rows": int(getattr(corpus, "num_rows", 0)),
         "fit": hashlib.blake2b(ids.tobytes(), digest_size=8).hexdigest(),
         "n_fit": int(len(ids)),

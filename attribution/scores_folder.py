@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from curate.atomic import atomic_path, read_json, write_json
 from curate.attribution.heads import HeadRef
 from curate.attribution.score_table import TAILS, top_indices
+from curate.paths import resolve_stored
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
 from curate.errors import CurateError
 
@@ -100,11 +101,7 @@ class ScoresFolder:
     @property
     def corpus_path(self) -> str:
         """The scored corpus: `summary.json` `corpus`, relative paths taken from the folder first."""
-        raw = str(self.summary["corpus"])
-        p = Path(raw)
-        if not p.is_absolute() and (self.path / p).exists():
-            return str(self.path / p)
-        return raw
+        return resolve_stored(str(self.summary["corpus"]), self.path, self.summary.get("corpus_absolute"))
 
     @property
     def summary_path(self) -> Path:

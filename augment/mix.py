@@ -37,6 +37,7 @@ from curate.atomic import atomic_dir, atomic_path, write_json
 from curate.outputs import MIX, check_output_folder
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
 from curate.errors import CurateError
+from curate.paths import portable
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import write_table_parquet
 
@@ -389,7 +390,7 @@ def build_mix(scores_path: str | Path, out: str | Path, spec: MixSpec) -> MixRes
         else:
             added = _synthetic_rows(spec, base, base_name, window, ranked, values, n_add, tmp)
         counts, window_sha, streamed = _write_rows(tmp, base, window, removed_mask, anchors, added, values, base_name, spec)
-        _write_plan(tmp, base_name, window, removed, added, plan_place)
+        _write_plan(tmp, Path(out), base_name, window, removed, added, plan_place)
         _write_corpus_meta(tmp, base, window, base_name)
         manifest = _manifest(spec, scores, base, base_name, window, window_sha, counts, added, n_remove, n_add, len(ranked))
         manifest = write_manifest(tmp, manifest, known=streamed)
@@ -487,15 +488,19 @@ def _write_rows(
     return counts, window_hash.hexdigest(), streamed
 
 
-def _write_plan(tmp: Path, base_name: str, window: Window, removed_rel: np.ndarray, added: Added | None, place: dict) -> dict:
-    """plan.json: the scored corpus with the removed rows dropped and the added rows inserted (training.plan format)."""
+def _write_plan(tmp: Path, out: Path, base_name: str, window: Window, removed_rel: np.ndarray, added: Added | None, place: dict) -> dict:
+    """plan.json: the scored corpus with the removed rows dropped and the added rows inserted (training.plan format);
+    corpus paths relative to the mix folder (`out`, a sibling of `tmp`) where they share a workspace."""
     from curate.training.plan import plan_from_json
 
-    plan: dict = {"version": 1, "corpus": base_name}
+    def name(path: str) -> str:
+        return portable(path, out) if Path(path).is_absolute() else path
+
+    plan: dict = {"version": 1, "corpus": name(base_name)}
     if len(removed_rel):
         plan["drop"] = sorted(int(r) + window.first_row for r in removed_rel)
     if added is not None:
-        plan["insert"] = [{**place, "corpus": added.plan_corpus, "rows": [int(r) for r in added.rows]}]
+        plan["insert"] = [{**place, "corpus": name(added.plan_corpus), "rows": [int(r) for r in added.rows]}]
     plan["note"] = f"build-mix window steps {window.start_step}-{window.end_step}"
     plan_from_json(json.loads(json.dumps(plan)), tmp, str(tmp / PLAN_FILE))  # what the trainer will parse
     with atomic_path(tmp / PLAN_FILE) as p:

@@ -8,6 +8,7 @@ corpus folder with `corpus.json` metadata (what `curate` writes, e.g. the embedd
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from curate.megatron import SHARD_RE, BinReader, find_bin_files, read_idx
 PYTHIA_ROW_LEN = 2049
 PYTHIA_BATCH_SIZE = 1024
 METADATA_FILE = "corpus.json"
+_EDGE = 1 << 16  # bytes hashed at each end of a data file by `Corpus.content_key`
 
 
 @dataclass
@@ -185,6 +187,23 @@ class Corpus:
         if not self.meta or not self.meta.sidecar:
             return None
         return self.folder() / self.meta.sidecar
+
+    def content_key(self) -> str:
+        """What identifies the corpus by its content, not its path: shape, file names and sizes, and a hash
+        of each file's first and last 64 KiB (all of a Megatron `.idx`, which is small). Equal after a copy or move."""
+        h = hashlib.sha256(f"{self.num_rows}:{self.row_len}:{self.dtype.str}".encode())
+        for f in self.files:
+            f = Path(f)
+            size = f.stat().st_size
+            h.update(f"|{f.name}:{size}|".encode())
+            with f.open("rb") as fh:
+                if f.suffix == ".idx" or size <= 2 * _EDGE:
+                    h.update(fh.read())
+                else:
+                    h.update(fh.read(_EDGE))
+                    fh.seek(size - _EDGE)
+                    h.update(fh.read(_EDGE))
+        return h.hexdigest()[:32]
 
     def describe(self) -> dict:
         return {

@@ -115,7 +115,7 @@ def seed_varies(s: Setting, window: Window) -> str:
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
     from curate.pipelines.arms import ArmRun, run_folder, run_key
-    from curate.training.trainer import TrainSpec
+    from curate.training.trainer import TrainSpec, stored_spec
 
     runs = []
     for arm in s.arms:
@@ -134,7 +134,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     induction_threshold=s.threshold, prev_token_threshold=s.threshold,
                 )
             else:
-                base = TrainSpec.from_json(run_json["spec"])
+                base = stored_spec(run_json, Path(s.baseline.run_dir))  # type: ignore[arg-type]
                 changes = dict(
                     corpus=s.baseline.corpus, heldout=abs_path(base.heldout) if base.heldout else None, plan=plan_path,
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,

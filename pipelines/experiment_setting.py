@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
+from curate.paths import resolve_stored
 from curate.pipelines.experiment_options import ExperimentOptions, check_options
 from curate.training.models import load_config_file
 
@@ -134,7 +135,8 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
         for name, value in _baseline_options(opts).items():
             if value is not None:
                 raise CurateError(f"{run_dir}: the arms copy the settings of this run; give no {name.replace('_', ' ')}")
-        corpus = abs_path(raw["spec"].get("corpus") or raw["base_corpus"])
+        corpus = abs_path(resolve_stored(raw["spec"].get("corpus") or raw["base_corpus"], run_dir,
+                                         raw.get("absolute", {}).get("corpus") if raw["spec"].get("corpus") else None))
         baseline = Baseline("run", corpus, int(raw["batch_size"]), run_dir=run_dir)
         eval_every = int(raw["spec"].get("eval_every", 100))
     elif opts.model is not None:
@@ -200,15 +202,19 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
 
 def identity_of(s: Setting) -> dict:
     """What decides the experiment's runs (not which arms/seeds run, nor how many workers)."""
+    from curate.training.plan import corpus_key
+
     o = s.opts
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
+    if own is not None:
+        own["corpus"] = corpus_key(own.get("corpus"))
     return {
         "circuit": s.circuit.name,  # type: ignore[attr-defined]
         "score_mode": s.circuit.default_mode,  # type: ignore[attr-defined]  (the head subspace the scores use)
         "mode": s.baseline.mode,
-        "corpus": s.baseline.corpus,
+        "corpus": corpus_key(s.baseline.corpus),
         "model": s.baseline.model,
-        "baseline_run": str(Path(s.baseline.run_dir).resolve()) if s.baseline.run_dir is not None else None,
+        "baseline_run": _run_identity(s.baseline.run_dir, s.out) if s.baseline.run_dir is not None else None,
         "own_baseline": own,
         "revision": o.revision,
         "window": o.window,
@@ -227,6 +233,20 @@ def identity_of(s: Setting) -> dict:
         "fit_rows": o.fit_rows,
         "device": o.device,
     }
+
+
+def _run_identity(run_dir: Path, out: Path) -> str:
+    """A baseline run named so a moved workspace keeps it: inside the experiment by its relative path, else by
+    its recorded spec hash (by its path when it has none)."""
+    from curate.training.models import RUN_FILE
+
+    run_dir = Path(run_dir)
+    if run_dir.resolve().is_relative_to(Path(out).resolve()):
+        return str(run_dir.resolve().relative_to(Path(out).resolve()))
+    try:
+        return "spec:" + str(json.loads((run_dir / RUN_FILE).read_text())["spec_hash"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        return str(run_dir.resolve())
 
 
 def check_identity(s: Setting) -> None:

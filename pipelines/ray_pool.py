@@ -120,13 +120,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         except Exception as e:  # ConnectionError, RuntimeError, ... : one line for the user
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CurateError(f"--ray-address {address}: could not join the Ray cluster ({first})") from None
-    else:
+    watchdog = None
+    if not address:
+        from curate.pipelines.ray_reaper import start_watchdog
+
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+        watchdog = start_watchdog()  # the agents Ray leaves behind end with this driver, even on kill -9
     try:
         res = ray.cluster_resources()
         yield RaySession(not address, address, int(res.get("CPU", 0)), int(res.get("GPU", 0)))
     finally:
         ray.shutdown()
+        if watchdog is not None:
+            from curate.pipelines.ray_reaper import stop_watchdog
+
+            stop_watchdog(watchdog)
 
 
 def unwrap_task_error(e: Exception) -> BaseException:

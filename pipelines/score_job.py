@@ -37,7 +37,8 @@ from curate.amounts import parse_amount
 from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
-from curate.pipelines.manifest import Manifest
+from curate.paths import resolve_stored
+from curate.pipelines.manifest import MANIFEST_FILE, Manifest
 from curate.pipelines.score_request import ScoreRequest, auto_batch_rows, check_request, parse_window
 
 JOB_VERSION = 1
@@ -163,19 +164,23 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
     corpus = spec.get("corpus") or raw.get("base_corpus")
     if not corpus:
         raise CurateError(f"{path}: names no corpus; give the corpus")
-    return str(corpus), raw.get("batch_size")
+    absolute = raw.get("absolute", {}).get("corpus") if spec.get("corpus") else None
+    return resolve_stored(str(corpus), run_dir, absolute), raw.get("batch_size")
 
 
 # --------------------------------------------------------------------------- probes and identity
 
 
-def corpus_identity(corpus: Corpus, rows: tuple[int, int]) -> dict:
-    """What identifies the corpus content the job reads: path, shape, file sizes, hash of the window's ends."""
+def corpus_identity(corpus: Corpus, rows: tuple[int, int], by_path: bool = False) -> dict:
+    """What identifies the corpus content the job reads: its content key (not its path: a copied or moved
+    workspace is the same job), shape, file sizes, hash of the window's ends. `by_path`: the resolved path
+    instead of the content key, as folders written before content keys recorded it."""
     h = hashlib.blake2b(digest_size=8)
     for r in sorted({rows[0], rows[1] - 1}):
         h.update(np.ascontiguousarray(corpus.rows(r, r + 1)).tobytes())
+    where = {"path": str(Path(corpus.path).resolve())} if by_path else {"content": corpus.content_key()}
     return {
-        "path": str(Path(corpus.path).resolve()),
+        **where,
         "rows": int(corpus.num_rows),
         "row_len": int(corpus.row_len),
         "dtype": str(corpus.dtype),
@@ -203,7 +208,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
-    out = Path(req.out) if req.out is not None else scores_dir(ws, circuit.name)
+    out = (Path(req.out) if req.out is not None else scores_dir(ws, circuit.name)).absolute()  # Ray workers run elsewhere
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
     notes: list[str] = []
@@ -297,7 +302,25 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         "device": req.device,
     }
     if not req.force:
+        legacy = _legacy_fingerprint(fingerprint, corpus, rows, fit_ids, req.seed)
+        if _holds_job(out, legacy):  # a folder written when corpora were identified by path: kept as it was
+            fingerprint, data_key = legacy, legacy["factors"]["data"]
         Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
                     fit_ids, data_key, model_fp, fingerprint, notes)
+
+
+def _legacy_fingerprint(fingerprint: dict, corpus: Corpus, rows: tuple[int, int], fit_ids: np.ndarray, seed: int) -> dict:
+    """The fingerprint as folders written before content keys recorded it (the corpus by its resolved path)."""
+    return {**fingerprint, "corpus": corpus_identity(corpus, rows, by_path=True),
+            "factors": {**fingerprint["factors"], "data": fit_data_key(corpus, fit_ids, seed, by_path=True)}}
+
+
+def _holds_job(out: Path, fingerprint: dict) -> bool:
+    """The manifest in `out` was written for exactly this fingerprint."""
+    try:
+        raw = json.loads((out / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return raw.get("fingerprint") == json.loads(json.dumps(fingerprint, default=str))

@@ -26,6 +26,7 @@ from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
 from curate.corpus import Corpus
 from curate.errors import CurateError
+from curate.paths import portable
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
 from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
@@ -256,7 +257,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     seconds = time.perf_counter() - t_start
     scores_hs = job.localization.head_scores
     summary = {
-        "corpus": job.corpus_spec,
+        "corpus": portable(job.corpus_spec, out),
+        "corpus_absolute": job.corpus_spec,
         "out": str(out.resolve()),
         "circuit": job.circuit.name,
         "heads": [str(h) for h in job.heads],

@@ -277,7 +277,7 @@ def test_scores_naming_the_data_file_still_find_the_corpus_folder(setup, tmp_pat
     (scores / "summary.json").write_text(json.dumps(summary))
     mix = build_mix(scores, tmp_path / "mix", MixSpec(augment="8", source="synthetic", top=4, seed=0)).out
     plan = json.loads((mix / "plan.json").read_text())
-    assert plan["corpus"] == str(setup.corpus.resolve())
+    assert (mix / plan["corpus"]).resolve() == setup.corpus.resolve()  # relative to the mix folder
     assert open_corpus(mix).tokenizer_spec() == str(mix / "tokenizer.json")
     assert open_corpus(mix / "synthetic").num_rows == 8
 

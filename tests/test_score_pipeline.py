@@ -110,7 +110,8 @@ def test_summary_and_top_rows(reference, tiny):
     assert (saved["circuit"], saved["heads"], saved["mode"], saved["window"], saved["batch_size"]) == ("induction", ["1.0", "1.2"], "qkvo", [0, 8], 8)  # qkvo: the induction default
     assert (saved["rows"], saved["rows_scored"], saved["shards"], saved["shards_scored"], saved["shards_skipped"]) == (64, 64, 8, 8, 0)
     assert saved["retries"] == []
-    assert saved["corpus"] == str(tiny["corpus"].resolve())  # the folder: its corpus.json (tokenizer, sidecar) stays usable
+    # the folder (its corpus.json, tokenizer, sidecar stay usable), relative to the scores folder so a moved workspace reads
+    assert (out / saved["corpus"]).resolve() == tiny["corpus"].resolve() and saved["corpus_absolute"] == str(tiny["corpus"].resolve())
     assert saved["top_k"] == 7  # ceil(10% of 64)
     table = all_scores(out)
     best, worst = table.top_k(7)

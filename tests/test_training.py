@@ -437,7 +437,9 @@ def test_in_memory_plan_and_config_are_recorded_as_json(corpus_dir, tmp_path):
     plan = {"drop": np.array([0, 1, 2]), "insert": [{"step": 1, "corpus": str(corpus_dir), "rows": np.array([7])}]}
     first = train(spec(corpus_dir, plan=plan, model_config=config_from_dict(TINY), steps=4, eval_every=4, checkpoints="none"),
                   tmp_path / "run", progress=False)
-    saved = TrainSpec.from_json(json.loads((tmp_path / "run" / "run.json").read_text())["spec"])
+    from curate.training.trainer import stored_spec
+
+    saved = stored_spec(json.loads((tmp_path / "run" / "run.json").read_text()), tmp_path / "run")  # paths relative to the run
     assert saved.plan["drop"] == [0, 1, 2] and isinstance(saved.model_config, dict)
     again = train(saved, tmp_path / "run", progress=False, resume=True)
     assert again.resumed_from == 4 and again.fingerprint == first.fingerprint

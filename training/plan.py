@@ -101,11 +101,28 @@ class TrainingPlan:
             out["note"] = self.note
         return out
 
-    def plan_hash(self) -> str:
-        """Short sha256 of the canonical JSON form (the note excluded: it does not change the stream)."""
+    def plan_hash(self, legacy: bool = False) -> str:
+        """Short sha256 of the canonical JSON form (the note excluded: it does not change the stream), corpora
+        by their content (`legacy`: by their absolute paths, as runs recorded it before content keys)."""
         body = self.to_json()
         body.pop("note", None)
+        if not legacy:
+            if "corpus" in body:
+                body["corpus"] = corpus_key(body["corpus"])
+            for ins in body.get("insert", []):
+                ins["corpus"] = corpus_key(ins["corpus"])
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def corpus_key(path: str | None) -> str | None:
+    """A corpus named by its content (`Corpus.content_key`), so moving it keeps the hashes that name it;
+    a path that opens no corpus stays a path."""
+    if path is None:
+        return None
+    try:
+        return "content:" + open_corpus(path).content_key()
+    except (CurateError, OSError):
+        return str(Path(path).expanduser().resolve())
 
 
 # ---- loading --------------------------------------------------------------------------------------

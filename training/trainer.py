@@ -30,7 +30,8 @@ from curate.training.checkpoints import latest_resumable, load_trainer_state, sa
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
 from curate.attribution.fingerprint import model_fingerprint
 from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, resolve_checkpoint_dir
-from curate.training.plan import TrainingPlan, RowStream, load_plan, plan_from_json, resolve_stream
+from curate.paths import portable, resolve_stored
+from curate.training.plan import TrainingPlan, RowStream, corpus_key, load_plan, plan_from_json, resolve_stream
 from curate.training.recipes import CHECKPOINT_RECIPE
 from curate.training.schedule import DEFAULT_CHECKPOINTS, lr_at, parse_checkpoint_steps
 
@@ -98,23 +99,47 @@ class TrainSpec:
         return cls(**raw)
 
 
+PATH_FIELDS = ("corpus", "heldout", "plan")  # spec fields that name files: stored relative to the run folder
+
+
 def saved_spec(out_dir: Path, fields: dict) -> TrainSpec | None:
     """The spec of the run already in `out_dir` (None when it holds none), checked against `fields`: a resumed
     run continues as it was, so each field given must equal the saved one (corpus, held-out and plan paths
-    compared resolved)."""
+    compared resolved; the saved ones are relative to the run folder, so a moved workspace resumes)."""
     run_file = Path(out_dir) / RUN_FILE
     if not run_file.is_file():
         return None
-    saved = TrainSpec.from_json(json.loads(run_file.read_text())["spec"])
+    raw = json.loads(run_file.read_text())
+    saved = stored_spec(raw, Path(out_dir))
     for name, value in fields.items():
         current = getattr(saved, name)
-        if name in ("corpus", "heldout", "plan") and isinstance(current, str) and isinstance(value, str):
+        if name in PATH_FIELDS and isinstance(current, str) and isinstance(value, str):
             same = Path(current).expanduser().resolve() == Path(value).expanduser().resolve()
         else:
             same = current == value
         if not same:
             raise CurateError(f"{out_dir}: the run there has {name} = {current!r}, not {value!r}; resuming continues a run as it was")
     return saved
+
+
+def stored_spec(raw: dict, run_dir: Path) -> TrainSpec:
+    """The spec a run.json records, its paths read back from the run folder."""
+    spec = TrainSpec.from_json(raw["spec"])
+    absolute = raw.get("absolute", {})
+    changes = {name: resolve_stored(getattr(spec, name), run_dir, absolute.get(name))
+               for name in PATH_FIELDS if isinstance(getattr(spec, name), str)}
+    return replace(spec, **changes)
+
+
+def _stored_json(run: TrainSpec, run_dir: Path) -> tuple[dict, dict]:
+    """(the spec as run.json stores it: paths relative to the run folder, the absolute paths they came from)."""
+    body = run.to_json()
+    absolute = {}
+    for name in PATH_FIELDS:
+        if isinstance(body.get(name), str):
+            absolute[name] = _abs(body[name])
+            body[name] = portable(body[name], run_dir)
+    return body, absolute
 
 
 @dataclass
@@ -142,15 +167,39 @@ def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def spec_hash(spec: TrainSpec, plan: TrainingPlan) -> str:
-    """Short sha256 of the trajectory-defining spec (paths made absolute, the plan by its content)."""
+def spec_hash(spec: TrainSpec, plan: TrainingPlan, legacy: bool = False) -> str:
+    """Short sha256 of the trajectory-defining spec: corpora by their content, the plan by its content, a
+    checkpoint of a curate run by that run's spec hash (so equal runs hash equal wherever the workspace lies).
+    `legacy`: the hash runs recorded before that (paths made absolute)."""
     body = spec.to_json()
-    body["plan"] = plan.plan_hash()
-    body["corpus"] = _abs(spec.corpus)
-    body["heldout"] = _abs(spec.heldout)
-    if spec.init_from is not None and Path(spec.init_from).expanduser().exists():
-        body["init_from"] = _abs(spec.init_from)
+    body["plan"] = plan.plan_hash(legacy=legacy)
+    if legacy:
+        body["corpus"] = _abs(spec.corpus)
+        body["heldout"] = _abs(spec.heldout)
+        if spec.init_from is not None and Path(spec.init_from).expanduser().exists():
+            body["init_from"] = _abs(spec.init_from)
+    else:
+        body["corpus"] = corpus_key(spec.corpus)
+        body["heldout"] = corpus_key(spec.heldout)
+        if spec.init_from is not None:
+            body["init_from"] = _init_identity(spec.init_from)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _init_identity(init_from: str) -> object:
+    """What a start checkpoint is: a curate run's checkpoint by the run's spec hash, other folders by path, hub names as given."""
+    p = Path(init_from).expanduser()
+    if not p.exists():
+        return init_from
+    run_dir = p if (p / RUN_FILE).is_file() else p.parent.parent
+    if (run_dir / RUN_FILE).is_file():
+        try:
+            parent = json.loads((run_dir / RUN_FILE).read_text()).get("spec_hash")
+        except (OSError, json.JSONDecodeError):
+            parent = None
+        if parent:
+            return {"run": parent, "checkpoint": None if run_dir == p else p.name}
+    return _abs(init_from)
 
 
 def _default_config(vocab_size: int, architecture: dict | None = None):
@@ -321,7 +370,8 @@ def check_parent_prefix(checkpoint: Path, stream: RowStream, start_step: int) ->
     first = int(steps[keep][0]) * stream.batch_size
     theirs_src = table.column("source").to_numpy()[keep]
     theirs_row = table.column("row_id").to_numpy()[keep]
-    paths = [str(Path(p).resolve()) for p in parent["sources"]]
+    absolute = parent.get("sources_absolute") or [None] * len(parent["sources"])
+    paths = [str(Path(resolve_stored(p, run_dir, a)).resolve()) for p, a in zip(parent["sources"], absolute)]
     ours_paths = [str(Path(c.path).resolve()) for c in stream.sources]
     a, b = first, first + len(theirs_row)
     ours_row = stream.row[a:b]
@@ -392,6 +442,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     assert base is not None
     batch_size = run.batch_size or base.batch_size
     this_hash = spec_hash(run, plan)
+    plan_hash = plan.plan_hash()
 
     # -- where to start: a run in out_dir (resume), a checkpoint (branch / warm start), or fresh weights
     resume_dir: Path | None = None
@@ -401,6 +452,8 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
         if not resume:
             raise CurateError(f"{out_dir}: already holds a run; resume it or choose another output folder")
         saved = json.loads(run_file.read_text())
+        if saved.get("spec_hash") == spec_hash(run, plan, legacy=True):
+            this_hash, plan_hash = saved["spec_hash"], plan.plan_hash(legacy=True)  # a run recorded before content keys
         if saved.get("spec_hash") != this_hash:
             raise CurateError(f"{out_dir}: the run there was started with different settings (spec {saved.get('spec_hash')}, now {this_hash}); resuming continues a run as it was")
         resume_dir = latest_resumable(out_dir)
@@ -443,7 +496,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     model_context = int(getattr(model.config, "max_position_embeddings", context))
     if context > model_context:  # before anything is written
         raise CurateError(f"{base.path}: rows of {base.row_len} tokens exceed the model's context ({model_context} + 1)")
-    if state is not None and state["plan_hash"] != plan.plan_hash() and resume_dir is not None:
+    if state is not None and state["plan_hash"] != plan_hash and resume_dir is not None:
         raise CurateError(f"{resume_dir}: checkpoint was trained under another plan")
 
     check_stream_vocab(stream, start_step, run.steps, vocab_size)  # before anything is written
@@ -485,10 +538,12 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / PLAN_FILE, plan.to_json())
         _write_stream(out_dir / STREAM_FILE, stream, start_step)
+        spec_json, absolute = _stored_json(run, out_dir)
         write_json(run_file, {
-            "spec": run.to_json(), "spec_hash": this_hash, "plan_hash": plan.plan_hash(), "start_step": start_step,
+            "spec": spec_json, "absolute": absolute, "spec_hash": this_hash, "plan_hash": plan_hash, "start_step": start_step,
             "batch_size": batch_size, "row_len": base.row_len, "schedule_steps": schedule_steps,
-            "base_corpus": str(base.path), "sources": sources, "heldout": heldout_where,
+            "base_corpus": portable(base.path, out_dir), "sources": [portable(p, out_dir) for p in sources],
+            "sources_absolute": [_abs(p) for p in sources], "heldout": heldout_where,
             "init_fingerprint": init_fingerprint, "model_config": model.config.to_dict(),
             "checkpoint_steps": sorted(ckpt_steps), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
@@ -505,7 +560,7 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
 
     def checkpoint(step: int) -> None:
         save_checkpoint(out_dir, step, model, optimizer, {
-            "plan_hash": plan.plan_hash(), "spec_hash": this_hash, "curves": curves,
+            "plan_hash": plan_hash, "spec_hash": this_hash, "curves": curves,
             "loss_sum": loss_sum, "loss_count": loss_count, "start_step": start_step, "eval_key": eval_key,
         }, tokenizer_file=tokenizer_file)
         write_curves(out_dir, curves, _summary(run, curves, start_step, step, out_dir, None, heldout_where, fingerprint=None), plot=False)
