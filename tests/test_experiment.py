@@ -161,6 +161,10 @@ def test_mix_commands_in_the_report_rebuild_the_same_plans(quick, tmp_path, monk
         assert code == 0, stderr
         mine = json.loads((tmp_path / entry["arm"] / "plan.json").read_text())
         theirs = json.loads((Path(entry["mix"]) / "plan.json").read_text())
+        # corpora are named relative to each mix folder: the same corpora from both
+        for plan, folder in ((mine, tmp_path / entry["arm"]), (theirs, Path(entry["mix"]))):
+            for item in (plan, *plan.get("insert", [])):
+                item["corpus"] = str((folder / item["corpus"]).resolve())
         assert mine == theirs
 
 
