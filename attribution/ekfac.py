@@ -364,6 +364,19 @@ class EKFACFactors:
         return EKFACFactors(self.mode, {**self.heads, **other.heads}, self.damping, self.damping_floor)
 
 
+@dataclass(frozen=True)
+class IdentityCurvature:
+    """The identity in place of H_sub: `precondition` returns the probe gradients unchanged (the gradient-dot
+    baseline, score = - grad_sub L(z)^T grad_sub f_probe); `EKFACFactors`' interface, nothing to fit."""
+
+    mode: str
+
+    def precondition(self, grads: dict[HeadRef, HeadBlocks]) -> dict[HeadRef, HeadBlocks]:
+        """Each head's blocks, as given (the mode's blocks only)."""
+        check_mode(self.mode)
+        return {head: {b: blocks[b] for b in MODES[self.mode]} for head, blocks in grads.items()}
+
+
 # --------------------------------------------------------------------------- driving the two passes
 
 

@@ -1,7 +1,8 @@
 """Per-row influence scores as a table, and its Parquet form (read by the Ray pipeline and `curate explain`).
 
-Columns: `row_id` int64, `step` int64, `loss` float32 (mean token loss of the row), one float64 column
-per target head named `head_{L}_{H}`, and `score` float64 (the sum over the circuit's heads).
+Columns: `row_id` int64, `step` int64, `loss` float32 (mean token loss of the row; NaN where the method did not
+run the model), one float64 column per target head named `head_{L}_{H}`, and `score` float64: the sum over the
+circuit's heads, or, for a method without per-head scores (no head columns), the method's own score.
 Positive = a gradient step on the row increases f_probe (the row builds the circuit).
 """
 from __future__ import annotations
@@ -45,20 +46,25 @@ class ScoreTable:
     head_scores: np.ndarray  # float64 (n, n_heads)
     heads: list[HeadRef]
     meta: dict = field(default_factory=dict)
+    total: np.ndarray | None = None  # float64 (n,): the score of a method without heads (then `heads` is empty)
 
     def __post_init__(self) -> None:
         self.row_id = np.asarray(self.row_id, dtype=np.int64)
         self.step = np.asarray(self.step, dtype=np.int64)
         self.loss = np.asarray(self.loss, dtype=np.float32)
         self.head_scores = np.asarray(self.head_scores, dtype=np.float64).reshape(len(self.row_id), len(self.heads))
+        if self.total is not None:
+            if self.heads:
+                raise CurateError("a score table has per-head scores or its own total, not both")
+            self.total = np.asarray(self.total, dtype=np.float64).reshape(len(self.row_id))
 
     def __len__(self) -> int:
         return len(self.row_id)
 
     @property
     def score(self) -> np.ndarray:
-        """Aggregate score: the sum over the heads."""
-        return self.head_scores.sum(axis=1)
+        """Aggregate score: the sum over the heads (or `total`, for a method without heads)."""
+        return self.total if self.total is not None else self.head_scores.sum(axis=1)
 
     def column(self, head: HeadRef) -> np.ndarray:
         return self.head_scores[:, self.heads.index(head)]
@@ -82,6 +88,7 @@ class ScoreTable:
             np.concatenate([t.head_scores for t in tables]),
             heads,
             dict(tables[0].meta),
+            np.concatenate([t.score for t in tables]) if not heads else None,
         )
 
     def to_arrow(self) -> pa.Table:
@@ -120,6 +127,7 @@ class ScoreTable:
             scores,
             heads,
             meta,
+            None if heads else table.column("score").to_numpy(),
         )
 
     @classmethod

@@ -2,11 +2,11 @@
 
 Layout (written by the scoring pipeline, read by explain / index / neighbors / build-mix / synth):
 - `shards/rows-<start>-<stop>.parquet`: score-table Parquet files (`attribution.score_table`): `row_id`,
-  `step`, `loss`, `head_{L}_{H}` per head, `score`;
+  `step`, `loss`, `head_{L}_{H}` per head (only for a method with per-head scores), `score`;
 - `top_positive.parquet` / `top_negative.parquet`: the k best / worst rows (full score-table rows);
 - `factors/`: the EK-FAC factor cache (`attribution.factors_io`);
-- `summary.json`: what was scored (at least `corpus`; the pipeline adds `circuit`, `heads`, `window`
-  [start_step, end_step], `batch_size`, ...). Written LAST: a folder without it is incomplete, and the
+- `summary.json`: what was scored (at least `corpus`; the pipeline adds `method` (mda, gradient-dot, copy-share
+  or loss; absent: mda), `circuit`, `heads`, `window` [start_step, end_step], `batch_size`, ...). Written LAST: a folder without it is incomplete, and the
   reader refuses it.
 """
 from __future__ import annotations

@@ -8,6 +8,10 @@ phases), run by one of two executors that share one factor cache.
 - `ScoringDriver.precondition`: the probe gradients, preconditioned once (`EKFACFactors.precondition`).
 - `ScoringDriver.score`: the executor scores the row shards.
 
+The curvature is EK-FAC (the MDA score) or the identity (`curvature="identity"`: the gradient-dot baseline,
+no fit, the probe gradients used as they are; `ScoringDriver.fit_curvature`). A method that needs no probe
+(a `RowStatistic`, e.g. `row_loss`) skips fit and precondition: the workers score shards with it alone.
+
 The executors do the per-row work with the same `ScoringWorker` code on the same chunks: `InProcessExecutor`
 here, the Ray executor (`curate.pipelines.score_run.RayExecutor`) on a pool of actors. Whichever runs a job,
 the factors, and so the scores, are bit-identical, and a factor cache one wrote serves the other.
@@ -25,7 +29,8 @@ import torch
 from torch import nn
 
 from curate.attribution.ekfac import (
-    DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EigenBases, EKFACFactors, EKFACFitter, LambdaAccumulator,
+    DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EigenBases, EKFACFactors, EKFACFitter, IdentityCurvature,
+    LambdaAccumulator,
 )
 from curate.attribution.factors_io import load_factors, save_factors
 from curate.attribution.fingerprint import model_fingerprint
@@ -35,11 +40,24 @@ from curate.attribution.influence import (
     probe_gradients,
 )
 from curate.attribution.score_table import ScoreTable
+from curate.attribution.trace import mean_token_loss
 from curate.errors import CurateError
 
 T = TypeVar("T", covariant=True)
 OnRows = Callable[[int], None]
 """on_rows(n): n more rows done (progress)."""
+RowStatistic = Callable[[nn.Module, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+"""A score that needs no probe: (model, token rows (n, row_len)) -> (mean token loss (n,), NaN where the model is
+not run; score (n,)). A module-level function, so that Ray can ship it to the actors."""
+CURVATURES = ("ekfac", "identity")
+"""What the probe gradients are preconditioned with: the EK-FAC inverse (MDA) or the identity (gradient-dot)."""
+
+
+def row_loss(model: nn.Module, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `loss` method: score = the row's mean next-token loss under the model, as the float32 `loss` column
+    holds it (higher loss, higher score)."""
+    loss = mean_token_loss(model, rows).float().cpu().numpy()
+    return loss, loss.astype(np.float64)
 
 
 def work_dtype(model: nn.Module) -> torch.dtype:
@@ -80,6 +98,7 @@ class ScoringWorker:
         batch_rows: int,
         vocab_size: int | None = None,
         shard_meta: dict | None = None,
+        statistic: RowStatistic | None = None,
     ) -> None:
         self.model = model
         self.corpus = corpus
@@ -92,6 +111,7 @@ class ScoringWorker:
         self.dtype = work_dtype(model)
         self._fitters: dict[tuple[HeadRef, ...], EKFACFitter] = {}
         self.scorer: HeadInfluenceScorer | None = None
+        self.statistic = statistic  # set: rows are scored by it, with no probe and no head columns
 
     def batches(self, ids: np.ndarray):
         """(row ids, rows) batches of `ids`; a token id outside the vocabulary (when known) is an error."""
@@ -130,18 +150,22 @@ class ScoringWorker:
         state.pop("bases", None)  # the driver has them; do not ship them back
         return state
 
-    def load_probe(self, preconditioned: dict[HeadRef, HeadBlocks]) -> None:
-        """Build the scorer from the preconditioned probe gradients (once per worker)."""
-        if self.scorer is None:
+    def load_probe(self, preconditioned: dict[HeadRef, HeadBlocks] | None) -> None:
+        """Build the scorer from the preconditioned probe gradients (once per worker; None: a `statistic` scores)."""
+        if self.scorer is None and preconditioned is not None:
             self.scorer = HeadInfluenceScorer(self.model, None, preconditioned, self.heads, self.mode, dtype=self.dtype)
 
     def score_rows(self, start: int, stop: int, on_rows: OnRows | None = None) -> ScoreTable:
         """Scores of rows [start, stop) (batches of `batch_rows` from `start`)."""
-        if self.scorer is None:
+        if self.scorer is None and self.statistic is None:
             raise CurateError("worker has no probe gradients (load_probe was not called)")
         ids, losses, scores = [], [], []
         for chunk, rows in self.batches(np.arange(start, stop, dtype=np.int64)):
-            loss, s = self.scorer.score_batch(rows)
+            if self.statistic is not None:
+                loss, s = self.statistic(self.model, np.asarray(rows))
+            else:
+                assert self.scorer is not None
+                loss, s = self.scorer.score_batch(rows)
             ids.append(chunk)
             losses.append(loss)
             scores.append(s)
@@ -149,7 +173,10 @@ class ScoringWorker:
                 on_rows(len(chunk))
         row_id = np.concatenate(ids)
         meta = {**self.shard_meta, "rows": [int(start), int(stop)]}
-        return ScoreTable(row_id, row_id // int(self.corpus.batch_size), np.concatenate(losses), np.concatenate(scores), self.heads, meta)
+        step = row_id // int(self.corpus.batch_size)
+        if self.statistic is not None:
+            return ScoreTable(row_id, step, np.concatenate(losses), np.zeros((len(row_id), 0)), [], meta, np.concatenate(scores))
+        return ScoreTable(row_id, step, np.concatenate(losses), np.concatenate(scores), self.heads, meta)
 
 
 # --------------------------------------------------------------------------- executors
@@ -162,7 +189,7 @@ class Executor(Protocol[T]):
 
     def fit_lambda(self, heads: list[HeadRef], bases_state: dict, chunks: list[np.ndarray]) -> list[dict]: ...
 
-    def score_shards(self, preconditioned: dict[HeadRef, HeadBlocks], shards: list[tuple[int, int]]) -> list[T]: ...
+    def score_shards(self, preconditioned: dict[HeadRef, HeadBlocks] | None, shards: list[tuple[int, int]]) -> list[T]: ...
 
 
 class InProcessExecutor:
@@ -191,7 +218,7 @@ class InProcessExecutor:
         on_rows = self._counter("fit eigenvalues", sum(len(c) for c in chunks))
         return [self.worker.fit_lambda(heads, bases_state, c, on_rows) for c in chunks]
 
-    def score_shards(self, preconditioned: dict[HeadRef, HeadBlocks], shards: list[tuple[int, int]]) -> list[ScoreTable]:
+    def score_shards(self, preconditioned: dict[HeadRef, HeadBlocks] | None, shards: list[tuple[int, int]]) -> list[ScoreTable]:
         self.worker.scorer = None
         self.worker.load_probe(preconditioned)
         on_rows = self._counter("score", sum(b - a for a, b in shards))
@@ -223,6 +250,7 @@ class ScoringDriver(Generic[T]):
     fit: FactorFit
     cache_dir: Path | None = None  # the factor cache (None: no cache)
     model_fp: str | None = None  # the model's fingerprint (computed when a cache needs it)
+    curvature: str = "ekfac"  # one of CURVATURES
     fitted: bool = field(default=False, init=False)  # whether the last fit_factors fitted any head
     seconds_fit: float = field(default=0.0, init=False)
 
@@ -257,12 +285,23 @@ class ScoringDriver(Generic[T]):
         self.seconds_fit = time.perf_counter() - t0
         return cached.merged_with(fresh).subset(self.heads)
 
-    def precondition(self, factors: EKFACFactors, probe: BoundProbe, shared: bool = False) -> dict[HeadRef, HeadBlocks]:
+    def fit_curvature(self) -> "EKFACFactors | IdentityCurvature":
+        """The curvature the probe gradients are preconditioned with: the EK-FAC factors (`fit_factors`), or the
+        identity (nothing fitted, nothing cached)."""
+        if self.curvature not in CURVATURES:
+            raise CurateError(f"curvature {self.curvature!r}: expected one of {', '.join(CURVATURES)}")
+        if self.curvature == "identity":
+            self.fitted, self.seconds_fit = False, 0.0
+            return IdentityCurvature(self.mode)
+        return self.fit_factors()
+
+    def precondition(self, factors: "EKFACFactors | IdentityCurvature", probe: BoundProbe, shared: bool = False) -> dict[HeadRef, HeadBlocks]:
         """H^-1 grad f_probe of every head, computed once."""
         grads = probe_gradients(self.model, probe, self.heads, self.mode, shared=shared)
         return factors.precondition(grads)
 
-    def score(self, preconditioned: dict[HeadRef, HeadBlocks], shards: list[tuple[int, int]]) -> list[T]:
+    def score(self, preconditioned: dict[HeadRef, HeadBlocks] | None, shards: list[tuple[int, int]]) -> list[T]:
+        """Score the shards: against the preconditioned probe gradients, or (None) with the workers' statistic."""
         return self.executor.score_shards(preconditioned, shards)
 
 
@@ -310,9 +349,14 @@ def score_corpus(
     factor_cache: Path | None = None,
     threads: int | None = None,
     shard_rows: int | None = None,
+    curvature: str = "ekfac",
+    statistic: RowStatistic | None = None,
 ) -> ScoreTable:
     """Fit EK-FAC on the window (or `fit_rows` rows sampled from it with `seed`), precondition the circuit's
     probe gradients once per head, and score every row of `row_range` (default: whole corpus), in this process.
+
+    `curvature="identity"`: no fit, the raw probe gradients (the gradient-dot baseline). `statistic`: no fit and
+    no probe, every row scored by it (a table without head columns).
 
     The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
     `shard_rows` (a multiple of `batch_rows`): fit rows per partial sum and rows per scored shard, as the Ray
@@ -345,14 +389,16 @@ def score_corpus(
         raise CurateError(f"rows per shard ({shard_rows}) must be a positive multiple of the rows per batch ({batch_rows})")
     fit_ids = fit_row_ids((start, stop), fit_rows, seed)
 
-    worker = ScoringWorker(model, corpus, heads, mode, seed, batch_rows)
+    worker = ScoringWorker(model, corpus, heads, mode, seed, batch_rows, statistic=statistic)
     fit = FactorFit(fit_ids, fit_data_key(corpus, fit_ids, seed), damping, damping_floor, shard_rows)
-    driver = ScoringDriver(InProcessExecutor(worker, progress), model, heads, mode, fit, factor_cache)
-    factors = driver.fit_factors()
+    driver = ScoringDriver(InProcessExecutor(worker, progress), model, heads, mode, fit, factor_cache, curvature=curvature)
     if probes is None:
         probes = corpus_probes(model.config, corpus, seed=seed)
-    probe_fn, shared = circuit_probe(circ, probes)
-    preconditioned = driver.precondition(factors, probe_fn, shared)
+    preconditioned = None
+    if statistic is None:
+        factors = driver.fit_curvature()
+        probe_fn, shared = circuit_probe(circ, probes)
+        preconditioned = driver.precondition(factors, probe_fn, shared)
     t1 = time.perf_counter()
     tables = driver.score(preconditioned, row_shards((start, stop), shard_rows))
     t_score = time.perf_counter() - t1
@@ -366,21 +412,27 @@ def score_corpus(
         "damping": float(damping),
         "damping_floor": float(damping_floor),
         "probes": list(probes.shape),
+        "curvature": curvature if statistic is None else None,
         "batch_size": int(corpus.batch_size),
         "seconds_fit": round(driver.seconds_fit, 3),
         "seconds_score": round(t_score, 3),
     }
     table = ScoreTable.concat(tables)
+    if statistic is not None:
+        return ScoreTable(table.row_id, table.step, table.loss, table.head_scores, [], meta, table.score)
     return ScoreTable(table.row_id, table.step, table.loss, table.head_scores, list(heads), meta)
 
 
 __all__ = [
+    "CURVATURES",
     "Executor",
     "FactorFit",
     "InProcessExecutor",
+    "RowStatistic",
     "ScoringDriver",
     "ScoringWorker",
     "fit_factors",
+    "row_loss",
     "row_shards",
     "score_corpus",
     "split_rows",

@@ -78,6 +78,33 @@ def frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def autocast_on(dev: torch.device, autocast: bool | None) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA (unless `autocast` is False), nothing elsewhere."""
+    use = autocast if autocast is not None else dev.type == "cuda"
+    if use and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def mean_token_loss(model: nn.Module, rows: "np.ndarray | torch.Tensor", autocast: bool | None = None) -> torch.Tensor:
+    """Each row's mean next-token loss (n,), forward only: inputs row[:-1], labels row[1:] (`HeadTracer.run`'s
+    loss, without the backward)."""
+    dev = model_device(model)
+    batch = as_rows(rows).to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_on(dev, autocast):
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+    finally:
+        model.train(was_training)
+    n, t, v = logits.shape
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(n * t, v), batch[:, 1:].reshape(n * t), reduction="none").view(n, t).mean(dim=1)
+
+
 class HeadTracer:
     """Runs batches of rows through `model`, calling a consumer at the target layers during backward."""
 
@@ -94,11 +121,7 @@ class HeadTracer:
         return model_device(self.model)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dev = self.device
-        use = self.autocast if self.autocast is not None else dev.type == "cuda"
-        if use and dev.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_on(self.device, self.autocast)
 
     def run(
         self,

@@ -28,9 +28,10 @@ def reference_run_dir(ws: Path) -> Path:
     return ws / "default" / "runs" / "reference"
 
 
-def scores_dir(ws: Path, circuit: str) -> Path:
-    """Where `curate score --circuit C` writes on the default setup."""
-    return ws / "default" / "scores" / circuit
+def scores_dir(ws: Path, circuit: str, method: str = "mda") -> Path:
+    """Where `curate score --circuit C [--method M]` writes on the default setup (`C`, or `C-M` for a method
+    other than mda)."""
+    return ws / "default" / "scores" / (circuit if method == "mda" else f"{circuit}-{method}")
 
 
 def mixes_dir(ws: Path) -> Path:

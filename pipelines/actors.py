@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from curate.attribution.heads import HeadBlocks, HeadRef
-from curate.attribution.scoring import ScoringWorker
+from curate.attribution.scoring import RowStatistic, ScoringWorker
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.atomic import file_sha256
@@ -86,6 +86,7 @@ class WorkerSetup:
     shard_meta: dict = field(default_factory=dict)  # written into every shard's Parquet metadata
     faults: FaultPlan = field(default_factory=FaultPlan)
     threads: int = 1
+    statistic: RowStatistic | None = None  # a method without a probe (`pipelines.score_methods`): it scores the rows
 
 
 class ScoreWorker(ScoringWorker):
@@ -99,7 +100,8 @@ class ScoreWorker(ScoringWorker):
         model.eval()
         corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
         heads = list(setup.heads)
-        super().__init__(model, corpus, heads, setup.mode, setup.seed, setup.batch_rows, setup.vocab_size, setup.shard_meta)
+        super().__init__(model, corpus, heads, setup.mode, setup.seed, setup.batch_rows, setup.vocab_size, setup.shard_meta,
+                         setup.statistic)
         if preconditioned is not None:
             self.load_probe(preconditioned)
 

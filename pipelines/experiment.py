@@ -160,6 +160,8 @@ def score_command(s: Setting, window: Window, summary: dict) -> str:
              "--out", str(Path(summary.get("out") or s.out / "scores").resolve())]
     if s.opts.fit_rows:
         args += ["--fit-rows", str(s.opts.fit_rows)]
+    if summary.get("method", "mda") != "mda":
+        args += ["--method", str(summary["method"])]
     return shlex.join(args)
 
 

@@ -5,7 +5,7 @@ Two stages (this module resolves; `pipelines.score_run` runs):
   the corpus and model (building the default corpus and reference run when asked for the defaults), the
   checkpoint (first saved one at/after the circuit formed), the window, the vocabulary check, the heads
   (localized or given), the probe, the EK-FAC fit rows, and the job fingerprint the manifest checks.
-- `run_job(job)`: fits EK-FAC distributed (actors accumulate partial sums of fit-row shards, the driver
+- `run_job(job)`: for `--method mda` (the default; the baselines: `pipelines.score_methods`) fits EK-FAC distributed (actors accumulate partial sums of fit-row shards, the driver
   merges them in shard order and caches the factors), preconditions the probe gradients once, scores the
   window's row shards on the actor pool (each actor writes its shard atomically to `<out>/shards/`, the
   driver records it in `<out>/manifest.json`), merges the top-k rows by streaming, and writes
@@ -39,6 +39,7 @@ from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.paths import resolve_stored
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest
+from curate.pipelines.score_methods import score_method
 from curate.pipelines.score_request import ScoreRequest, auto_batch_rows, check_request, parse_window
 
 JOB_VERSION = 1
@@ -208,7 +209,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
-    out = (Path(req.out) if req.out is not None else scores_dir(ws, circuit.name)).absolute()  # Ray workers run elsewhere
+    out = (Path(req.out) if req.out is not None else scores_dir(ws, circuit.name, req.method)).absolute()  # Ray workers run elsewhere
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
     notes: list[str] = []
@@ -301,6 +302,10 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         "shard_rows": int(req.shard_rows),
         "device": req.device,
     }
+    if req.method != "mda":  # an MDA job's fingerprint stays what it was before there were methods
+        fingerprint["method"] = req.method
+        if not score_method(req.method).fits_factors:
+            fingerprint["factors"] = None
     if not req.force:
         legacy = _legacy_fingerprint(fingerprint, corpus, rows, fit_ids, req.seed)
         if _holds_job(out, legacy):  # a folder written when corpora were identified by path: kept as it was

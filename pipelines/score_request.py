@@ -17,6 +17,8 @@ BATCH_TOKENS = 8192
 MAX_BATCH_ROWS = 64
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
+METHODS = ("mda", "gradient-dot", "copy-share", "loss")
+"""Scoring methods (`pipelines.score_methods`): MDA and three baselines, all written as the same scores folder."""
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ScoreRequest:
     """What the user asked for: the `curate score` options (flags and help in the field metadata)."""
 
     circuit: str = opt("induction", "--circuit", help="Circuit to attribute: induction or previous-token.")
+    method: str = opt("mda", "--method", help="Score: mda (EK-FAC influence on the heads), gradient-dot (the same without curvature), copy-share (share of repeated 4-grams in the row) or loss (the row's mean loss).")
     corpus: str | None = opt(None, "--corpus", help="Training corpus (default: the embedded default corpus, or the run's).")
     model: str | None = opt(None, "--model", "--checkpoint", help="HF folder, training run folder, or a Pythia name with --revision (default: the reference run).")
     revision: str | None = opt(None, "--revision", help="Checkpoint stepK of a run folder or hub model (default for a run: the first one after the head formed).")
@@ -31,7 +34,7 @@ class ScoreRequest:
     mode: str | None = opt(None, "--mode", help="Head subspace: qk or qkvo (default: the circuit's: qkvo for induction, qk for previous-token).", show_default=False)  # None: the circuit's default_mode
     window: str | None = opt(None, "--window", help="Training steps START:END to score (default: 0 to the checkpoint's step).")
     top: str = opt(DEFAULT_TOP, "--top", help="Top rows kept per tail: a share of the window (10%) or a count.")
-    out: Path | None = opt(None, "--out", help="Output folder (default: <workspace>/default/scores/<circuit>).")
+    out: Path | None = opt(None, "--out", help="Output folder (default: <workspace>/default/scores/<circuit>, or <circuit>-<method> for another --method).")
     workers: int | None = opt(None, "--workers", help="Ray actors (default: one per CPU, or per GPU with --device cuda).")
     ray_address: str | None = opt(None, "--ray-address", help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of a local Ray.")
     device: str = opt("cpu", "--device", help="cpu or cuda.")
@@ -64,6 +67,8 @@ def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the options alone (no file is opened); an error names the flag."""
     from curate.attribution.heads import check_mode
 
+    if req.method not in METHODS:
+        raise CurateError(f"{flag(req, 'method')} {req.method!r}: expected one of {', '.join(METHODS)}")
     if req.mode is not None:
         check_mode(req.mode)
     if req.corpus is not None and req.model is None:

@@ -5,6 +5,8 @@ fitted distributed (actors accumulate partial sums of fit-row shards, the driver
 caches the factors in `<out>/factors/`), the probe gradients are preconditioned once in the driver, the window's
 row shards are scored by the actors (each writes its shard atomically, the driver records it in the manifest);
 then the top-k rows are merged by streaming, and `summary.json` is written last (`attribution.scores_folder`).
+The baselines (`pipelines.score_methods`) run the same way: gradient-dot preconditions with the identity (no
+fit), copy-share and loss skip the fit and the probe and the actors score the shards with the row statistic.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from curate.paths import portable
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
 from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
+from curate.pipelines.score_methods import score_method
 from curate.pipelines.score_request import ScoreRequest
 
 
@@ -211,6 +214,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     workers_used = 0
     fitted = "not needed"
     faults = FaultPlan.from_env(out)
+    method = score_method(req.method)
 
     if todo:
         session_cm = ray_session(req.ray_address, num_cpus=None if req.ray_address else _local_cpus(req))
@@ -219,8 +223,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
                 corpus=job.corpus_spec, batch_size=job.corpus.batch_size, heads=list(job.heads), mode=req.mode,
                 seed=req.seed, batch_rows=req.batch_rows, device=req.device, vocab_size=int(job.model.config.vocab_size),
                 shard_meta={"circuit": job.circuit.name, "mode": req.mode, "heads": [str(h) for h in job.heads],
-                            "job": fingerprint_hash(job.fingerprint)},
-                faults=faults,
+                            "job": fingerprint_hash(job.fingerprint), **({} if method.name == "mda" else {"method": method.name})},
+                faults=faults, statistic=method.statistic,
             )
             model_ref = ray.put(job.model.cpu())
             workers_used = _worker_count(req, session.cpus, session.gpus, len(todo))
@@ -232,14 +236,18 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
             executor = RayExecutor(lambda precond_ref: remote_cls.remote(setup, model_ref, precond_ref), workers_used, job,
                                    manifest, progress, rows_todo)
             fit = FactorFit(job.fit_ids, job.data_key, DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, req.shard_rows)
-            driver = ScoringDriver(executor, job.model, job.heads, req.mode, fit, out / FACTORS_DIR, job.model_fp)
+            driver = ScoringDriver(executor, job.model, job.heads, req.mode, fit, out / FACTORS_DIR, job.model_fp,
+                                   curvature=method.curvature or "ekfac")
             try:
-                factors = driver.fit_factors()
-                fitted = f"fitted on {len(job.fit_ids)} rows" if driver.fitted else "loaded from the cache"
-                seconds_fit = driver.seconds_fit
-                # probe gradients, preconditioned once in the driver, shipped once per actor
-                probe_fn, shared = circuit_probe(job.circuit, job.probes)
-                preconditioned = driver.precondition(factors, probe_fn, shared)
+                preconditioned = None
+                if method.per_head:
+                    factors = driver.fit_curvature()
+                    if method.fits_factors:
+                        fitted = f"fitted on {len(job.fit_ids)} rows" if driver.fitted else "loaded from the cache"
+                    seconds_fit = driver.seconds_fit
+                    # probe gradients, preconditioned once in the driver, shipped once per actor
+                    probe_fn, shared = circuit_probe(job.circuit, job.probes)
+                    preconditioned = driver.precondition(factors, probe_fn, shared)
                 t1 = time.perf_counter()
                 driver.score(preconditioned, todo)
                 seconds_score = time.perf_counter() - t1
@@ -256,7 +264,10 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
 
     seconds = time.perf_counter() - t_start
     scores_hs = job.localization.head_scores
+    if not method.fits_factors:
+        fitted = f"not used by {method.name}"
     summary = {
+        "method": method.name,
         "corpus": portable(job.corpus_spec, out),
         "corpus_absolute": job.corpus_spec,
         "out": str(out.resolve()),
@@ -346,6 +357,7 @@ def describe_rows(corpus: Corpus, table) -> list[dict]:
     steps = table.column("step").to_pylist()
     losses = table.column("loss").to_pylist()
     return [
-        {"row_id": r, "step": int(s), "score": float(v), "loss": float(l), "domain": domains.get(r), "text": texts.get(r)}
+        {"row_id": r, "step": int(s), "score": float(v), "loss": None if l is None or l != l else float(l),  # NaN: not run
+         "domain": domains.get(r), "text": texts.get(r)}
         for r, s, v, l in zip(ids, steps, scores, losses)
     ]

@@ -1,4 +1,5 @@
-"""`curate score --circuit induction`: MDA scores of every row of the attribution window, on Ray actors."""
+"""`curate score --circuit induction [--method M]`: MDA (or baseline) scores of every row of the attribution window,
+on Ray actors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def print_summary(summary: dict, out: Path) -> None:
         f"{h} (induction {metrics[h]['induction']:.3f}, previous-token {metrics[h]['previous_token']:.3f})" if h in metrics else h
         for h in summary["heads"]
     )
-    console.print(f"circuit {summary['circuit']}: heads {heads}; mode {summary['mode']}", highlight=False)
+    method = summary.get("method", "mda")
+    console.print(f"circuit {summary['circuit']}: heads {heads}; mode {summary['mode']}; method {method}", highlight=False)
     console.print(f"checkpoint {summary['checkpoint']}  (EK-FAC factors {summary['factors']})", highlight=False)
     w = summary["window"]
     rate = f", {summary['rows_per_s']:,.0f} rows/s" if summary.get("rows_per_s") else ""
