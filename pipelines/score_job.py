@@ -309,7 +309,8 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     if not req.force:
         legacy = _legacy_fingerprint(fingerprint, corpus, rows, fit_ids, req.seed)
         if _holds_job(out, legacy):  # a folder written when corpora were identified by path: kept as it was
-            fingerprint, data_key = legacy, legacy["factors"]["data"]
+            fingerprint = legacy
+            data_key = legacy["factors"]["data"] if legacy["factors"] is not None else data_key
         Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
@@ -318,8 +319,9 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
 def _legacy_fingerprint(fingerprint: dict, corpus: Corpus, rows: tuple[int, int], fit_ids: np.ndarray, seed: int) -> dict:
     """The fingerprint as folders written before content keys recorded it (the corpus by its resolved path)."""
+    factors = fingerprint["factors"]
     return {**fingerprint, "corpus": corpus_identity(corpus, rows, by_path=True),
-            "factors": {**fingerprint["factors"], "data": fit_data_key(corpus, fit_ids, seed, by_path=True)}}
+            "factors": None if factors is None else {**factors, "data": fit_data_key(corpus, fit_ids, seed, by_path=True)}}
 
 
 def _holds_job(out: Path, fingerprint: dict) -> bool:
