@@ -130,17 +130,6 @@ PIPE_HEADS = "1.0,1.2"
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    from curate.pipelines.ray_pool import ray_session
-
-    torch.set_num_threads(1)
-    with ray_session(None, num_cpus=2):
-        yield ray.get_runtime_context().gcs_address
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("methods")
     return {"base": base, "corpus": build_tiny_corpus(base / "corpus"), "model": build_tiny_model(base / "model")}

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from curate.attribution.scoring import score_corpus
 from curate.attribution.score_table import ScoreTable
@@ -32,17 +31,6 @@ WINDOW = "0:8"  # 8 steps x 8 rows = 64 rows
 HEADS = "1.0,1.2"
 SHARD_ROWS = 8  # 8 shards
 BATCH_ROWS = 4
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    from curate.pipelines.ray_pool import ray_session
-
-    torch.set_num_threads(1)
-    with ray_session(None, num_cpus=2):
-        yield ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="module")
