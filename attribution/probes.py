@@ -118,25 +118,15 @@ def probe_spec(
     return ProbeSpec(vocab, tuple(sorted(exclude)), half, int(n), int(seed))
 
 
-def build_probes(
-    config: object,
-    *,
-    vocab_size: int | None = None,
-    eot_id: int | None = None,
-    context: int | None = None,
-    n: int = DEFAULT_PROBES,
-    half_len: int | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
-    """`n` repeat probes `[r, r]` (LongTensor (n, 2L)) for a model with config `config`.
+def build_probes(config: object, **options) -> torch.Tensor:
+    """`n` repeat probes `[r, r]` (LongTensor (n, 2L)) for a model with config `config` (options: those of `probe_spec`).
 
     r is uniform over the first min(config vocabulary, `vocab_size`) ids (the tokenizer's real size when
     known: Pythia pads its embedding table) minus the config's special ids and the end-of-text id `eot_id`.
     The context is min(config.max_position_embeddings, `context`) (the rows' context when known);
     L defaults to min(32, context // 2), and an explicit L with 2L > context is refused.
     """
-    return probe_spec(config, vocab_size=vocab_size, eot_id=eot_id, context=context, n=n, half_len=half_len,
-                      seed=seed).draw()
+    return probe_spec(config, **options).draw()
 
 
 def corpus_probes(config: object, corpus: Corpus, *, n: int = DEFAULT_PROBES, half_len: int | None = None,

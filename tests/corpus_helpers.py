@@ -95,3 +95,11 @@ def run_cli_redirected(args: list, monkeypatch) -> tuple[int, str, str]:
 def tree(folder: Path) -> list[str]:
     """Every path under `folder` (relative, sorted), hidden temporaries included."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (hidden ones included), keyed by relative path."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -8,7 +8,6 @@ reach quickly are injected at the atomic-write helper.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus_helpers import run_cli
+from corpus_helpers import digest, run_cli, tree
 from curate.atomic import atomic_dir, atomic_path, disk_error
 from curate.errors import CurateError
 from mix_helpers import make_setup
@@ -49,15 +48,6 @@ def disk(tmp_path):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return make_setup(tmp_path_factory.mktemp("disk_faults"))
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def tree(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
 def one_line(err: str) -> str:

@@ -1,12 +1,10 @@
 """Nothing lost: a command replaces an existing --out only when it is its own kind of output and holds no input."""
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 
 import pytest
 
-from corpus_helpers import run_cli
+from corpus_helpers import digest, run_cli
 from curate.augment.mix import MixSpec, build_mix
 from curate.errors import CurateError
 from curate.outputs import CORPUS, INDEX, MIX, SCORES, check_output_folder, folder_kind
@@ -16,12 +14,6 @@ from mix_helpers import make_setup
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return make_setup(tmp_path_factory.mktemp("outputs"))
-
-
-def digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root` (hidden ones included), keyed by relative path."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def one_error_line(err: str) -> str:
