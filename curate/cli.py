@@ -20,6 +20,7 @@ app = typer.Typer(
 # One line per command module; each defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = [
     "curate.commands.corpus",
+    "curate.commands.tokenizer",
     "curate.commands.build_default",
     "curate.commands.circuits",
     "curate.commands.train",

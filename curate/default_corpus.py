@@ -19,7 +19,8 @@ from curate.outputs import CORPUS, check_output_folder
 from curate.corpus import METADATA_FILE, CorpusMeta
 from curate.errors import CurateError
 from curate.minipile import MixtureConfig, copy_pieces, generate_documents
-from curate.tokenize import EOT_TOKEN, TextTokenizer
+from curate.tokenize import TextTokenizer
+from curate.tokenize import train_tokenizer as train_bpe
 from curate.workspace import default_corpus_dir
 
 GENERATOR_VERSION = 1  # bump when the generator's output for a given seed changes
@@ -71,24 +72,8 @@ def tokenizer_alphabet() -> list[str]:
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> TextTokenizer:
-    """A deterministic byte-level BPE with `<|endoftext|>` (id 0) over the generator's alphabet."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    alphabet = tokenizer_alphabet()
-    if vocab_size < len(alphabet) + 1:
-        raise CurateError(f"tokenizer vocabulary {vocab_size} is below the alphabet size {len(alphabet) + 1}")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[EOT_TOKEN],
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    return TextTokenizer(tok, "minipile-bpe")
+    """The default corpus's BPE (`curate.tokenize.train_tokenizer`) over the generator's alphabet."""
+    return train_bpe(texts, vocab_size, tokenizer_alphabet(), "minipile-bpe")
 
 
 PAD_CHAR = "\t"  # never in generated text, so the tokenizer has no merge with it: one token per tab

@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from curate.atomic import atomic_dir, write_json
-from curate.outputs import CORPUS, check_output_folder
+from curate.outputs import CORPUS, TOKENIZER, check_output_folder
 from curate.corpus import METADATA_FILE, PYTHIA_BATCH_SIZE, CorpusMeta
 from curate.errors import CurateError
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import write_table_parquet
-from curate.tokenize import TextTokenizer, load_tokenizer, pack_rows, shuffle_rows
+from curate.tokenize import TextTokenizer, load_tokenizer, pack_rows, save_tokenizer_folder, shuffle_rows, train_tokenizer
 
 DATA_PREFIX = "corpus"
 SIDECAR_FILE = "rows.parquet"
@@ -42,6 +42,7 @@ class Documents:
     texts: list[str]
     fields: dict[str, list]
     source: str
+    skipped: int = 0  # files of a folder that were skipped as binary or not UTF-8
 
 
 @dataclass
@@ -54,6 +55,7 @@ class IngestResult:
     num_documents: int
     num_tokens: int
     dropped_tail_tokens: int
+    skipped_files: int = 0  # files of a raw text folder skipped as binary or not UTF-8
 
 
 # -- reading documents --------------------------------------------------------------------------
@@ -111,25 +113,61 @@ def read_jsonl(path: str | Path, text_field: str = "text") -> Documents:
     return Documents(texts, fields, str(path))
 
 
+TEXT_SAMPLE_BYTES = 8192  # a NUL byte in a file's first bytes marks it binary
+
+
+def decode_text_file(path: Path) -> str | None:
+    """A raw text file's text: `.gz` decompressed, UTF-8 (a leading byte-order mark dropped); None when it is binary
+    (a NUL byte in its first `TEXT_SAMPLE_BYTES`) or not UTF-8."""
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile):
+            raise CurateError(f"{path}: cannot read ({e})") from None
+        return None
+    if b"\x00" in data[:TEXT_SAMPLE_BYTES]:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def text_label(relative: str) -> str:
+    """The `domain` label of a file in a raw text folder: its top-level subfolder, or for a file at the top
+    level its extension (`.gz` looked through; "none" without one)."""
+    parts = relative.split("/")
+    if len(parts) > 1:
+        return parts[0]
+    name = parts[0][:-3] if parts[0].endswith(".gz") else parts[0]
+    suffix = Path(name).suffix.lower().lstrip(".")
+    return suffix or "none"
+
+
 def read_text_dir(path: str | Path) -> Documents:
-    """Every non-hidden file under a folder (sorted by relative path) is one document; label `path`."""
+    """Every non-hidden file under a folder, recursively, sorted by relative path, is one document: any
+    extension, `.gz` decompressed, read as UTF-8; binary and non-UTF-8 files are skipped (counted in
+    `skipped`). Labels: `domain` (`text_label`: the top-level subfolder) and `source` (the relative path)."""
     path = Path(path)
     files = sorted(
         (f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)),
         key=lambda f: f.relative_to(path).as_posix(),
     )
-    texts, names = [], []
+    texts, names, skipped = [], [], 0
     for f in files:
-        try:
-            texts.append(f.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise CurateError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = decode_text_file(f)
+        if text is None:
+            skipped += 1
+            continue
+        texts.append(text)
         names.append(f.relative_to(path).as_posix())
-    return Documents(texts, {"path": names}, str(path))
+    if not texts and skipped:
+        raise CurateError(f"{path}: no text files (all {skipped} files are binary or not UTF-8)")
+    return Documents(texts, {"domain": [text_label(n) for n in names], "source": names}, str(path), skipped)
 
 
 def read_documents(path: str | Path) -> Documents:
-    """JSONL (`.jsonl`, `.json`, `.jsonl.gz`), a folder of text files, or one plain text file."""
+    """JSONL (`.jsonl`, `.json`, `.jsonl.gz`), a folder of raw text files (`read_text_dir`), or one plain text file."""
     p = Path(path)
     if not p.exists():
         raise CurateError(f"{p}: no such file or folder")
@@ -139,7 +177,7 @@ def read_documents(path: str | Path) -> Documents:
         docs = read_jsonl(p)
     else:
         try:
-            docs = Documents([p.read_bytes().decode("utf-8")], {"path": [p.name]}, str(p))
+            docs = Documents([p.read_bytes().decode("utf-8")], {"source": [p.name]}, str(p))
         except UnicodeDecodeError as e:
             raise CurateError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not docs.texts:
@@ -280,15 +318,38 @@ def ingest_documents(
 
 def ingest_path(
     input_path: str | Path,
-    tokenizer: str | Path,
+    tokenizer: str | Path | None,
     seq_len: int,
     out_dir: str | Path,
     seed: int = 0,
     batch_size: int = PYTHIA_BATCH_SIZE,
     progress: ProgressFn | None = None,
+    vocab_size: int | None = None,
 ) -> IngestResult:
-    """`curate corpus ingest`: read JSONL / a text folder, then `ingest_documents`."""
-    tok = load_tokenizer(tokenizer)
+    """`curate corpus ingest`: read JSONL / a text folder, then `ingest_documents`; with `vocab_size` instead of a
+    tokenizer, a byte-level BPE of that size is trained on the input first (`train_tokenizer`) and saved in the corpus."""
+    if (tokenizer is None) == (vocab_size is None):
+        raise CurateError("give a tokenizer or a vocabulary size to train one, not both" if tokenizer is not None
+                          else "no tokenizer: give one, or a vocabulary size to train one on the input")
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else None
+    check_output_folder(out_dir, CORPUS, [input_path, tokenizer])
     docs = read_documents(input_path)
-    return ingest_documents(docs.texts, docs.fields, tok, seq_len, out_dir, seed, batch_size, docs.source, progress,
-                            inputs=[input_path, tokenizer])
+    if tok is None:
+        assert vocab_size is not None
+        if progress:
+            progress("train tokenizer", 0, 1)
+        tok = train_tokenizer(docs.texts, vocab_size, spec=f"bpe-{vocab_size} trained on {input_path}")
+    result = ingest_documents(docs.texts, docs.fields, tok, seq_len, out_dir, seed, batch_size, docs.source, progress,
+                              inputs=[input_path, tokenizer])
+    result.skipped_files = docs.skipped
+    return result
+
+
+def train_tokenizer_path(input_path: str | Path, vocab_size: int, out_dir: str | Path) -> tuple[TextTokenizer, Documents]:
+    """`curate tokenizer train`: a byte-level BPE trained on JSONL / a raw text folder / one text file, written
+    as a tokenizer folder (`save_tokenizer_folder`); returns it and the documents it was trained on."""
+    check_output_folder(out_dir, TOKENIZER, [input_path])
+    docs = read_documents(input_path)
+    tok = train_tokenizer(docs.texts, vocab_size, spec=f"bpe-{vocab_size}")
+    save_tokenizer_folder(tok, out_dir)
+    return tok, docs

@@ -22,15 +22,17 @@ INDEX = "index"
 CORPUS = "corpus"
 RUN = "run"
 EXPERIMENT = "experiment"
+TOKENIZER = "tokenizer"
 
 _LABEL = {
     MIX: "mix", SYNTHETIC: "synthetic corpus", SCORES: "scores folder", INDEX: "structure index",
-    CORPUS: "corpus", RUN: "training run", EXPERIMENT: "experiment",
+    CORPUS: "corpus", RUN: "training run", EXPERIMENT: "experiment", TOKENIZER: "tokenizer folder",
 }
 # Files (or, last, folders) a writer always leaves, naming its kind (checked after manifest.json).
 _SIGNATURE_FILES = (("experiment.json", EXPERIMENT), ("model-config.json", EXPERIMENT),  # a --scales size folder
                     ("run.json", RUN), ("index.json", INDEX),
-                    ("corpus.json", CORPUS), ("summary.json", SCORES), ("factors", SCORES), ("shards", SCORES))
+                    ("corpus.json", CORPUS), ("summary.json", SCORES), ("factors", SCORES), ("shards", SCORES),
+                    ("tokenizer_config.json", TOKENIZER))
 
 
 def _manifest_kind(folder: Path) -> str | None:
@@ -52,7 +54,7 @@ def _manifest_kind(folder: Path) -> str | None:
 
 # `command.json` (the saved options of the command that writes the folder; see `curate replay`) -> kind
 _COMMAND_KINDS = {"score": SCORES, "train": RUN, "build-mix": MIX, "synth": SYNTHETIC, "experiment": EXPERIMENT,
-                  "ingest": CORPUS, "index": INDEX}
+                  "ingest": CORPUS, "index": INDEX, "tokenizer-train": TOKENIZER}
 
 
 def _command_kind(folder: Path) -> str | None:

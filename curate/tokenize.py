@@ -33,12 +33,61 @@ class TextTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+MIN_VOCAB = 257  # a byte-level BPE over all 256 bytes, plus the end-of-text token
+
+
+def byte_alphabet() -> list[str]:
+    """The 256 byte-level symbols: a tokenizer trained over them encodes any text."""
+    from tokenizers import pre_tokenizers
+
+    return sorted(pre_tokenizers.ByteLevel.alphabet())
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, alphabet: Sequence[str] | None = None,
+                    spec: str = "bpe") -> TextTokenizer:
+    """A deterministic byte-level BPE with `<|endoftext|>` (id 0): the same texts and vocabulary size give the
+    same tokenizer.json. `alphabet`: the byte-level symbols it starts from (default: all 256 bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = list(byte_alphabet() if alphabet is None else alphabet)
+    if vocab_size < len(alphabet) + 1:
+        raise CurateError(f"tokenizer vocabulary {vocab_size} is below the alphabet size {len(alphabet) + 1}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT_TOKEN],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    return TextTokenizer(tok, spec)
+
+
 def hf_tokenizer_config() -> dict:
     """`tokenizer_config.json` beside a copied `tokenizer.json`: `AutoTokenizer` then loads the file as it is, with
     the end-of-text token (in the vocabulary) as pad/eos/bos, instead of a GPT-NeoX tokenizer that appends
     `<|padding|>` past the model's embeddings."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN,
             "pad_token": EOT_TOKEN, "clean_up_tokenization_spaces": False}
+
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def save_tokenizer_folder(tok: TextTokenizer, out_dir: str | Path) -> Path:
+    """A tokenizer folder, written atomically: `tokenizer.json` and `tokenizer_config.json` (`hf_tokenizer_config`:
+    the end-of-text token as pad, in the vocabulary, as checkpoints have it), loadable by `load_tokenizer` and
+    transformers' `AutoTokenizer`."""
+    from curate.atomic import atomic_dir, write_json
+
+    with atomic_dir(out_dir) as tmp:
+        tok.tok.save(str(tmp / TOKENIZER_FILE))
+        write_json(tmp / TOKENIZER_CONFIG_FILE, hf_tokenizer_config())
+    return Path(out_dir)
 
 
 def load_tokenizer(spec: str | Path) -> TextTokenizer:

@@ -22,7 +22,11 @@ from curate.errors import CurateError
 from curate.commands.options import command, save_config
 from curate.export import ExportFormat, export_rows
 from curate.options import arg, check_positive, flag, opt, workspace_opt
+from curate.tokenize import MIN_VOCAB
+from curate.training.recipes import REFERENCE_RUN
 from curate.workspace import default_corpus_dir, resolve_workspace
+
+REFERENCE_BATCH_SIZE = int(REFERENCE_RUN["batch_size"])  # `corpus ingest`'s default: the default recipe's batch size
 
 corpus_app = typer.Typer(
     name="corpus",
@@ -293,15 +297,30 @@ def show_command(o: ShowOptions) -> None:
 class IngestOptions:
     """`curate corpus ingest`."""
 
-    input_path: Path = arg(help="JSONL ({\"text\": ...} per line, .gz ok) or a folder of text files.", metavar="INPUT")
-    tokenizer: str = opt(..., "--tokenizer", help="tokenizer.json path (or folder holding one) or a transformers name.", show_default=False)
+    input_path: Path = arg(help="JSONL ({\"text\": ...} per line, .gz ok; other fields become row labels) or a folder of raw text files (recursive; any extension, .gz decompressed, UTF-8; binary files skipped; labels domain = top-level subfolder, source = relative path).", metavar="INPUT")
+    tokenizer: str | None = opt(None, "--tokenizer", help="tokenizer.json path (or folder holding one) or a transformers name.", show_default=False)
+    vocab: int | None = opt(None, "--vocab", help="Instead of --tokenizer: train a byte-level BPE of this many tokens on INPUT (saved in --out).", show_default=False)
     seq_len: int = opt(..., "--seq-len", help="Context length; rows hold seq_len + 1 tokens (2048 -> Pythia's 2,049).", show_default=False)
     out: Path = opt(..., "--out", help="Output corpus folder (created; replaced if it is a curate corpus).", show_default=False)
     seed: int = opt(0, "--seed", help="Seed of the row shuffle (training order).")
-    batch_size: int = opt(1024, "--batch-size", help="Rows per training step recorded in corpus.json.")
+    batch_size: int = opt(REFERENCE_BATCH_SIZE, "--batch-size", help="Rows per training step recorded in corpus.json (default: the default recipe's).")
 
     def validate(self) -> None:
         check_positive(self, "seq_len", "batch_size")
+        if (self.tokenizer is None) == (self.vocab is None):
+            raise CurateError(f"give {flag(self, 'tokenizer')} or {flag(self, 'vocab')} (to train one on INPUT)"
+                              + (", not both" if self.tokenizer is not None else ""))
+        if self.vocab is not None:
+            check_vocab(self, "vocab")
+
+
+def check_vocab(options: object, name: str) -> None:
+    """A BPE vocabulary size: the 256 byte symbols plus the end-of-text token at least."""
+    check_positive(options, name, minimum=MIN_VOCAB)
+
+
+def skipped_note(skipped: int) -> str:
+    return f"; skipped {skipped:,} binary or non-UTF-8 file{'s' if skipped != 1 else ''}" if skipped else ""
 
 
 def ingest_command(o: IngestOptions) -> None:
@@ -316,12 +335,14 @@ def ingest_command(o: IngestOptions) -> None:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report)
+        result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report,
+                             vocab_size=o.vocab)
     save_config(result.out_dir, "ingest", o)
     steps = result.num_rows // o.batch_size
+    trained = f"; tokenizer: BPE of {o.vocab:,} trained on INPUT" if o.vocab is not None else ""
     print(
         f"wrote {result.out_dir}: {result.num_rows:,} rows x {o.seq_len + 1} tokens from {result.num_documents:,} documents "
-        f"({steps:,} steps of {o.batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped)"
+        f"({steps:,} steps of {o.batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped{skipped_note(result.skipped_files)}{trained})"
     )
 
 

@@ -23,8 +23,10 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {}
 """Every command built by `command`, by name: its options class and its run function (for `curate replay`)."""
 
 
-def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any], None], **kwargs: Any) -> None:
-    """Register `name` on `app`: a typer command whose parameters are `options_cls`'s CLI fields."""
+def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any], None], cli_name: str | None = None,
+            **kwargs: Any) -> None:
+    """Register `name` on `app`: a typer command whose parameters are `options_cls`'s CLI fields. `cli_name`: its
+    name on the command line when `name` (unique across commands, as `command.json` records it) differs."""
     hints = typing.get_type_hints(options_cls)
     params = []
     ordered = cli_fields(options_cls)
@@ -55,7 +57,7 @@ def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any],
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {}
     COMMANDS[name] = (options_cls, run)
-    app.command(name, **kwargs)(wrapper)
+    app.command(cli_name or name, **kwargs)(wrapper)
 
 
 def dispatch(options: Any, run: Callable[[Any], None]) -> None:
