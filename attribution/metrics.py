@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,6 +153,23 @@ def previous_token_diagonal(weights: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(weights, offset=-1, dim1=-2, dim2=-1)
 
 
+def first_candidate_layer(metric: str, num_layers: int) -> int:
+    """The lowest layer whose heads count for `metric`: an induction head needs a previous-token head below it, so a
+    layer-0 head cannot do induction (its prefix-matching score would be positional) and is left out when the
+    model has more layers; previous-token heads count in every layer."""
+    return 1 if metric == "induction" and num_layers > 1 else 0
+
+
+def best_of(values, metric: str) -> tuple[HeadRef, float]:
+    """The best head for `metric` among those that count for it (`first_candidate_layer`) in a
+    (layers x heads) array or nested list of its values, and the value."""
+    arr = np.asarray(values, dtype=np.float64)
+    first = first_candidate_layer(metric, arr.shape[0])
+    sub = arr[first:]
+    layer, head = divmod(int(np.argmax(sub)), sub.shape[1])
+    return HeadRef(layer + first, head), float(sub[layer, head])
+
+
 @dataclass(frozen=True)
 class HeadScores:
     """Per-head metric values, each (num_layers, num_heads) float32 on the CPU."""
@@ -175,11 +193,8 @@ class HeadScores:
         return getattr(self, name)
 
     def best(self, name: str) -> tuple[HeadRef, float]:
-        """The head with the highest value of metric `name`, and that value."""
-        values = self.metric(name)
-        flat = int(torch.argmax(values))
-        head = HeadRef(flat // self.num_heads, flat % self.num_heads)
-        return head, float(values[head.layer, head.head])
+        """The best head for metric `name` among those that count for it (`best_of`), and its value."""
+        return best_of(self.metric(name).numpy(), name)
 
     def to_json(self) -> dict:
         return {"induction": self.induction.tolist(), "previous_token": self.previous_token.tolist()}

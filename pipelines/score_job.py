@@ -169,6 +169,36 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
     return resolve_stored(str(corpus), run_dir, absolute), raw.get("batch_size")
 
 
+def _run_epochs(run_dir: Path) -> int:
+    """The epochs a run folder trained for (`curate train --epochs`; 1 when it records none)."""
+    from curate.training.models import RUN_FILE
+
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return 1
+    return int(json.loads(path.read_text()).get("spec", {}).get("epochs") or 1)
+
+
+def _first_epoch_window(start: int, end: int, batch: int, corpus: Corpus, epochs: int, notes: list[str]) -> int:
+    """The window's end for a run trained for several epochs: the rows of steps [start, end) are the corpus's rows
+    [start*B, end*B) only inside the first pass (`training.plan`: later passes are reshuffled). A window from 0
+    that reaches past the first pass has trained on every row: it is scored as the first pass's whole steps (each
+    row once, at its first-pass step); a later start is refused."""
+    from curate.training.plan import training_rows
+
+    first = training_rows(corpus) // batch
+    if end <= first:
+        return end
+    if start != 0:
+        raise CurateError(
+            f"the window {start}:{end} reaches past the first epoch (steps 0:{first}) of a run trained for {epochs} "
+            f"epochs, whose later epochs are reshuffled: score a window inside 0:{first}, or one from 0 (every row once)"
+        )
+    notes.append(f"the window 0:{end} spans {end / max(first, 1):.1f} epochs of a run trained for {epochs}: "
+                 f"scored as 0:{first}, the first epoch's whole steps (every row trained on, each once, at its first-epoch step)")
+    return first
+
+
 # --------------------------------------------------------------------------- probes and identity
 
 
@@ -264,6 +294,9 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         end = step
     if end <= start:
         raise CurateError(f"the window {start}:{end} is empty (the checkpoint is at step {step})")
+    epochs = _run_epochs(run_dir) if run_dir is not None and req.corpus is None else 1
+    if epochs > 1:
+        end = _first_epoch_window(start, end, batch, corpus, epochs, notes)
     if end * batch > corpus.num_rows:
         raise CurateError(
             f"the window {start}:{end} is outside the corpus: {corpus.path} holds {corpus.num_rows} rows = "

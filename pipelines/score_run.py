@@ -11,6 +11,7 @@ fit), copy-share and loss skip the fit and the probe and the actors score the sh
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -39,13 +40,20 @@ from curate.pipelines.score_request import ScoreRequest
 # --------------------------------------------------------------------------- progress
 
 
+HEARTBEAT_S = 60.0
+"""Without progress bars (`--quiet`), a phase still prints one line at most this often: shards and rows done."""
+
+
 class JobProgress:
-    """A rich progress bar per phase (rows done, rows/s, ETA) on stderr; silent when disabled."""
+    """A rich progress bar per phase (rows done, rows/s, ETA) on stderr; when disabled, a one-line heartbeat on
+    stderr at most every `HEARTBEAT_S` seconds (shards and rows done of the total), so a long quiet run shows it is alive."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._progress = None
         self._task = None
+        self._name, self._rows, self._rows_total, self._shards, self._shards_total = "", 0, 0, 0, 0
+        self._t0 = self._last = time.monotonic()
 
     def __enter__(self) -> "JobProgress":
         if self.enabled:
@@ -65,13 +73,25 @@ class JobProgress:
             self._progress.__enter__()
         return self
 
-    def phase(self, name: str, total: int, done: int = 0) -> None:
+    def phase(self, name: str, total: int, done: int = 0, shards: int = 0, shards_done: int = 0) -> None:
+        """A new phase of `total` rows (`done` already); `shards`: its shard count (`shards_done` already)."""
         if self._progress is not None:
             self._task = self._progress.add_task(name, total=total, completed=done)
+        self._name, self._rows_total, self._rows, self._shards_total, self._shards = name, total, done, shards, shards_done
+        self._last = time.monotonic()
 
     def advance(self, rows: int) -> None:
+        """`rows` more rows done (one shard or chunk)."""
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, rows)
+        self._rows += rows
+        self._shards += 1
+        now = time.monotonic()
+        if not self.enabled and now - self._last >= HEARTBEAT_S:
+            self._last = now
+            shards = f"{self._shards:,}/{self._shards_total:,} shards, " if self._shards_total else ""
+            print(f"{self._name}: {shards}{self._rows:,}/{self._rows_total:,} rows done "
+                  f"({(now - self._t0) / 60:.0f} min elapsed)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
@@ -156,7 +176,8 @@ class RayExecutor:
 
         self.precond_ref = ray.put(preconditioned)
         self.pool.call_all("load_probe", self.precond_ref)
-        self.progress.phase("score", self.job.num_rows, self.job.num_rows - self.rows_todo)
+        total_shards = len(self.job.shards())
+        self.progress.phase("score", self.job.num_rows, self.job.num_rows - self.rows_todo, total_shards, total_shards - len(shards))
         out = self.job.out
         records: list[ShardRecord] = []
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from curate.atomic import atomic_path, write_json
+from curate.attribution.metrics import best_of
 
 CURVES_JSON = "curves.json"
 CURVES_PARQUET = "curves.parquet"
@@ -22,13 +21,9 @@ METRICS = ("induction", "previous_token")
 
 
 def best_head(point: dict, metric: str) -> tuple[str, float]:
-    """("L.H", value) of the best head for `metric` at one evaluation point."""
-    values = np.asarray(point[metric], dtype=np.float64)
-    first_layer = 1 if metric == "induction" and values.shape[0] > 1 else 0
-    sub = values[first_layer:]
-    flat = int(np.argmax(sub))
-    layer, head = divmod(flat, sub.shape[1])
-    return f"{layer + first_layer}.{head}", float(sub[layer, head])
+    """("L.H", value) of the best head for `metric` at one evaluation point (`attribution.metrics.best_of`)."""
+    head, value = best_of(point[metric], metric)
+    return str(head), value
 
 
 def emergence_step(steps: list[int], values: list[float], threshold: float) -> int | None:

@@ -11,6 +11,7 @@ A plan is a JSON file (relative paths inside it are relative to the plan file's 
         {"step": 900, "corpus": "synthetic/", "rows": [0, 1, 2]},    # one block (or "rows_file")
         {"steps": [200, 400], "corpus": "top/"}                      # spread evenly, all rows of top/
       ],
+      "epochs": 3, "epoch_seed": 0,     # optional: passes over the rows (default 1), each later one reshuffled
       "note": "free text"
     }
 
@@ -21,7 +22,12 @@ column) or text (one id per line, `#` comments).
 
 Stream semantics (what "the same order" means in experiments), with B = batch size:
 1. Base stream S0 = the base corpus rows in `order` (default 0, 1, ..., N-1) with every row whose id
-   is in `drop` removed (all its occurrences; later rows move up to fill the gap).
+   is in `drop` removed (all its occurrences; later rows move up to fill the gap). With `epochs` E > 1,
+   S0 is E passes over those rows (without an order: the rows before the corpus's held-out rows,
+   `heldout_start`, when it has them), one after the other: the first in that order (the corpus's own
+   training order, so a multi-epoch run's first epoch is the one-epoch run's stream), pass e >= 1 in
+   the seeded permutation `epoch_order(rows, epoch_seed, e)`. Epochs need not end on a step boundary:
+   with P rows per pass, step k holds stream positions [k*B, (k+1)*B), which may straddle two passes.
 2. Every inserted row gets an anchor, a position in S0: a block at `step` s anchors all its rows at
    s*B; a spread over `steps` [a, b) anchors its j-th of n rows at a*B + floor(j*(b-a)*B/n).
 3. The stream is S0 with each inserted row placed immediately BEFORE the S0 row at its anchor;
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +49,7 @@ from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 
 PLAN_VERSION = 1
-PLAN_KEYS = {"version", "corpus", "order", "order_file", "drop", "drop_file", "insert", "note"}
+PLAN_KEYS = {"version", "corpus", "order", "order_file", "drop", "drop_file", "insert", "epochs", "epoch_seed", "note"}
 INSERT_KEYS = {"step", "steps", "corpus", "rows", "rows_file", "note"}
 BASE_SOURCE = 0
 
@@ -81,10 +87,12 @@ class TrainingPlan:
     insert: list[Insertion] = field(default_factory=list)
     note: str = ""
     source: str | None = None  # the file or corpus path it was loaded from
+    epochs: int = 1  # passes over the base rows; pass e >= 1 in the permutation epoch_order(..., epoch_seed, e)
+    epoch_seed: int = 0
 
     @property
     def is_baseline(self) -> bool:
-        return self.corpus is None and self.order is None and len(self.drop) == 0 and not self.insert
+        return self.corpus is None and self.order is None and len(self.drop) == 0 and not self.insert and self.epochs == 1
 
     def to_json(self) -> dict:
         """Self-contained JSON form (absolute paths, ids inline): what a run folder records in plan.json."""
@@ -97,6 +105,9 @@ class TrainingPlan:
             out["drop"] = [int(r) for r in self.drop]
         if self.insert:
             out["insert"] = [ins.to_json() for ins in self.insert]
+        if self.epochs != 1:  # one epoch is left out, so plans (and their hashes) from before epochs are unchanged
+            out["epochs"] = self.epochs
+            out["epoch_seed"] = self.epoch_seed
         if self.note:
             out["note"] = self.note
         return out
@@ -213,6 +224,15 @@ def plan_from_json(raw: object, base_dir: Path, where: str) -> TrainingPlan:
         if not isinstance(raw["note"], str):
             raise CurateError(f"{where}: note must be a string")
         plan.note = raw["note"]
+    if "epochs" in raw:
+        epochs = raw["epochs"]
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise CurateError(f"{where}: epochs must be a whole number of at least 1, got {epochs!r}")
+        plan.epochs = epochs
+    if "epoch_seed" in raw:
+        if isinstance(raw["epoch_seed"], bool) or not isinstance(raw["epoch_seed"], int):
+            raise CurateError(f"{where}: epoch_seed must be an integer, got {raw['epoch_seed']!r}")
+        plan.epoch_seed = raw["epoch_seed"]
     inserts = raw.get("insert", [])
     if not isinstance(inserts, list):
         raise CurateError(f"{where}: insert must be a list of objects")
@@ -272,6 +292,52 @@ def load_plan(path: str | Path | None) -> TrainingPlan:
     return TrainingPlan(corpus=str(p.resolve()), source=str(p))
 
 
+# ---- epochs ---------------------------------------------------------------------------------------
+def epoch_order(rows: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The rows of one pass in training order: epoch 0 as given, epoch e >= 1 permuted by a generator seeded
+    with (seed, e), so every pass has its own order and the same seed gives the same passes."""
+    if epoch == 0:
+        return rows
+    return rows[np.random.default_rng([int(seed), int(epoch)]).permutation(len(rows))]
+
+
+def with_epochs(plan: TrainingPlan, epochs: int | None, seed: int) -> TrainingPlan:
+    """`plan` trained for `epochs` passes shuffled with `seed` (None: as the plan says); a plan that sets its own
+    epochs must agree."""
+    if epochs is None or (epochs == plan.epochs and (epochs == 1 or seed == plan.epoch_seed)):
+        return plan
+    if plan.epochs != 1:
+        raise CurateError(f"{plan.source or 'plan'}: sets {plan.epochs} epochs (seed {plan.epoch_seed}); "
+                          f"the run asks for {epochs} (seed {seed})")
+    if epochs < 1:
+        raise CurateError(f"epochs must be at least 1, got {epochs}")
+    return replace(plan, epochs=int(epochs), epoch_seed=int(seed) if epochs > 1 else 0)
+
+
+def training_rows(base: Corpus) -> int:
+    """The rows a pass may train on: those before the corpus's held-out rows (`heldout_start`), else all."""
+    start = base.meta.extra.get("heldout_start") if base.meta is not None else None
+    return int(start) if start is not None and 0 < int(start) <= base.num_rows else base.num_rows
+
+
+def epoch_rows(plan: TrainingPlan, base: Corpus) -> int:
+    """Rows of one pass over the base corpus under `plan` (its order, less its drops)."""
+    n = len(plan.order) if plan.order is not None else training_rows(base)
+    if not len(plan.drop):
+        return n
+    order = plan.order if plan.order is not None else np.arange(n, dtype=np.int64)
+    return int((~np.isin(order, plan.drop)).sum())
+
+
+def epoch_steps(plan: TrainingPlan, base: Corpus, batch_size: int) -> int:
+    """Whole steps of `plan.epochs` passes plus the plan's inserted rows (when the rows do not fill the last step,
+    its rows go untrained)."""
+    inserted = 0
+    for ins in plan.insert:
+        inserted += len(ins.rows) if ins.rows is not None else open_corpus(ins.corpus).num_rows
+    return (plan.epochs * epoch_rows(plan, base) + inserted) // batch_size
+
+
 # ---- the row stream -------------------------------------------------------------------------------
 @dataclass
 class RowStream:
@@ -329,6 +395,8 @@ def resolve_stream(
         if len(plan.order) and plan.order.max() >= n:
             raise CurateError(f"{where}: order names row {int(plan.order.max())}, but {base.path} has {n} rows")
         order = plan.order
+    elif plan.epochs > 1:
+        order = np.arange(training_rows(base), dtype=np.int64)  # every pass holds all the training rows
     else:
         order = np.arange(min(n, needed + len(plan.drop)), dtype=np.int64)
     if len(plan.drop):
@@ -341,6 +409,8 @@ def resolve_stream(
         base_stream = order[~np.isin(order, plan.drop)]
     else:
         base_stream = order
+    if plan.epochs > 1:
+        base_stream = np.concatenate([epoch_order(base_stream, plan.epoch_seed, e) for e in range(plan.epochs)])
     base_stream = base_stream[:needed]
 
     sources: list[Corpus] = [base]
@@ -402,7 +472,9 @@ def resolve_stream(
         source = np.zeros(len(base_stream), dtype=np.int32)
         row = base_stream.astype(np.int64)
     if len(row) < needed:
+        passes = f"{plan.epochs} passes over its rows" if plan.epochs > 1 else "one pass over its rows"
         raise CurateError(
-            f"{base.path}: the plan leaves {len(row)} rows, but {steps} steps at batch size {batch_size} need {needed}"
+            f"{base.path}: the plan leaves {len(row)} rows ({passes}), but {steps} steps at batch size {batch_size} "
+            f"need {needed}; train fewer steps or more epochs"
         )
     return RowStream(sources=sources, source=source[:needed], row=row[:needed], batch_size=batch_size)

@@ -31,7 +31,8 @@ from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summari
 from curate.attribution.fingerprint import model_fingerprint
 from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, load_model, resolve_checkpoint_dir
 from curate.paths import portable, resolve_stored
-from curate.training.plan import TrainingPlan, RowStream, corpus_key, load_plan, plan_from_json, resolve_stream
+from curate.training.plan import (TrainingPlan, RowStream, corpus_key, epoch_steps, load_plan, plan_from_json, resolve_stream,
+                                  with_epochs)
 from curate.training.recipes import CHECKPOINT_RECIPE
 from curate.training.schedule import DEFAULT_CHECKPOINTS, lr_at, parse_checkpoint_steps
 
@@ -79,9 +80,10 @@ class TrainSpec:
     architecture: dict | None = None  # GPTNeoXConfig fields that replace the default model's (layers, width, heads, context)
     micro_batch: int | None = None  # rows per forward/backward, gradients accumulated over the step (None: the whole batch)
     autocast: bool | None = None  # bf16 autocast of the forward on CUDA, fp32 master weights (None: on for cuda, off for cpu)
+    epochs: int | None = None  # passes over the rows, each after the first reshuffled with `seed` (None: the plan's, else 1)
 
     # fields added after runs were first recorded: left out of to_json (and so of spec hashes) while unset
-    OPTIONAL_FIELDS = ("architecture", "micro_batch", "autocast")
+    OPTIONAL_FIELDS = ("architecture", "micro_batch", "autocast", "epochs")
 
     def to_json(self) -> dict:
         body = asdict(self)
@@ -156,11 +158,27 @@ class TrainResult:
 
 # ---- setup helpers --------------------------------------------------------------------------------
 def _resolved_plan(spec: TrainSpec) -> TrainingPlan:
+    """The spec's plan, with the spec's epochs (shuffled with its seed) when it gives them."""
     if spec.plan is None:
-        return TrainingPlan()
-    if isinstance(spec.plan, dict):
-        return plan_from_json(spec.plan, Path.cwd(), "plan")
-    return load_plan(spec.plan)
+        plan = TrainingPlan()
+    elif isinstance(spec.plan, dict):
+        plan = plan_from_json(spec.plan, Path.cwd(), "plan")
+    else:
+        plan = load_plan(spec.plan)
+    return with_epochs(plan, spec.epochs, spec.seed)
+
+
+def steps_of_epochs(spec: TrainSpec) -> int:
+    """The whole steps of the spec's epochs over its corpus (or its plan's), at its batch size."""
+    plan = _resolved_plan(spec)
+    path = plan.corpus or spec.corpus
+    if path is None:
+        raise CurateError("no corpus: give a training corpus (or a plan that names one)")
+    base = open_corpus(path)
+    steps = epoch_steps(plan, base, spec.batch_size or base.batch_size)
+    if steps < 1:
+        raise CurateError(f"{base.path}: {plan.epochs} epoch(s) of its rows do not fill one step")
+    return steps
 
 
 def _abs(path: str | None) -> str | None:
@@ -326,6 +344,7 @@ def _check_spec(spec: TrainSpec) -> None:
         (spec.micro_batch is None or spec.micro_batch >= 1, f"micro_batch must be at least 1 (got {spec.micro_batch})"),
         (spec.threads >= 1, f"threads must be at least 1 (got {spec.threads})"),
         (spec.heldout_rows >= 0, f"heldout_rows must be >= 0 (got {spec.heldout_rows})"),
+        (spec.epochs is None or spec.epochs >= 1, f"epochs must be at least 1 (got {spec.epochs})"),
         (not (spec.model_config is not None and spec.init_from is not None), "give a model config or a checkpoint to start from, not both"),
         (not (spec.architecture and (spec.model_config is not None or spec.init_from is not None)),
          "architecture fields shape a fresh default model: give them without a model config or a checkpoint"),

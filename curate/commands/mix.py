@@ -60,7 +60,47 @@ def build_mix_command(o: BuildMixOptions) -> None:
         f"mix of {c['window_rows']:,} window rows: removed {c['removed']:,}, added {c['added']:,} -> {c['rows']:,} rows "
         f"({reasons}) -> {result.out}"
     )
-    typer.echo(f"train on it: curate train --plan {result.out / 'plan.json'}   check it: curate verify {result.out}")
+    typer.echo(f"train on it: {retrain_command(o.scores, result)}")
+    typer.echo(f"check it: curate verify {result.out}")
+
+
+def retrain_command(scores: Path, result) -> str:
+    """A `curate train` command line that trains the mix's arm: its plan, at the scored run's batch size, with the
+    scored run's architecture flags and epochs when its run folder records them, for as many steps as the plan
+    holds rows (one epoch) or as many epochs as the scored run, into a folder beside the mix."""
+    import json
+    import shlex
+
+    from curate.attribution.scores_folder import open_scores
+    from curate.commands.train import ARCHITECTURE_OPTIONS
+
+    summary = open_scores(scores).summary
+    window = result.manifest.get("window", {}) if isinstance(result.manifest, dict) else {}
+    batch = int(summary.get("batch_size") or window.get("batch_size") or 0)
+    start = int((summary.get("window") or [0])[0])
+    out = result.out.parent / f"{result.out.name}-run"
+    args = ["curate", "train", "--plan", str(result.out / "plan.json")]
+    spec: dict = {}
+    checkpoint = summary.get("checkpoint")
+    if checkpoint:
+        run_file = Path(checkpoint).parent.parent / "run.json"
+        try:
+            spec = json.loads(run_file.read_text()).get("spec", {}) if run_file.is_file() else {}
+        except (OSError, ValueError):
+            spec = {}
+    for option, field in ARCHITECTURE_OPTIONS.items():
+        value = (spec.get("architecture") or {}).get(field)
+        if value is not None:
+            args += [f"--{option}", str(value)]
+    if batch:
+        args += ["--batch-size", str(batch)]
+    epochs = int(spec.get("epochs") or 1)
+    if epochs > 1:
+        args += ["--epochs", str(epochs), "--seed", str(spec.get("seed", 0))]
+    elif batch:
+        args += ["--steps", str(start + int(result.counts["rows"]) // batch)]
+    args += ["--out", str(out)]
+    return shlex.join(args)
 
 
 @dataclass

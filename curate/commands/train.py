@@ -24,7 +24,8 @@ class TrainOptions:
     init_from: str | None = opt(None, "--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
     revision: str | None = opt(None, "--revision", help="Checkpoint of --from (stepK), as on the hub.")
     plan: str | None = opt(None, "--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")
-    steps: int | None = opt(None, "--steps", help="Train until this step (default 1000; --default: the reference length).")
+    steps: int | None = opt(None, "--steps", help="Train until this step (default 1000, or the whole steps of --epochs; --default: the reference length).")
+    epochs: int | None = opt(None, "--epochs", help="Passes over the corpus's rows (or the plan's); the first in the corpus's order, each later one in a fresh permutation seeded by --seed, recorded in the run's plan.json. Without --steps the run trains every whole step of them.")
     batch_size: int | None = opt(None, "--batch-size", help="Rows per step (default: the corpus's).")
     eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100).")
     checkpoints: str | None = opt(None, "--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")
@@ -55,7 +56,7 @@ class TrainOptions:
         if not self.default and self.out is None:
             raise CurateError(f"{flag(self, 'out')} is required (or use --default for the reference run)")
         shape = [name for name in ARCHITECTURE_OPTIONS if getattr(self, name) is not None]
-        for name in [*shape, "micro_batch"]:
+        for name in [*shape, "micro_batch", "epochs"]:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CurateError(f"{flag(self, name)} must be at least 1 (got {getattr(self, name)})")
         if (shape or self.preset) and (self.default or self.config is not None or self.init_from is not None):
@@ -113,7 +114,7 @@ def train_command(options: TrainOptions) -> None:
     o = options
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
-    from curate.training.trainer import TrainSpec, saved_spec, train
+    from curate.training.trainer import TrainSpec, saved_spec, steps_of_epochs, train
 
     given = o.spec_fields()
     ws = resolve_workspace(o.workspace)
@@ -140,6 +141,8 @@ def train_command(options: TrainOptions) -> None:
             if fields.get("corpus") is None and fields.get("plan") is None:
                 raise CurateError(f"{flag(o, 'corpus')} is required (or a {flag(o, 'plan')} that names a corpus, or --default)")
             spec = TrainSpec(**fields)
+            if o.epochs is not None and o.steps is None:
+                spec = dataclasses.replace(spec, steps=steps_of_epochs(spec))
         result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
     save_config(result.out_dir, "train", options)
     if o.as_json:
@@ -165,7 +168,8 @@ def _print_summary(result) -> None:
             continue
         table.add_row(metric.replace("_", "-"), f"{info['threshold']:g}",
                       str(info["emergence_step"]) if info["emergence_step"] is not None else "not formed",
-                      str(info["half_final_step"]), f"{info['final']:.3f} ({info['final_head']})")
+                      str(info["half_final_step"]) if info["emergence_step"] is not None else "never formed",
+                      f"{info['final']:.3f} ({info['final_head']})")
     console = Console()
     console.print(table)
     timing = result.summary.get("timing", {})
