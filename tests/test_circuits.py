@@ -280,6 +280,20 @@ def test_localization_with_no_head_explains_and_require_raises():
         loc.require()
 
 
+def test_no_head_note_names_the_best_head_the_curves_consider():
+    """A layer-0 head cannot do induction: the note names the best head of layer >= 1, as the training curves do."""
+    from curate.training.curves import best_head
+
+    model = tiny_model()
+    ind = [[0.9, 0.0], [0.0, 0.2], [0.1, 0.0]]
+    loc = get_circuit("induction").localize(model, PROBES, threshold=0.95, scores=scores_of(ind, [[0.0] * 2] * 3))
+    assert loc.notes == ["no head reaches induction 0.95; best is 1.1 at 0.200"]
+    assert best_head({"induction": ind}, "induction") == ("1.1", pytest.approx(0.2))
+    # previous-token heads count in every layer
+    prev = get_circuit("previous-token").localize(model, PROBES, threshold=0.95, scores=scores_of(ind, ind))
+    assert prev.notes == ["no head reaches previous_token 0.95; best is 0.0 at 0.900"]
+
+
 def test_explicit_heads_are_kept_with_notes():
     model = tiny_model()
     s = scores_of([[0.0, 0.1], [0.5, 0.1], [0.2, 0.6]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])

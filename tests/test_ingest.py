@@ -157,10 +157,23 @@ def test_read_text_folder(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("first")
     (tmp_path / ".hidden").write_text("skip")
     docs = read_documents(tmp_path)
-    assert docs.texts == ["first", "second"] and docs.fields == {"path": ["a.md", "b/2.txt"]}
-    (tmp_path / "c.bin").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(CurateError, match=r"c.bin: not UTF-8 text"):
-        read_documents(tmp_path)
+    assert docs.texts == ["first", "second"] and docs.skipped == 0
+    assert docs.fields == {"domain": ["md", "b"], "source": ["a.md", "b/2.txt"]}
+    # binary and non-UTF-8 files are skipped and counted; .gz files are read decompressed; a BOM is dropped
+    (tmp_path / "b" / "c.bin").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "b" / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "man" / "man1").mkdir(parents=True)
+    (tmp_path / "man" / "man1" / "ls.1.gz").write_bytes(gzip.compress(b".TH LS 1"))
+    (tmp_path / "bom.txt").write_bytes("\ufeffhello".encode("utf-8"))
+    (tmp_path / "NOTES").write_text("plain")
+    docs = read_documents(tmp_path)
+    assert docs.texts == ["plain", "first", "second", "hello", ".TH LS 1"] and docs.skipped == 2
+    assert docs.fields == {"domain": ["none", "md", "b", "txt", "man"],
+                           "source": ["NOTES", "a.md", "b/2.txt", "bom.txt", "man/man1/ls.1.gz"]}
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "x.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(CurateError, match=r"binary: no text files \(all 1 files are binary or not UTF-8\)"):
+        read_documents(tmp_path / "binary")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CurateError, match="no documents"):
         read_documents(tmp_path / "empty")

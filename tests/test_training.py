@@ -185,6 +185,29 @@ def test_summary_picks_best_head_above_layer_zero():
     assert s["previous_token"]["emergence_step"] == 10
 
 
+def test_summary_table_says_never_formed(capsys, monkeypatch):
+    """A circuit that never reached its threshold has no "50% of final" step to show (it is not step 0)."""
+    from types import SimpleNamespace
+
+    from curate.commands.train import _print_summary
+
+    def point(step, ind):
+        return {"step": step, "induction": ind, "previous_token": [[0.5, 0.0], [0.0, 0.0]], "loss": None,
+                "heldout_loss": None, "icl": None}
+
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    curves = [point(0, [[0.0, 0.0], [0.02, 0.0]]), point(10, [[0.0, 0.0], [0.004, 0.0]])]
+    summary = {"emergence": summarize_curves(curves, {"induction": 0.3, "previous_token": 0.3}), "timing": {}}
+    _print_summary(SimpleNamespace(summary=summary, out_dir=Path("run"), final_checkpoint=Path("run/step10")))
+    out = capsys.readouterr().out
+    induction = next(line for line in out.splitlines() if "induction" in line)
+    previous = next(line for line in out.splitlines() if "previous-token" in line)
+    cells = [c.strip() for c in induction.split("│")]
+    assert "never formed" in cells and "0" not in cells
+    cells = [c.strip() for c in previous.split("│")]
+    assert "never formed" not in cells and cells.count("0") == 2  # formed at step 0: its 50% step is shown
+
+
 # ---- schedule and checkpoint specs ----------------------------------------------------------------
 def test_lr_schedule_shape():
     lr, warm, total = 1e-3, 10, 110
