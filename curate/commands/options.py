@@ -115,5 +115,5 @@ def register(app: typer.Typer) -> None:
     def replay_command(
         folder: Annotated[Path, typer.Argument(help=f"A folder a command saved its options in ({CONFIG_FILE}), or that file.", show_default=False)],
     ) -> None:
-        """Run a saved command again from its folder's command.json (score, train, experiment, build-mix, corpus ingest, index)."""
+        """Run a saved command again from its folder's command.json (score, train, experiment, build-mix, corpus ingest, tokenizer train, index)."""
         replay(folder)
