@@ -57,7 +57,8 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     assert json.loads((run / "plan.json").read_text())["epochs"] == EPOCHS
 
     report = json.loads(cli(["circuits", run, "--revision", f"step{steps}", "--json"], monkeypatch, capsys))
-    assert report
+    assert [h["head"] for h in report["heads"]] == ["0.0", "0.1", "1.0", "1.1"]  # the --layers/--heads shape
+    assert report["probes"]["vocab_size"] == 300
 
     # scores: the default window (0 to the checkpoint) spans both epochs, so it is scored as the first epoch
     scores = tmp_path / "scores"
@@ -73,7 +74,7 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     assert all(trained_at[r] == st for r, st in zip(ids, shard_steps))
 
     out = cli(["explain", scores], monkeypatch, capsys)
-    assert "top" in out
+    assert f"{first_epoch * BATCH:,} window rows" in out  # the tail is read against the scored window
 
     # the mix without the top 10% and the arm trained on it, by the command build-mix prints
     mix = tmp_path / "mix"

@@ -230,8 +230,8 @@ def plan_from_json(raw: object, base_dir: Path, where: str) -> TrainingPlan:
             raise CurateError(f"{where}: epochs must be a whole number of at least 1, got {epochs!r}")
         plan.epochs = epochs
     if "epoch_seed" in raw:
-        if isinstance(raw["epoch_seed"], bool) or not isinstance(raw["epoch_seed"], int):
-            raise CurateError(f"{where}: epoch_seed must be an integer, got {raw['epoch_seed']!r}")
+        if isinstance(raw["epoch_seed"], bool) or not isinstance(raw["epoch_seed"], int) or raw["epoch_seed"] < 0:
+            raise CurateError(f"{where}: epoch_seed must be a non-negative integer, got {raw['epoch_seed']!r}")
         plan.epoch_seed = raw["epoch_seed"]
     inserts = raw.get("insert", [])
     if not isinstance(inserts, list):
@@ -311,6 +311,8 @@ def with_epochs(plan: TrainingPlan, epochs: int | None, seed: int) -> TrainingPl
                           f"the run asks for {epochs} (seed {seed})")
     if epochs < 1:
         raise CurateError(f"epochs must be at least 1, got {epochs}")
+    if epochs > 1 and seed < 0:
+        raise CurateError(f"the epochs are shuffled with the run's seed, which must not be negative (got {seed})")
     return replace(plan, epochs=int(epochs), epoch_seed=int(seed) if epochs > 1 else 0)
 
 
