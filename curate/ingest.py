@@ -233,8 +233,11 @@ def ingest_documents(
     source: str | None = None,
     progress: ProgressFn | None = None,
     inputs: Sequence[str | Path] = (),
+    heldout_rows: int = 0,
 ) -> IngestResult:
-    """Tokenize, pack into rows of seq_len + 1 tokens, shuffle with `seed`, write a corpus folder atomically."""
+    """Tokenize, pack into rows of seq_len + 1 tokens, shuffle with `seed`, write a corpus folder atomically.
+    `heldout_rows`: the last rows (after the shuffle: a random sample) are held out (`heldout_start` in corpus.json):
+    training never reads them, and evaluates its held-out loss and ICL score on them."""
     out_dir = Path(out_dir)
     fields = dict(fields or {})
     if seq_len < 1:
@@ -265,6 +268,8 @@ def ingest_documents(
     packed, _ = pack_rows(docs, row_len, tok.eot_id)
     del docs
     num_rows = packed.shape[0]
+    if not 0 <= heldout_rows < num_rows:
+        raise CurateError(f"{source or 'input'}: {heldout_rows} held-out rows leave no training row ({num_rows} rows in all)")
     order = shuffle_rows(num_rows, seed)
     first, last, main = row_documents(doc_tokens, row_len, num_rows)
     dtype = token_dtype_for_vocab(tok.vocab_size)
@@ -284,6 +289,7 @@ def ingest_documents(
             "dropped_tail_tokens": total - num_rows * row_len,
             "source": source,
             "tokenizer_source": tok.spec,
+            **({"heldout_start": num_rows - heldout_rows} if heldout_rows else {}),
         },
     )
     with atomic_dir(out_dir) as tmp:
@@ -325,6 +331,7 @@ def ingest_path(
     batch_size: int = PYTHIA_BATCH_SIZE,
     progress: ProgressFn | None = None,
     vocab_size: int | None = None,
+    heldout_rows: int = 0,
 ) -> IngestResult:
     """`curate corpus ingest`: read JSONL / a text folder, then `ingest_documents`; with `vocab_size` instead of a
     tokenizer, a byte-level BPE of that size is trained on the input first (`train_tokenizer`) and saved in the corpus."""
@@ -340,7 +347,7 @@ def ingest_path(
             progress("train tokenizer", 0, 1)
         tok = train_tokenizer(docs.texts, vocab_size, spec=f"bpe-{vocab_size} trained on {input_path}")
     result = ingest_documents(docs.texts, docs.fields, tok, seq_len, out_dir, seed, batch_size, docs.source, progress,
-                              inputs=[input_path, tokenizer])
+                              inputs=[input_path, tokenizer], heldout_rows=heldout_rows)
     result.skipped_files = docs.skipped
     return result
 

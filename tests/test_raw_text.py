@@ -18,6 +18,7 @@ RAW = Path(__file__).resolve().parent / "fixtures" / "raw_text"
 DOMAINS = {"latex", "python", "prose", "troff", "xml"}
 BATCH = 8
 EPOCHS = 2
+HELDOUT = 40
 SHAPE = ["--layers", "2", "--hidden", "32", "--heads", "2", "--context", "32"]
 
 
@@ -36,12 +37,13 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     cli(["tokenizer", "train", RAW, "--vocab", 300, "--out", tmp_path / "tok"], monkeypatch, capsys)
     corpus_dir = tmp_path / "corpus"
     out = cli(["corpus", "ingest", RAW, "--tokenizer", tmp_path / "tok", "--seq-len", 32, "--batch-size", BATCH,
-               "--out", corpus_dir], monkeypatch, capsys)
-    assert "from 15 documents" in out
+               "--heldout-rows", HELDOUT, "--out", corpus_dir], monkeypatch, capsys)
+    assert "from 15 documents" in out and f"the last {HELDOUT} rows held out" in out
     corpus = open_corpus(corpus_dir)
-    n = corpus.num_rows
+    n = corpus.num_rows - HELDOUT  # training rows
+    assert corpus.meta is not None and corpus.meta.extra["heldout_start"] == n
     side = pq.read_table(corpus_dir / "rows.parquet").to_pydict()
-    assert set(side["domain"]) == DOMAINS and side["row_id"] == list(range(n))
+    assert set(side["domain"]) == DOMAINS and side["row_id"] == list(range(n + HELDOUT))
     assert (corpus_dir / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
 
     # baseline: a tiny model, two epochs
@@ -51,9 +53,11 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     steps = EPOCHS * n // BATCH
     first_epoch = n // BATCH
     assert summary["complete"] and summary["steps"] == steps
+    assert "(heldout_start)" in summary["heldout"] and summary["emergence"]["icl"]["final"] is not None
     rows = stream_rows(run)
     second = rows[n:]  # the second epoch, in a fresh order, cut at the last whole step
     assert rows[:n] == list(range(n)) and len(set(second)) == len(second) == steps * BATCH - n and second != rows[: len(second)]
+    assert max(rows) < n  # the held-out rows are never trained on
     assert json.loads((run / "plan.json").read_text())["epochs"] == EPOCHS
 
     report = json.loads(cli(["circuits", run, "--revision", f"step{steps}", "--json"], monkeypatch, capsys))
@@ -90,7 +94,7 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     assert set(prov["source_row_id"]).isdisjoint(removed)
     arm_rows = stream_rows(arm)
     counts = Counter(arm_rows)
-    assert removed.isdisjoint(counts)  # the arm never saw a removed row
+    assert removed.isdisjoint(counts) and max(counts) < n  # the arm never saw a removed or a held-out row
     assert all(counts[r] >= 1 for r in prov["source_row_id"])  # and trained on every row of the mix
     assert arm_rows[: len(prov["row_id"])] == prov["source_row_id"]  # in the mix's order in its first epoch
     arm_run = json.loads((arm / "run.json").read_text())

@@ -101,6 +101,8 @@ def test_ingest_raw_folder_with_vocab(tmp_path, monkeypatch, capsys):
         (["--tokenizer", tmp_path / "tok", "--vocab", 300], "give --tokenizer or --vocab (to train one on INPUT), not both"),
         ([], "give --tokenizer or --vocab"),
         (["--vocab", 10], "--vocab must be at least 257"),
+        (["--vocab", 300, "--heldout-rows", 100_000], "100000 held-out rows leave no training row"),
+        (["--vocab", 300, "--heldout-rows", -1], "--heldout-rows must be at least 0"),
     ):
         code, out, err = run_cli(["corpus", "ingest", folder, "--seq-len", 32, "--out", tmp_path / "bad", *args], monkeypatch, capsys)
         assert code == 2 and err.strip().splitlines() == [f"error: {err.strip()[7:]}"] and message in err, err

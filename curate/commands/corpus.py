@@ -304,9 +304,11 @@ class IngestOptions:
     out: Path = opt(..., "--out", help="Output corpus folder (created; replaced if it is a curate corpus).", show_default=False)
     seed: int = opt(0, "--seed", help="Seed of the row shuffle (training order).")
     batch_size: int = opt(REFERENCE_BATCH_SIZE, "--batch-size", help="Rows per training step recorded in corpus.json (default: the default recipe's).")
+    heldout_rows: int = opt(0, "--heldout-rows", help="Hold out the last N rows (a random sample, after the shuffle): training never reads them and reports its held-out loss and ICL score on them.")
 
     def validate(self) -> None:
         check_positive(self, "seq_len", "batch_size")
+        check_positive(self, "heldout_rows", minimum=0)
         if (self.tokenizer is None) == (self.vocab is None):
             raise CurateError(f"give {flag(self, 'tokenizer')} or {flag(self, 'vocab')} (to train one on INPUT)"
                               + (", not both" if self.tokenizer is not None else ""))
@@ -336,13 +338,14 @@ def ingest_command(o: IngestOptions) -> None:
             bar.update(tasks[stage], completed=done)
 
         result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report,
-                             vocab_size=o.vocab)
+                             vocab_size=o.vocab, heldout_rows=o.heldout_rows)
     save_config(result.out_dir, "ingest", o)
-    steps = result.num_rows // o.batch_size
+    steps = (result.num_rows - o.heldout_rows) // o.batch_size
+    held = f"; the last {o.heldout_rows:,} rows held out" if o.heldout_rows else ""
     trained = f"; tokenizer: BPE of {o.vocab:,} trained on INPUT" if o.vocab is not None else ""
     print(
         f"wrote {result.out_dir}: {result.num_rows:,} rows x {o.seq_len + 1} tokens from {result.num_documents:,} documents "
-        f"({steps:,} steps of {o.batch_size}; {result.dropped_tail_tokens:,} tail tokens dropped{skipped_note(result.skipped_files)}{trained})"
+        f"({steps:,} steps of {o.batch_size}{held}; {result.dropped_tail_tokens:,} tail tokens dropped{skipped_note(result.skipped_files)}{trained})"
     )
 
 
