@@ -68,10 +68,11 @@ def _commands(setup, out: Path, tmp: Path) -> dict[str, list]:
         "synth": ["synth", "--from", setup.scores, "--rows", "64", "--top", "20", "--out", out],
         "index": ["index", setup.scores, "--out", out],
         "ingest": ["corpus", "ingest", docs, "--tokenizer", setup.corpus / "tokenizer.json", "--seq-len", "31", "--out", out],
+        "tokenizer": ["tokenizer", "train", Path(__file__).parent / "fixtures" / "raw_text", "--vocab", "2000", "--out", out],
     }
 
 
-@pytest.mark.parametrize("command", ["build-mix", "synth", "index", "ingest"])
+@pytest.mark.parametrize("command", ["build-mix", "synth", "index", "ingest", "tokenizer"])
 def test_full_disk_is_one_line_and_the_rerun_succeeds_with_room(command, setup, disk, tmp_path, monkeypatch, capsys) -> None:
     out = disk.path / "out"
     args = _commands(setup, out, tmp_path)[command]
@@ -86,7 +87,7 @@ def test_full_disk_is_one_line_and_the_rerun_succeeds_with_room(command, setup, 
     assert [p for p in tree(disk.path) if p.startswith(".")] == []
 
 
-@pytest.mark.parametrize("command", ["build-mix", "index", "ingest"])
+@pytest.mark.parametrize("command", ["build-mix", "index", "ingest", "tokenizer"])
 def test_read_only_location_is_one_line(command, setup, disk, tmp_path, monkeypatch, capsys) -> None:
     disk.remount("ro")
     out = disk.path / "out"

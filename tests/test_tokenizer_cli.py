@@ -79,6 +79,10 @@ def test_tokenizer_train_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, err)
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+    # a vocabulary the text cannot fill is said, not padded
+    code, out, err = run_cli(["tokenizer", "train", folder / "prose", "--vocab", 5000, "--out", tmp_path / "o4"], monkeypatch, capsys)
+    assert code == 0 and "fewer than --vocab 5,000: no other pair of tokens occurs twice" in out, (out, err)
+    assert load_tokenizer(tmp_path / "o4").vocab_size < 5000
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
 
 

@@ -8,7 +8,7 @@ import typer
 
 from curate.commands.corpus import check_vocab, skipped_note
 from curate.commands.options import command, save_config
-from curate.options import arg, opt
+from curate.options import arg, flag, opt
 
 tokenizer_app = typer.Typer(
     name="tokenizer",
@@ -38,8 +38,10 @@ def train_command(o: TokenizerTrainOptions) -> None:
     tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
     save_config(o.out, "tokenizer-train", o)
     chars = sum(len(t) for t in docs.texts)
+    short = (f"; fewer than {flag(o, 'vocab')} {o.vocab:,}: no other pair of tokens occurs twice in the text"
+             if tok.vocab_size < o.vocab else "")
     print(f"wrote {o.out}: byte-level BPE of {tok.vocab_size:,} tokens trained on {len(docs.texts):,} documents "
-          f"({chars:,} characters{skipped_note(docs.skipped)})")
+          f"({chars:,} characters{skipped_note(docs.skipped)}{short})")
 
 
 def register(app: typer.Typer) -> None:
