@@ -76,6 +76,7 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
     assert sorted(ids) == list(range(first_epoch * BATCH))
     trained_at = {r: i // BATCH for i, r in enumerate(rows[:n])}  # first-epoch step of each row, from the run
     assert all(trained_at[r] == st for r, st in zip(ids, shard_steps))
+    assert s["top_positive"] and all(r["domain"] == side["domain"][r["row_id"]] for r in s["top_positive"])  # labels travel
 
     out = cli(["explain", scores], monkeypatch, capsys)
     assert f"{first_epoch * BATCH:,} window rows" in out  # the tail is read against the scored window
