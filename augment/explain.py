@@ -123,7 +123,7 @@ def expected_share(label: str, base_labels: list[str], base_sizes: np.ndarray, t
     base_bin = np.searchsorted(edges, np.asarray(base_sizes, dtype=np.float64), side="right")
     tail_bin = np.searchsorted(edges, np.asarray(tail_sizes, dtype=np.float64), side="right")
     nb = len(edges) + 1
-    hit = np.array([lab == label for lab in base_labels], dtype=np.float64)
+    hit = (np.asarray(base_labels, dtype=object) == label).astype(np.float64)
     rows = np.bincount(base_bin, minlength=nb).astype(np.float64)
     share = np.bincount(base_bin, weights=hit, minlength=nb)
     overall = float(hit.mean()) if len(hit) else 0.0
@@ -136,8 +136,8 @@ def tail_enrichment(label: str, tail_labels: list[str], base_labels: list[str],
                     edges: dict[str, np.ndarray] | None = None) -> TailEnrichment:
     """One class in one tail: share, ratio to the base share with its interval, and the size-adjusted ratios."""
     k, n = len(tail_labels), len(base_labels)
-    count = sum(1 for t in tail_labels if t == label)
-    base_share = sum(1 for t in base_labels if t == label) / n
+    count = int(np.count_nonzero(np.asarray(tail_labels, dtype=object) == label))
+    base_share = int(np.count_nonzero(np.asarray(base_labels, dtype=object) == label)) / n
     ratio, lo, hi = ratio_interval(count, k, base_share)
     adjusted = []
     for measure, sizes in (tail_sizes or {}).items():
@@ -164,8 +164,9 @@ def enrichment(tails: dict[str, list[str]], base_labels: list[str], classes: lis
     edges = {m: size_bins(v) for m, v in (base_sizes or {}).items()}
     n = len(base_labels)
     out = []
+    base_counts = Counter(base_labels)
     for label in classes:
-        bc = sum(1 for t in base_labels if t == label)
+        bc = base_counts[label]
         per_tail = {
             name: tail_enrichment(label, labels, base_labels, (tail_sizes or {}).get(name), base_sizes, edges)
             for name, labels in tails.items()

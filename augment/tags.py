@@ -1,12 +1,13 @@
-"""Structure tags: a heuristic classifier of a row's text into one structural class.
+r"""Structure tags: a heuristic classifier of a row's text into one structural class.
 
 Labels: the embedded corpus generator's domains, `latex` (documents and macro code: `\def`, `@`-names,
-expl3), `xml` (XML/HTML), `code`, `json` (JSON and records), `table` (tables and lists), `repeat`
-(meaningless repeated strings), `prose`, and `troff` (man pages and other roff markup: request lines
-`.TH`/`.SH`/`.TP`, font escapes `\fB`). The classifier reads real format cues only: backslash commands and math, markup tags and
-attributes, quoted keys, programming keywords, statements and punctuation, delimiter columns and
-list bullets; for `repeat`, the share of the text covered by back-to-back repeats, by units that
-recur at any distance, and signs of random character soup (character classes switching inside
+expl3), `xml` (XML/HTML), `code` (with its comments and docstrings), `json` (JSON and records), `table`
+(tables and lists), `repeat` (meaningless repeated strings), `prose`, and `troff` (man pages and other
+roff markup: request lines `.TH`/`.SH`/`.TP`, escapes `\fB`, `\-`). The classifier reads real format
+cues only: backslash commands and math, TeX comments and macro parameters, troff requests and escapes,
+markup tags and attributes, quoted keys, programming keywords, statements, comment blocks and
+punctuation, delimiter columns and list bullets; for `repeat`, the share of the text covered by
+back-to-back repeats, by units that recur at any distance, and signs of random character soup (character classes switching inside
 tokens, capitals in odd places, punctuation marks used once each); for `prose`, the share of
 running-text tokens. Rows are windows of packed text that may start mid-document and may be short
 (a 65-token row is often one or two lines), so every cue is a density over the window, not a
@@ -97,6 +98,8 @@ _ASSIGN = re.compile(r"[\w\])]\s*=\s*[^=\s]")
 _CODE_LINE_END = re.compile(r"[;{}]\s*$|\)\s*:\s*$|^\s*(?:else|try|finally)\s*:\s*$")
 _CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#\s*(?:include|define|undef|ifn?def|if|elif|else|endif|pragma|error)\b)")
 # a line of a C-style comment block (`/*`, ` * text`, ` */`, `//`)
+_DOCSTRING_MARK = re.compile(r"\"\"\"|'''|^\s*>>> \S", re.M)  # Python docstring quotes, a doctest prompt
+_C_COMMENT_EDGE = re.compile(r"/\*|\*/|^\s*\*\s*$")  # a comment block's opening, closing or empty ` *` line
 _C_COMMENT_LINE = re.compile(r"^\s*(?:/\*|\*(?:\s|/|\*|$)|//)|^\s+#\s")  # and an indented `# comment`
 # lines that open like code: imports, definitions, decorators, assignments, shell commands with options,
 # returns, asserts
@@ -175,8 +178,10 @@ class TextCues:
     code_keywords: float  # programming keywords per 100 chars
     code_symbols: float  # calls, operators, assignments per 100 chars
     code_line_share: float  # share of lines that end like code (; { } ):), open like code or are directives
+    code_open_share: float  # share of lines that open like code or are directives and comments
     indent_share: float  # share of lines indented by 2+ spaces or a tab
     comment_share: float  # share of lines in a C-style comment block (or indented `#` comments)
+    docstring_marks: int  # Python docstring quotes and doctest prompts
     identifier_share: float  # share of words that are snake_case / camelCase
     pipe_line_share: float  # share of lines that are delimited table rows ( | a | b | )
     spaced_pipe_row: bool  # some line has 2+ cell separators " | " (a table row even when alone)
@@ -296,8 +301,12 @@ def _delimited_lines(lines: Sequence[str], max_cell: float = 30.0) -> list[bool]
         return best
     for delim in (",", "\t", ";"):
         counts = [line.count(delim) if len(line) <= max_cell * (line.count(delim) + 1) else 0 for line in lines]
-        if delim != "\t":  # clauses of running text (three words or more a cell on average) are no cells
-            counts = [c if len(line.split()) < 3 * (c + 1) else 0 for c, line in zip(counts, lines)]
+        if delim != "\t":  # clauses of running text are no cells: three words a cell on average, or two
+            # when every delimiter is followed by a space ("implied, including, without limitation, any")
+            counts = [
+                c if len(line.split()) < (2 if line.count(delim + " ") == c else 3) * (c + 1) else 0
+                for c, line in zip(counts, lines)
+            ]
         if len(lines) == 2 and delim != "\t":  # two lines only: prose clauses (", ") are no cells
             counts = [c if line.count(delim + " ") * 2 < c else 0 for c, line in zip(counts, lines)]
         hist = Counter(c for c in counts if c >= 2)
@@ -404,19 +413,20 @@ def text_cues(text: str) -> TextCues:
         len(_CALL.findall(plain)) + len(_CODE_OPERATOR.findall(plain)) + len(_ASSIGN.findall(plain))
         + len(_SHELL_VAR.findall(plain)) + len(_CLI_OPTION.findall(plain))
     )
-    code_lines = sum(
-        1 for line in lines if _CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)
-    )
+    code_like = [
+        bool(_CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)) for line in lines
+    ]
+    code_lines = sum(code_like)
+    code_open = sum(1 for line in lines if _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line))
     indented = sum(1 for line in lines if line.startswith(("  ", "\t")))
     pipe_rows = [_pipe_row(line) for line in lines]
-    delimited = _delimited_lines(lines)
-    listed = _list_lines(lines)
-    # a statement or directive with its value or comment lined up (`#define X    1`, `X = 4   # bytes`) is code
-    aligned = [
-        bool(_ALIGNED_COLUMNS.search(line.strip()))
-        and not (_CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line))
-        for line in lines
-    ]
+    # a statement, directive or comment-block line with its value or comment lined up (`#define X    1`,
+    # `X = 4   # bytes`, ` * text    *`) is code, not a table row (a `|`-delimited row stays a table row)
+    in_comment_block = any(_C_COMMENT_EDGE.search(line) for line in lines)
+    not_code = [not (c or (in_comment_block and _C_COMMENT_LINE.match(line))) for c, line in zip(code_like, lines)]
+    delimited = [f and ok for f, ok in zip(_delimited_lines(lines), not_code)]
+    listed = [f and ok for f, ok in zip(_list_lines(lines), not_code)]
+    aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) and ok for line, ok in zip(lines, not_code)]
     tabular = sum(any(f) for f in zip(pipe_rows, delimited, listed, aligned))
     word_chars = sum(len(w) for w in words)
     punct_counts = Counter(ch for ch in text if ch in _PUNCTUATION)
@@ -437,8 +447,10 @@ def text_cues(text: str) -> TextCues:
         code_keywords=keywords * per100,
         code_symbols=code_syms * per100,
         code_line_share=code_lines / n_lines,
+        code_open_share=code_open / n_lines,
         indent_share=indented / n_lines,
         comment_share=sum(1 for line in lines if _C_COMMENT_LINE.match(line)) / n_lines,
+        docstring_marks=len(_DOCSTRING_MARK.findall(text)),
         identifier_share=idents / max(len(words), 1),
         pipe_line_share=sum(pipe_rows) / n_lines,
         spaced_pipe_row=any(ok and line.count(" | ") >= 2 for ok, line in zip(pipe_rows, lines)),
@@ -487,6 +499,7 @@ def class_scores(c: TextCues) -> dict[str, float]:
             )
             / 4.0,
             1.5 * c.comment_share if c.lines >= 2 else 0.0,  # a source file's comment block
+            1.0 if c.docstring_marks else 0.0,  # a docstring's running text
         ),
         # one line alone is a table row only when it is a delimited row or a list item
         "table": (c.table_line_share / 0.5)
@@ -527,7 +540,7 @@ def tag_text(text: str) -> str:
         return "repeat" if junk >= JUNK_MUCH and best < FORMAT_CLEAR else label
     # no clear format: running text, meaningless material, or a short piece of a format; comments and
     # docstrings of a source file read as running text, but a code line among them names the file
-    if label == "code" and best >= FORMAT_WEAK and cues.code_line_share >= 0.15 and junk < JUNK_MUCH:
+    if label == "code" and best >= FORMAT_WEAK and cues.code_open_share >= 0.15 and junk < JUNK_MUCH:
         return label
     # running text; real text repeats its phrases ("this list of conditions"), so text made only of words may
     # recur more

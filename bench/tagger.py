@@ -1,6 +1,6 @@
 """The structure tagger (`augment/tags.py`) on real files of each kind, cut into rows like a corpus.
 
-    PYTHONPATH=$PWD python3 bench/tagger.py [--files 60] [--row-len 129] [--vocab 512] [--cache DIR] [--show 3]
+    PYTHONPATH=$PWD python3 bench/tagger.py [--files 40] [--row-len 129] [--vocab 512] [--cache DIR] [--show 3]
 
 Gathers real files from this machine, fetching the missing kinds with the machine's package tools (nothing is
 shipped in the repository):
@@ -192,7 +192,7 @@ def report(name: str, truth: list[str], tags: list[str], labels: list[str]) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=60, help="files of each kind in each half (at most)")
+    ap.add_argument("--files", type=int, default=40, help="files of each kind in each half (at most)")
     ap.add_argument("--row-len", type=int, default=129, help="tokens per row (129: the real-text setting of issue 15)")
     ap.add_argument("--vocab", type=int, default=512, help="BPE vocabulary")
     ap.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,7 @@ def print_explain(report) -> None:
         table.add_column(f"{t} share", justify="right")
         table.add_column(f"{t} ratio (95% CI)", justify="right")
         for m in measures:
-            table.add_column(f"{t} ratio / {m} (95% CI)", justify="right")
+            table.add_column(f"{t} ratio, {m}-matched", justify="right")
     table.add_column("note", justify="left")
     key = lambda c: -((getattr(c, report.tail).ratio) or 0.0)  # noqa: E731
     for c in sorted(report.classes, key=key):
@@ -64,7 +64,7 @@ def print_explain(report) -> None:
     console.print(table)
     console.print(escape(
         "ratio = tail share / base share, 95% CI = Wilson interval of the tail share / base share; "
-        f"ratio / {' and / '.join(measures)}: against the base matched on that size ({', '.join(measures)} in 10 quantile bins)"
+        f"{'-, '.join(measures)}-matched: against the base matched on that size (10 quantile bins of the base rows)"
     ))
     if "grad_norm" not in measures:
         console.print("size: row length only (this scores folder records no per-row gradient norm)")
