@@ -100,7 +100,7 @@ _CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#\s*(?:include|define|undef|i
 # a line of a C-style comment block (`/*`, ` * text`, ` */`, `//`)
 _DOCSTRING_MARK = re.compile(r"\"\"\"|'''|^\s*>>> \S", re.M)  # Python docstring quotes, a doctest prompt
 _C_COMMENT_EDGE = re.compile(r"/\*|\*/|^\s*\*\s*$")  # a comment block's opening, closing or empty ` *` line
-_C_COMMENT_LINE = re.compile(r"^\s*(?:/\*|\*(?:\s|/|\*|$)|//)|^\s+#\s")  # and an indented `# comment`
+_C_COMMENT_LINE = re.compile(r"^\s*(?:/\*|\*(?:\s|/|\*|$)|//|#(?:\s|$))")  # and a `# comment` line
 # lines that open like code: imports, definitions, decorators, assignments, shell commands with options,
 # returns, asserts
 _CODE_LINE_START = re.compile(
@@ -180,7 +180,7 @@ class TextCues:
     code_line_share: float  # share of lines that end like code (; { } ):), open like code or are directives
     code_open_share: float  # share of lines that open like code or are directives and comments
     indent_share: float  # share of lines indented by 2+ spaces or a tab
-    comment_share: float  # share of lines in a C-style comment block (or indented `#` comments)
+    comment_share: float  # share of lines in a comment block (`/*`, ` * `, `//`, `# `)
     docstring_marks: int  # Python docstring quotes and doctest prompts
     identifier_share: float  # share of words that are snake_case / camelCase
     pipe_line_share: float  # share of lines that are delimited table rows ( | a | b | )
@@ -421,9 +421,12 @@ def text_cues(text: str) -> TextCues:
     indented = sum(1 for line in lines if line.startswith(("  ", "\t")))
     pipe_rows = [_pipe_row(line) for line in lines]
     # a statement, directive or comment-block line with its value or comment lined up (`#define X    1`,
-    # `X = 4   # bytes`, ` * text    *`) is code, not a table row (a `|`-delimited row stays a table row)
+    # `X = 4   # bytes`, ` * text    *`, `#  name:   text`) is code, not a table row (a `|`-delimited row stays a table row)
     in_comment_block = any(_C_COMMENT_EDGE.search(line) for line in lines)
-    not_code = [not (c or (in_comment_block and _C_COMMENT_LINE.match(line))) for c, line in zip(code_like, lines)]
+    not_code = [
+        not (c or line.lstrip().startswith("# ") or (in_comment_block and _C_COMMENT_LINE.match(line)))
+        for c, line in zip(code_like, lines)
+    ]
     delimited = [f and ok for f, ok in zip(_delimited_lines(lines), not_code)]
     listed = [f and ok for f, ok in zip(_list_lines(lines), not_code)]
     aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) and ok for line, ok in zip(lines, not_code)]
@@ -485,7 +488,8 @@ def class_scores(c: TextCues) -> dict[str, float]:
             else min(0.65, c.latex_commands / 1.0 + c.latex_math / 0.6),
             c.tex_comment_share / 0.5 if c.lines >= 2 else 0.0,  # most lines `%` comments: a TeX source's header
         ),
-        "xml": max(min(c.xml_tag_share / 0.2, c.xml_tags / 0.8), min(c.xml_attrs / 1.2, 1.5)),
+        # attributes alone (a window inside a long tag, one `name="value"` a line) go up to FORMAT_STRONG
+        "xml": max(min(c.xml_tag_share / 0.2, c.xml_tags / 0.8), min(c.xml_attrs / 1.2, FORMAT_STRONG)),
         # a request line in ten, or an escape per 170 characters
         "troff": max(c.troff_request_share / 0.1, c.troff_escapes / 0.6),
         "json": min(c.json_keys / 0.8, (c.json_keys + c.json_literals) / 1.2),
