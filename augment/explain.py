@@ -1,5 +1,20 @@
-"""What kind of rows carry the influence: structural classes enriched among the top-k rows of a
-scores folder, against the window's base rate, and how heavy the tail is.
+"""What kind of rows carry the influence: classes enriched in the top and the bottom tail of a scores
+folder, against the window's base rate, before and after matching row size, and how heavy the tails are.
+
+Classes are a label column of the corpus sidecar (`by`, e.g. `domain` or `source`) or, by default, the
+structure tagger's (`augment.tags`). For each class and each tail (the k highest and the k lowest rows):
+
+- share in the tail, share in the base (the window's rows, or a seeded sample of them), ratio = tail share /
+  base share, and a 95% interval: the Wilson score interval of the tail share divided by the base share
+  (the base is the whole window or a large sample, its own error is treated as negligible);
+- the same against a size-matched base ("adjusted"): the rows are cut into `SIZE_BINS` quantile bins of a
+  size measure over the base rows, and the expected tail share is the mean, over the tail's rows, of the
+  class's base share in the row's bin (indirect standardisation); ratio = tail share / expected share, with
+  the same Wilson interval. Size measures: `tokens` (tokens of the row's main document, end-of-text
+  tokens excluded) always; `grad_norm` where the score shards carry that column (the scoring pipeline does
+  not write it today). A class whose share only follows size comes out near 1 after the adjustment.
+- `size_effect`: enriched in both tails (Wilson lower bound above 1 in the top and in the bottom tail) -
+  larger rows get larger |scores| in either direction, a size effect rather than a builder or suppressor.
 
 The scores folder is read with `attribution.scores_folder` (shards streamed one at a time, reading only
 the columns needed).
@@ -7,6 +22,7 @@ the columns needed).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,11 +30,15 @@ import numpy as np
 
 from curate.amounts import parse_amount
 from curate.attribution.scores_folder import ScoresFolder, open_scores
-from curate.augment.tags import LABELS, tag_rows
+from curate.augment.tags import LABELS, main_segment, tag_rows
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
+from curate.labels import label_columns, label_names, read_labels
 
 TAILS = ("top", "bottom")
+TAGGER = "tag"  # the name of the structure tagger's classes in a report
+SIZE_BINS = 10  # quantile bins of a size measure for the adjusted enrichment
+GRAD_NORM_COLUMN = "grad_norm"  # an optional per-row gradient-norm column of the score shards
 
 
 def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", fractions: tuple[float, ...] = (0.01, 0.10)) -> dict[str, float]:
@@ -50,38 +70,109 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 @dataclass
-class ClassEnrichment:
-    """One structural class among the top rows vs. the base rate."""
+class Adjusted:
+    """A tail's enrichment against the base matched on one size measure."""
 
-    label: str
-    top_count: int
-    top_share: float
-    base_count: int
-    base_share: float
-    ratio: float | None  # top_share / base_share (None when the class is absent from the base)
-    ci_low: float | None  # 95% Wilson interval of the top share, divided by the base share
+    measure: str  # `tokens` or `grad_norm`
+    expected_share: float  # the class's share expected in the tail from the rows' sizes alone
+    ratio: float | None  # tail share / expected share (None when nothing is expected)
+    ci_low: float | None
     ci_high: float | None
 
 
-def enrichment(top_tags: list[str], base_tags: list[str]) -> list[ClassEnrichment]:
-    """Per class: share among the top rows, share in the base, ratio, and a 95% CI on the ratio.
+@dataclass
+class TailEnrichment:
+    """One class in one tail."""
 
-    The interval is the Wilson interval of the top-k share divided by the base share (the base is
-    the whole window, or a large sample of it, so its own error is treated as negligible).
-    """
-    if not top_tags or not base_tags:
-        raise CurateError("enrichment needs at least one top row and one base row")
+    count: int
+    share: float
+    ratio: float | None  # tail share / base share (None when the class is absent from the base)
+    ci_low: float | None  # 95% Wilson interval of the tail share, divided by the base share
+    ci_high: float | None
+    adjusted: list[Adjusted] = field(default_factory=list)
+
+
+@dataclass
+class ClassEnrichment:
+    """One class: its base rate, and its enrichment in the top and in the bottom tail."""
+
+    label: str
+    base_count: int
+    base_share: float
+    top: TailEnrichment
+    bottom: TailEnrichment
+    size_effect: bool  # enriched in both tails (lower bound above 1 in each)
+
+
+def ratio_interval(count: int, k: int, reference: float) -> tuple[float | None, float | None, float | None]:
+    """count/k divided by `reference`, and the 95% Wilson interval of count/k divided by it (None: no reference)."""
+    if reference <= 0:
+        return None, None, None
+    lo, hi = wilson_interval(count, k)
+    return (count / k) / reference, lo / reference, hi / reference
+
+
+def size_bins(base_sizes: np.ndarray, bins: int = SIZE_BINS) -> np.ndarray:
+    """Interior edges of `bins` quantile bins of the base rows' sizes (a row's bin: searchsorted right)."""
+    return np.quantile(np.asarray(base_sizes, dtype=np.float64), np.arange(1, bins) / bins)
+
+
+def expected_share(label: str, base_labels: list[str], base_sizes: np.ndarray, tail_sizes: np.ndarray, edges: np.ndarray) -> float:
+    """The class's share expected in the tail from sizes alone: the mean over tail rows of its base share in
+    the row's size bin (bins without base rows fall back to the overall base share)."""
+    base_bin = np.searchsorted(edges, np.asarray(base_sizes, dtype=np.float64), side="right")
+    tail_bin = np.searchsorted(edges, np.asarray(tail_sizes, dtype=np.float64), side="right")
+    nb = len(edges) + 1
+    hit = (np.asarray(base_labels, dtype=object) == label).astype(np.float64)
+    rows = np.bincount(base_bin, minlength=nb).astype(np.float64)
+    share = np.bincount(base_bin, weights=hit, minlength=nb)
+    overall = float(hit.mean()) if len(hit) else 0.0
+    per_bin = np.where(rows > 0, share / np.maximum(rows, 1.0), overall)
+    return float(per_bin[tail_bin].mean()) if len(tail_bin) else 0.0
+
+
+def tail_enrichment(label: str, tail_labels: list[str], base_labels: list[str],
+                    tail_sizes: dict[str, np.ndarray] | None = None, base_sizes: dict[str, np.ndarray] | None = None,
+                    edges: dict[str, np.ndarray] | None = None) -> TailEnrichment:
+    """One class in one tail: share, ratio to the base share with its interval, and the size-adjusted ratios."""
+    k, n = len(tail_labels), len(base_labels)
+    count = int(np.count_nonzero(np.asarray(tail_labels, dtype=object) == label))
+    base_share = int(np.count_nonzero(np.asarray(base_labels, dtype=object) == label)) / n
+    ratio, lo, hi = ratio_interval(count, k, base_share)
+    adjusted = []
+    for measure, sizes in (tail_sizes or {}).items():
+        assert base_sizes is not None
+        cut = edges[measure] if edges else size_bins(base_sizes[measure])
+        exp = expected_share(label, base_labels, base_sizes[measure], sizes, cut)
+        adjusted.append(Adjusted(measure, exp, *ratio_interval(count, k, exp)))
+    return TailEnrichment(count, count / k, ratio, lo, hi, adjusted)
+
+
+def enrichment(tails: dict[str, list[str]], base_labels: list[str], classes: list[str] | None = None,
+               tail_sizes: dict[str, dict[str, np.ndarray]] | None = None,
+               base_sizes: dict[str, np.ndarray] | None = None) -> list[ClassEnrichment]:
+    """Per class: base rate and enrichment in the `top` and `bottom` tails (labels of their rows), raw and,
+    where sizes are given (per tail: measure -> sizes of its rows; base: measure -> sizes), size-adjusted.
+    `classes`: the classes to report (default: every label seen, most common in the base first)."""
+    if not base_labels or any(not t for t in tails.values()):
+        raise CurateError("enrichment needs at least one row in each tail and one base row")
+    if classes is None:
+        seen = Counter(base_labels)
+        for t in tails.values():
+            seen.update({lab: 0 for lab in t})
+        classes = [lab for lab, _ in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))]
+    edges = {m: size_bins(v) for m, v in (base_sizes or {}).items()}
+    n = len(base_labels)
     out = []
-    k, n = len(top_tags), len(base_tags)
-    for label in LABELS:
-        tc = sum(1 for t in top_tags if t == label)
-        bc = sum(1 for t in base_tags if t == label)
-        ts, bs = tc / k, bc / n
-        lo, hi = wilson_interval(tc, k)
-        if bc:
-            out.append(ClassEnrichment(label, tc, ts, bc, bs, ts / bs, lo / bs, hi / bs))
-        else:
-            out.append(ClassEnrichment(label, tc, ts, bc, bs, None, None, None))
+    base_counts = Counter(base_labels)
+    for label in classes:
+        bc = base_counts[label]
+        per_tail = {
+            name: tail_enrichment(label, labels, base_labels, (tail_sizes or {}).get(name), base_sizes, edges)
+            for name, labels in tails.items()
+        }
+        both = all(t.ci_low is not None and t.ci_low > 1.0 for t in per_tail.values())
+        out.append(ClassEnrichment(label, bc, bc / n, per_tail["top"], per_tail["bottom"], both))
     return out
 
 
@@ -95,19 +186,20 @@ class ExplainReport:
     heads: list
     window: list | None
     column: str
-    tail: str
+    by: str  # `tag` (the structure tagger) or the sidecar label column
+    tail: str  # the tail the table is ordered by
     num_rows: int
-    top_k: int
+    top_k: int  # rows in each tail
     base_rows: int
     base_sampled: bool
+    size_measures: list[str]
     classes: list[ClassEnrichment]
-    tail_share: dict[str, float]
+    tail_share: dict[str, dict[str, float]]  # tail -> {"top_1%": share of the tail's influence, ...}
     top_row_ids: list[int] = field(default_factory=list)
+    bottom_row_ids: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        out["classes"] = [asdict(c) for c in self.classes]
-        return out
+        return asdict(self)
 
 
 def _tokenizer_for(corpus: Corpus):
@@ -129,6 +221,42 @@ def tag_corpus_rows(corpus: Corpus, row_ids: np.ndarray, tokenizer=None, chunk: 
     return out
 
 
+def row_tokens(corpus: Corpus, row_ids: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Tokens of each row's main document (end-of-text tokens excluded), in the order given."""
+    eot = corpus.meta.eot_id if corpus.meta else None
+    ids = np.asarray(row_ids, dtype=np.int64)
+    out = np.empty(len(ids), dtype=np.int64)
+    for a in range(0, len(ids), chunk):
+        rows = corpus.take(ids[a : a + chunk])
+        out[a : a + len(rows)] = [len(main_segment(r, eot)) for r in rows]
+    return out
+
+
+def check_by(corpus: Corpus, by: str | None) -> str:
+    """The class source: `tag` when `by` is None, else a label column of the corpus sidecar (checked)."""
+    if by is None or by == TAGGER:
+        return TAGGER
+    columns = label_columns(corpus)
+    if by not in columns:
+        have = ", ".join(columns) if columns else "none (no sidecar, or no label columns in it)"
+        where = corpus.folder() if corpus.meta else corpus.path
+        raise CurateError(f"{where}: no label column {by!r} in the row sidecar (label columns: {have})")
+    return by
+
+
+def _grad_norms(scores: ScoresFolder, ids: np.ndarray) -> np.ndarray | None:
+    """The `grad_norm` column of the given rows, None when the shards do not carry it."""
+    if GRAD_NORM_COLUMN not in scores.columns:
+        return None
+    all_ids, norms = [], []
+    for b in scores.iter_columns(["row_id", GRAD_NORM_COLUMN]):
+        all_ids.append(b["row_id"].astype(np.int64))
+        norms.append(b[GRAD_NORM_COLUMN].astype(np.float64))
+    id_arr, norm_arr = np.concatenate(all_ids), np.concatenate(norms)
+    order = np.argsort(id_arr)
+    return norm_arr[order][np.searchsorted(id_arr[order], ids)]
+
+
 def explain_scores(
     path: str | Path,
     top: str | int = "10%",
@@ -137,8 +265,10 @@ def explain_scores(
     corpus: str | Path | None = None,
     base_sample: int = 20_000,
     seed: int = 0,
+    by: str | None = None,
 ) -> ExplainReport:
-    """Enrichment of structural classes among the top rows of a scores folder, and the tail's weight."""
+    """Enrichment of classes (a sidecar label column `by`, or the structure tags) in the top and bottom `top`
+    rows of a scores folder, raw and size-adjusted, and the tails' weight."""
     scores = open_scores(path)
     if tail not in TAILS:
         raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
@@ -147,17 +277,32 @@ def explain_scores(
     column = scores.column_for(head)
     k = parse_amount(top, scores.num_rows, "top")
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
-    tokenizer = _tokenizer_for(corp)
+    source = check_by(corp, by)
 
-    best = scores.top_rows(k, column, tail)
+    best = {t: scores.top_rows(k, column, t) for t in TAILS}
     all_ids = np.concatenate([b["row_id"].astype(np.int64) for b in scores.iter_columns(["row_id"])])
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)
     if len(all_ids) and (all_ids.max() >= corp.num_rows):
         raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); give the corpus that was scored")
 
-    top_tags = tag_corpus_rows(corp, best.row_ids, tokenizer)
-    base_tags = tag_corpus_rows(corp, base_ids, tokenizer)
+    if source == TAGGER:
+        tokenizer = _tokenizer_for(corp)
+        tails = {t: tag_corpus_rows(corp, best[t].row_ids, tokenizer) for t in TAILS}
+        base_labels = tag_corpus_rows(corp, base_ids, tokenizer)
+        classes: list[str] | None = list(LABELS)
+    else:
+        names = np.array(label_names(read_labels(corp, [source])[source]), dtype=object)
+        tails = {t: list(names[best[t].row_ids]) for t in TAILS}
+        base_labels = list(names[base_ids])
+        classes = None
+    base_sizes = {"tokens": row_tokens(corp, base_ids)}
+    tail_sizes = {t: {"tokens": row_tokens(corp, best[t].row_ids)} for t in TAILS}
+    norms = _grad_norms(scores, base_ids)
+    if norms is not None:
+        base_sizes[GRAD_NORM_COLUMN] = norms
+        for t in TAILS:
+            tail_sizes[t][GRAD_NORM_COLUMN] = _grad_norms(scores, best[t].row_ids)  # type: ignore[assignment]
     return ExplainReport(
         scores=str(scores.path),
         corpus=str(corp.path),
@@ -165,12 +310,15 @@ def explain_scores(
         heads=list(scores.summary.get("heads") or []),
         window=scores.summary.get("window"),
         column=column,
+        by=source,
         tail=tail,
         num_rows=scores.num_rows,
         top_k=k,
         base_rows=len(base_ids),
         base_sampled=sampled,
-        classes=enrichment(top_tags, base_tags),
-        tail_share=tail_shares(scores, column, tail),
-        top_row_ids=[int(i) for i in best.row_ids[:20]],
+        size_measures=list(base_sizes),
+        classes=enrichment(tails, base_labels, classes, tail_sizes, base_sizes),
+        tail_share={t: tail_shares(scores, column, t) for t in TAILS},
+        top_row_ids=[int(i) for i in best["top"].row_ids[:20]],
+        bottom_row_ids=[int(i) for i in best["bottom"].row_ids[:20]],
     )

@@ -9,7 +9,8 @@ S = kept rows // B whole steps (the plan's `"steps": [start, start + S]`); `--at
 
 Output folder (built in a temporary folder, renamed at the end): `mix.bin`/`mix.idx` (the rows in their
 new order), `provenance.parquet` (row_id = new position, step = start + row_id // B, source_corpus,
-source_row_id, reason, score), `plan.json` (drop/insert on the scored corpus, for `curate train --plan`),
+source_row_id, reason, score, then every label column of the source rows' sidecars, such as `domain` or `source`,
+null where a row's source has none; `curate.labels`), `plan.json` (drop/insert on the scored corpus, for `curate train --plan`),
 `corpus.json` (so `open_corpus(MIX)` works), `tokenizer.json`, `synthetic/` (generated rows, when used)
 and `manifest.json` (inputs with checksums, parameters, counts, output checksums).
 """
@@ -37,6 +38,7 @@ from curate.atomic import atomic_dir, atomic_path, write_json
 from curate.outputs import MIX, check_output_folder
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
 from curate.errors import CurateError
+from curate.labels import label_columns, read_labels
 from curate.paths import portable
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import write_table_parquet
@@ -46,6 +48,7 @@ CONTROLS = ("random",)
 REASONS = ("kept", "duplicate", "neighbor", "synthetic", "random")
 DATA_PREFIX = "mix"
 PROVENANCE_FILE = "provenance.parquet"
+PROVENANCE_COLUMNS = ("row_id", "step", "source_corpus", "source_row_id", "reason", "score")
 PLAN_FILE = "plan.json"
 SYNTH_DIR = "synthetic"
 TOKENIZER_FILE = "tokenizer.json"
@@ -468,6 +471,7 @@ def _write_rows(
         reason[ins_pos] = REASONS.index(added.reason)
         score[ins_pos] = added.scores
     row_id = np.arange(total_out, dtype=np.int64)
+    corpora = [base] + ([added.corpus] if added is not None and len(names) > 1 else [])
     write_table_parquet(
         tmp / PROVENANCE_FILE,
         {
@@ -477,6 +481,7 @@ def _write_rows(
             "source_row_id": src_row,
             "reason": pa.DictionaryArray.from_arrays(pa.array(reason), pa.array(list(REASONS))),
             "score": score,
+            **source_labels(corpora, src, src_row),
         },
         metadata={"batch_size": window.batch_size, "start_step": window.start_step},
     )
@@ -486,6 +491,37 @@ def _write_rows(
     data_file = f"{DATA_PREFIX}.bin"
     streamed = {data_file: {"sha256": out_hash.hexdigest(), "bytes": (tmp / data_file).stat().st_size}}
     return counts, window_hash.hexdigest(), streamed
+
+
+def source_labels(corpora: list[Corpus], src: np.ndarray, src_row: np.ndarray) -> dict[str, pa.Array]:
+    """The label columns of each output row's source row: for every label column of any source corpus's sidecar
+    (`curate.labels`; the provenance's own column names excepted), the value at `src_row` in corpus `src`, null
+    where that corpus has no such column. A column typed differently by two sources becomes text."""
+    wanted = [(i, c, label_columns(c, exclude=PROVENANCE_COLUMNS)) for i, c in enumerate(corpora)]
+    per = [(i, read_labels(c, cols)) for i, c, cols in wanted if cols]
+    names = list(dict.fromkeys(name for _, cols in per for name in cols))
+    out: dict[str, pa.Array] = {}
+    for name in names:
+        pieces, positions = [], []
+        for i, cols in per:
+            if name not in cols:
+                continue
+            values = cols[name]
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            at = np.flatnonzero(src == i)
+            pieces.append(values.take(pa.array(src_row[at])))
+            positions.append(at)
+        types = {p.type for p in pieces}
+        if len(types) > 1:
+            pieces = [p.cast(pa.string()) for p in pieces]
+        filled = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+        missing = np.setdiff1d(np.arange(len(src)), filled)
+        pieces.append(pa.nulls(len(missing), type=pieces[0].type))
+        order = np.empty(len(src), dtype=np.int64)
+        order[np.concatenate([filled, missing])] = np.arange(len(src))
+        out[name] = pa.concat_arrays(pieces).take(pa.array(order))
+    return out
 
 
 def _write_plan(tmp: Path, out: Path, base_name: str, window: Window, removed_rel: np.ndarray, added: Added | None, place: dict) -> dict:

@@ -1,11 +1,13 @@
-"""Structure tags: a heuristic classifier of a row's text into one structural class.
+r"""Structure tags: a heuristic classifier of a row's text into one structural class.
 
-Labels (the same as the embedded corpus generator's domains): `latex`, `xml` (XML/HTML), `code`,
-`json` (JSON and records), `table` (tables and lists), `repeat` (meaningless repeated strings),
-`prose`. The classifier reads real format cues only: backslash commands and math, markup tags and
-attributes, quoted keys, programming keywords, statements and punctuation, delimiter columns and
-list bullets; for `repeat`, the share of the text covered by back-to-back repeats, by units that
-recur at any distance, and signs of random character soup (character classes switching inside
+Labels: the embedded corpus generator's domains, `latex` (documents and macro code: `\def`, `@`-names,
+expl3), `xml` (XML/HTML), `code` (with its comments and docstrings), `json` (JSON and records), `table`
+(tables and lists), `repeat` (meaningless repeated strings), `prose`, and `troff` (man pages and other
+roff markup: request lines `.TH`/`.SH`/`.TP`, escapes `\fB`, `\-`). The classifier reads real format
+cues only: backslash commands and math, TeX comments and macro parameters, troff requests and escapes,
+markup tags and attributes, quoted keys, programming keywords, statements, comment blocks and
+punctuation, delimiter columns and list bullets; for `repeat`, the share of the text covered by
+back-to-back repeats, by units that recur at any distance, and signs of random character soup (character classes switching inside
 tokens, capitals in odd places, punctuation marks used once each); for `prose`, the share of
 running-text tokens. Rows are windows of packed text that may start mid-document and may be short
 (a 65-token row is often one or two lines), so every cue is a density over the window, not a
@@ -23,13 +25,18 @@ import numpy as np
 
 EOT_TEXT = "<|endoftext|>"
 
-LABELS: tuple[str, ...] = ("latex", "xml", "code", "json", "table", "repeat", "prose")
+LABELS: tuple[str, ...] = ("latex", "xml", "code", "json", "table", "repeat", "prose", "troff")
 
 # ---------------------------------------------------------------------------------------------
 # cue patterns
 # ---------------------------------------------------------------------------------------------
-_LATEX_COMMAND = re.compile(r"\\([A-Za-z]{2,})")
-_LATEX_FOLLOWERS = frozenset("{[_^$\\}() \n\t,.;:~")
+_LATEX_COMMAND = re.compile(r"\\([A-Za-z@]{2,})")  # `\section`, and macro code's `@`-names (`\@tempa`, `\g@addto@macro`)
+_LATEX_FOLLOWERS = frozenset("{[_^$\\}() \n\t,.;:~#%=0123456789")
+# LaTeX3 (expl3) names: `\cs_new_protected:Npn`, `\l__pkg_name_tl`
+_EXPL3 = re.compile(r"\\(?:[A-Za-z]+_[A-Za-z_]*:[A-Za-z]*|[lgc]__?[A-Za-z]\w*)")
+_TEX_COMMENT_LINE = re.compile(r"^\s*%|[{}]%\s*$")  # a TeX comment line (`%% Copyright`), or a brace line ending `{%`
+_TEX_PARAM = re.compile(r"#{1,2}[1-9]")  # macro parameters `#1`
+_TEX_CONTROL = re.compile(r"\\[A-Za-z@][A-Za-z@_:]*")  # any control word: not a code keyword, call or identifier
 _LATEX_SCRIPT = re.compile(r"[_^]\{")
 _LATEX_INLINE_MATH = re.compile(r"\$(?=[^$\n]*[A-Za-z0-9])[A-Za-z0-9\s+\-=*/().,;:<>|!'\\_^{}\[\]&]{1,80}\$")
 _LATEX_KNOWN = frozenset(
@@ -40,8 +47,29 @@ _LATEX_KNOWN = frozenset(
     usepackage documentclass newcommand renewcommand caption includegraphics centering hline
     toprule midrule bottomrule footnote url href maketitle title author date bibliography
     bibliographystyle newtheorem mathit operatorname quad qquad hat bar tilde vec in subset cup cap
-    forall exists to mapsto times otimes le ge ll gg sim equiv propto nabla top""".split()
+    forall exists to mapsto times otimes le ge ll gg sim equiv propto nabla top
+    def edef gdef xdef let futurelet expandafter noexpand csname endcsname makeatletter makeatother catcode
+    ifx ifnum ifdim ifcase ifdefined ifcsname else fi relax global long outer protected newif advance
+    multiply divide begingroup endgroup bgroup egroup newcount newdimen newskip newtoks newbox setbox hbox
+    vbox unvbox unhbox the number romannumeral string meaning afterassignment aftergroup ignorespaces
+    ProvidesPackage ProvidesFile ProvidesClass RequirePackage NeedsTeXFormat DeclareOption ProcessOptions
+    ExecuteOptions PackageError PackageWarning PackageInfo ClassError ClassWarning DeclareRobustCommand
+    providecommand newenvironment renewenvironment newlength setlength addtolength newcounter setcounter
+    addtocounter stepcounter value z@ p@ m@ne @ne tw@ thr@@ @tempa @tempb @tempcnta @tempdima @tempswatrue
+    @tempswafalse @ifundefined @ifnextchar @namedef @nameuse @gobble @firstofone @empty @spaces @ifstar""".split()
 )
+# troff (man pages): the man/mdoc macros and roff requests a request line may call
+_TROFF_MACROS = frozenset(
+    """TH SH SS PP LP P TP TQ IP HP RS RE B I BR BI IB IR RB RI SM SB EX EE UR UE MT ME SY YS OP nf fi br sp in ti
+    ft ps vs de if ie el ds nr so tr na ad ne bp ce ul ig am rm rn hy nh nx pl ll lt ta tm ev ss cs bd mk rt
+    Dd Dt Os Nm Nd Sh Ss Pp Bl El It Fl Ar Op Oo Oc Xr Pa Cm Ic Li Ev Va Fn Ft Fa Fd Fo Fc In Dv Er Bd Ed Ql Dq
+    Sq Em Sx No Ns Bk Ek An Ta St Lk Mt Aq Bq Pq Qq Sy Vt Xo Xc Rs Re Ql Db Ux Bx At""".split()
+)
+# a troff request or macro line (`.TH`, `.SH NAME`, `.TP`, `.B text`) or a comment line (`.\"`, `'\"`)
+_TROFF_REQUEST = re.compile(r"^(?:\.([A-Za-z]{1,2})(?:\s|$)|[.']\\\")")
+# troff inline escapes: fonts `\fB` `\f(CW` `\f[B]`, special characters `\(em` `\[em]`, strings `\*(` `\*[`,
+# `\-`, `\e`, `\&.`, sizes `\s-1` (not LaTeX's `\(`, `\&`, `\|`, `\^`, nor `\end`)
+_TROFF_ESCAPE = re.compile(r"\\(?:f[BIRPC1-4]|f\(\w\w|f\[\w*\]|\([A-Za-z][A-Za-z]|\[\w+\]|\*[(\[]?\w|-|e(?![A-Za-z])|&(?=\.)|s[-+]?\d)")
 _XML_TAG = re.compile(
     r"<(?:[?!][^<>]{0,200}|/?[A-Za-z_][\w:.-]*(?:\s+[\w:.-]+(?:\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s<>\"']+))?)*\s*/?)>"
 )
@@ -68,7 +96,11 @@ _SHELL_VAR = re.compile(r"\$\{\w+\}|\$\(|\$[A-Z_][A-Z0-9_]{2,}\b|\"\$\w+")
 _CLI_OPTION = re.compile(r"(?<=\s)--[a-z][\w-]+")  # a command-line option: `--batch-size`
 _ASSIGN = re.compile(r"[\w\])]\s*=\s*[^=\s]")
 _CODE_LINE_END = re.compile(r"[;{}]\s*$|\)\s*:\s*$|^\s*(?:else|try|finally)\s*:\s*$")
-_CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#include|#define|#ifn?def|#endif|#pragma)")
+_CODE_COMMENT = re.compile(r"^\s*(?://|/\*|\*\s|#!|#\s*(?:include|define|undef|ifn?def|if|elif|else|endif|pragma|error)\b)")
+# a line of a C-style comment block (`/*`, ` * text`, ` */`, `//`)
+_DOCSTRING_MARK = re.compile(r"\"\"\"|'''|^\s*>>> \S", re.M)  # Python docstring quotes, a doctest prompt
+_C_COMMENT_EDGE = re.compile(r"/\*|\*/|^\s*\*\s*$")  # a comment block's opening, closing or empty ` *` line
+_C_COMMENT_LINE = re.compile(r"^\s*(?:/\*|\*(?:\s|/|\*|$)|//|#(?:\s|$))")  # and a `# comment` line
 # lines that open like code: imports, definitions, decorators, assignments, shell commands with options,
 # returns, asserts
 _CODE_LINE_START = re.compile(
@@ -80,12 +112,14 @@ _CODE_LINE_START = re.compile(
 _SNAKE_OR_CAMEL = re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b|\b[a-z]+(?:[A-Z][a-z0-9]+)+\b")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+\S")
 _OPTION_ITEM = re.compile(r"^\s+-{1,2}[A-Za-z0-9][\w-]*(?:[ ,=\[]|$)")
-_ALIGNED_COLUMNS = re.compile(r"\S(?: {2,}|\t)\S")
+# a column gap: 2+ spaces or a tab between two cells (not the two spaces after a sentence, nor the gap before a
+# comment box's closing `*`)
+_ALIGNED_COLUMNS = re.compile(r"[^\s.!?:;,)](?: {2,}|\t)(?![*]/?\s*$)\S")
 _SENTENCE_END = re.compile(r"[a-z][.!?](?:\s|$)")
 
 # a token of running text: words (capitalised or acronyms), numbers (with a short unit), joined by
 # ' - / ("don't", "well-known", "and/or", "2,049-token", "rows/s"), in optional brackets, quotes, emphasis
-_NATURAL_PART = r"(?:[A-Za-z][a-z]*|[A-Z]{2,6}s?|\d+(?:[.,:]\d+)*(?:%|[A-Za-z]{1,2})?)"
+_NATURAL_PART = r"(?:[A-Za-z][a-z]*|[A-Z]{2,}s?|\d+(?:[.,:]\d+)*(?:%|[A-Za-z]{1,2})?)"
 _NATURAL_TOKEN = re.compile(
     rf"[(\"'\[`*_]{{0,3}}{_NATURAL_PART}(?:['\u2019/-]{_NATURAL_PART})*[,.;:!?)\"'\]`*_]{{0,3}}"
 )
@@ -102,6 +136,7 @@ _CHAR_CLASS[[ord(ch) for ch in string.ascii_uppercase]] = 2
 _CHAR_CLASS[[ord(ch) for ch in string.digits]] = 3
 _CHAR_CLASS[[ord(ch) for ch in string.punctuation]] = 4
 
+LIST_CONTINUATION_MAX = 50  # characters of an indented line that continues a list item
 REPEAT_MAX_PERIOD = 128
 REPEAT_SHARE = 0.45  # repeat-covered share at which `repeat` competes with the format evidence (score 1.0)
 REPEAT_DOMINANT = 0.85 / REPEAT_SHARE  # repeat score that wins over a format score below FORMAT_CLEAR
@@ -111,6 +146,8 @@ FORMAT_WEAK = 0.7  # format score that names a window with no junk and no back-t
 REPEAT_MIN_RUN = 16  # at a window edge, a copy of a long unit counts once 13+ of its characters show
 RECUR_MIN = 12  # a recurring unit (at any distance): 12+ characters seen twice in the window
 RECUR_SHARE = 0.3  # recurring share above which a window is not running text
+RECUR_SHARE_WORDS = 0.7  # the same for a window made only of words (NATURAL_ONLY)
+NATURAL_ONLY = 0.95
 NATURAL_SHARE = 0.7  # share of running-text tokens above which a window without format is prose
 NATURAL_MIN = 0.5  # below it, a window with neither format nor junk is meaningless material (`repeat`)
 # junk: random character soup (punctuation and capitals anywhere, each punctuation mark used once)
@@ -130,6 +167,9 @@ class TextCues:
     latex_commands: float  # backslash commands (unknown ones and {_,^}{ scripts count half) per 100 chars
     latex_known: int  # number of well-known LaTeX commands
     latex_math: float  # inline $...$ spans per 100 chars
+    tex_comment_share: float  # share of lines that are TeX comments or end a brace with `%`
+    troff_request_share: float  # share of lines that are troff requests or macro calls (`.SH`, `.TP`, `.\"`)
+    troff_escapes: float  # troff inline escapes (`\fB`, `\-`, `\(em`) per 100 chars
     xml_tag_share: float  # share of characters inside markup tags
     xml_tags: float  # tags per 100 chars
     xml_attrs: float  # attribute openings ( name=" ) per 100 chars
@@ -138,7 +178,10 @@ class TextCues:
     code_keywords: float  # programming keywords per 100 chars
     code_symbols: float  # calls, operators, assignments per 100 chars
     code_line_share: float  # share of lines that end like code (; { } ):), open like code or are directives
+    code_open_share: float  # share of lines that open like code or are directives and comments
     indent_share: float  # share of lines indented by 2+ spaces or a tab
+    comment_share: float  # share of lines in a comment block (`/*`, ` * `, `//`, `# `)
+    docstring_marks: int  # Python docstring quotes and doctest prompts
     identifier_share: float  # share of words that are snake_case / camelCase
     pipe_line_share: float  # share of lines that are delimited table rows ( | a | b | )
     spaced_pipe_row: bool  # some line has 2+ cell separators " | " (a table row even when alone)
@@ -258,6 +301,12 @@ def _delimited_lines(lines: Sequence[str], max_cell: float = 30.0) -> list[bool]
         return best
     for delim in (",", "\t", ";"):
         counts = [line.count(delim) if len(line) <= max_cell * (line.count(delim) + 1) else 0 for line in lines]
+        if delim != "\t":  # clauses of running text are no cells: three words a cell on average, or two
+            # when every delimiter is followed by a space ("implied, including, without limitation, any")
+            counts = [
+                c if len(line.split()) < (2 if line.count(delim + " ") == c else 3) * (c + 1) else 0
+                for c, line in zip(counts, lines)
+            ]
         if len(lines) == 2 and delim != "\t":  # two lines only: prose clauses (", ") are no cells
             counts = [c if line.count(delim + " ") * 2 < c else 0 for c, line in zip(counts, lines)]
         hist = Counter(c for c in counts if c >= 2)
@@ -291,8 +340,8 @@ def _list_lines(lines: Sequence[str]) -> list[bool]:
         if _LIST_ITEM.match(line) or _OPTION_ITEM.match(line):
             flags.append(True)
             item_indent = _indent(line)
-        elif item_indent is not None and _indent(line) > item_indent:
-            flags.append(True)
+        elif item_indent is not None and _indent(line) > item_indent and len(line.strip()) < LIST_CONTINUATION_MAX:
+            flags.append(True)  # a short continuation (a long one is a paragraph of running text)
         else:
             flags.append(False)
             item_indent = None
@@ -341,26 +390,46 @@ def text_cues(text: str) -> TextCues:
             known += 1
         elif m.end() == len(text) or text[m.end()] in _LATEX_FOLLOWERS:
             unknown += 1  # a user macro: counts half, and only when followed like a command
-    latex_cmds = known + 0.5 * unknown + 0.5 * len(_LATEX_SCRIPT.findall(text))
+    expl3 = len(_EXPL3.findall(text))
+    known += expl3 // 2  # two LaTeX3 names are as good as one well-known command
+    params = len(_TEX_PARAM.findall(text))
+    latex_cmds = known + 0.5 * (unknown + expl3 + params) + 0.5 * len(_LATEX_SCRIPT.findall(text))
+    troff_lines = 0
+    for line in lines:
+        m = _TROFF_REQUEST.match(line)
+        troff_lines += bool(m and (m.group(1) is None or m.group(1) in _TROFF_MACROS))
+    troff_escapes = len(_TROFF_ESCAPE.findall(text))
     tags = _XML_TAG.findall(text)
     tag_chars = sum(len(t) for t in tags) + sum(len(m) for m in _XML_EDGE.findall(text))
     n_tags = len(tags) + len(_XML_ENTITY.findall(text))
 
     words = _WORD.findall(text)
-    keywords = sum(1 for w in words if w in _CODE_KEYWORDS)
-    idents = len(_SNAKE_OR_CAMEL.findall(text))
+    # TeX control words (`\def`, `\else`, `\fi`) are no code keywords, calls or identifiers
+    plain = _TEX_CONTROL.sub(" ", text) if "\\" in text else text
+    plain_words = _WORD.findall(plain) if plain is not text else words
+    keywords = sum(1 for w in plain_words if w in _CODE_KEYWORDS)
+    idents = len(_SNAKE_OR_CAMEL.findall(plain))
     code_syms = (
-        len(_CALL.findall(text)) + len(_CODE_OPERATOR.findall(text)) + len(_ASSIGN.findall(text))
-        + len(_SHELL_VAR.findall(text)) + len(_CLI_OPTION.findall(text))
+        len(_CALL.findall(plain)) + len(_CODE_OPERATOR.findall(plain)) + len(_ASSIGN.findall(plain))
+        + len(_SHELL_VAR.findall(plain)) + len(_CLI_OPTION.findall(plain))
     )
-    code_lines = sum(
-        1 for line in lines if _CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)
-    )
+    code_like = [
+        bool(_CODE_LINE_END.search(line) or _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line)) for line in lines
+    ]
+    code_lines = sum(code_like)
+    code_open = sum(1 for line in lines if _CODE_COMMENT.search(line) or _CODE_LINE_START.match(line))
     indented = sum(1 for line in lines if line.startswith(("  ", "\t")))
     pipe_rows = [_pipe_row(line) for line in lines]
-    delimited = _delimited_lines(lines)
-    listed = _list_lines(lines)
-    aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) for line in lines]
+    # a statement, directive or comment-block line with its value or comment lined up (`#define X    1`,
+    # `X = 4   # bytes`, ` * text    *`, `#  name:   text`) is code, not a table row (a `|`-delimited row stays a table row)
+    in_comment_block = any(_C_COMMENT_EDGE.search(line) for line in lines)
+    not_code = [
+        not (c or line.lstrip().startswith("# ") or (in_comment_block and _C_COMMENT_LINE.match(line)))
+        for c, line in zip(code_like, lines)
+    ]
+    delimited = [f and ok for f, ok in zip(_delimited_lines(lines), not_code)]
+    listed = [f and ok for f, ok in zip(_list_lines(lines), not_code)]
+    aligned = [bool(_ALIGNED_COLUMNS.search(line.strip())) and ok for line, ok in zip(lines, not_code)]
     tabular = sum(any(f) for f in zip(pipe_rows, delimited, listed, aligned))
     word_chars = sum(len(w) for w in words)
     punct_counts = Counter(ch for ch in text if ch in _PUNCTUATION)
@@ -370,6 +439,9 @@ def text_cues(text: str) -> TextCues:
         latex_commands=latex_cmds * per100,
         latex_known=known,
         latex_math=len(_LATEX_INLINE_MATH.findall(text)) * per100,
+        tex_comment_share=sum(1 for line in lines if _TEX_COMMENT_LINE.search(line)) / n_lines,
+        troff_request_share=troff_lines / n_lines,
+        troff_escapes=troff_escapes * per100,
         xml_tag_share=min(1.0, tag_chars / n),
         xml_tags=n_tags * per100,
         xml_attrs=len(_XML_ATTR.findall(text)) * per100,
@@ -378,7 +450,10 @@ def text_cues(text: str) -> TextCues:
         code_keywords=keywords * per100,
         code_symbols=code_syms * per100,
         code_line_share=code_lines / n_lines,
+        code_open_share=code_open / n_lines,
         indent_share=indented / n_lines,
+        comment_share=sum(1 for line in lines if _C_COMMENT_LINE.match(line)) / n_lines,
+        docstring_marks=len(_DOCSTRING_MARK.findall(text)),
         identifier_share=idents / max(len(words), 1),
         pipe_line_share=sum(pipe_rows) / n_lines,
         spaced_pipe_row=any(ok and line.count(" | ") >= 2 for ok, line in zip(pipe_rows, lines)),
@@ -407,19 +482,29 @@ def class_scores(c: TextCues) -> dict[str, float]:
     scores = {
         # `$...$` and user macros alone are weak (junk has dollars and backslashes): a real LaTeX
         # window shows at least one well-known command
-        "latex": max(c.latex_commands / 1.0 + c.latex_math / 0.6, c.latex_known / 2.0)
-        if c.latex_known >= 1
-        else min(0.65, c.latex_commands / 1.0 + c.latex_math / 0.6),
-        "xml": max(min(c.xml_tag_share / 0.2, c.xml_tags / 0.8), min(c.xml_attrs / 1.2, 1.5)),
+        "latex": max(
+            max(c.latex_commands / 1.0 + c.latex_math / 0.6, c.latex_known / 2.0)
+            if c.latex_known >= 1 or c.latex_commands * c.chars / 100 >= 4  # or four user macros
+            else min(0.65, c.latex_commands / 1.0 + c.latex_math / 0.6),
+            c.tex_comment_share / 0.5 if c.lines >= 2 else 0.0,  # most lines `%` comments: a TeX source's header
+        ),
+        # attributes alone (a window inside a long tag, one `name="value"` a line) go up to FORMAT_STRONG
+        "xml": max(min(c.xml_tag_share / 0.2, c.xml_tags / 0.8), min(c.xml_attrs / 1.2, FORMAT_STRONG)),
+        # a request line in ten, or an escape per 170 characters
+        "troff": max(c.troff_request_share / 0.1, c.troff_escapes / 0.6),
         "json": min(c.json_keys / 0.8, (c.json_keys + c.json_literals) / 1.2),
-        "code": (
-            min(c.code_keywords / 0.8, 2.0)
-            + min(c.code_symbols / 0.8, 2.0)
-            + min(c.code_line_share / 0.25, 2.0)
-            + min(c.identifier_share / 0.15, 2.0)
-            + min(c.indent_share / 0.3, 1.0)
-        )
-        / 4.0,
+        "code": max(
+            (
+                min(c.code_keywords / 0.8, 2.0)
+                + min(c.code_symbols / 0.8, 2.0)
+                + min(c.code_line_share / 0.25, 2.0)
+                + min(c.identifier_share / 0.15, 2.0)
+                + min(c.indent_share / 0.3, 1.0)
+            )
+            / 4.0,
+            1.5 * c.comment_share if c.lines >= 2 else 0.0,  # a source file's comment block
+            1.0 if c.docstring_marks else 0.0,  # a docstring's running text
+        ),
         # one line alone is a table row only when it is a delimited row or a list item
         "table": (c.table_line_share / 0.5)
         if c.lines >= 2
@@ -457,8 +542,14 @@ def tag_text(text: str) -> str:
     if best >= 1.0:
         # a format's marks scattered in random character soup are no format
         return "repeat" if junk >= JUNK_MUCH and best < FORMAT_CLEAR else label
-    # no clear format: running text, meaningless material, or a short piece of a format
-    if cues.natural_share >= NATURAL_SHARE and cues.recur_share < RECUR_SHARE and junk < JUNK_SOME:
+    # no clear format: running text, meaningless material, or a short piece of a format; comments and
+    # docstrings of a source file read as running text, but a code line among them names the file
+    if label == "code" and best >= FORMAT_WEAK and cues.code_open_share >= 0.15 and junk < JUNK_MUCH:
+        return label
+    # running text; real text repeats its phrases ("this list of conditions"), so text made only of words may
+    # recur more
+    recur_limit = RECUR_SHARE_WORDS if cues.natural_share >= NATURAL_ONLY else RECUR_SHARE
+    if cues.natural_share >= NATURAL_SHARE and cues.recur_share < recur_limit and junk < JUNK_SOME:
         return "prose"
     if repeat >= 1.0 or junk >= JUNK_SOME:
         return "repeat"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -184,5 +183,13 @@ def class_enrichment(scores: Path, top_rows: int) -> dict:
         rep = explain_scores(scores, top=str(top_rows))
     except CurateError as e:
         return {"error": str(e)}
+    # the top tail (the rows remove-top drops), flat per class; the bottom tail's ratio and the size flag beside it
+    classes = [
+        {"label": c.label, "top_count": c.top.count, "top_share": c.top.share, "base_count": c.base_count,
+         "base_share": c.base_share, "ratio": c.top.ratio, "ci_low": c.top.ci_low, "ci_high": c.top.ci_high,
+         "tokens_matched_ratio": c.top.adjusted[0].ratio if c.top.adjusted else None,
+         "bottom_ratio": c.bottom.ratio, "size_effect": c.size_effect}
+        for c in rep.classes
+    ]
     return {"top_k": rep.top_k, "base_rows": rep.base_rows, "base_sampled": rep.base_sampled,
-            "classes": [asdict(c) for c in rep.classes], "tail_share": rep.tail_share}
+            "classes": classes, "tail_share": rep.tail_share["top"]}

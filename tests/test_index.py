@@ -248,23 +248,25 @@ def test_explain_equals_hand_computation(scores_dir: Path, corpus_dir: Path) -> 
         tc = top_tags.count(label)
         bc = base_tags.count(label)
         c = by_label[label]
-        assert (c.top_count, c.base_count) == (tc, bc)
-        assert c.top_share == pytest.approx(tc / k) and c.base_share == pytest.approx(bc / n)
+        assert (c.top.count, c.base_count) == (tc, bc)
+        assert c.top.share == pytest.approx(tc / k) and c.base_share == pytest.approx(bc / n)
         p = tc / k
         centre = (p + z * z / (2 * k)) / (1 + z * z / k)
         half = z * math.sqrt(p * (1 - p) / k + z * z / (4 * k * k)) / (1 + z * z / k)
         if bc:
-            assert c.ratio == pytest.approx((tc / k) / (bc / n))
-            assert c.ci_low == pytest.approx(max(0.0, centre - half) / (bc / n))
-            assert c.ci_high == pytest.approx(min(1.0, centre + half) / (bc / n))
+            assert c.top.ratio == pytest.approx((tc / k) / (bc / n))
+            assert c.top.ci_low == pytest.approx(max(0.0, centre - half) / (bc / n))
+            assert c.top.ci_high == pytest.approx(min(1.0, centre + half) / (bc / n))
     # the boosted classes are enriched, a control class is depleted
-    assert by_label["repeat"].ci_low > 1.5 and by_label["latex"].ci_low > 1.5
-    assert by_label["json"].ratio < 0.5
+    assert by_label["repeat"].top.ci_low > 1.5 and by_label["latex"].top.ci_low > 1.5
+    assert by_label["json"].top.ratio < 0.5
+    # the boosted classes are depleted in the bottom tail: no size effect flagged
+    assert by_label["repeat"].bottom.ratio < 1.0 and not any(c.size_effect for c in report.classes)
     # tail weight: positive influence carried by the top 1% and 10%
     pos = np.clip(score, 0, None)
     srt = np.sort(score)[::-1]
-    assert report.tail_share["top_1%"] == pytest.approx(np.clip(srt[:32], 0, None).sum() / pos.sum())
-    assert report.tail_share["top_10%"] == pytest.approx(np.clip(srt[:320], 0, None).sum() / pos.sum())
+    assert report.tail_share["top"]["top_1%"] == pytest.approx(np.clip(srt[:32], 0, None).sum() / pos.sum())
+    assert report.tail_share["top"]["top_10%"] == pytest.approx(np.clip(srt[:320], 0, None).sum() / pos.sum())
 
 
 def test_explain_bottom_tail_head_column_and_sampled_base(scores_dir: Path) -> None:
@@ -310,11 +312,17 @@ def test_cli_explain_json_matches_function(scores_dir: Path, monkeypatch, capsys
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps to the terminal width
     code, out, err = run_cli(["explain", scores_dir, "--top", "5%", *args], monkeypatch, capsys)
     assert code == 0, err
-    assert "160 highest rows by score of 3,200" in out and "a seeded sample of 800" in out
-    assert "top 10% of rows carry" in out
+    assert "the 160 highest (top) and 160 lowest (bottom) rows by score of 3,200" in out and "a seeded sample of 800" in out
+    assert "10% highest rows carry" in out and "10% lowest rows carry" in out
     c = {c["label"]: c for c in want["classes"]}["repeat"]
     repeat_line = next(line for line in out.splitlines() if "│ repeat" in line)
-    assert f"{c['top_count']:,}" in repeat_line and f"{c['ratio']:.2f}" in repeat_line
+    assert f"{c['top']['count']:,}" in repeat_line and f"{c['top']['ratio']:.2f}" in repeat_line
+    assert "size: row length only" in out
+    # --tail bottom: the bottom tail first, and every heading names its own tail
+    code, out, err = run_cli(["explain", scores_dir, "--tail-share", "5%", "--tail", "bottom", *args], monkeypatch, capsys)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "class" in line and "share" in line)
+    assert header.index("bottom share") < header.index("top share")
 
 
 def test_cli_index_and_neighbors(scores_dir: Path, corpus_dir: Path, labels: list[str], monkeypatch, capsys) -> None:
@@ -378,8 +386,9 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
     cases = [
         (["explain", tmp_path / "missing"], "scores folder not found"),
         (["explain", tmp_path], "no summary.json"),
-        (["explain", scores_dir, "--top", "abc"], "top 'abc'"),
-        (["explain", scores_dir, "--top", "0%"], "top '0%'"),
+        (["explain", scores_dir, "--top", "abc"], "--tail-share 'abc'"),
+        (["explain", scores_dir, "--tail-share", "0%"], "--tail-share '0%'"),
+        (["explain", scores_dir, "--by", "domain"], "no label column 'domain' in the row sidecar (label columns: none"),
         (["explain", scores_dir, "--top", "999999"], "more rows than"),
         (["explain", scores_dir, "--head", "9.9"], "no scores for head 9.9"),
         (["explain", scores_dir, "--tail", "middle"], "tail 'middle'"),

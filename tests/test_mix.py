@@ -298,3 +298,50 @@ def test_build_mix_saves_its_config_and_a_replay_gives_the_same_bytes(setup, tmp
     assert code == 0, err
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
+
+
+# -- label columns in the provenance ------------------------------------------------------------------
+
+def _with_sidecar(src: Path, dst: Path, columns: dict) -> Path:
+    """A copy of a corpus folder with a row sidecar holding `columns` (row_id and step added)."""
+    from curate.parquet_io import write_table_parquet
+
+    shutil.copytree(src, dst)
+    n = open_corpus(dst).num_rows
+    ids = np.arange(n, dtype=np.int64)
+    write_table_parquet(dst / "rows.parquet", {"row_id": ids, "step": ids // BATCH, "doc_id": ids, **columns})
+    meta = json.loads((dst / "corpus.json").read_text())
+    (dst / "corpus.json").write_text(json.dumps({**meta, "sidecar": "rows.parquet"}))
+    return dst
+
+
+def test_provenance_carries_the_source_rows_labels(setup, tmp_path: Path) -> None:
+    from mix_helpers import write_scores
+
+    labels = json.loads((setup.corpus / "labels.json").read_text())
+    n = len(labels)
+    base = _with_sidecar(setup.corpus, tmp_path / "base", {"domain": labels, "source": [f"file{i % 5}" for i in range(n)],
+                                                           "weight": np.linspace(0, 1, n)})
+    pool = _with_sidecar(setup.corpus, tmp_path / "pool", {"source": list(range(n)), "lang": ["en"] * n})
+    scores = write_scores(tmp_path / "scores", base, setup.window_scores, np.arange(setup.first_row, setup.stop_row),
+                          batch_size=BATCH, shard_rows=150)
+    # rows from the scored corpus only: every label of the source row, in every position
+    top = _prov(build_mix(scores, tmp_path / "top", MixSpec(remove="10%", augment="5%", source="top")).out)
+    assert list(top) == ["row_id", "step", "source_corpus", "source_row_id", "reason", "score", "domain", "source"]
+    assert top["domain"] == [labels[r] for r in top["source_row_id"]]
+    assert top["source"] == [f"file{r % 5}" for r in top["source_row_id"]]
+    # rows from a second corpus: its own labels; a column one source lacks is null there; `source` is text in one
+    # sidecar and integers in the other, so it becomes text
+    mixed = _prov(build_mix(scores, tmp_path / "pooled", MixSpec(remove="5%", augment="3%", source="synthetic", pool=str(pool))).out)
+    assert list(mixed)[6:] == ["domain", "source", "lang"]
+    from_pool = [i for i, why in enumerate(mixed["reason"]) if why == "synthetic"]
+    assert len(from_pool) == math.ceil(0.03 * WINDOW)
+    for i, (why, r) in enumerate(zip(mixed["reason"], mixed["source_row_id"])):
+        if why == "synthetic":
+            assert (mixed["domain"][i], mixed["source"][i], mixed["lang"][i]) == (None, str(r), "en")
+        else:
+            assert (mixed["domain"][i], mixed["source"][i], mixed["lang"][i]) == (labels[r], f"file{r % 5}", None)
+    # the mix's own sidecar is its provenance: explain --by works on a mix
+    from curate.labels import label_columns
+
+    assert {"reason", "domain", "source", "lang"} <= set(label_columns(open_corpus(tmp_path / "pooled")))

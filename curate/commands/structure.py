@@ -19,8 +19,12 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _fmt_ci(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
+
+
 def print_explain(report) -> None:
-    """The enrichment table and the tail weight, with rich."""
+    """The enrichment of both tails side by side (raw and size-adjusted), and the tails' weight, with rich."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -28,20 +32,47 @@ def print_explain(report) -> None:
     console = Console()
     heads = " ".join(str(h) for h in report.heads) or "-"
     window = f"steps {report.window[0]}-{report.window[1]}" if report.window else "window ?"
-    what = "highest" if report.tail == "top" else "lowest"
     base = f"a seeded sample of {report.base_rows:,}" if report.base_sampled else f"all {report.base_rows:,}"
+    classes = "structure tags" if report.by == "tag" else f"sidecar column {report.by!r}"
     console.print(escape(f"{report.scores}: circuit {report.circuit or '?'} (heads {heads}, {window})"))
-    console.print(escape(f"{report.top_k:,} {what} rows by {report.column} of {report.num_rows:,}; base rate over {base} window rows"))
+    console.print(escape(
+        f"classes: {classes}; the {report.top_k:,} highest (top) and {report.top_k:,} lowest (bottom) rows by "
+        f"{report.column} of {report.num_rows:,}; base rate over {base} window rows"
+    ))
+    order = (report.tail, "bottom" if report.tail == "top" else "top")
+    measures = report.size_measures
     table = Table()
-    for col in ("class", "top rows", "top share", "base share", "ratio", "95% CI of ratio"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c in sorted(report.classes, key=lambda c: -(c.ratio or 0.0)):
-        ci = "-" if c.ci_low is None else f"{c.ci_low:.2f}-{c.ci_high:.2f}"
-        table.add_row(c.label, f"{c.top_count:,}", f"{c.top_share:.1%}", f"{c.base_share:.1%}", _fmt_ratio(c.ratio), ci)
+    table.add_column("class", justify="left")
+    table.add_column("base share", justify="right")
+    for t in order:
+        table.add_column(f"{t} rows", justify="right")
+        table.add_column(f"{t} share", justify="right")
+        table.add_column(f"{t} ratio (95% CI)", justify="right")
+        for m in measures:
+            table.add_column(f"{t} ratio, {m}-matched", justify="right")
+    table.add_column("note", justify="left")
+    key = lambda c: -((getattr(c, report.tail).ratio) or 0.0)  # noqa: E731
+    for c in sorted(report.classes, key=key):
+        cells = [escape(c.label), f"{c.base_share:.1%}"]
+        for t in order:
+            e = getattr(c, t)
+            cells += [f"{e.count:,}", f"{e.share:.1%}", f"{_fmt_ratio(e.ratio)} ({_fmt_ci(e.ci_low, e.ci_high)})"]
+            for a in e.adjusted:
+                cells.append(f"{_fmt_ratio(a.ratio)} ({_fmt_ci(a.ci_low, a.ci_high)})")
+        cells.append("both tails: size effect?" if c.size_effect else "")
+        table.add_row(*cells)
     console.print(table)
-    sign = "positive" if report.tail == "top" else "negative"
-    parts = [f"{k.replace('_', ' ')} of rows carry {v:.1%}" for k, v in report.tail_share.items()]
-    console.print(escape(f"tail: of the total {sign} influence, the " + "; the ".join(parts)))
+    console.print(escape(
+        "ratio = tail share / base share, 95% CI = Wilson interval of the tail share / base share; "
+        f"{'-, '.join(measures)}-matched: against the base matched on that size (10 quantile bins of the base rows)"
+    ))
+    if "grad_norm" not in measures:
+        console.print("size: row length only (this scores folder records no per-row gradient norm)")
+    for t in order:
+        sign = "positive" if t == "top" else "negative"
+        what = "highest" if t == "top" else "lowest"
+        parts = [f"{k.replace('top_', '')} {what} rows carry {v:.1%}" for k, v in report.tail_share[t].items()]
+        console.print(escape(f"{t} tail: of the total {sign} influence, the " + "; the ".join(parts)))
 
 
 @dataclass
@@ -49,9 +80,10 @@ class ExplainOptions:
     """`curate explain`."""
 
     scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
-    top: str = opt("10%", "--top", help="Top rows: a percentage of the window (10%) or a count (500).")
+    top: str = opt("10%", "--tail-share", "--top", help="Rows in each tail (top and bottom): a percentage of the window (10%) or a count (500).")
     head: str | None = opt(None, "--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")
-    tail: str = opt("top", "--tail", help="top: builders (highest scores); bottom: suppressors (lowest).")
+    tail: str = opt("top", "--tail", help="The tail shown first and ordered by: top (builders, highest scores) or bottom (suppressors, lowest).")
+    by: str | None = opt(None, "--by", help="Classes: a label column of the corpus sidecar (domain, source, ...); default: the structure tagger.")
     corpus: Path | None = opt(None, "--corpus", help="Corpus the row ids refer to (default: summary.json 'corpus').")
     base_sample: int = opt(20_000, "--base-sample", help="Tag at most this many window rows for the base rate (seeded sample).")
     seed: int = opt(0, "--seed", help="Seed of the base-rate sample.")
@@ -68,10 +100,12 @@ class ExplainOptions:
 
 
 def explain_command(o: ExplainOptions) -> None:
-    """Which structural classes are enriched among the top-k rows vs. the window's base rate, and how heavy the tail is."""
+    """Which classes (sidecar labels or structure tags) are enriched in the top and bottom tails vs. the window's base
+    rate, raw and size-adjusted, and how heavy the tails are."""
     from curate.augment.explain import explain_scores
 
-    report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample, seed=o.seed)
+    report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
+                            seed=o.seed, by=o.by)
     if o.as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
