@@ -206,21 +206,37 @@ class ActorPool:
         return fresh
 
     def run(self, method: str, tasks: Sequence[Task], on_result: Callable[[Task, Any], None], phase: str = "") -> None:
-        """Run every task (`actor.method(*task.args)`); `on_result(task, result)` in completion order."""
+        """Run every task (`actor.method(*task.args)`); `on_result(task, result)` in completion order.
+
+        A task whose actor died goes back to the front of the queue; the dead actor is replaced by a fresh
+        one that takes tasks once it is up. Meanwhile the live actors go on with the queue, so a cluster that
+        lost a node (and cannot place the replacement) still finishes the job on the nodes it has left.
+        """
         import ray
 
         deaths = actor_death_types()
         queue: deque[Task] = deque(tasks)
         idle = list(self.actors)
         in_flight: dict[Any, tuple[Any, Task]] = {}
+        starting: dict[Any, Any] = {}  # ready ref of a replacement actor -> the actor
         try:
             while queue or in_flight:
                 while queue and idle:
                     actor, task = idle.pop(0), queue.popleft()
                     task.attempts += 1
                     in_flight[getattr(actor, method).remote(*task.args)] = (actor, task)
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                ready, _ = ray.wait([*in_flight, *starting], num_returns=1)
                 ref = ready[0]
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except deaths:  # died before it was up: start another
+                        fresh = self._replace(actor)
+                        starting[fresh.__ray_ready__.remote()] = fresh
+                        continue
+                    idle.append(actor)
+                    continue
                 actor, task = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
@@ -233,7 +249,8 @@ class ActorPool:
                         raise CurateError(
                             f"{phase or method} task {retry.to_json()['task']} failed {task.attempts} times: its actor died ({retry.error})"
                         ) from None
-                    idle.append(self._replace(actor))
+                    fresh = self._replace(actor)
+                    starting[fresh.__ray_ready__.remote()] = fresh
                     queue.appendleft(task)
                     continue
                 except Exception as e:  # the task itself raised: no retry
