@@ -26,6 +26,15 @@ from tests.score_helpers import build_tiny_corpus, build_tiny_model
 # --------------------------------------------------------------------------- inputs, built once
 
 
+def _hand_made(folder: Path) -> None:
+    """A corpus folder whose files were written by hand: no recorded vocabulary, no sidecar."""
+    meta = json.loads((folder / "corpus.json").read_text())
+    meta.pop("vocab_size", None)
+    meta.pop("sidecar", None)
+    (folder / "corpus.json").write_text(json.dumps(meta))
+    (folder / "rows.parquet").unlink()
+
+
 def _broken_copies(corpus: Path, root: Path) -> dict[str, Path]:
     from curate.corpus import open_corpus
     from curate.megatron import write_megatron
@@ -56,13 +65,13 @@ def _broken_copies(corpus: Path, root: Path) -> dict[str, Path]:
     bad = rows.copy()
     bad[5, 3] = -1
     write_megatron(neg / "corpus", bad.astype(np.int32), np.int32)
-    (neg / "rows.parquet").unlink()
+    _hand_made(neg)
     out["neg"] = neg
     oov = copy("out-of-vocab")
     bad = rows.copy()
     bad[7, 2] = 400  # the corpus (and the model) have 300 tokens
     write_megatron(oov / "corpus", bad, np.uint16)
-    (oov / "rows.parquet").unlink()
+    _hand_made(oov)
     out["oov"] = oov
     return out
 
@@ -123,7 +132,7 @@ def paths(tmp_path_factory) -> dict[str, Path]:
 
 NEW = "{out}/new"  # an --out that does not exist yet (its parent is watched for leftovers)
 SCORE = ["score", "--model", "{model}", "--heads", "1.0", "--window", "0:2", "--workers", "1", "--quiet"]
-TRAIN = ["train", "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--hidden", "32", "--context", "32", "--quiet"]
+TRAIN = ["train", "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--quiet"]
 MIX = ["build-mix", "{scores}"]
 EXPERIMENT = ["experiment", "--quick", "--workers", "1", "--quiet"]
 
@@ -135,8 +144,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-zero-row-idx", SCORE + ["--corpus", "{zero}", "--out", NEW], "0 sequences"),
     ("score-truncated-idx", SCORE + ["--corpus", "{trunc_idx}", "--out", NEW], "trunc-idx"),
     ("score-truncated-bin", SCORE + ["--corpus", "{trunc_bin}", "--out", NEW], "trunc-bin"),
-    ("score-negative-ids", SCORE + ["--corpus", "{neg}", "--window", "0:5", "--out", NEW], "negative"),
-    ("score-out-of-vocab", SCORE + ["--corpus", "{oov}", "--out", NEW], "out-of-vocab"),
+    ("score-negative-ids", SCORE + ["--corpus", "{neg}", "--out", NEW], "-1"),
+    ("score-out-of-vocab", SCORE + ["--corpus", "{oov}", "--out", NEW], "400"),
     ("score-scores-as-corpus", SCORE + ["--corpus", "{scores}", "--out", NEW], "scores"),
     ("score-missing-model", ["score", "--model", "{missing}", "--corpus", "{corpus}", "--heads", "1.0", "--window", "0:2", "--out", NEW], "does-not-exist"),
     ("score-corpus-as-model", ["score", "--model", "{corpus}", "--corpus", "{corpus}", "--heads", "1.0", "--window", "0:2", "--out", NEW], "corpus"),
@@ -159,15 +168,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-workers-0", SCORE + ["--corpus", "{corpus}", "--workers", "0", "--out", NEW], "workers"),
     ("score-shard-rows-0", SCORE + ["--corpus", "{corpus}", "--shard-rows", "0", "--out", NEW], "shard-rows"),
     ("score-ray-address-garbage", SCORE + ["--corpus", "{corpus}", "--ray-address", "no-port-here", "--out", NEW], "ray-address"),
-    ("score-workers-not-int", SCORE + ["--corpus", "{corpus}", "--workers", "two", "--out", NEW], "two"),
+    ("score-workers-not-int", SCORE + ["--corpus", "{corpus}", "--workers", "two", "--out", NEW], "workers"),
     # -- train
     ("train-missing-corpus", TRAIN + ["--corpus", "{missing}", "--out", NEW], "does-not-exist"),
     ("train-not-a-corpus", TRAIN + ["--corpus", "{notcorpus}", "--out", NEW], "notes"),
     ("train-zero-row-idx", TRAIN + ["--corpus", "{zero}", "--out", NEW], "0 sequences"),
     ("train-truncated-idx", TRAIN + ["--corpus", "{trunc_idx}", "--out", NEW], "trunc-idx"),
     ("train-truncated-bin", TRAIN + ["--corpus", "{trunc_bin}", "--out", NEW], "trunc-bin"),
-    ("train-negative-ids", TRAIN + ["--corpus", "{neg}", "--out", NEW], "negative"),
-    ("train-out-of-vocab", TRAIN + ["--corpus", "{oov}", "--out", NEW], "400"),
+    ("train-negative-ids", TRAIN + ["--corpus", "{neg}", "--out", NEW], "-1"),
+    ("train-out-of-vocab", TRAIN + ["--corpus", "{oov}", "--from", "{model}", "--out", NEW], "400"),
     ("train-scores-as-corpus", TRAIN + ["--corpus", "{scores}", "--out", NEW], "scores"),
     ("train-out-is-the-corpus", TRAIN + ["--corpus", "{corpus}", "--out", "{corpus}"], "input"),
     ("train-out-contains-the-corpus", TRAIN + ["--corpus", "{corpus}", "--out", "{root}"], "input"),
@@ -180,7 +189,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-from-a-corpus", TRAIN + ["--corpus", "{corpus}", "--from", "{mcorpus}", "--out", NEW], "corpus"),
     ("train-plan-missing", TRAIN + ["--corpus", "{corpus}", "--plan", "{missing}", "--out", NEW], "does-not-exist"),
     ("train-checkpoints-garbage", TRAIN + ["--corpus", "{corpus}", "--checkpoints", "sometimes", "--out", NEW], "sometimes"),
-    ("train-lr-not-a-number", TRAIN + ["--corpus", "{corpus}", "--lr", "abc", "--out", NEW], "abc"),
+    ("train-lr-not-a-number", TRAIN + ["--corpus", "{corpus}", "--lr", "abc", "--out", NEW], "lr"),
     ("train-config-missing", TRAIN + ["--corpus", "{corpus}", "--config", "{missing}", "--out", NEW], "does-not-exist"),
     ("train-resume-nothing", TRAIN + ["--corpus", "{corpus}", "--resume", "--out", "{foreign}"], "mine"),
     # -- circuits
@@ -189,7 +198,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("circuits-scores-as-model", ["circuits", "{scores}"], "scores"),
     ("circuits-not-a-model", ["circuits", "{notcorpus}"], "notes"),
     ("circuits-probes-longer-than-context", ["circuits", "{model64}", "--half-len", "40"], "context"),
-    ("circuits-half-len-0", ["circuits", "{model}", "--half-len", "0"], "half-len"),
+    ("circuits-half-len-0", ["circuits", "{model}", "--half-len", "0"], "half length"),
     ("circuits-probes-0", ["circuits", "{model}", "--probes", "0"], "probes"),
     ("circuits-revision-of-a-plain-folder", ["circuits", "{model}", "--revision", "step5"], "step5"),
     # -- build-mix
@@ -328,7 +337,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("scales-out-is-a-single-experiment", EXPERIMENT + ["--scales", "--corpus", "{corpus}", "--out", "{single_exp}"], "single experiment"),
     ("scales-sizes-garbage", EXPERIMENT + ["--scales", "--corpus", "{corpus}", "--sizes", "abc", "--out", NEW], "abc"),
     ("build-default-workspace-is-a-file", ["corpus", "build-default", "--workspace", "{tok}"], "tokenizer.json"),
-    ("build-default-over-a-foreign-folder", ["corpus", "build-default", "--workspace", "{foreign_ws}", "--force"], "precious"),
+    ("build-default-over-a-foreign-folder", ["corpus", "build-default", "--workspace", "{foreign_ws}", "--force"], "not a curate corpus"),
     # -- replay
     ("replay-missing", ["replay", "{missing}"], "does-not-exist"),
     ("replay-no-command-json", ["replay", "{notcorpus}"], "command.json"),

@@ -101,19 +101,25 @@ def recorded_shards(out: Path) -> dict:
         return {}
 
 
-def when(condition, action) -> threading.Thread:
-    """Run `action()` in a thread as soon as `condition()` holds (polled; gives up after 120 s)."""
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if condition():
-                action()
-                return
-            time.sleep(0.02)
+class when:
+    """Run `action()` in a thread as soon as `condition()` holds (polled until `stop()`)."""
 
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    return t
+    def __init__(self, condition, action) -> None:
+        self._stop = threading.Event()
+
+        def watch() -> None:
+            while not self._stop.is_set():
+                if condition():
+                    action()
+                    return
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +159,7 @@ def test_worker_node_removed_mid_run_completes_identically_and_reports_retries(r
     try:
         s = run_job(resolve_job(request(tiny, out, c.address)), lines.append)
     finally:
-        watcher.join(timeout=60)
+        watcher.stop()
         cluster["worker"] = add_worker(c)  # back to two nodes for the next tests
     assert removed and removed[0] < 8, "the node was removed after the job had finished"
     assert (s["shards"], s["shards_scored"], s["shards_skipped"]) == (8, 8, 0)
@@ -214,7 +220,7 @@ def arm_runs(tiny: dict, arms_dir: Path) -> list:
 
     config = default_model_config(300, hidden_size=32, max_position_embeddings=32).to_dict()
     runs = []
-    for seed in range(4):  # four runs of different seeds, two at a time on the two nodes; the first is the shortest
+    for seed in range(3):  # three runs of different seeds, two at a time on the two nodes; the first is the shortest
         spec = TrainSpec(corpus=str(tiny["corpus"]), model_config=config, steps=8 if seed == 0 else 24, batch_size=8, eval_every=8, eval_probes=8,
                          heldout_rows=16, lr=3e-3, warmup_steps=4, checkpoints="every:4", seed=seed)
         runs.append(ArmRun("baseline", seed, run_folder(arms_dir, "baseline", seed), spec, run_key(spec)))
@@ -245,11 +251,11 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
     try:
         counts = train_runs(runs, 2, lines.append)
     finally:
-        watcher.join(timeout=60)
+        watcher.stop()
         cluster["worker"] = add_worker(c)
     assert kept, "no run had finished when the node was removed"
     assert all(is_finished(r.out_dir, r.key) for r in runs)
-    assert (counts["trained"], counts["skipped"], counts["workers"]) == (4, 0, 2)
+    assert (counts["trained"], counts["skipped"], counts["workers"]) == (3, 0, 2)
     assert counts["retried"], "no arm run was lost with the node"
     assert not set(counts["retried"]) & set(kept)  # a run finished before the loss is never trained again
     retry_lines = [ln for ln in lines if "died" in ln and "training it again" in ln]
@@ -259,7 +265,7 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
         assert digest(r.out_dir) == files
     # a rerun keeps everything
     again = train_runs(runs, 2, lines.append)
-    assert (again["trained"], again["skipped"]) == (0, 4)
+    assert (again["trained"], again["skipped"]) == (0, 3)
     # the retried run resumed to the same result as training it without interruption
     from curate.training.trainer import train
 
