@@ -169,8 +169,11 @@ class ArmWorker:
     def train(self, spec_json: dict, out_dir: str) -> dict:
         from curate.training.trainer import TrainSpec, train
 
+        import ray
+
         result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
-        return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s")}
+        return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s"),
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = False, device: str = "cpu") -> dict:
@@ -228,7 +231,8 @@ def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> li
             done["n"] += 1
             r = todo[task.key]
             wall = result.get("wall_s")
-            log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else ""))
+            node = f" on node {str(result['node'])[:8]}" if not session.started_here and result.get("node") else ""  # a joined Ray: which node
+            log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else "") + node)
 
         try:
             pool.run("train", [Task(i, (r.spec.to_json(), str(r.out_dir))) for i, r in enumerate(todo)], finished, phase="arms")  # type: ignore[attr-defined]

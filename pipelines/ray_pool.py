@@ -124,7 +124,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if not address:
         from curate.pipelines.ray_reaper import start_watchdog
 
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+        # address="local": a new Ray of our own, never a cluster `ray start` left running on this machine
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
         watchdog = start_watchdog()  # the agents Ray leaves behind end with this driver, even on kill -9
     try:
         res = ray.cluster_resources()

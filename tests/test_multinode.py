@@ -40,6 +40,16 @@ def add_worker(cluster):
     return node
 
 
+def wait_until_idle(cpus: int = 4, timeout: float = 120) -> None:
+    """Until every CPU of the cluster is free (the actors of an earlier job, or of a killed driver, are gone)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < cpus:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) >= cpus, ray.available_resources()
+
+
 def node_ids() -> dict[str, str]:
     """'head' / 'worker' -> Ray node id of the live nodes."""
     import ray
@@ -148,6 +158,7 @@ def test_worker_node_removed_mid_run_completes_identically_and_reports_retries(r
     out = tiny["base"] / "node-lost"
     worker = reference["nodes"]["worker"]
     monkeypatch.setenv("CURATE_FAULT_SHARD_DELAY_S", "0.5")  # each shard takes >= 0.5 s: the node goes while shards remain
+    wait_until_idle()  # both nodes free: one actor on each
     removed = []
 
     def remove() -> None:
@@ -220,8 +231,8 @@ def arm_runs(tiny: dict, arms_dir: Path) -> list:
 
     config = default_model_config(300, hidden_size=32, max_position_embeddings=32).to_dict()
     runs = []
-    for seed in range(3):  # three runs of different seeds, two at a time on the two nodes; the first is the shortest
-        spec = TrainSpec(corpus=str(tiny["corpus"]), model_config=config, steps=8 if seed == 0 else 24, batch_size=8, eval_every=8, eval_probes=8,
+    for seed in range(3):  # three runs of different seeds, two at a time on the two nodes
+        spec = TrainSpec(corpus=str(tiny["corpus"]), model_config=config, steps=24, batch_size=8, eval_every=8, eval_probes=8,
                          heldout_rows=16, lr=3e-3, warmup_steps=4, checkpoints="every:4", seed=seed)
         runs.append(ArmRun("baseline", seed, run_folder(arms_dir, "baseline", seed), spec, run_key(spec)))
     return runs
@@ -240,13 +251,16 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
     c = cluster["cluster"]
     runs = arm_runs(tiny, tiny["base"] / "arms")
     kept: dict[str, dict] = {}
+    wait_until_idle()  # both nodes free (the killed driver's actors gone): one arm worker on each
 
     def remove() -> None:
         for r in finished_runs(runs):
             kept[r.label] = digest(r.out_dir)
         c.remove_node(cluster["worker"])
 
-    watcher = when(lambda: len(finished_runs(runs)) >= 1, remove)
+    # the node goes once a run has finished and every run has started: then each node is training one
+    started = lambda: all((r.out_dir / "run.json").is_file() for r in runs)  # noqa: E731
+    watcher = when(lambda: len(finished_runs(runs)) >= 1 and started(), remove)
     lines: list[str] = []
     try:
         counts = train_runs(runs, 2, lines.append)
@@ -256,7 +270,7 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
     assert kept, "no run had finished when the node was removed"
     assert all(is_finished(r.out_dir, r.key) for r in runs)
     assert (counts["trained"], counts["skipped"], counts["workers"]) == (3, 0, 2)
-    assert counts["retried"], "no arm run was lost with the node"
+    assert counts["retried"], f"no arm run was lost with the node: {lines}"
     assert not set(counts["retried"]) & set(kept)  # a run finished before the loss is never trained again
     retry_lines = [ln for ln in lines if "died" in ln and "training it again" in ln]
     assert len(retry_lines) == len(counts["retried"])
