@@ -220,6 +220,7 @@ class ActorPool:
         idle = list(self.actors)
         in_flight: dict[Any, tuple[Any, Task]] = {}
         starting: dict[Any, Any] = {}  # ready ref of a replacement actor -> the actor
+        failed_starts = 0
         try:
             while queue or in_flight:
                 while queue and idle:
@@ -232,7 +233,11 @@ class ActorPool:
                     actor = starting.pop(ref)
                     try:
                         ray.get(ref)
-                    except deaths:  # died before it was up: start another
+                    except deaths as e:  # died before it was up (its node went, its constructor failed): another, bounded
+                        failed_starts += 1
+                        if failed_starts >= self.max_attempts:
+                            raise CurateError(f"{phase or method}: a replacement worker failed to start {failed_starts} times "
+                                              f"({_first_line(e)})") from None
                         fresh = self._replace(actor)
                         starting[fresh.__ray_ready__.remote()] = fresh
                         continue

@@ -287,3 +287,41 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
     clean = tiny["base"] / "clean"
     train(lost.spec, clean, progress=False)
     assert json.loads((clean / "curves.json").read_text()) == json.loads((lost.out_dir / "curves.json").read_text())
+
+
+# --------------------------------------------------------------------------- the pool's bounds
+
+
+class _Dies:
+    """An actor whose task kills its process; with `broken`, its constructor fails."""
+
+    def __init__(self, broken: bool) -> None:
+        if broken:
+            raise RuntimeError("cannot start")
+
+    def work(self, x: int) -> int:
+        os._exit(1)
+
+
+def test_a_replacement_that_cannot_start_ends_the_job_with_one_error(cluster):
+    """A dead actor's replacement that never comes up (here: its constructor fails) is given up after the pool's
+    attempts, with one CurateError, instead of being restarted forever."""
+    import ray
+
+    from curate.errors import CurateError
+    from curate.pipelines.ray_pool import ActorPool, Task
+
+    remote = ray.remote(_Dies).options(num_cpus=1, max_restarts=0)
+    made = []
+
+    def factory():
+        made.append(1)
+        return remote.remote(len(made) > 1)  # the first starts, every replacement fails to
+
+    pool = ActorPool(factory, 1)
+    try:
+        with pytest.raises(CurateError, match="failed to start 3 times"):
+            pool.run("work", [Task(0, (0,))], lambda t, r: None, phase="test")
+    finally:
+        pool.shutdown()
+    assert len(pool.retries) == 1 and len(made) == 4  # the first actor, then three replacements that never came up
