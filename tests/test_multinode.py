@@ -292,17 +292,6 @@ def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(
 # --------------------------------------------------------------------------- the pool's bounds
 
 
-class _Dies:
-    """An actor whose task kills its process; with `broken`, its constructor fails."""
-
-    def __init__(self, broken: bool) -> None:
-        if broken:
-            raise RuntimeError("cannot start")
-
-    def work(self, x: int) -> int:
-        os._exit(1)
-
-
 def test_a_replacement_that_cannot_start_ends_the_job_with_one_error(cluster):
     """A dead actor's replacement that never comes up (here: its constructor fails) is given up after the pool's
     attempts, with one CurateError, instead of being restarted forever."""
@@ -311,7 +300,15 @@ def test_a_replacement_that_cannot_start_ends_the_job_with_one_error(cluster):
     from curate.errors import CurateError
     from curate.pipelines.ray_pool import ActorPool, Task
 
-    remote = ray.remote(_Dies).options(num_cpus=1, max_restarts=0)
+    class Dies:  # (defined here: shipped by value to the workers) its task kills its process; `broken`: cannot start
+        def __init__(self, broken: bool) -> None:
+            if broken:
+                raise RuntimeError("cannot start")
+
+        def work(self, x: int) -> int:
+            os._exit(1)
+
+    remote = ray.remote(Dies).options(num_cpus=1, max_restarts=0)
     made = []
 
     def factory():
