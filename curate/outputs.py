@@ -30,7 +30,7 @@ _LABEL = {
 }
 # Files (or, last, folders) a writer always leaves, naming its kind (checked after manifest.json).
 _SIGNATURE_FILES = (("experiment.json", EXPERIMENT), ("model-config.json", EXPERIMENT),  # a --scales size folder
-                    ("run.json", RUN), ("index.json", INDEX),
+                    ("run.json", RUN), ("stream.parquet", RUN), ("index.json", INDEX),
                     ("corpus.json", CORPUS), ("summary.json", SCORES), ("factors", SCORES), ("shards", SCORES),
                     ("tokenizer_config.json", TOKENIZER))
 

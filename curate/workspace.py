@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from curate.errors import CurateError
+
 ENV_VAR = "CURATE_WORKSPACE"
 DEFAULT_DIR = "curate-workspace"
 
@@ -13,9 +15,13 @@ WORKSPACE_HELP = f"Workspace folder (default: ${ENV_VAR} or ./{DEFAULT_DIR})."
 def resolve_workspace(explicit: Path | None = None) -> Path:
     """`--workspace`, else $CURATE_WORKSPACE, else ./curate-workspace."""
     if explicit is not None:
-        return Path(explicit)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else Path(DEFAULT_DIR)
+        ws = Path(explicit)
+    else:
+        env = os.environ.get(ENV_VAR)
+        ws = Path(env) if env else Path(DEFAULT_DIR)
+    if ws.exists() and not ws.is_dir():
+        raise CurateError(f"{ws}: the workspace is not a folder")
+    return ws
 
 
 def default_corpus_dir(ws: Path) -> Path:

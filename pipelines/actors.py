@@ -115,4 +115,14 @@ class ScoreWorker(ScoringWorker):
         table = self.score_rows(int(start), int(stop))
         table.to_parquet(path)
         return {"rows": len(table), "sha256": file_sha256(Path(path)), "seconds": time.perf_counter() - t0,
-                "cpu_seconds": time.process_time() - c0, "pid": os.getpid()}
+                "cpu_seconds": time.process_time() - c0, "pid": os.getpid(), "node": _node_id()}
+
+
+def _node_id() -> str:
+    """The Ray node this actor runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id() or "")
+    except Exception:  # not in a Ray worker
+        return ""

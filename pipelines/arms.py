@@ -169,8 +169,11 @@ class ArmWorker:
     def train(self, spec_json: dict, out_dir: str) -> dict:
         from curate.training.trainer import TrainSpec, train
 
+        import ray
+
         result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
-        return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s")}
+        return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s"),
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = False, device: str = "cpu") -> dict:
@@ -182,7 +185,7 @@ def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = Fals
     if skipped:
         log(f"arms: {skipped} run(s) already finished, skipped")
     if not todo:
-        return {"trained": 0, "skipped": skipped, "workers": 0}
+        return {"trained": 0, "skipped": skipped, "workers": 0, "retried": []}
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
         from curate.training.trainer import train
@@ -190,12 +193,15 @@ def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = Fals
         for i, r in enumerate(todo):
             log(f"arms: training {r.label} ({i + 1}/{len(todo)}) -> {r.out_dir}")
             train(r.spec, r.out_dir, progress=progress, resume=True)  # type: ignore[arg-type]
-        return {"trained": len(todo), "skipped": skipped, "workers": 1}
-    _train_on_ray(todo, workers, log, device)
-    return {"trained": len(todo), "skipped": skipped, "workers": workers}
+        return {"trained": len(todo), "skipped": skipped, "workers": 1, "retried": []}
+    retried = _train_on_ray(todo, workers, log, device)
+    return {"trained": len(todo), "skipped": skipped, "workers": workers, "retried": retried}
 
 
-def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> None:
+def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> list[str]:
+    """Train the runs on Ray actors; a run whose actor died (its node lost, its process killed) is trained again
+    on a fresh actor, resuming from its last checkpoint (at most `ray_pool.DEFAULT_MAX_ATTEMPTS` tries).
+    Returns the labels of the runs that were retried."""
     import ray
 
     from curate.pipelines.ray_pool import ActorPool, Task, ray_session
@@ -204,22 +210,35 @@ def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> No
         gpus = 1.0 if device == "cuda" else 0.0
         if gpus and session.gpus < 1:
             raise CurateError("device cuda: the Ray session has no GPU")
-        remote_cls = ray.remote(ArmWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
+        remote_cls = ray.remote(ArmWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
         size = min(workers, session.gpus) if gpus else workers
         log(f"arms: {len(todo)} run(s) on {size} Ray worker(s)")
-        pool = ActorPool(lambda: remote_cls.remote(), max(1, size))
+        retried: list[str] = []
+
+        def lost(retry) -> None:
+            r = todo[retry.key]
+            if is_finished(r.out_dir, r.key):  # it had written its last files: the rerun finds it finished
+                log(f"arms: the worker of {r.label} died ({retry.error}) after the run had finished; kept")
+                return
+            retried.append(r.label)
+            log(f"arms: the worker training {r.label} died ({retry.error}); training it again from its last checkpoint "
+                f"(attempt {retry.attempt + 1})")
+
+        pool = ActorPool(lambda: remote_cls.remote(), max(1, size), on_retry=lost)
         done = {"n": 0}
 
         def finished(task: Task, result: dict) -> None:
             done["n"] += 1
             r = todo[task.key]
             wall = result.get("wall_s")
-            log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else ""))
+            node = f" on node {str(result['node'])[:8]}" if not session.started_here and result.get("node") else ""  # a joined Ray: which node
+            log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else "") + node)
 
         try:
             pool.run("train", [Task(i, (r.spec.to_json(), str(r.out_dir))) for i, r in enumerate(todo)], finished, phase="arms")  # type: ignore[attr-defined]
         finally:
             pool.shutdown()
+        return retried
 
 
 def discard(arms_dir: Path, mixes_dir: Path, arm: str) -> None:

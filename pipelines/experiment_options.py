@@ -125,6 +125,11 @@ def check_options(opts: ExperimentOptions) -> None:
     if opts.window is not None:
         with named(opts, "window"):
             parse_window(opts.window)
+    if str(opts.heads).strip().lower() != "auto":
+        from curate.attribution.heads import HeadRef
+
+        with named(opts, "heads"):
+            HeadRef.parse_list(opts.heads)
     if opts.device not in ("cpu", "cuda"):
         raise option_error(opts, "device", f"{opts.device!r}: expected cpu or cuda")
     parse_checkpoint_steps(opts.arm_checkpoints, 10, 0)

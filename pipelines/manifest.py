@@ -32,6 +32,7 @@ class ShardRecord:
     rows: int
     seconds: float = 0.0
     attempts: int = 1
+    node: str = ""  # the Ray node that scored it ("" when not recorded)
 
     @property
     def key(self) -> str:

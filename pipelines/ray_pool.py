@@ -124,7 +124,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if not address:
         from curate.pipelines.ray_reaper import start_watchdog
 
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+        # address="local": a new Ray of our own, never a cluster `ray start` left running on this machine
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
         watchdog = start_watchdog()  # the agents Ray leaves behind end with this driver, even on kill -9
     try:
         res = ray.cluster_resources()
@@ -206,21 +207,42 @@ class ActorPool:
         return fresh
 
     def run(self, method: str, tasks: Sequence[Task], on_result: Callable[[Task, Any], None], phase: str = "") -> None:
-        """Run every task (`actor.method(*task.args)`); `on_result(task, result)` in completion order."""
+        """Run every task (`actor.method(*task.args)`); `on_result(task, result)` in completion order.
+
+        A task whose actor died goes back to the front of the queue; the dead actor is replaced by a fresh
+        one that takes tasks once it is up. Meanwhile the live actors go on with the queue, so a cluster that
+        lost a node (and cannot place the replacement) still finishes the job on the nodes it has left.
+        """
         import ray
 
         deaths = actor_death_types()
         queue: deque[Task] = deque(tasks)
         idle = list(self.actors)
         in_flight: dict[Any, tuple[Any, Task]] = {}
+        starting: dict[Any, Any] = {}  # ready ref of a replacement actor -> the actor
+        failed_starts = 0
         try:
             while queue or in_flight:
                 while queue and idle:
                     actor, task = idle.pop(0), queue.popleft()
                     task.attempts += 1
                     in_flight[getattr(actor, method).remote(*task.args)] = (actor, task)
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                ready, _ = ray.wait([*in_flight, *starting], num_returns=1)
                 ref = ready[0]
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except deaths as e:  # died before it was up (its node went, its constructor failed): another, bounded
+                        failed_starts += 1
+                        if failed_starts >= self.max_attempts:
+                            raise CurateError(f"{phase or method}: a replacement worker failed to start {failed_starts} times "
+                                              f"({_first_line(e)})") from None
+                        fresh = self._replace(actor)
+                        starting[fresh.__ray_ready__.remote()] = fresh
+                        continue
+                    idle.append(actor)
+                    continue
                 actor, task = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
@@ -233,7 +255,8 @@ class ActorPool:
                         raise CurateError(
                             f"{phase or method} task {retry.to_json()['task']} failed {task.attempts} times: its actor died ({retry.error})"
                         ) from None
-                    idle.append(self._replace(actor))
+                    fresh = self._replace(actor)
+                    starting[fresh.__ray_ready__.remote()] = fresh
                     queue.appendleft(task)
                     continue
                 except Exception as e:  # the task itself raised: no retry

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from curate.errors import CurateError
+from curate.pipelines.experiment_setting import EXPERIMENT_FILE
 
 Log = Callable[[str], None]
 
@@ -65,6 +66,27 @@ def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     return default_model_config(corpus_vocab_size(open_corpus(corpus_path))).to_dict(), opts.corpus
 
 
+SCALES_KEY = "scales"  # in the --scales folder's experiment.json: the sizes
+
+
+def check_scales_folder(out: Path, inputs: list) -> None:
+    """The --scales folder follows every writer's rule (`curate.outputs`): absent, empty or an experiment folder
+    holding none of the inputs; and an experiment folder must be a --scales one (not a single experiment)."""
+    from curate.outputs import EXPERIMENT, check_output_folder
+
+    check_output_folder(out, EXPERIMENT, inputs)
+    marker = out / EXPERIMENT_FILE
+    if marker.is_file():
+        try:
+            body = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            raise CurateError(f"{marker}: not valid JSON; remove it or use another output folder") from None
+        if not isinstance(body, dict) or SCALES_KEY not in body:
+            raise CurateError(f"{out}: holds a single experiment, not a --scales one; use another output folder")
+    elif out.is_dir() and any(out.iterdir()) and not (out / SCALES_KEY).is_dir():  # (a --scales folder of before the marker)
+        raise CurateError(f"{out}: holds a curate experiment, not a --scales one; use another output folder")
+
+
 def run_scales(opts, log: Log = lambda m: None) -> dict:
     """Run every size's experiment (resumable like one experiment), then write the acceleration report."""
     from curate.atomic import write_json
@@ -94,8 +116,10 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     for hidden, _ in sizes:  # cheap checks before anything is written
         if heads is not None and hidden % heads:
             raise CurateError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
+    check_scales_folder(out, [opts.corpus, opts.config, opts.model])
     base, corpus = _base_config(opts, ws, log)
     configs = {size_name(h, l): size_config(base, h, l) for h, l in sizes}
+    write_json(out / EXPERIMENT_FILE, {SCALES_KEY: list(configs), "command": command_line(opts)})  # names the folder's kind
 
     import os
 

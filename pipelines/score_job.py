@@ -339,6 +339,9 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         fingerprint["method"] = req.method
         if not score_method(req.method).fits_factors:
             fingerprint["factors"] = None
+    from curate.outputs import SCORES, check_output_folder
+
+    check_output_folder(out, SCORES, [corpus.path, *corpus.files, checkpoint])  # before anything (command.json too) is written
     if not req.force:
         legacy = _legacy_fingerprint(fingerprint, corpus, rows, fit_ids, req.seed)
         if _holds_job(out, legacy):  # a folder written when corpora were identified by path: kept as it was

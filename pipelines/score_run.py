@@ -131,10 +131,13 @@ class RayExecutor:
     the scores of each shard, on whichever actor is free (a dead actor's task is retried on a fresh one); every
     scored shard is written by its actor and recorded in the manifest."""
 
-    def __init__(self, make_actor, workers: int, job: ScoreJob, manifest: Manifest, progress: JobProgress, rows_todo: int) -> None:
+    def __init__(self, make_actor, workers: int, job: ScoreJob, manifest: Manifest, progress: JobProgress, rows_todo: int,
+                 log: Log = lambda s: None) -> None:
         from curate.pipelines.ray_pool import ActorPool
 
         self.job = job
+        self.log = log
+        self.nodes: dict[str, int] = {}  # Ray node id -> shards it scored this run
         self.manifest = manifest
         self.progress = progress
         self.rows_todo = rows_todo
@@ -145,6 +148,8 @@ class RayExecutor:
     def _note_retry(self, r) -> None:
         self.manifest.retries.append({**r.to_json(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.manifest.save()
+        what = f"shard of rows {r.key[0]}..{r.key[1]}" if r.phase == "score" else f"{r.phase} task {r.to_json()['task']}"
+        self.log(f"retry: the worker running the {what} died ({r.error}); running it again (attempt {r.attempt + 1})")
 
     def _partials(self, method: str, phase: str, args, chunks: list[np.ndarray]) -> list[dict]:
         """Partial sums of every chunk, in chunk order (whatever actor ran what)."""
@@ -184,7 +189,10 @@ class RayExecutor:
         def record(task: Task, result: dict) -> None:
             self.cpu_seconds += float(result.get("cpu_seconds", 0.0))
             a, b = task.key
-            rec = ShardRecord(a, b, shard_file(a, b), result["sha256"], int(result["rows"]), round(float(result["seconds"]), 3), task.attempts)
+            node = str(result.get("node") or "")
+            rec = ShardRecord(a, b, shard_file(a, b), result["sha256"], int(result["rows"]), round(float(result["seconds"]), 3), task.attempts,
+                              node)
+            self.nodes[node] = self.nodes.get(node, 0) + 1
             self.manifest.record(rec)
             records.append(rec)
             self.progress.advance(b - a)
@@ -231,6 +239,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     if skipped:
         log(f"resuming: {skipped} of {len(shards)} shards already scored ({job.num_rows - rows_todo} rows)")
     retries: list[Retry] = []
+    nodes: dict[str, int] = {}
     seconds_fit = seconds_score = cpu_score = 0.0
     workers_used = 0
     fitted = "not needed"
@@ -250,12 +259,13 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
             model_ref = ray.put(job.model.cpu())
             workers_used = _worker_count(req, session.cpus, session.gpus, len(todo))
             gpus = _gpus_per_actor(req, session.gpus, workers_used)
-            remote_cls = ray.remote(ScoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
+            # SPREAD: the actors go to as many nodes as the cluster has (one node's loss costs the fewest)
+            remote_cls = ray.remote(ScoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
             where = f"joined {req.ray_address}" if req.ray_address else "local"
             log(f"ray: {where} ({session.cpus} CPUs, {session.gpus} GPUs); {workers_used} worker(s), {len(todo)} shard(s) to score")
 
             executor = RayExecutor(lambda precond_ref: remote_cls.remote(setup, model_ref, precond_ref), workers_used, job,
-                                   manifest, progress, rows_todo)
+                                   manifest, progress, rows_todo, log)
             fit = FactorFit(job.fit_ids, job.data_key, DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, req.shard_rows)
             driver = ScoringDriver(executor, job.model, job.heads, req.mode, fit, out / FACTORS_DIR, job.model_fp,
                                    curvature=method.curvature or "ekfac")
@@ -274,6 +284,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
                 seconds_score = time.perf_counter() - t1
                 cpu_score = executor.cpu_seconds
                 retries = list(executor.pool.retries)
+                nodes = dict(sorted(executor.nodes.items()))
             finally:
                 executor.pool.shutdown()
 
@@ -328,6 +339,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "rows_per_s": round(rows_todo / seconds_score, 1) if seconds_score > 0 else None,
         "cpu_seconds_score": round(cpu_score, 3),  # CPU time the actors spent on the shards scored this run
         "retries": [r.to_json() for r in retries],
+        "retried_shards": len({tuple(r.key) for r in retries if r.phase == "score"}),  # shards re-run after their actor died
+        "nodes": nodes,  # Ray node id -> shards it scored this run (each shard's node is in the manifest)
         "notes": job.notes + list(job.localization.notes),
         "fingerprint_hash": fingerprint_hash(job.fingerprint),
     }

@@ -98,16 +98,17 @@ def curves_table(curves: list[dict]):
 
 
 def write_curves(run_dir: Path, curves: list[dict], summary: dict, plot: bool = True) -> None:
-    """curves.json, curves.parquet, summary.json (and curves.png) in `run_dir`, each written atomically."""
+    """curves.json, curves.parquet, curves.png and, last, summary.json in `run_dir`, each written atomically
+    (a complete summary is the mark of a finished run: nothing is written after it)."""
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
     write_json(run_dir / CURVES_JSON, {"points": curves})
     with atomic_path(run_dir / CURVES_PARQUET) as tmp:
         pq.write_table(curves_table(curves), tmp)
-    write_json(run_dir / SUMMARY_JSON, summary)
     if plot and curves:
         plot_curves(run_dir / CURVES_PNG, curves, summary.get("emergence", {}))
+    write_json(run_dir / SUMMARY_JSON, summary)
 
 
 def plot_curves(path: Path, curves: list[dict], emergence: dict) -> None:

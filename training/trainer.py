@@ -554,9 +554,9 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
 
     sources = [str(c.path) for c in stream.sources]
     if resume_dir is None:
+        # run.json first: it names the folder a training run (`curate.outputs`), so a run killed while it writes the
+        # rest is resumed (and rewritten from the start), never refused as a foreign folder
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / PLAN_FILE, plan.to_json())
-        _write_stream(out_dir / STREAM_FILE, stream, start_step)
         spec_json, absolute = _stored_json(run, out_dir)
         write_json(run_file, {
             "spec": spec_json, "absolute": absolute, "spec_hash": this_hash, "plan_hash": plan_hash, "start_step": start_step,
@@ -566,6 +566,8 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
             "init_fingerprint": init_fingerprint, "model_config": model.config.to_dict(),
             "checkpoint_steps": sorted(ckpt_steps), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
+        write_json(out_dir / PLAN_FILE, plan.to_json())
+        _write_stream(out_dir / STREAM_FILE, stream, start_step)
 
     def evaluate(step: int) -> dict:
         nonlocal loss_sum, loss_count

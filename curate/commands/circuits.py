@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from curate.commands.options import command
+from curate.errors import CurateError
 from curate.options import arg, opt, workspace_opt
 
 
@@ -32,8 +33,11 @@ def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | Non
     from curate.attribution.probes import probe_spec
     from curate.training.models import load_model, resolve_checkpoint_dir
 
+    folder = resolve_checkpoint_dir(checkpoint, revision)
+    if revision is not None and folder is not None and folder.resolve() == Path(checkpoint).expanduser().resolve():
+        raise CurateError(f"{checkpoint}: a model folder without revisions (no {revision}/ in it); drop --revision {revision}")
     model = load_model(checkpoint, revision=revision)
-    tok_vocab, eot = checkpoint_tokenizer(resolve_checkpoint_dir(checkpoint, revision))
+    tok_vocab, eot = checkpoint_tokenizer(folder)
     spec = probe_spec(model.config, vocab_size=tok_vocab, eot_id=eot, n=probes, half_len=half_len, seed=seed)
     tokens = spec.draw()
     with torch.no_grad():

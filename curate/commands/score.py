@@ -65,7 +65,8 @@ def print_summary(summary: dict, out: Path) -> None:
     console.print(
         f"window steps [{w[0]}, {w[1]}) = {summary['rows']:,} rows; scored {summary['rows_scored']:,} rows in "
         f"{summary['seconds']:.1f} s{rate} on {summary['workers']} worker(s); shards {summary['shards_scored']} scored, "
-        f"{summary['shards_skipped']} skipped; retries {len(summary['retries'])}",
+        f"{summary['shards_skipped']} skipped; retries {len(summary['retries'])} ({summary.get('retried_shards', 0)} shard(s) re-run)"
+        + (f"; on {len(summary['nodes'])} Ray nodes" if len(summary.get("nodes") or {}) > 1 else ""),
         highlight=False,
     )
     console.print(f"scores: {out / summary['shards_dir']}  summary: {out / 'summary.json'}  top-{summary['top_k']}: "
