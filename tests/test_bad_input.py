@@ -304,6 +304,17 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ingest-out-is-a-mix", ["corpus", "ingest", "{jsonl}", "--tokenizer", "{tok}", "--seq-len", "15", "--out", "{mix}"], "mix"),
     ("ingest-out-contains-the-input", ["corpus", "ingest", "{jsonl}", "--tokenizer", "{tok}", "--seq-len", "15", "--out", "{docs}"], "input"),
     ("ingest-out-holds-the-tokenizer", ["corpus", "ingest", "{jsonl}", "--tokenizer", "{tok}", "--seq-len", "15", "--out", "{corpus}"], "input"),
+    ("ingest-vocab-and-tokenizer", ["corpus", "ingest", "{jsonl}", "--tokenizer", "{tok}", "--vocab", "300", "--seq-len", "15", "--out", NEW], "vocab"),
+    ("ingest-vocab-too-small", ["corpus", "ingest", "{jsonl}", "--vocab", "100", "--seq-len", "15", "--out", NEW], "vocab"),
+    # -- tokenizer train
+    ("tokenizer-missing", ["tokenizer", "train", "{missing}", "--vocab", "300", "--out", NEW], "does-not-exist"),
+    ("tokenizer-not-json", ["tokenizer", "train", "{badjsonl}", "--vocab", "300", "--out", NEW], "broken.jsonl"),
+    ("tokenizer-empty", ["tokenizer", "train", "{emptyjsonl}", "--vocab", "300", "--out", NEW], "empty.jsonl"),
+    ("tokenizer-vocab-too-small", ["tokenizer", "train", "{jsonl}", "--vocab", "100", "--out", NEW], "vocab"),
+    ("tokenizer-out-foreign", ["tokenizer", "train", "{jsonl}", "--vocab", "300", "--out", "{foreign}"], "not a curate"),
+    ("tokenizer-out-is-scores", ["tokenizer", "train", "{jsonl}", "--vocab", "300", "--out", "{scores}"], "scores"),
+    ("tokenizer-out-contains-the-input", ["tokenizer", "train", "{jsonl}", "--vocab", "300", "--out", "{docs}"], "input"),
+    ("tokenizer-out-is-a-corpus", ["tokenizer", "train", "{jsonl}", "--vocab", "300", "--out", "{corpus}"], "corpus"),
     ("export-missing", ["corpus", "export", "{missing}", "--to", "npy", "--out", "{out}/rows.npy"], "does-not-exist"),
     ("export-not-a-corpus", ["corpus", "export", "{notcorpus}", "--to", "npy", "--out", "{out}/rows.npy"], "notes"),
     ("export-zero-row-idx", ["corpus", "export", "{zero}", "--to", "npy", "--out", "{out}/rows.npy"], "0 sequences"),
@@ -406,6 +417,6 @@ def test_the_matrix_covers_every_command() -> None:
         commands |= {f"{name} {s}" for s in subs} if subs else {name}
     covered = set()
     for _, args, _ in CASES:
-        covered.add(f"{args[0]} {args[1]}" if args[0] == "corpus" else args[0])
+        covered.add(f"{args[0]} {args[1]}" if args[0] in ("corpus", "tokenizer") else args[0])
     assert commands <= covered, sorted(commands - covered)
     assert len(CASES) >= 100
