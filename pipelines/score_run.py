@@ -182,6 +182,10 @@ def run_job(job: ScoreJob, log: Log = lambda s: None) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(DRIVER_THREADS)
     try:
+        if job.trajectory:
+            from curate.pipelines.score_trajectory import run_trajectory
+
+            return run_trajectory(job, log)
         return _run_job(job, log)
     finally:
         torch.set_num_threads(old_threads)
@@ -263,7 +267,6 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     negative = describe_rows(job.corpus, worst.slice(0, SHOW_TOP))
 
     seconds = time.perf_counter() - t_start
-    scores_hs = job.localization.head_scores
     if not method.fits_factors:
         fitted = f"not used by {method.name}"
     summary = {
@@ -273,10 +276,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "out": str(out.resolve()),
         "circuit": job.circuit.name,
         "heads": [str(h) for h in job.heads],
-        "head_metrics": {
-            str(h): {"induction": float(scores_hs.induction[h.layer, h.head]), "previous_token": float(scores_hs.previous_token[h.layer, h.head])}
-            for h in job.heads
-        } if scores_hs is not None else {},
+        "head_metrics": head_metrics(job),
         "localization": job.localization.to_json(),
         "mode": req.mode,
         "window": list(job.window),
@@ -308,10 +308,19 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "cpu_seconds_score": round(cpu_score, 3),  # CPU time the actors spent on the shards scored this run
         "retries": [r.to_json() for r in retries],
         "notes": job.notes + list(job.localization.notes),
-        "fingerprint_hash": fingerprint_hash(job.fingerprint),
+        "fingerprint_hash": job.result_hash,
     }
     write_summary(out, summary)  # last: the folder is complete
     return summary
+
+
+def head_metrics(job: ScoreJob) -> dict:
+    """Induction and previous-token scores of the job's heads at its checkpoint (from the localization)."""
+    hs = job.localization.head_scores
+    if hs is None:
+        return {}
+    return {str(h): {"induction": float(hs.induction[h.layer, h.head]), "previous_token": float(hs.previous_token[h.layer, h.head])}
+            for h in job.heads}
 
 
 # --------------------------------------------------------------------------- showing rows
