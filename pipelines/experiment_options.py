@@ -23,6 +23,7 @@ class ExperimentOptions:
     k: str = opt("10%", "--k", help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")
     augment: str = opt("2%", "--augment", help="Rows added: a share of the window (2%), a fraction or a count.")
     seeds: int | None = opt(None, "--seeds", help="Seeds per arm (default 3; --quick: 1).", show_default=False)
+    first_seed: int = opt(0, "--first-seed", help="The seeds are FIRST..FIRST+N-1 (e.g. 100 with --seeds 3 for development seeds 100-102, kept apart from the reported seeds 0-5). Seed 0 is the scored run's own initialisation.")
     arms: str | None = opt(None, "--arms", help="Comma-separated arms to run (default: all; the baseline always runs).", show_default=False)
     rerun: str | None = opt(None, "--rerun", help="Discard these arms' runs and mixes and train them again.", show_default=False)
     window: str | None = opt(None, "--window", help="Attribution window START:END in steps (default: 0 to the first checkpoint after formation).", show_default=False)
@@ -158,6 +159,8 @@ def check_options(opts: ExperimentOptions) -> None:
                 raise option_error(opts, "rerun", f"{arm}: not one of the arms run ({', '.join(arms)})")
     check_positive(opts, "seeds", "steps", "baseline_steps", "batch_size", "eval_every", "workers", "fit_rows",
                    "schedule_steps", "motif_rows")
+    if opts.first_seed < 0:
+        raise option_error(opts, "first_seed", f"must be >= 0 (got {opts.first_seed})")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:
         raise option_error(opts, "warmup_steps", f"must be >= 0 (got {opts.warmup_steps})")
     if opts.lr is not None and not (opts.lr > 0 and math.isfinite(opts.lr)):

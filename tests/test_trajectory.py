@@ -7,7 +7,6 @@ local Ray (2 CPUs)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
