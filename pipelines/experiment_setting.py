@@ -22,7 +22,8 @@ QUICK_CANNOT_FORM = (
     "--quick checks that the pipeline runs end to end; it cannot test the effects: its 300-step baseline at half the "
     "batch is far short of where the default model's induction head forms (about step 1,700 at batch 32 in the "
     "reference run; measured: 800 steps at batch 16 and lr 3e-3 reach a best induction score of 0.07 < 0.3), and it "
-    "has one seed. Its verdicts are 'not testable'; run the full experiment (3 seeds) to test them")
+    "has one seed. Its verdicts are 'not testable'. A short run in which the head does form: "
+    "`curate experiment --window 1000: --seeds 1` (the reference run, arms retrained from its step 1,000); the effects need the full experiment (3 seeds)")
 
 
 # --------------------------------------------------------------------------- the resolved setting
