@@ -148,3 +148,24 @@ def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
     assert f"| mda | +50 +- 0 (n=3: +50, +50, +50) | diff +47, p = {p:.3g} | - |" in md and f"{p:.3g}" == "0.00506"
     assert "| copy-share | >= +90 +- 10" in md and "| mda vs copy-share | 0.25 |" in md
     assert "| remove-top | 0.2 | - | 0.02 | 0.1 |" in md
+
+
+def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path) -> None:
+    from curate.pipelines.arms import ALL_ARMS
+    from curate.pipelines.experiment_setting import resolve_setting
+    from tests.score_helpers import build_tiny_corpus
+
+    corpus = str(build_tiny_corpus(tmp_path / "corpus"))
+    base = dict(corpus=corpus, workspace=tmp_path / "ws", out=tmp_path / "exp")
+    s = resolve_setting(ExperimentOptions(**base, methods="copy-share,mda"), lambda m: None)
+    assert s.methods == ["mda", "copy-share"] and s.seeds == [0, 1, 2]
+    assert s.arms == [*ALL_ARMS, "remove-top-copy-share", "augment-top-copy-share"]
+    assert "score_checkpoints" not in s.identity and s.identity["score_mode"] == "qkvo"  # older folders keep their identity
+    s = resolve_setting(ExperimentOptions(**base, arms="remove-top-gradient-dot", first_seed=100, seeds=3, score_mode="qk",
+                                          checkpoints="auto", aggregate="segment"), lambda m: None)
+    assert s.arms == ["baseline", "remove-top-gradient-dot"] and s.methods == ["mda", "gradient-dot"]
+    assert s.seeds == [100, 101, 102]
+    assert s.identity["score_mode"] == "qk" and s.identity["score_checkpoints"] == "auto" and s.identity["score_aggregate"] == "segment"
+    quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
+    assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
+    assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)
