@@ -5,8 +5,8 @@ combined row by row into the same scores folder format (`attribution.scores_fold
 
 - Checkpoints `auto` (`auto_checkpoints`): the run's saved checkpoints inside the window (after its start, up to
   its end) plus the first checkpoint at/after the circuit formed, thinned to at most `AUTO_MAX_CHECKPOINTS`
-  evenly spaced ones (the last always kept). By default the window ends at that formation checkpoint, so `auto`
-  is the formation checkpoint and up to three earlier ones spread over the window.
+  spread evenly over the steps (the last always kept). By default the window ends at that formation checkpoint,
+  so on the reference run (window 0-1,700, checkpoints every 100) `auto` is step400, step900, step1300, step1700.
 - `sum`: every column summed over the checkpoints (TracIn-CP with EK-FAC curvature): head_c and score = the sum
   of the per-checkpoint values; `loss` = the loss at the last checkpoint.
 - `segment` (the segment idea of SOURCE, Bae et al. 2024): each row takes every column from the first checkpoint
@@ -42,15 +42,18 @@ def checkpoint_folder(out: Path, step: int) -> Path:
 
 
 def auto_checkpoints(saved: list[int], start: int, end: int, formed: int | None, cap: int = AUTO_MAX_CHECKPOINTS) -> list[int]:
-    """`--checkpoints auto`: saved checkpoints c with start < c <= end, plus `formed` (the first checkpoint at/after
-    formation, when known), thinned to `cap` evenly spaced ones (indices round(i (n-1) / (cap-1))), the last kept."""
+    """`--checkpoints auto`: the saved checkpoints c with start < c <= end, plus `formed` (the first checkpoint at/after
+    formation, when known); more than `cap` are thinned by step: for the targets start + (last - start) i / cap,
+    i = 1..cap, the nearest candidate (ties: the later one), so the picks spread over the window's steps (a run's
+    dense early log-spaced checkpoints do not crowd them) and the last candidate is always kept."""
     chosen = sorted({c for c in saved if start < c <= end} | ({formed} if formed is not None else set()))
     if not chosen:
         raise CurateError(f"no saved checkpoint of the run lies in the window ({start}, {end}]")
     if len(chosen) <= cap:
         return chosen
-    picks = sorted({int(round(i * (len(chosen) - 1) / (cap - 1))) for i in range(cap)})
-    return [chosen[i] for i in picks]
+    last = chosen[-1]
+    picks = {min(chosen, key=lambda c: (abs(c - (start + (last - start) * i / cap)), -c)) for i in range(1, cap + 1)}
+    return sorted(picks)
 
 
 def segment_index(steps: np.ndarray, checkpoints: list[int]) -> np.ndarray:

@@ -31,11 +31,12 @@ HEADS = "1.0,1.2"
 
 
 def test_auto_checkpoints_spread_over_the_window_and_end_at_formation() -> None:
-    saved = list(range(0, 2100, 100))  # step0 ... step2000
-    assert auto_checkpoints(saved, 0, 1700, 1700) == [100, 600, 1200, 1700]  # 17 candidates thinned to 4, ends kept
+    saved = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512} | set(range(0, 2100, 100)))  # log-spaced, then every 100
+    # targets 425, 850, 1275, 1700 -> the nearest checkpoints (850: 800 and 900 tie, the later wins)
+    assert auto_checkpoints(saved, 0, 1700, 1700) == [400, 900, 1300, 1700]
     assert auto_checkpoints([0, 100, 200, 300], 0, 300, 300) == [100, 200, 300]
     assert auto_checkpoints([0, 100, 200, 300, 400], 0, 200, 400) == [100, 200, 400]  # formation after the window end
-    assert auto_checkpoints(saved, 500, 900, None, cap=2) == [600, 900]
+    assert auto_checkpoints(list(range(0, 2100, 100)), 500, 900, None, cap=2) == [700, 900]
     with pytest.raises(CurateError, match="no saved checkpoint"):
         auto_checkpoints([0, 1000], 0, 500, None)
 
