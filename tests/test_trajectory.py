@@ -153,6 +153,12 @@ def test_trajectory_equals_each_checkpoint_scored_alone(ray_address, run, monkey
         np.testing.assert_allclose(picked.head_scores[rows], alone[i].head_scores[rows], rtol=1e-9, atol=tol)
         np.testing.assert_array_equal(picked.loss[rows], alone[i].loss[rows])
 
+    # the same scores folder format: build-mix takes it unchanged (the top rows by the combined score)
+    code, _, err = run_cli(["build-mix", out, "--remove", "10%", "--out", run["base"] / "mix"], monkeypatch, capsys)
+    assert code == 0, err
+    top = picked.row_id[np.lexsort((picked.row_id, -picked.score))][:5]
+    assert json.loads((run["base"] / "mix" / "plan.json").read_text())["drop"] == sorted(int(r) for r in top)
+
     # a killed job: one checkpoint unfinished (no summary, a shard lost) -> only it is scored again
     (out / "checkpoints" / "step4" / "summary.json").unlink()
     (out / "checkpoints" / "step4" / "shards" / "rows-000000000016-000000000032.parquet").unlink()
