@@ -151,14 +151,16 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
     return runs
 
 
-def build_mixes(s: Setting, scores: Path, plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
-    """Every arm's mix (built once; the folder appears atomically); (mix folder per (arm, seed), build-mix commands)."""
+def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
+    """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
+    folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
     from curate.augment.mix import build_mix
     from curate.pipelines.arms import ARMS, mix_folder
 
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()
+    by_method = scores if isinstance(scores, dict) else {"mda": scores}
     for arm in s.arms:
         for seed in s.seeds:
             spec = ARMS[arm].mix_spec(s.opts.k, s.opts.augment, seed, s.opts.motif_rows,
@@ -171,11 +173,12 @@ def build_mixes(s: Setting, scores: Path, plan: ArmPlan, pool_index: Path | None
             if folder in built:
                 continue
             built.add(folder)
+            source = by_method[ARMS[arm].method]
             if not (folder / "plan.json").is_file():
                 log(f"mix: {folder.name}")
-                build_mix(scores, folder, spec)
+                build_mix(source, folder, spec)
             commands.append({"arm": arm, "seed": spec.seed, "mix": str(folder.resolve()),
-                             "command": mix_command(scores, folder, spec)})
+                             "command": mix_command(source, folder, spec)})
     return mixes, commands
 
 

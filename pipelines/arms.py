@@ -30,6 +30,7 @@ class ArmDef:
     source: str = "top"
     control: bool = False
     seeded_mix: bool = True  # the mix makes a random choice (rows, insertion order, synthetic content)
+    method: str = "mda"  # the scoring method whose top rows the arm takes (`pipelines.method_table`)
 
     def mix_spec(self, k: str, augment: str, seed: int, top: int, pool: str | None = None) -> MixSpec | None:
         """The `build-mix` spec of this arm (None for the baseline)."""
@@ -57,6 +58,13 @@ ARMS: dict[str, ArmDef] = {a.name: a for a in (
     ArmDef("augment-synthetic", "synthetic rows built from the top rows' motifs added", augment=True, source="synthetic"),
 )}
 ALL_ARMS = tuple(ARMS)
+"""The arms of MDA's scores and the controls (the default arm list)."""
+COMPARED_METHODS = ("gradient-dot", "copy-share")
+"""Baseline scoring methods an experiment can compare MDA with: each adds a remove-top and an augment-top arm."""
+for _m in COMPARED_METHODS:
+    ARMS[f"remove-top-{_m}"] = ArmDef(f"remove-top-{_m}", f"the top-k rows by {_m} removed", remove=True, seeded_mix=False, method=_m)
+    ARMS[f"augment-top-{_m}"] = ArmDef(f"augment-top-{_m}", f"the top rows by {_m} duplicated, spread over the window",
+                                       augment=True, method=_m)
 SCALE_ARMS = ("baseline", "augment-top", "augment-random", "augment-synthetic")
 
 
@@ -70,11 +78,16 @@ def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, include_ba
             raise CurateError(f"{text!r}: name at least one arm (known: {', '.join(ALL_ARMS)})")
         for n in names:
             if n not in ARMS:
-                raise CurateError(f"unknown arm {n!r} (known: {', '.join(ALL_ARMS)})")
+                raise CurateError(f"unknown arm {n!r} (known: {', '.join(ARMS)})")
     chosen = set(names)
     if include_baseline:
         chosen.add("baseline")
-    return [a for a in ALL_ARMS if a in chosen]
+    return [a for a in ARMS if a in chosen]
+
+
+def method_arm_names(methods: list[str]) -> list[str]:
+    """The remove-top / augment-top arms of the compared methods in `methods` (MDA's are in `ALL_ARMS`)."""
+    return [a for a, d in ARMS.items() if d.method != "mda" and d.method in methods]
 
 
 def mix_folder(mixes_dir: Path, arm: str, seed: int) -> Path:

@@ -179,10 +179,12 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
     return str(best), [note]
 
 
-def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Path, dict, list[str]]:
-    """Score the window (reusing `curate score`'s results when they are the same job); (folder, summary, notes)."""
+def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str = "mda",
+               heads: str | None = None) -> tuple[Path, dict, list[str]]:
+    """Score the window with `method` (reusing `curate score`'s results when they are the same job); (folder, summary,
+    notes). MDA chooses the heads (and takes the experiment's --mode / --checkpoints / --aggregate); another method
+    scores the same window at the same checkpoint for the `heads` MDA used, into EXP/scores-<method>."""
     from curate.workspace import scores_dir
-    from curate.pipelines.manifest import fingerprint_hash
     from curate.pipelines.score_job import resolve_job
     from curate.pipelines.score_request import DEFAULT_FIT_ROWS, ScoreRequest
     from curate.pipelines.score_run import run_job
@@ -193,23 +195,28 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log) -> tuple[Pa
     else:
         model_spec, revision = str(b.run_dir), f"step{window.end}"
     assert model_spec is not None
-    heads, notes = choose_heads(s, window, b.corpus, model_spec, revision)
+    notes: list[str] = []
+    if heads is None:
+        heads, notes = choose_heads(s, window, b.corpus, model_spec, revision)
+    mda = method == "mda"
     req = ScoreRequest(
-        circuit=s.circuit.name, corpus=b.corpus, model=model_spec, revision=revision, heads=heads,  # type: ignore[attr-defined]
-        window=f"{window.start}:{window.end}", out=s.out / "scores", workers=s.opts.workers, device=s.opts.device,
-        fit_rows=s.opts.fit_rows or DEFAULT_FIT_ROWS, seed=0, workspace=s.opts.workspace, progress=s.opts.progress,
+        circuit=s.circuit.name, method=method, corpus=b.corpus, model=model_spec, revision=revision, heads=heads,  # type: ignore[attr-defined]
+        window=f"{window.start}:{window.end}", out=s.out / ("scores" if mda else f"scores-{method}"), workers=s.opts.workers,
+        device=s.opts.device, fit_rows=s.opts.fit_rows or DEFAULT_FIT_ROWS, seed=0, workspace=s.opts.workspace,
+        progress=s.opts.progress, mode=s.opts.score_mode,
+        checkpoints=s.opts.checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
     )
     job = resolve_job(req, log)
-    want = fingerprint_hash(job.fingerprint)
-    candidates = [s.out / "scores"]
+    want = job.result_hash
+    candidates = [job.out]
     if b.mode == "reference":
-        candidates.insert(0, scores_dir(s.ws, s.circuit.name))  # type: ignore[attr-defined]
+        candidates.insert(0, scores_dir(s.ws, s.circuit.name, method))  # type: ignore[attr-defined]
     for folder in candidates:
         summary = _complete_scores(folder, want)
         if summary is not None:
-            log(f"scores: reusing {folder} (same job)")
+            log(f"scores ({method}): reusing {folder} (same job)")
             return folder, summary, notes + job.notes
-    log(f"scores: window steps {window.start}-{window.end} ({job.num_rows} rows) at {job.checkpoint} -> {job.out}")
+    log(f"scores ({method}): window steps {window.start}-{window.end} ({job.num_rows} rows) at {job.checkpoint} -> {job.out}")
     ray.ensure()
     summary = run_job(job, log)
     return job.out, summary, notes + job.notes

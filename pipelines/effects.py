@@ -40,7 +40,12 @@ CONTROL_OF = {
 }
 """Each targeted arm and the random control of the same size it is tested against."""
 EXPECTED_DIRECTION = {"remove-top": "later", "augment-top": "sooner", "augment-neighbors": "sooner", "augment-synthetic": "sooner"}
+for _m in ("gradient-dot", "copy-share"):  # the compared methods' arms (`pipelines.arms.COMPARED_METHODS`)
+    CONTROL_OF[f"remove-top-{_m}"], EXPECTED_DIRECTION[f"remove-top-{_m}"] = "remove-random", "later"
+    CONTROL_OF[f"augment-top-{_m}"], EXPECTED_DIRECTION[f"augment-top-{_m}"] = "augment-random", "sooner"
 ALPHA = 0.05
+MIN_SEEDS = 3
+"""Verdicts need at least this many seeds (a spread to judge an effect against); fewer: "not testable"."""
 
 
 # --------------------------------------------------------------------------- per-run metrics
@@ -81,6 +86,7 @@ class RunMetrics:
     final: dict[str, float | None]
     mean: dict[str, float | None]  # the same keys: the curve's mean over every evaluation point (run mean)
     same_as: str | None = None  # another (arm, seed) whose run this one is (identical spec, trained once)
+    head_means: dict[str, list[list[float]]] | None = None  # per head metric: each head's run mean (layers x heads)
 
     @property
     def end_step(self) -> int:
@@ -147,6 +153,7 @@ def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], c
     }
     final = {key: curves[curve][-1] for key, curve in keys.items()}
     mean = {key: run_mean(curves[curve]) for key, curve in keys.items()}
+    head_means = {m: np.mean([np.asarray(p[m], dtype=np.float64) for p in points], axis=0).tolist() for m in CURVE_METRICS}
     return RunMetrics(
         arm=arm, seed=seed, run_dir=run_dir, lineage=lineage, eval_every=eval_every, steps=steps, curves=curves,
         emergence=emergence_step(steps, curves[f"{circuit_metric}_best"], threshold),
@@ -154,6 +161,7 @@ def metrics_from_points(arm: str, seed: int, run_dir: str, points: list[dict], c
         emergence_other_metric=emergence_step(steps, curves[f"{other_metric}_best"], threshold),
         final=final,
         mean=mean,
+        head_means=head_means,
     )
 
 
@@ -360,6 +368,66 @@ def comparisons(runs: dict[str, dict[int, RunMetrics]]) -> list[Comparison]:
     return [c for arm in CONTROL_OF if (c := compare_to_control(arm, runs)) is not None]
 
 
+# --------------------------------------------------------------------------- which heads move
+
+ROLES = ("induction", "previous-token", "other")
+
+
+def head_roles(point: dict, threshold: float) -> dict[str, str]:
+    """Each head's role at one evaluation point (the scored checkpoint): induction when its induction score reaches
+    `threshold` (layers >= 1 when there are more layers, as `eligible_heads`), else previous-token when its
+    previous-token score does, else other."""
+    ind = np.asarray(point["induction"], dtype=np.float64)
+    prev = np.asarray(point["previous_token"], dtype=np.float64)
+    can_induct = set(eligible_heads("induction", ind.shape[0], ind.shape[1]))
+    roles = {}
+    for l in range(ind.shape[0]):
+        for h in range(ind.shape[1]):
+            head = HeadRef(l, h)
+            if head in can_induct and ind[l, h] >= threshold:
+                roles[str(head)] = "induction"
+            elif prev[l, h] >= threshold:
+                roles[str(head)] = "previous-token"
+            else:
+                roles[str(head)] = "other"
+    return roles
+
+
+@dataclass
+class HeadMovement:
+    """How much one arm moved the heads of each role: the run-mean circuit score of each head, arm minus baseline,
+    averaged over the lineage seeds (the heads are the scored model's), then |.| averaged over the role's heads."""
+
+    arm: str
+    seeds: list[int]
+    roles: dict[str, list[str]]  # role -> heads
+    movement: dict[str, float | None]  # role -> mean |delta| over its heads
+    signed: dict[str, float | None]  # role -> mean delta
+    per_head: dict[str, float]  # head -> delta
+    ratio_other_induction: float | None  # movement["other"] / movement["induction"]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def head_movement(arm: str, runs: dict[str, dict[int, RunMetrics]], roles: dict[str, str], metric: str) -> HeadMovement | None:
+    """Per-head movement of `arm` against the baseline by role (None without a lineage seed with per-head means)."""
+    if arm not in runs or "baseline" not in runs:
+        return None
+    a, b = runs[arm], runs["baseline"]
+    seeds = [s for s in sorted(set(a) & set(b)) if a[s].lineage and b[s].lineage and a[s].head_means and b[s].head_means]
+    if not seeds:
+        return None
+    deltas = np.mean([np.asarray(a[s].head_means[metric]) - np.asarray(b[s].head_means[metric]) for s in seeds], axis=0)  # type: ignore[index]
+    per_head = {name: float(deltas[HeadRef.parse(name).layer, HeadRef.parse(name).head]) for name in roles}
+    by_role = {role: [h for h, r in roles.items() if r == role] for role in ROLES}
+    movement = {role: (float(np.mean([abs(per_head[h]) for h in hs])) if hs else None) for role, hs in by_role.items()}
+    signed = {role: (float(np.mean([per_head[h] for h in hs])) if hs else None) for role, hs in by_role.items()}
+    ind, oth = movement["induction"], movement["other"]
+    ratio = oth / ind if ind and oth is not None else None
+    return HeadMovement(arm, seeds, by_role, movement, signed, per_head, ratio)
+
+
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -369,7 +437,7 @@ class Verdict:
 
     key: str
     expectation: str
-    status: str  # observed / not observed / inconclusive / not run
+    status: str  # observed / not observed / inconclusive / not run / not testable
     detail: str
 
     def to_json(self) -> dict:
@@ -438,7 +506,8 @@ def _comparison_verdict(name: str, expectation: str, comp: Comparison | None, mi
     t = comp.test
     what = "emergence step" if comp.metric == "emergence_step" else "final circuit score (not every run formed)"
     text = (f"{what}: {comp.arm} mean {_fmt(t.mean_a, 5, False)} vs {comp.control} mean {_fmt(t.mean_b, 5, False)} "
-            f"(expected {comp.expected}); Welch t-test p = {_fmt(t.p, 3, False)}")
+            f"(expected {comp.expected}); seed spread (sd) {_fmt(mean_std(comp.arm_values)[1], 3, False)} vs "
+            f"{_fmt(mean_std(comp.control_values)[1], 3, False)} over {t.n_a} / {t.n_b} seeds; Welch t-test p = {_fmt(t.p, 3, False)}")
     if t.note:
         text += f" ({t.note})"
     if comp.direction_ok is False:
@@ -502,8 +571,40 @@ def _heads_verdict(effects: dict[str, Effect], runs: dict[str, dict[int, RunMetr
     return Verdict(name, expectation, "observed" if all(oks) else "not observed", text)
 
 
-def verdicts(runs: dict[str, dict[int, RunMetrics]], effects: list[Effect], comps: list[Comparison]) -> list[Verdict]:
-    """The five expected effects of MDA-SPEC section 4, each judged on these numbers."""
+def untestable_reason(base: dict[int, RunMetrics], threshold: float | None = None, metric: str | None = None) -> str | None:
+    """Why no verdict may be given on these baseline runs, or None: the baseline's circuit never formed inside the
+    run (in some seed), or fewer than `MIN_SEEDS` seeds (no spread to judge an effect against)."""
+    never = sorted(s for s, r in base.items() if r.emergence is None)
+    if never:
+        best = [_best_score(base[s], metric) for s in never]
+        shown = ", ".join(f"seed {s}: best score {_fmt(b, 3, False)}" for s, b in zip(never, best))
+        bar = f" < threshold {threshold:g}" if threshold is not None else ""
+        return (f"the baseline's circuit never formed inside the run ({shown}{bar}): there is no formation to delay or "
+                f"advance, and differences between runs of an unformed head are noise")
+    if len(base) < MIN_SEEDS:
+        return f"n seeds < {MIN_SEEDS} ({len(base)} seed{'s' if len(base) != 1 else ''}): no seed spread to judge an effect against"
+    return None
+
+
+def _best_score(run: RunMetrics, metric: str | None) -> float | None:
+    """The circuit's best score over the run (its best head, at any evaluation point; else its final score)."""
+    curve = [v for v in run.curves.get(f"{metric}_best", []) if v is not None]
+    return max(curve) if curve else run.final.get("score")
+
+
+def verdicts(runs: dict[str, dict[int, RunMetrics]], effects: list[Effect], comps: list[Comparison],
+             threshold: float | None = None, metric: str | None = None) -> list[Verdict]:
+    """The five expected effects of MDA-SPEC section 4, each judged on these numbers; "not testable" (with the
+    reason) for every effect of an experiment whose baseline never formed or that has fewer than `MIN_SEEDS` seeds."""
+    judged = _verdicts(runs, effects, comps)
+    reason = untestable_reason(runs["baseline"], threshold, metric) if "baseline" in runs else None
+    if reason is None:
+        return judged
+    return [v if v.status == "not run" else Verdict(v.key, v.expectation, "not testable", f"{reason} (the numbers: {v.detail})")
+            for v in judged]
+
+
+def _verdicts(runs: dict[str, dict[int, RunMetrics]], effects: list[Effect], comps: list[Comparison]) -> list[Verdict]:
     by_arm = {e.arm: e for e in effects}
     comp = {c.arm: c for c in comps}
     return [

@@ -60,8 +60,11 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
         window = choose_window(s, run_json)
         plan = plan_arms(s, window, run_json)
         scores, score_summary, score_notes = run_scores(s, window, holder, log)
+        method_scores = {"mda": scores}
+        for method in s.methods[1:]:  # the compared methods: the same window, checkpoint and heads
+            method_scores[method] = run_scores(s, window, holder, log, method=method, heads=",".join(score_summary["heads"]))[0]
         pool_index = ensure_pool_index(s, plan, log)
-        mixes, mix_commands = build_mixes(s, scores, plan, pool_index, log)
+        mixes, mix_commands = build_mixes(s, method_scores, plan, pool_index, log)
         runs = arm_specs(s, window, plan, run_json, mixes)
         from curate.pipelines.arms import dedupe, is_finished
 
@@ -70,7 +73,7 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
             holder.ensure()
         counts = train_runs(runs, workers, log, progress=opts.progress and workers == 1, device=opts.device)
     results = collect_results(s, window, scores, score_summary, plan, runs, mix_commands, counts,
-                              score_notes + plan.notes + s.notes, run_json)
+                              score_notes + plan.notes + s.notes, run_json, method_scores)
     from curate.pipelines.report import write_report
 
     results["report"] = str((s.out / REPORT_DIR).resolve())
@@ -84,10 +87,12 @@ def lineage_seed(s: Setting, window: Window, seed: int) -> bool:
 
 
 def collect_results(s: Setting, window: Window, scores: Path, score_summary: dict, plan: ArmPlan, runs: list,
-                    mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict) -> dict:
+                    mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict,
+                    method_scores: dict[str, Path] | None = None) -> dict:
     """Every number of the experiment (results.json)."""
     from curate.pipelines.arms import ARMS
     from curate.pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
+    from curate.pipelines.method_table import method_table, spearman_matrix
 
     targeted = parse_head_names(score_summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]
@@ -100,7 +105,12 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
         by_arm.setdefault(r.arm, {})[r.seed] = m
     effects = effects_table(by_arm)
     comps = comparisons(by_arm)
-    checks = verdicts(by_arm, effects, comps)
+    checks = verdicts(by_arm, effects, comps, s.threshold, metric)
+    method_scores = method_scores or {"mda": scores}
+    methods = [m for m in s.methods if m in method_scores]
+    table = method_table(by_arm, methods, s.threshold, metric)
+    spearman = spearman_matrix(method_scores) if len(method_scores) > 1 else None
+    roles, movement = heads_that_move(s, window, by_arm, metric, methods)
     enrichment = class_enrichment(scores, plan.n_remove)
     rerun = {arm: command_line(s.opts, ["--rerun", arm]) for arm in s.arms}
     baseline_info: dict = {"mode": s.baseline.mode, "corpus": s.baseline.corpus, "batch_size": s.baseline.batch_size}
@@ -140,11 +150,44 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
         "comparisons": [c.to_json() for c in comps],
         "test": "Welch's unequal-variance t-test over seeds, two-sided, alpha 0.05",
         "verdicts": [v.to_json() for v in checks],
+        "methods": methods,
+        "method_scores": {m: str(Path(f).resolve()) for m, f in method_scores.items()},
+        "method_table": [r.to_json() for r in table],
+        "method_test": "paired t-test over seeds, two-sided, on emergence steps (a run that never formed: end + eval interval)",
+        "spearman": spearman,
+        "head_roles": roles,
+        "head_movement": movement,
         "enrichment": enrichment,
         "commands": {"experiment": command_line(s.opts), "rerun_arm": rerun, "mixes": mix_commands},
         "runs_trained": counts,
         "notes": notes,
     }
+
+
+def heads_that_move(s: Setting, window: Window, by_arm: dict, metric: str, methods: list[str]) -> tuple[dict, list[dict]]:
+    """Each head's role at the scored checkpoint (the baseline's evaluation at the window's end, `effects.head_roles`),
+    and per remove-top / augment-top arm the movement of each role's heads (`effects.head_movement`)."""
+    from curate.pipelines.effects import head_movement, head_roles
+    from curate.pipelines.method_table import method_arms
+
+    if s.baseline.run_dir is None:
+        return {}, []
+    import json as _json
+
+    from curate.training.curves import CURVES_JSON
+
+    points = _json.loads((Path(s.baseline.run_dir) / CURVES_JSON).read_text())["points"]
+    at = [p for p in points if int(p["step"]) <= window.end]
+    if not at:
+        return {}, []
+    roles = head_roles(at[-1], s.threshold)
+    movement = []
+    for m in methods:
+        for arm in method_arms(m):
+            hm = head_movement(arm, by_arm, roles, metric)
+            if hm is not None:
+                movement.append({"method": m, **hm.to_json()})
+    return roles, movement
 
 
 def score_command(s: Setting, window: Window, summary: dict) -> str:
@@ -161,6 +204,11 @@ def score_command(s: Setting, window: Window, summary: dict) -> str:
         args += ["--fit-rows", str(s.opts.fit_rows)]
     if summary.get("method", "mda") != "mda":
         args += ["--method", str(summary["method"])]
+    if summary.get("mode"):
+        args += ["--mode", str(summary["mode"])]
+    if summary.get("trajectory"):
+        t = summary["trajectory"]
+        args += ["--checkpoints", ",".join(f"step{c}" for c in t["checkpoints"]), "--aggregate", t["aggregate"]]
     return shlex.join(args)
 
 

@@ -23,6 +23,7 @@ class ExperimentOptions:
     k: str = opt("10%", "--k", help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")
     augment: str = opt("2%", "--augment", help="Rows added: a share of the window (2%), a fraction or a count.")
     seeds: int | None = opt(None, "--seeds", help="Seeds per arm (default 3; --quick: 1).", show_default=False)
+    first_seed: int = opt(0, "--first-seed", help="The seeds are FIRST..FIRST+N-1 (e.g. 100 with --seeds 3 for development seeds 100-102, kept apart from the reported seeds 0-5). Seed 0 is the scored run's own initialisation.")
     arms: str | None = opt(None, "--arms", help="Comma-separated arms to run (default: all; the baseline always runs).", show_default=False)
     rerun: str | None = opt(None, "--rerun", help="Discard these arms' runs and mixes and train them again.", show_default=False)
     window: str | None = opt(None, "--window", help="Attribution window START:END in steps (default: 0 to the first checkpoint after formation).", show_default=False)
@@ -40,6 +41,10 @@ class ExperimentOptions:
     warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100).", show_default=False)
     schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; external model: the arms' length).", show_default=False)
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
+    methods: str | None = opt(None, "--methods", help="Scoring methods compared by remove-top / augment-top arms: mda plus any of gradient-dot, copy-share (default: mda,gradient-dot,copy-share; --quick: mda). Every method scores the same window and heads.", show_default=False)
+    score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
+    checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: one checkpoint, the window's end).", show_default=False)
+    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum or segment (curate score --aggregate).")
     motif_rows: int = opt(2000, "--motif-rows", help="Top rows mined for motifs (synthetic) and queried for neighbours.")
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)
     workers: int | None = opt(None, "--workers", help="Parallel runs (Ray workers, one torch thread each; default: one per CPU).", show_default=False)
@@ -94,6 +99,26 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+DEFAULT_METHODS = "mda,gradient-dot,copy-share"
+QUICK_METHODS = "mda"
+
+
+def parse_methods(text: str) -> list[str]:
+    """`mda,gradient-dot` -> the methods in canonical order, MDA always first (its scores choose the window's heads)."""
+    from curate.pipelines.arms import COMPARED_METHODS
+
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    known = ("mda", *COMPARED_METHODS)
+    for n in names:
+        if n not in known:
+            raise CurateError(f"{text!r}: unknown method {n!r} (known: {', '.join(known)})")
+    return [m for m in known if m in names or m == "mda"]
+
+
+def chosen_methods(opts: ExperimentOptions) -> list[str]:
+    return parse_methods(opts.methods if opts.methods is not None else (QUICK_METHODS if opts.quick else DEFAULT_METHODS))
+
+
 def check_options(opts: ExperimentOptions) -> None:
     """Every check that needs no file: one CurateError line naming the flag, before anything is read or written."""
     from curate.attribution.circuits import get_circuit
@@ -106,8 +131,26 @@ def check_options(opts: ExperimentOptions) -> None:
     get_circuit(opts.circuit)
     check_amount(opts.k, f("k"))
     check_amount(opts.augment, f("augment"))
+    with named(opts, "methods"):
+        methods = chosen_methods(opts)
     with named(opts, "arms"):
         arms = parse_arms(opts.arms)
+    if opts.arms is None:
+        from curate.pipelines.arms import method_arm_names
+
+        arms += method_arm_names(methods)
+    from curate.pipelines.score_request import AGGREGATES, parse_checkpoints
+
+    if opts.score_mode is not None:
+        from curate.attribution.heads import check_mode
+
+        with named(opts, "score_mode"):
+            check_mode(opts.score_mode)
+    if opts.checkpoints is not None:
+        with named(opts, "checkpoints"):
+            parse_checkpoints(opts.checkpoints)
+    if opts.aggregate not in AGGREGATES:
+        raise option_error(opts, "aggregate", f"{opts.aggregate!r}: expected one of {', '.join(AGGREGATES)}")
     if opts.rerun is not None:
         with named(opts, "rerun"):
             rerun = parse_arms(opts.rerun, include_baseline=False)
@@ -116,6 +159,8 @@ def check_options(opts: ExperimentOptions) -> None:
                 raise option_error(opts, "rerun", f"{arm}: not one of the arms run ({', '.join(arms)})")
     check_positive(opts, "seeds", "steps", "baseline_steps", "batch_size", "eval_every", "workers", "fit_rows",
                    "schedule_steps", "motif_rows")
+    if opts.first_seed < 0:
+        raise option_error(opts, "first_seed", f"must be >= 0 (got {opts.first_seed})")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:
         raise option_error(opts, "warmup_steps", f"must be >= 0 (got {opts.warmup_steps})")
     if opts.lr is not None and not (opts.lr > 0 and math.isfinite(opts.lr)):

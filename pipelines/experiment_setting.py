@@ -18,6 +18,12 @@ EXPERIMENT_FILE = "experiment.json"
 QUICK_BASELINE_STEPS = 300
 QUICK_EVAL_EVERY = 25
 DEFAULT_SEEDS = 3
+QUICK_CANNOT_FORM = (
+    "--quick checks that the pipeline runs end to end; it cannot test the effects: its 300-step baseline at half the "
+    "batch is far short of where the default model's induction head forms (about step 1,700 at batch 32 in the "
+    "reference run; measured: 800 steps at batch 16 and lr 3e-3 reach a best induction score of 0.07 < 0.3), and it "
+    "has one seed. Its verdicts are 'not testable'. A short run in which the head does form: "
+    "`curate experiment --window 1000: --seeds 1` (the reference run, arms retrained from its step 1,000); the effects need the full experiment (3 seeds)")
 
 
 # --------------------------------------------------------------------------- the resolved setting
@@ -66,6 +72,7 @@ class Setting:
     eval_every: int
     identity: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=lambda: ["mda"])  # scoring methods compared (MDA first)
 
 
 def abs_path(path: str | Path) -> str:
@@ -115,10 +122,21 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     out = Path(abs_path(opts.out if opts.out is not None else default_out(opts, ws)))
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
-    seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)))
+    count = opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)
+    seeds = list(range(opts.first_seed, opts.first_seed + count))
+    from curate.pipelines.arms import ARMS, method_arm_names
+    from curate.pipelines.experiment_options import chosen_methods
+
     arms = parse_arms(opts.arms)
+    methods = chosen_methods(opts)
+    if opts.arms is None:
+        arms = parse_arms(",".join(arms + method_arm_names(methods)))
+    methods = [m for m in methods if m == "mda" or any(ARMS[a].method == m for a in arms)]
+    methods += [ARMS[a].method for a in arms if ARMS[a].method not in methods]  # an arm named in --arms brings its method
     threshold = float(opts.threshold if opts.threshold is not None else circuit.default_threshold)
     notes: list[str] = []
+    if opts.quick and opts.baseline_steps is None:
+        notes.append(QUICK_CANNOT_FORM)
 
     if opts.model is not None and _is_run_folder(opts.model):
         run_dir = Path(abs_path(opts.model))
@@ -195,7 +213,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     else:
         baseline = Baseline("reference", abs_path(default_corpus_dir(ws)), 0, run_dir=None)
         eval_every = 0  # known once the reference run is there
-    setting = Setting(opts, circuit, ws, out, baseline, seeds, arms, threshold, eval_every, notes=notes)
+    setting = Setting(opts, circuit, ws, out, baseline, seeds, arms, threshold, eval_every, notes=notes, methods=methods)
     setting.identity = identity_of(setting)
     return setting
 
@@ -205,12 +223,15 @@ def identity_of(s: Setting) -> dict:
     from curate.training.plan import corpus_key
 
     o = s.opts
+    scoring = {}  # the MDA scores' options, recorded only when set (older experiment folders keep their identity)
+    if o.checkpoints is not None:
+        scoring.update(score_checkpoints=o.checkpoints, score_aggregate=o.aggregate)
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     if own is not None:
         own["corpus"] = corpus_key(own.get("corpus"))
     return {
         "circuit": s.circuit.name,  # type: ignore[attr-defined]
-        "score_mode": s.circuit.default_mode,  # type: ignore[attr-defined]  (the head subspace the scores use)
+        "score_mode": o.score_mode or s.circuit.default_mode,  # type: ignore[attr-defined]  (the head subspace the scores use)
         "mode": s.baseline.mode,
         "corpus": corpus_key(s.baseline.corpus),
         "model": s.baseline.model,
@@ -232,6 +253,7 @@ def identity_of(s: Setting) -> dict:
         "motif_rows": o.motif_rows,
         "fit_rows": o.fit_rows,
         "device": o.device,
+        **scoring,
     }
 
 

@@ -18,7 +18,8 @@ from curate.atomic import atomic_dir, write_json
 
 Log = Callable[[str], None]
 RESULTS_FILE = "results.json"
-STATUS_MARK = {"observed": "observed", "not observed": "NOT observed", "inconclusive": "inconclusive", "not run": "not run"}
+STATUS_MARK = {"observed": "observed", "not observed": "NOT observed", "inconclusive": "inconclusive", "not run": "not run",
+               "not testable": "not testable"}
 
 
 # --------------------------------------------------------------------------- document blocks
@@ -276,6 +277,7 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
     doc = Doc()
     name = results["circuit"]
     doc.h1(f"Causal validation of the {name} attribution")
+    method_section(doc, results)
     b = results["baseline"]
     w = results["window"]
     setting = [
@@ -370,6 +372,59 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
         lines.insert(0, b["command"])
     doc.code("\n".join(lines))
     return doc
+
+
+def _shift_cell(shift: dict | None) -> str:
+    if shift is None:
+        return "not run"
+    text = fmt_step(shift["mean"], sign=True, censored=shift["censored"])
+    if shift["sd"] is not None:
+        text += f" +- {shift['sd']:.0f}"
+    return text + f" (n={len(shift['seeds'])}: " + ", ".join(f"{v:+.0f}" for v in shift["values"]) + ")"
+
+
+def _test_cell(test: dict | None) -> str:
+    if test is None:
+        return "-"
+    if test["p"] is None:
+        return f"diff {fmt(test['mean_diff'], sign=True)}; {test['note']}"
+    return f"diff {test['mean_diff']:+.0f}, p = {fmt(test['p'])}"
+
+
+def method_section(doc: Doc, results: dict) -> None:
+    """The method table (opens the report), the Spearman correlations between methods, and which heads move."""
+    table = results.get("method_table") or []
+    if not table:
+        return
+    doc.h2("Methods compared")
+    doc.p("Per scoring method: delay = emergence step of its remove-top arm minus the baseline's, advance = its "
+          "augment-top arm's minus the baseline's (negative = sooner), paired by seed: mean +- sample sd over seeds "
+          "(per-seed values in brackets; '>=' when a run never formed and counts as its end + one evaluation interval). "
+          f"Tests: {results.get('method_test', 'paired t-test over seeds')}, against the random control of the same "
+          "size (remove-random / augment-random) and against MDA's arm.")
+    rows = []
+    for r in table:
+        d, a = r["delay"], r["advance"]
+        rows.append([r["method"], _shift_cell(d), _test_cell(d and d["vs_control"]), _test_cell(d and d["vs_mda"]),
+                     _shift_cell(a), _test_cell(a and a["vs_control"]), _test_cell(a and a["vs_mda"]),
+                     r["status"] + (f": {r['reason']}" if r["reason"] else "")])
+    doc.table(["method", "delay (remove-top)", "vs remove-random", "vs MDA", "advance (augment-top)", "vs augment-random",
+               "vs MDA", "status"], rows)
+    sp = results.get("spearman")
+    if sp:
+        doc.p(f"Spearman rank correlation between the methods' scores over the window's {sp['rows'] or 0:,} rows:")
+        doc.table(["methods", "Spearman rho"], [[k.replace("|", " vs "), fmt(v)] for k, v in sp["rho"].items()])
+    moves = results.get("head_movement") or []
+    if moves:
+        roles = results.get("head_roles") or {}
+        counts = {role: sum(1 for r in roles.values() if r == role) for role in ("induction", "previous-token", "other")}
+        doc.p("Which heads move: each head's role at the scored checkpoint (the baseline's evaluation at the window's end: "
+              f"induction / previous-token score >= {results['threshold']:g}, else other; {counts['induction']} induction, "
+              f"{counts['previous-token']} previous-token, {counts['other']} other heads); movement = mean over the role's "
+              "heads of |run-mean circuit score, arm minus baseline| on the seeds that start from the scored model's weights.")
+        doc.table(["arm", "induction heads", "previous-token heads", "other heads", "other / induction"], [
+            [m["arm"], fmt(m["movement"]["induction"]), fmt(m["movement"]["previous-token"]), fmt(m["movement"]["other"]),
+             fmt(m["ratio_other_induction"], 2)] for m in moves])
 
 
 def write_report(folder: Path, results: dict, log: Log = lambda m: None) -> Path:

@@ -75,6 +75,18 @@ class ScoreJob:
     model_fp: str
     fingerprint: dict
     notes: list[str] = field(default_factory=list)
+    trajectory: list["ScoreJob"] = field(default_factory=list)
+    """`--checkpoints`: one job per checkpoint (`pipelines.score_trajectory`); empty for a one-checkpoint job."""
+
+    @property
+    def result_hash(self) -> str:
+        """What summary.json records as `fingerprint_hash` (and what experiments reuse a folder by): the manifest's
+        fingerprint, plus the aggregation for trajectory scores."""
+        from curate.pipelines.manifest import fingerprint_hash
+
+        if self.trajectory:
+            return fingerprint_hash({**self.fingerprint, "aggregate": self.request.aggregate})
+        return fingerprint_hash(self.fingerprint)
 
     @property
     def num_rows(self) -> int:
@@ -239,7 +251,10 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
-    out = (Path(req.out) if req.out is not None else scores_dir(ws, circuit.name, req.method)).absolute()  # Ray workers run elsewhere
+    default_out = scores_dir(ws, circuit.name, req.method)
+    if req.checkpoints is not None:  # trajectory scores: their own default folder
+        default_out = default_out.with_name(f"{default_out.name}-trajectory")
+    out = (Path(req.out) if req.out is not None else default_out).absolute()  # Ray workers run elsewhere
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
     notes: list[str] = []
@@ -262,8 +277,10 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     if run_dir is not None and run_batch is None and (run_dir / "run.json").is_file():
         run_batch = json.loads((run_dir / "run.json").read_text()).get("batch_size")
 
+    formed_checkpoint: int | None = None
     if run_dir is not None and req.revision is None:
         step, folder, formed = emergence_checkpoint(run_dir, circuit)
+        formed_checkpoint = step
         notes.append(f"checkpoint step{step}: the first saved checkpoint at/after step {formed}, where the {circuit.name} head formed")
         model = load_model(folder)
         checkpoint = str(folder)
@@ -335,6 +352,11 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         "shard_rows": int(req.shard_rows),
         "device": req.device,
     }
+    trajectory: list[ScoreJob] = []
+    if req.checkpoints is not None:
+        trajectory = _resolve_trajectory(req, run_dir, circuit, corpus_path, heads, (start, end), out, formed_checkpoint, log)
+        fingerprint["trajectory"] = {"checkpoints": [j.checkpoint_step for j in trajectory],
+                                     "jobs": [j.result_hash for j in trajectory]}
     if req.method != "mda":  # an MDA job's fingerprint stays what it was before there were methods
         fingerprint["method"] = req.method
         if not score_method(req.method).fits_factors:
@@ -342,15 +364,42 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     from curate.outputs import SCORES, check_output_folder
 
     check_output_folder(out, SCORES, [corpus.path, *corpus.files, checkpoint])  # before anything (command.json too) is written
-    if not req.force:
+    if not req.force and not trajectory:
         legacy = _legacy_fingerprint(fingerprint, corpus, rows, fit_ids, req.seed)
         if _holds_job(out, legacy):  # a folder written when corpora were identified by path: kept as it was
             fingerprint = legacy
             data_key = legacy["factors"]["data"] if legacy["factors"] is not None else data_key
+    if not req.force:
         Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
-                    fit_ids, data_key, model_fp, fingerprint, notes)
+                    fit_ids, data_key, model_fp, fingerprint, notes, trajectory)
+
+
+def _resolve_trajectory(req: ScoreRequest, run_dir: Path | None, circuit: Circuit, corpus_path: str, heads: list[HeadRef],
+                        window: tuple[int, int], out: Path, formed_checkpoint: int | None, log: Log) -> list[ScoreJob]:
+    """One ordinary scoring job per checkpoint of `--checkpoints`: the same corpus, window, heads, mode, probe and
+    fit rows, the model at that checkpoint, the folder `<out>/checkpoints/stepK` (`pipelines.score_trajectory`)."""
+    from curate.options import flag
+    from curate.pipelines.score_trajectory import checkpoint_folder, resolve_steps
+
+    assert req.checkpoints is not None
+    if run_dir is not None and formed_checkpoint is None:
+        try:
+            formed_checkpoint = emergence_checkpoint(run_dir, circuit)[0]
+        except CurateError:
+            formed_checkpoint = None  # never formed (or no summary): auto takes the window's checkpoints alone
+    steps = resolve_steps(req.checkpoints, run_dir, formed_checkpoint, window[0], window[1], flag(req, "checkpoints"))
+    model_spec = str(run_dir) if run_dir is not None else req.model
+    jobs = []
+    for step in steps:
+        sub = replace(req, checkpoints=None, model=model_spec, revision=f"step{step}", corpus=corpus_path,
+                      heads=",".join(str(h) for h in heads), window=f"{window[0]}:{window[1]}", out=checkpoint_folder(out, step))
+        job = resolve_job(sub, log)
+        if job.checkpoint_step != step:
+            raise CurateError(f"{job.checkpoint}: is not checkpoint step{step}")
+        jobs.append(job)
+    return jobs
 
 
 def _legacy_fingerprint(fingerprint: dict, corpus: Corpus, rows: tuple[int, int], fit_ids: np.ndarray, seed: int) -> dict:

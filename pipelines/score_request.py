@@ -19,6 +19,8 @@ DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
 METHODS = ("mda", "gradient-dot", "copy-share", "loss")
 """Scoring methods (`pipelines.score_methods`): MDA and three baselines, all written as the same scores folder."""
+AGGREGATES = ("sum", "segment")
+"""How trajectory scores (`--checkpoints`) combine the checkpoints (`pipelines.score_trajectory`)."""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class ScoreRequest:
     shard_rows: int = opt(DEFAULT_SHARD_ROWS, "--shard-rows", help="Rows per shard (a multiple of --batch-rows).")
     fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
+    checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint).", show_default=False)
+    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style) or segment (each row at the first checkpoint after the step that consumed it).")
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
     progress: bool = True
@@ -63,6 +67,19 @@ def parse_window(text: str) -> tuple[int | None, int | None]:
     return start, end
 
 
+def parse_checkpoints(text: str) -> str | list[int]:
+    """`auto`, or `stepK,stepK,...` (or bare step numbers) -> sorted distinct steps."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    steps: set[int] = set()
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(?:step)?(\d+)\s*", part)
+        if not m:
+            raise CurateError(f"{text!r}: expected auto or a list of checkpoints stepK,stepK (e.g. step500,step1000)")
+        steps.add(int(m.group(1)))
+    return sorted(steps)
+
+
 def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the options alone (no file is opened); an error names the flag."""
     from curate.attribution.heads import check_mode
@@ -71,6 +88,13 @@ def check_request(req: ScoreRequest) -> None:
         raise CurateError(f"{flag(req, 'method')} {req.method!r}: expected one of {', '.join(METHODS)}")
     if req.mode is not None:
         check_mode(req.mode)
+    if req.aggregate not in AGGREGATES:
+        raise CurateError(f"{flag(req, 'aggregate')} {req.aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+    if req.checkpoints is not None:
+        with named(req, "checkpoints"):
+            parse_checkpoints(req.checkpoints)
+        if req.method == "copy-share":
+            raise CurateError(f"{flag(req, 'checkpoints')}: copy-share does not run the model, one score serves every checkpoint")
     if req.corpus is not None and req.model is None:
         raise CurateError(f"{flag(req, 'corpus')} needs {flag(req, 'model')} (the reference run was trained on the default corpus)")
     check_amount(req.top, flag(req, "top"))

@@ -10,6 +10,7 @@ fit), copy-share and loss skip the fit and the probe and the actors score the sh
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from curate.attribution.scores_folder import (
     FACTORS_DIR, SHARDS_DIR, TOP_NEGATIVE_FILE, TOP_POSITIVE_FILE, begin_results, clear_results,
     remove_unlisted_shards, shard_file, top_tables, write_summary, write_top_files,
 )
+from curate.attribution.score_table import ScoreTable
 from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
 from curate.corpus import Corpus
@@ -35,6 +37,7 @@ from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fing
 from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
 from curate.pipelines.score_methods import score_method
 from curate.pipelines.score_request import ScoreRequest
+from curate.pipelines.score_trajectory import aggregate_tables
 
 
 # --------------------------------------------------------------------------- progress
@@ -211,6 +214,8 @@ def run_job(job: ScoreJob, log: Log = lambda s: None) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(DRIVER_THREADS)
     try:
+        if job.trajectory:
+            return run_trajectory(job, log)
         return _run_job(job, log)
     finally:
         torch.set_num_threads(old_threads)
@@ -295,7 +300,6 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     negative = describe_rows(job.corpus, worst.slice(0, SHOW_TOP))
 
     seconds = time.perf_counter() - t_start
-    scores_hs = job.localization.head_scores
     if not method.fits_factors:
         fitted = f"not used by {method.name}"
     summary = {
@@ -305,10 +309,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "out": str(out.resolve()),
         "circuit": job.circuit.name,
         "heads": [str(h) for h in job.heads],
-        "head_metrics": {
-            str(h): {"induction": float(scores_hs.induction[h.layer, h.head]), "previous_token": float(scores_hs.previous_token[h.layer, h.head])}
-            for h in job.heads
-        } if scores_hs is not None else {},
+        "head_metrics": head_metrics(job),
         "localization": job.localization.to_json(),
         "mode": req.mode,
         "window": list(job.window),
@@ -342,10 +343,102 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "retried_shards": len({tuple(r.key) for r in retries if r.phase == "score"}),  # shards re-run after their actor died
         "nodes": nodes,  # Ray node id -> shards it scored this run (each shard's node is in the manifest)
         "notes": job.notes + list(job.localization.notes),
-        "fingerprint_hash": fingerprint_hash(job.fingerprint),
+        "fingerprint_hash": job.result_hash,
     }
     write_summary(out, summary)  # last: the folder is complete
     return summary
+
+
+# --------------------------------------------------------------------------- trajectory scores
+
+
+def _complete(job: ScoreJob) -> bool:
+    from curate.attribution.scores_folder import read_summary
+
+    summary = read_summary(job.out)
+    return summary is not None and summary.get("fingerprint_hash") == job.result_hash
+
+
+def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
+    """Trajectory scores (`pipelines.score_trajectory`): score every checkpoint (each resumable on its own), combine them shard by shard, write the summary."""
+    from curate.atomic import file_sha256
+    from curate.pipelines.ray_pool import ray_session
+
+    req = job.request
+    out = job.out
+    t0 = time.perf_counter()
+    check_output_folder(out, SCORES, [job.corpus.path, *job.corpus.files, job.checkpoint])
+    if req.force:
+        clear_results(out, also=(MANIFEST_FILE,))
+    begin_results(out)
+    manifest = Manifest.open(out, job.fingerprint, force=req.force)
+    steps = [int(sj.checkpoint_step) for sj in job.trajectory]  # type: ignore[arg-type]
+    pending = [sj for sj in job.trajectory if not _complete(sj)]
+    session = (ray_session(req.ray_address, num_cpus=None if req.ray_address else _local_cpus(req)) if pending
+               else contextlib.nullcontext())
+    subs: list[dict] = []
+    with session:
+        for i, sj in enumerate(job.trajectory):
+            state = "done, reused" if sj not in pending else "scoring"
+            log(f"trajectory: checkpoint step{sj.checkpoint_step} ({i + 1}/{len(steps)}): {state} -> {sj.out}")
+            subs.append(run_job(sj, log))
+
+    # -- combine, shard by shard (cheap: every shard is recombined on every run)
+    shards = job.shards()
+    remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
+    for a, b in shards:
+        tables = [ScoreTable.from_parquet(sj.out / shard_file(a, b)) for sj in job.trajectory]
+        combined = aggregate_tables(tables, steps, req.aggregate)
+        path = combined.to_parquet(out / shard_file(a, b))
+        rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
+        manifest.shards[rec.key] = rec
+    manifest.save()
+    best, worst = top_tables([out / shard_file(a, b) for a, b in shards], job.top_k)
+    write_top_files(out, best, worst)
+
+    last = subs[-1]
+    summary = dict(last)
+    summary.update({
+        "corpus": portable(job.corpus_spec, out),
+        "out": str(out.resolve()),
+        "head_metrics": head_metrics(job),
+        "localization": job.localization.to_json(),
+        "checkpoint": job.checkpoint,
+        "checkpoint_step": job.checkpoint_step,
+        "model_fingerprint": job.model_fp,
+        "factors": f"one fit per checkpoint ({', '.join(s['factors'] for s in subs)})",
+        "rows_scored": sum(int(s["rows_scored"]) for s in subs),
+        "shards_scored": sum(int(s["shards_scored"]) for s in subs),
+        "shards_skipped": sum(int(s["shards_skipped"]) for s in subs),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds_fit": round(sum(float(s["seconds_fit"]) for s in subs), 3),
+        "seconds_score": round(sum(float(s["seconds_score"]) for s in subs), 3),
+        "rows_per_s": None,
+        "cpu_seconds_score": round(sum(float(s["cpu_seconds_score"]) for s in subs), 3),
+        "retries": [r for s in subs for r in s["retries"]],
+        "top_positive": describe_rows(job.corpus, best.slice(0, SHOW_TOP)),
+        "top_negative": describe_rows(job.corpus, worst.slice(0, SHOW_TOP)),
+        "notes": job.notes + list(job.localization.notes),
+        "fingerprint_hash": job.result_hash,
+        "trajectory": {
+            "checkpoints": steps,
+            "aggregate": req.aggregate,
+            "folders": [str(sj.out.relative_to(out)) for sj in job.trajectory],
+            "checkpoint_paths": [s["checkpoint"] for s in subs],
+            "fingerprint_hashes": [s["fingerprint_hash"] for s in subs],
+        },
+    })
+    write_summary(out, summary)
+    return summary
+
+
+def head_metrics(job: ScoreJob) -> dict:
+    """Induction and previous-token scores of the job's heads at its checkpoint (from the localization)."""
+    hs = job.localization.head_scores
+    if hs is None:
+        return {}
+    return {str(h): {"induction": float(hs.induction[h.layer, h.head]), "previous_token": float(hs.previous_token[h.layer, h.head])}
+            for h in job.heads}
 
 
 # --------------------------------------------------------------------------- showing rows

@@ -96,7 +96,7 @@ def test_quick_writes_the_report_with_every_arm(quick):
             assert run["emergence"] is None or run["emergence"] in run["steps"]
     assert [v["key"] for v in res["verdicts"]] == ["remove_top_delays", "remove_random_no_effect", "augment_top_sooner",
                                                   "icl_co_moves", "other_heads_move_less"]
-    assert all(v["status"] in ("observed", "not observed", "inconclusive") for v in res["verdicts"])
+    assert all(v["status"] in ("observed", "not observed", "inconclusive", "not testable") for v in res["verdicts"])
     assert [c["arm"] for c in res["comparisons"]] == ["remove-top", "augment-top", "augment-neighbors", "augment-synthetic"]
     for arm in ALL_ARMS:
         assert f"--rerun {arm}" in res["commands"]["rerun_arm"][arm]
@@ -517,7 +517,7 @@ def test_verdicts_when_the_effects_hold_and_when_they_do_not():
     assert got["augment_top_sooner"] == "not run" and got["remove_random_no_effect"] == "not run"
 
 
-def test_no_emergence_falls_back_to_final_scores():
+def test_no_emergence_is_not_testable_and_shows_the_final_scores():
     def arm(name, scores):
         return {s: _run(name, s, None, scores[s], -0.3, scores[s], 0.1, lineage=s == 0) for s in range(2)}
 
@@ -525,10 +525,11 @@ def test_no_emergence_falls_back_to_final_scores():
     effects = {e.arm: e for e in effects_table(runs)}
     assert effects["remove-top"].emergence_delta is None and effects["remove-top"].formed == 0
     v = verdicts(runs, list(effects.values()), comparisons(runs))[0]
-    assert v.status == "observed" and "emergence step none" in v.detail and "final score delta -0.095" in v.detail
+    assert v.status == "not testable" and v.detail.startswith("the baseline's circuit never formed inside the run")
+    assert "emergence step none" in v.detail and "final score delta -0.095" in v.detail  # the numbers, not a verdict
     single = {a: {0: r[0]} for a, r in runs.items()}
     v = verdicts(single, effects_table(single), comparisons(single))[0]
-    assert v.status == "inconclusive"
+    assert v.status == "not testable"
 
 
 def test_curve_metrics_split_targeted_and_other_heads():

@@ -60,6 +60,10 @@ def print_summary(summary: dict, out: Path) -> None:
     method = summary.get("method", "mda")
     console.print(f"circuit {summary['circuit']}: heads {heads}; mode {summary['mode']}; method {method}", highlight=False)
     console.print(f"checkpoint {summary['checkpoint']}  (EK-FAC factors {summary['factors']})", highlight=False)
+    if summary.get("trajectory"):
+        t = summary["trajectory"]
+        console.print(f"trajectory: checkpoints {', '.join(f'step{c}' for c in t['checkpoints'])}; aggregate {t['aggregate']}",
+                      highlight=False)
     w = summary["window"]
     rate = f", {summary['rows_per_s']:,.0f} rows/s" if summary.get("rows_per_s") else ""
     console.print(

@@ -1,0 +1,101 @@
+"""Trajectory scores (`curate score --checkpoints auto|stepK,... --aggregate sum|segment`): the window scored at
+several checkpoints of the run, each by an ordinary scoring job with its own EK-FAC fit (one fit per checkpoint,
+shared by all heads; `pipelines.score_job` / `score_run`, the one scoring driver and its factor cache), then
+combined row by row into the same scores folder format (`attribution.scores_folder`).
+
+- Checkpoints `auto` (`auto_checkpoints`): the run's saved checkpoints inside the window (after its start, up to
+  its end) plus the first checkpoint at/after the circuit formed, thinned to at most `AUTO_MAX_CHECKPOINTS`
+  spread evenly over the steps (the last always kept). By default the window ends at that formation checkpoint,
+  so on the reference run (window 0-1,700, checkpoints every 100) `auto` is step400, step900, step1300, step1700.
+- `sum`: every column summed over the checkpoints (TracIn-CP with EK-FAC curvature): head_c and score = the sum
+  of the per-checkpoint values; `loss` = the loss at the last checkpoint.
+- `segment` (the segment idea of SOURCE, Bae et al. 2024): each row takes every column from the first checkpoint
+  whose model has taken the row's step, i.e. the first checkpoint c > step (c >= step + 1: checkpoint stepK holds
+  the weights after K optimizer steps, the row of step s goes into the update that yields step s + 1); rows
+  consumed at or after the last checkpoint take the last one. The consuming step is the table's `step` column:
+  scoring reads the run's corpus in its training order (a run trained under a plan is refused), so row r is
+  consumed at step r // batch_size.
+
+Layout: `<out>/checkpoints/step<K>/` is each checkpoint's complete scores folder (its own manifest, factor cache
+and shards: a killed job redoes only the unfinished checkpoints and shards); `<out>/shards/` holds the combined
+rows, `<out>/summary.json` records `trajectory` {checkpoints, aggregate, folders}. The manifest's fingerprint
+names the checkpoint jobs but not the aggregation (changing `--aggregate` recombines the same checkpoint scores);
+the summary's `fingerprint_hash` includes the aggregation (`ScoreJob.result_hash`). The rules live here; the job
+is resolved by `pipelines.score_job` and run by `pipelines.score_run.run_trajectory`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from curate.attribution.score_table import ScoreTable
+from curate.errors import CurateError
+
+AUTO_MAX_CHECKPOINTS = 4
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_folder(out: Path, step: int) -> Path:
+    """Where the scores of checkpoint `step` live inside a trajectory scores folder."""
+    return Path(out) / CHECKPOINTS_DIR / f"step{step}"
+
+
+def auto_checkpoints(saved: list[int], start: int, end: int, formed: int | None, cap: int = AUTO_MAX_CHECKPOINTS) -> list[int]:
+    """`--checkpoints auto`: the saved checkpoints c with start < c <= end, plus `formed` (the first checkpoint at/after
+    formation, when known); more than `cap` are thinned by step: for the targets start + (last - start) i / cap,
+    i = 1..cap, the nearest candidate (ties: the later one), so the picks spread over the window's steps (a run's
+    dense early log-spaced checkpoints do not crowd them) and the last candidate is always kept."""
+    chosen = sorted({c for c in saved if start < c <= end} | ({formed} if formed is not None else set()))
+    if not chosen:
+        raise CurateError(f"no saved checkpoint of the run lies in the window ({start}, {end}]")
+    if len(chosen) <= cap:
+        return chosen
+    last = chosen[-1]
+    picks = {min(chosen, key=lambda c: (abs(c - (start + (last - start) * i / cap)), -c)) for i in range(1, cap + 1)}
+    return sorted(picks)
+
+
+def segment_index(steps: np.ndarray, checkpoints: list[int]) -> np.ndarray:
+    """Per row, the index of its checkpoint under `segment`: the first checkpoint c > step, else the last."""
+    cks = np.asarray(checkpoints, dtype=np.int64)
+    return np.minimum(np.searchsorted(cks, np.asarray(steps, dtype=np.int64), side="right"), len(cks) - 1)
+
+
+def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str) -> ScoreTable:
+    """The checkpoints' score tables of the same rows (in `checkpoints` order) combined by `how` (sum / segment)."""
+    if not tables or len(tables) != len(checkpoints):
+        raise CurateError("one score table per checkpoint is needed")
+    first = tables[0]
+    for t in tables[1:]:
+        if t.heads != first.heads or not np.array_equal(t.row_id, first.row_id) or not np.array_equal(t.step, first.step):
+            raise CurateError("the checkpoints' score tables cover different rows or heads")
+    per_head = bool(first.heads)
+    values = np.stack([t.head_scores if per_head else t.score[:, None] for t in tables])  # (checkpoints, rows, columns)
+    losses = np.stack([t.loss for t in tables])
+    if how == "sum":
+        combined, loss = values.sum(axis=0), losses[-1]
+    elif how == "segment":
+        idx = segment_index(first.step, checkpoints)
+        rows = np.arange(len(first))
+        combined, loss = values[idx, rows], losses[idx, rows]
+    else:
+        raise CurateError(f"aggregate {how!r}: expected sum or segment")
+    meta = {**first.meta, "checkpoints": list(checkpoints), "aggregate": how}
+    if per_head:
+        return ScoreTable(first.row_id, first.step, loss, combined, list(first.heads), meta)
+    return ScoreTable(first.row_id, first.step, loss, np.zeros((len(first), 0)), [], meta, combined[:, 0])
+
+
+def resolve_steps(spec: str, run_dir: Path | None, formed: int | None, start: int, end: int, where: str) -> list[int]:
+    """The checkpoint steps of `--checkpoints` (already parsed-checked): `auto` needs a training run folder."""
+    from curate.pipelines.score_request import parse_checkpoints
+
+    parsed = parse_checkpoints(spec)
+    if parsed != "auto":
+        return list(parsed)  # type: ignore[arg-type]
+    if run_dir is None:
+        raise CurateError(f"{where}: auto checkpoints need a training run folder (its saved checkpoints); list them as stepK,stepK")
+    from curate.training.models import list_checkpoints
+
+    return auto_checkpoints(sorted(list_checkpoints(run_dir)), start, end, formed)

@@ -1,0 +1,220 @@
+"""The experiment's method comparison and honest verdicts (`pipelines.method_table`, `pipelines.effects`): the
+method table recomputed by hand from per-seed runs, the Spearman correlations between methods' scores, "not
+testable" where the baseline never formed or with fewer than three seeds, and which heads move by role. Pure
+numbers on synthetic runs: no training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from curate.attribution.score_table import ScoreTable
+from curate.attribution.scores_folder import write_summary
+from curate.errors import CurateError
+from curate.pipelines.effects import (
+    RunMetrics, comparisons, effects_table, head_movement, head_roles, untestable_reason, verdicts,
+)
+from curate.pipelines.experiment_options import ExperimentOptions, chosen_methods, parse_methods
+from curate.pipelines.method_table import method_arms, method_table, paired_t_test, spearman_matrix
+from curate.pipelines.report import Doc, method_section, render_md
+
+
+def _run(arm: str, seed: int, emergence: int | None, head_means: list[list[float]] | None = None, end: int = 200,
+         lineage: bool = True) -> RunMetrics:
+    return RunMetrics(arm=arm, seed=seed, run_dir=f"/runs/{arm}/{seed}", lineage=lineage, eval_every=10, steps=[0, end],
+                      curves={"induction_best": [0.01, 0.02 if emergence is None else 0.5]}, emergence=emergence,
+                      emergence_targeted=emergence, emergence_other_metric=None,
+                      final={"score": 0.5, "targeted": 0.5, "other": 0.1, "icl": -0.3, "heldout_loss": 3.0},
+                      mean={"score": 0.5, "targeted": 0.5, "other": 0.1, "icl": -0.3, "heldout_loss": 3.0},
+                      head_means={"induction": head_means or [[0.0, 0.0], [0.0, 0.0]], "previous_token": [[0.0, 0.0], [0.0, 0.0]]})
+
+
+def _arm(name: str, steps: list[int | None]) -> dict[int, RunMetrics]:
+    return {s: _run(name, s, e) for s, e in enumerate(steps)}
+
+
+RUNS = {
+    "baseline": _arm("baseline", [100, 120, 110]),
+    "remove-top": _arm("remove-top", [150, 170, 160]),
+    "remove-random": _arm("remove-random", [100, 130, 110]),
+    "augment-top": _arm("augment-top", [60, 70, 60]),
+    "augment-random": _arm("augment-random", [100, 120, 100]),
+    "remove-top-copy-share": _arm("remove-top-copy-share", [200, None, 190]),  # seed 1 never formed: 200 + 10
+    "augment-top-copy-share": _arm("augment-top-copy-share", [90, 100, 100]),
+}
+
+
+def test_method_table_is_the_per_seed_shifts_and_their_paired_tests() -> None:
+    rows = {r.method: r for r in method_table(RUNS, ["mda", "copy-share"], 0.3, "induction")}
+    mda, cs = rows["mda"], rows["copy-share"]
+    assert mda.status == cs.status == "tested" and mda.reason == ""
+    assert mda.delay.values == [50, 50, 50] and mda.delay.mean == 50 and mda.delay.sd == 0 and not mda.delay.censored
+    assert mda.advance.values == [-40, -50, -50] and mda.advance.mean == pytest.approx(-140 / 3)
+    assert mda.advance.sd == pytest.approx(np.std([-40, -50, -50], ddof=1))
+    # delay vs the control: remove-top - remove-random per seed = 50, 40, 50
+    ref = stats.ttest_rel([150, 170, 160], [100, 130, 110])
+    assert mda.delay.vs_control.mean_diff == pytest.approx(140 / 3)
+    assert mda.delay.vs_control.t == pytest.approx(ref.statistic) and mda.delay.vs_control.p == pytest.approx(ref.pvalue)
+    assert mda.delay.vs_mda is None  # MDA against itself: no test
+    assert cs.delay.values == [100, 90, 80] and cs.delay.censored  # 210 - 120 for the seed that never formed
+    ref = stats.ttest_rel([200, 210, 190], [150, 170, 160])
+    assert cs.delay.vs_mda.p == pytest.approx(ref.pvalue) and cs.delay.vs_mda.mean_diff == pytest.approx(40)
+    ref = stats.ttest_rel([90, 100, 100], [100, 120, 100])
+    assert cs.advance.vs_control.p == pytest.approx(ref.pvalue) and cs.advance.vs_control.df == 2
+    assert method_arms("copy-share") == ("remove-top-copy-share", "augment-top-copy-share")
+    same = paired_t_test([1.0, 2.0], [0.0, 1.0])
+    assert same.p is None and same.mean_diff == 1.0 and "no spread" in same.note
+    assert paired_t_test([1.0], [2.0]).note == "needs at least two seeds"
+
+
+def test_not_testable_where_the_baseline_never_formed_or_seeds_are_fewer_than_three() -> None:
+    never = {arm: {s: _run(arm, s, None) for s in range(3)} for arm in ("baseline", "remove-top", "remove-random",
+                                                                       "augment-top", "augment-random")}
+    reason = untestable_reason(never["baseline"], 0.3, "induction")
+    assert reason.startswith("the baseline's circuit never formed inside the run (seed 0: best score 0.02") and "< threshold 0.3" in reason
+    got = verdicts(never, effects_table(never), comparisons(never), 0.3, "induction")
+    assert {v.status for v in got} == {"not testable"} and all(v.detail.startswith("the baseline's circuit never formed") for v in got)
+    rows = method_table(never, ["mda"], 0.3, "induction")
+    assert rows[0].status == "not testable" and rows[0].reason == reason
+
+    two = {arm: {s: r for s, r in runs.items() if s < 2} for arm, runs in RUNS.items()}
+    got = verdicts(two, effects_table(two), comparisons(two))
+    assert {v.status for v in got} == {"not testable"}
+    assert got[0].detail.startswith("n seeds < 3 (2 seeds): no seed spread")
+    del two["augment-top"]
+    assert {v.key: v.status for v in verdicts(two, effects_table(two), comparisons(two))}["augment_top_sooner"] == "not run"
+    # three seeds and a formed baseline: judged, with the seed spread stated
+    got = {v.key: v for v in verdicts(RUNS, effects_table(RUNS), comparisons(RUNS))}
+    assert got["remove_top_delays"].status == "observed" and "seed spread 10" in got["remove_top_delays"].detail
+    assert got["augment_top_sooner"].status == "observed" and "seed spread (sd)" in got["augment_top_sooner"].detail
+
+
+def test_heads_are_grouped_by_role_and_their_movement_compared() -> None:
+    point = {"induction": [[0.9, 0.0], [0.6, 0.1]], "previous_token": [[0.1, 0.5], [0.0, 0.2]]}
+    roles = head_roles(point, 0.3)  # layer 0 cannot be an induction head (two layers)
+    assert roles == {"0.0": "other", "0.1": "previous-token", "1.0": "induction", "1.1": "other"}
+    base = {0: _run("baseline", 0, 100, [[0.1, 0.2], [0.5, 0.1]]), 1: _run("baseline", 1, 100, lineage=False)}
+    arm = {0: _run("remove-top", 0, 150, [[0.12, 0.17], [0.3, 0.09]]), 1: _run("remove-top", 1, 150, lineage=False)}
+    hm = head_movement("remove-top", {"baseline": base, "remove-top": arm}, roles, "induction")
+    assert hm.seeds == [0]  # lineage seeds only: the heads are the scored model's
+    assert hm.per_head == pytest.approx({"0.0": 0.02, "0.1": -0.03, "1.0": -0.2, "1.1": -0.01})
+    assert hm.movement["induction"] == pytest.approx(0.2) and hm.movement["previous-token"] == pytest.approx(0.03)
+    assert hm.movement["other"] == pytest.approx(0.015) and hm.signed["other"] == pytest.approx(0.005)
+    assert hm.ratio_other_induction == pytest.approx(0.075)
+    assert head_movement("augment-top", {"baseline": base}, roles, "induction") is None
+
+
+def _scores_folder(folder: Path, ids: list[int], values: list[float]) -> Path:
+    table = ScoreTable(np.asarray(ids), np.zeros(len(ids)), np.zeros(len(ids)), np.zeros((len(ids), 0)), [], {}, np.asarray(values))
+    table.to_parquet(folder / "shards" / "rows-a.parquet")
+    write_summary(folder, {"corpus": "x"})
+    return folder
+
+
+def test_spearman_between_methods_over_the_rows_both_scored(tmp_path) -> None:
+    a = _scores_folder(tmp_path / "a", [3, 1, 2, 0, 4], [5.0, 1.0, 3.0, 0.0, 4.0])
+    b = _scores_folder(tmp_path / "b", [0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.5, 0.4])
+    c = _scores_folder(tmp_path / "c", [0, 1, 2, 3, 4], [5.0, 4.0, 3.0, 2.0, 1.0])
+    got = spearman_matrix({"mda": a, "gradient-dot": b, "copy-share": c})
+    assert got["rows"] == 5 and got["methods"] == ["mda", "gradient-dot", "copy-share"]
+    # mda by row id 0..4 = 0, 1, 3, 5, 4: the same ranks as b;
+    # ranks 1, 2, 3, 5, 4 vs 5, 4, 3, 2, 1: d^2 = 16, 4, 0, 9, 9 -> 1 - 6 * 38 / (5 * 24) = -0.9
+    assert got["rho"]["mda|gradient-dot"] == pytest.approx(1.0) and got["rho"]["mda|copy-share"] == pytest.approx(-0.9)
+
+
+def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
+    assert chosen_methods(ExperimentOptions()) == ["mda", "gradient-dot", "copy-share"]
+    assert chosen_methods(ExperimentOptions(quick=True)) == ["mda"]
+    assert parse_methods("copy-share") == ["mda", "copy-share"]
+    with pytest.raises(CurateError, match="unknown method 'loss'"):
+        parse_methods("mda,loss")
+    with pytest.raises(CurateError, match="--methods 'mda,x'"):
+        ExperimentOptions(methods="mda,x").validate()
+    with pytest.raises(CurateError, match="--aggregate 'avg'"):
+        ExperimentOptions(aggregate="avg").validate()
+    rows = [r.to_json() for r in method_table(RUNS, ["mda", "copy-share"])]
+    results = {"circuit": "induction", "method_table": rows, "method_test": "paired t-test",
+               "spearman": {"rows": 5, "rho": {"mda|copy-share": 0.25}}, "threshold": 0.3,
+               "head_roles": {"1.0": "induction", "1.1": "other"},
+               "head_movement": [{"arm": "remove-top", "movement": {"induction": 0.2, "previous-token": None, "other": 0.02},
+                                  "ratio_other_induction": 0.1}]}
+    doc = Doc()
+    method_section(doc, results)
+    md = render_md(doc)
+    assert md.index("Methods compared") < md.index("Spearman") < md.index("Which heads move")
+    p = stats.ttest_rel([150, 170, 160], [100, 130, 110]).pvalue
+    assert f"| mda | +50 +- 0 (n=3: +50, +50, +50) | diff +47, p = {p:.3g} | - |" in md and f"{p:.3g}" == "0.00506"
+    assert "| copy-share | >= +90 +- 10" in md and "| mda vs copy-share | 0.25 |" in md
+    assert "| remove-top | 0.2 | - | 0.02 | 0.1 |" in md
+
+
+def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path) -> None:
+    from curate.pipelines.arms import ALL_ARMS
+    from curate.pipelines.experiment_setting import resolve_setting
+    from tests.score_helpers import build_tiny_corpus
+
+    corpus = str(build_tiny_corpus(tmp_path / "corpus"))
+    base = dict(corpus=corpus, workspace=tmp_path / "ws", out=tmp_path / "exp")
+    s = resolve_setting(ExperimentOptions(**base, methods="copy-share,mda"), lambda m: None)
+    assert s.methods == ["mda", "copy-share"] and s.seeds == [0, 1, 2]
+    assert s.arms == [*ALL_ARMS, "remove-top-copy-share", "augment-top-copy-share"]
+    assert "score_checkpoints" not in s.identity and s.identity["score_mode"] == "qkvo"  # older folders keep their identity
+    s = resolve_setting(ExperimentOptions(**base, arms="remove-top-gradient-dot", first_seed=100, seeds=3, score_mode="qk",
+                                          checkpoints="auto", aggregate="segment"), lambda m: None)
+    assert s.arms == ["baseline", "remove-top-gradient-dot"] and s.methods == ["mda", "gradient-dot"]
+    assert s.seeds == [100, 101, 102]
+    assert s.identity["score_mode"] == "qk" and s.identity["score_checkpoints"] == "auto" and s.identity["score_aggregate"] == "segment"
+    quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
+    assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
+    assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+
+def _censored(run: dict) -> float:
+    return float(run["emergence"]) if run["emergence"] is not None else float(run["steps"][-1] + run["eval_every"])
+
+
+@pytest.mark.slow
+def test_experiment_compares_methods_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    """A tiny experiment (previous-token, 3 seeds) with MDA, gradient-dot and copy-share arms: the method table is
+    the per-seed runs' numbers, the Spearman table covers the three methods' scores, the report opens with them."""
+    import json
+
+    from curate.training.default_model import default_model_config
+    from tests.corpus_helpers import run_cli
+    from tests.score_helpers import build_tiny_corpus
+
+    corpus = build_tiny_corpus(tmp_path / "corpus", docs=1200, seq_len=31, batch_size=8)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(default_model_config(300, hidden_size=32, max_position_embeddings=32).to_dict()))
+    out = tmp_path / "exp"
+    arms = "remove-top,augment-top,remove-random,augment-random,remove-top-gradient-dot,augment-top-gradient-dot," \
+           "remove-top-copy-share,augment-top-copy-share"
+    code, _, err = run_cli(["experiment", "--quick", "--circuit", "previous-token", "--threshold", "0.12", "--corpus", corpus,
+                            "--config", config, "--baseline-steps", "100", "--batch-size", "8", "--eval-every", "10",
+                            "--lr", "3e-3", "--warmup-steps", "20", "--seeds", "3", "--methods", "mda,gradient-dot,copy-share",
+                            "--arms", arms, "--workers", "2", "--out", out, "--workspace", tmp_path / "ws", "--quiet"],
+                           monkeypatch, capsys)
+    assert code == 0, err
+    res = json.loads((out / "report" / "results.json").read_text())
+    assert res["methods"] == ["mda", "gradient-dot", "copy-share"]
+    assert sorted(res["method_scores"]) == ["copy-share", "gradient-dot", "mda"]
+    assert json.loads((out / "scores-copy-share" / "summary.json").read_text())["heads"] == res["targeted_heads"]
+    runs = {arm: info["runs"] for arm, info in res["arms"].items()}
+    for row in res["method_table"]:
+        remove, augment = method_arms(row["method"])
+        for shift, arm, control in ((row["delay"], remove, "remove-random"), (row["advance"], augment, "augment-random")):
+            expected = [_censored(runs[arm][str(s)]) - _censored(runs["baseline"][str(s)]) for s in (0, 1, 2)]
+            assert shift["values"] == pytest.approx(expected) and shift["mean"] == pytest.approx(np.mean(expected))
+            a = [_censored(runs[arm][str(s)]) for s in (0, 1, 2)]
+            c = [_censored(runs[control][str(s)]) for s in (0, 1, 2)]
+            assert shift["vs_control"]["mean_diff"] == pytest.approx(np.mean(np.subtract(a, c)))
+            if shift["vs_control"]["p"] is not None:
+                assert shift["vs_control"]["p"] == pytest.approx(stats.ttest_rel(a, c).pvalue)
+    assert set(res["spearman"]["rho"]) == {"mda|gradient-dot", "mda|copy-share", "gradient-dot|copy-share"}
+    md = (out / "report" / "report.md").read_text()
+    assert md.index("## Methods compared") < md.index("## Expected effects")
