@@ -1,7 +1,7 @@
 """curate vs kronfluence and bergson on identical work at Pythia size, measured side by side (interleaved) in one run.
 
 On a `training.presets` architecture with random weights (default Pythia-70m) and random 2,049-token rows, one
-torch thread, the same rows for every tool:
+torch thread on CPU (or `--device cuda`), the same rows for every tool:
 - scoring: the influence of every row on ONE query, the induction probe (`attribution.probes.induction_probe` on 8
   repeat probes), through every layer's `query_key_value` and `dense`:
   - curate: the probe gradient, preconditioned with its EK-FAC factors, then `HeadInfluenceScorer.score_batch`
@@ -65,7 +65,7 @@ class ProbeDataset(torch.utils.data.Dataset):
         return {"probes": self.probes}
 
 
-def kronfluence_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: int, work: Path):
+def kronfluence_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: int, work: Path, dev: torch.device):
     """(fit, score) callables on kronfluence, or the reason it cannot run."""
     try:
         from kronfluence.analyzer import Analyzer, prepare_model
@@ -97,7 +97,7 @@ def kronfluence_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: 
 
     task = InductionTask()
     kmodel = prepare_model(copy.deepcopy(model), task)  # it wraps the modules in place: a copy, so the others see plain ones
-    analyzer = Analyzer("pythia", kmodel, task, cpu=True, disable_tqdm=True, output_dir=str(work / "kronfluence"),
+    analyzer = Analyzer("pythia", kmodel, task, cpu=dev.type == "cpu", disable_tqdm=True, output_dir=str(work / "kronfluence"),
                         log_level=40)
     train, query = RowsDataset(data), ProbeDataset(probes)
     fargs = FactorArguments(strategy="ekfac")
@@ -113,7 +113,7 @@ def kronfluence_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: 
     return fit, score
 
 
-def bergson_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: int, work: Path):
+def bergson_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: int, work: Path, dev: torch.device):
     """The scoring callable on bergson, or the reason it cannot run."""
     try:
         import bergson  # noqa: F401
@@ -152,7 +152,7 @@ def bergson_case(model, data: np.ndarray, probes: torch.Tensor, batch_rows: int,
 
     def score() -> None:
         query = query_gradient()
-        scorer = Scorer(query, short, InMemorySequenceScoreWriter(len(data), 1), torch.device("cpu"), torch.float32)
+        scorer = Scorer(query, short, InMemorySequenceScoreWriter(len(data), 1), dev, torch.float32)
         collect_gradients(model, ds, processor, cfg, batches=batches, target_modules=set(short), scorer=scorer)
         state["bergson"] = scorer.writer.scores
 
@@ -173,15 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--context", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip", default="", help="comma-separated peers not to run (kronfluence, bergson)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dev = torch.device("cpu")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model, data = standin(args.preset, args.rows, context=args.context)
+    model.to(dev)
     geo = HeadGeometry.of(model)
     heads = geo.all_heads()
     mode = "qkvo"
-    probes = build_probes(model.config, n=8, seed=0)
+    probes = build_probes(model.config, n=8, seed=0).to(dev)
     print(f"{args.preset} stand-in: {n_params(model):,} parameters; {len(data)} rows of {data.shape[1]:,} tokens, batches of "
           f"{args.batch_rows}; one query (the induction probe, {probes.shape[0]} probes); modules: every layer's "
           f"query_key_value and dense ({len(heads)} heads, mode {mode}); {args.threads} thread(s)")
@@ -205,13 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="pythia-peers-"))
     try:
         skip = set(filter(None, args.skip.split(",")))
-        k = "kronfluence: skipped (--skip)" if "kronfluence" in skip else kronfluence_case(model, data, probes, args.batch_rows, work)
+        k = "kronfluence: skipped (--skip)" if "kronfluence" in skip else kronfluence_case(model, data, probes, args.batch_rows, work, dev)
         if isinstance(k, str):
             skipped["kronfluence"] = k
         else:
             fit_cases["kronfluence fit_all_factors"], score_cases["kronfluence pairwise"] = k
             k[0]()  # its factors exist before its scoring is timed
-        b = "bergson: skipped (--skip)" if "bergson" in skip else bergson_case(model, data, probes, args.batch_rows, work)
+        b = "bergson: skipped (--skip)" if "bergson" in skip else bergson_case(model, data, probes, args.batch_rows, work, dev)
         if isinstance(b, str):
             skipped["bergson"] = b
         else:
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, why in skipped.items():
             print(f"skipped {name}: {why}")
         clock, clock_name = clock_for(dev)
-        times = interleaved({**fit_cases, **score_cases}, args.repeats, clock=clock)
+        times = interleaved({**fit_cases, **score_cases}, args.repeats, sync, clock=clock)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{clock_name}:")
