@@ -26,18 +26,20 @@ if [ "$TINY" = 1 ]; then
 else
   SMALL=(--preset pythia-70m); ROWS=(--rows 16 --batch-rows 8 --repeats 3); STEPS=1000; TINYFLAG=()
 fi
+# time limits sized for the H200 (about 8 minutes in all); none for the CPU smoke run, which only checks the parts run
+limit() { if [ "$TINY" = 1 ]; then "${@:2}"; else timeout "$1" "${@:2}"; fi; }
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; fi
 
 echo "== 1. scoring vs floor / all heads / per-row loop ($DEVICE)"
-timeout 240 "$PY" bench/pythia_scoring.py --device "$DEVICE" "${SMALL[@]}" "${ROWS[@]}" || echo "(part 1 stopped: $?)"
+limit 240 "$PY" bench/pythia_scoring.py --device "$DEVICE" "${SMALL[@]}" "${ROWS[@]}" || echo "(part 1 stopped: $?)"
 
 echo "== 2. peers ($DEVICE)"
-timeout 150 "$PY" bench/pythia_peers.py --device "$DEVICE" "${SMALL[@]}" "${ROWS[@]}" || echo "(part 2 stopped: $?)"
+limit 150 "$PY" bench/pythia_peers.py --device "$DEVICE" "${SMALL[@]}" "${ROWS[@]}" || echo "(part 2 stopped: $?)"
 
 echo "== 3. Pythia-160m bf16 scoring and training ($DEVICE)"
-timeout 120 "$PY" bench/gpu_bench.py --device "$DEVICE" "${TINYFLAG[@]}" || echo "(part 3 stopped: $?)"
+limit 120 "$PY" bench/gpu_bench.py --device "$DEVICE" "${TINYFLAG[@]}" || echo "(part 3 stopped: $?)"
 
 echo "== 4. curate score --dry-run on a ${STEPS}-step stand-in ($DEVICE)"
 if [ "$TINY" = 1 ]; then
@@ -47,5 +49,5 @@ else
   "$PY" bench/pythia_standin.py "$WORK/p" --steps "$STEPS" >/dev/null
   CKPT="$WORK/p/pythia-70m-random"
 fi
-timeout 90 "$PY" -m curate.cli score --model "$CKPT" --corpus "$WORK/p/pile" --window "0:$STEPS" --heads 1.0,3.5 \
+limit 90 "$PY" -m curate.cli score --model "$CKPT" --corpus "$WORK/p/pile" --window "0:$STEPS" --heads 1.0,3.5 \
   --device "$DEVICE" --out "$WORK/scores" --dry-run --quiet || echo "(part 4 stopped: $?)"
