@@ -63,6 +63,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _per_row(seconds: float) -> str:
+    return f"{seconds:,.2f} s/row" if seconds >= 1 else f"{seconds * 1000:,.2f} ms/row"
+
+
 def print_plan(plan: dict) -> None:
     """The dry run: counts, passes, sizes, the calibration and the estimated time."""
     est, cal = plan["estimate"], plan["calibration"]
@@ -77,7 +81,7 @@ def print_plan(plan: dict) -> None:
         "passes: " + "; ".join(f"{p['pass']} over {p['rows']:,} rows" for p in plan["passes"]),
         f"batch {plan['batch_rows']} rows; {plan['workers']} worker(s) on {plan['device']}, {plan['where']}",
         "calibration on " + cal["device"] + (f" ({cal['threads_per_worker']} thread per worker)" if cal["threads_per_worker"] else "") + ": "
-        + "; ".join(f"{p['name']} {p['batches']} batch{'es' if p['batches'] != 1 else ''} ({p['rows']} rows) in {p['seconds']:.2f} s = {p['seconds_per_row'] * 1000:,.1f} ms/row"
+        + "; ".join(f"{p['name']} {p['batches']} batch{'es' if p['batches'] != 1 else ''} ({p['rows']} rows) in {p['seconds']:.2f} s = {_per_row(p['seconds_per_row'])}"
                     for p in cal["passes"])
         + f"; probe gradients {cal['seconds_precondition']:.2f} s",
         f"estimated time: {_duration(est['seconds'])} (fit {_duration(est['seconds_fit'])}, probe {_duration(est['seconds_precondition'])}, "
