@@ -82,3 +82,34 @@ def test_score_and_train_at_pythia_size(tmp_path, preset, batch, heads, memory_g
                               "--micro-batch", 1, "--checkpoints", "none", "--eval-every", 1, "--out", tmp_path / "run")
     assert result["complete"] is True and result["step"] == 1
     assert peak < memory_gib, f"train peaked at {peak:.2f} GiB"
+
+
+def peak_of_command(*args) -> tuple[dict, float]:
+    """Run `curate ARGS --json --quiet` under a fresh wrapper process: (its JSON output, peak resident GiB of the largest
+    process the wrapper waited for: the driver, or a Ray process it reaped)."""
+    code = ("import json, resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "print(json.dumps({'rc': p.returncode, 'out': p.stdout, 'err': p.stderr[-3000:], "
+            "'kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    cmd = [sys.executable, "-m", "curate.cli", *map(str, args), "--json", "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", code, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert res["rc"] == 0, res["err"]
+    return json.loads(res["out"]), res["kib"] / 2**20
+
+
+def test_score_memory_is_bounded_by_the_batch_not_the_window(tmp_path):
+    """The Pythia-14m stand-in, 2-row batches of 2,049 tokens, the EK-FAC fit on the same 2 rows: scoring a window 4x
+    longer (8 rows instead of 2) peaks within 10% (+0.2 GiB) of the short one, and both stay under 4 GiB."""
+    corpus = pythia_corpus(tmp_path / "pile", rows=8, batch_size=2)
+    ckpt = random_checkpoint("pythia-14m", tmp_path / "ckpt")
+    peaks = {}
+    for steps in (1, 4):
+        summary, peaks[steps] = peak_of_command(
+            "score", "--model", ckpt, "--corpus", corpus, "--window", f"0:{steps}", "--heads", "1.0", "--fit-rows", 2,
+            "--batch-rows", 2, "--shard-rows", 2, "--workers", "1", "--out", tmp_path / f"scores-{steps}")
+        assert summary["rows_scored"] == 2 * steps and summary["fit_rows"] == 2
+    assert peaks[1] < 4.0 and peaks[4] < 4.0, peaks
+    assert peaks[4] <= 1.1 * peaks[1] + 0.2, f"the 4x window peaked at {peaks[4]:.2f} GiB vs {peaks[1]:.2f} GiB"

@@ -18,6 +18,7 @@ class ScoreOptions(ScoreRequest):
 
     as_json: bool = opt(False, "--json", help="Print the summary as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress bars.")
+    dry_run: bool = opt(False, "--dry-run", help="Validate, count rows, tokens, heads and passes, time a few batches of each pass on the device and print the estimated time; write nothing.")
 
     def __post_init__(self) -> None:
         self.progress = not self.quiet
@@ -35,6 +36,15 @@ def score_command(options: ScoreOptions) -> None:
     err = Console(stderr=True)
     log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
     job = resolve_job(options, log)
+    if options.dry_run:
+        from curate.pipelines.score_estimate import dry_run
+
+        plan = dry_run(job, log)
+        if options.as_json:
+            print(json.dumps(plan, indent=2, sort_keys=True, default=str))
+        else:
+            print_plan(plan)
+        return
     save_config(job.out, "score", options)
     for note in job.notes + job.localization.notes:
         log(f"note: {note}")
@@ -43,6 +53,42 @@ def score_command(options: ScoreOptions) -> None:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     print_summary(summary, job.out)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _per_row(seconds: float) -> str:
+    return f"{seconds:,.2f} s/row" if seconds >= 1 else f"{seconds * 1000:,.2f} ms/row"
+
+
+def print_plan(plan: dict) -> None:
+    """The dry run: counts, passes, sizes, the calibration and the estimated time."""
+    est, cal = plan["estimate"], plan["calibration"]
+    w = plan["window"]
+    lines = [
+        f"dry run (nothing written): curate score --circuit {plan['circuit']} --method {plan['method']}; out {plan['out']}",
+        f"checkpoint {plan['checkpoint']}",
+        f"window steps [{w[0]}, {w[1]}) = {plan['rows']:,} rows x {plan['row_len']:,} tokens = {plan['tokens']:,} tokens; "
+        f"{plan['rows_to_score']:,} rows to score in {plan['shards_to_score']} of {plan['shards']} shards of {plan['shard_rows']:,}",
+        f"heads ({len(plan['heads'])}, mode {plan['mode']}): {', '.join(plan['heads'])}",
+        f"EK-FAC factors: {plan['factors']}",
+        "passes: " + "; ".join(f"{p['pass']} over {p['rows']:,} rows" for p in plan["passes"]),
+        f"batch {plan['batch_rows']} rows; {plan['workers']} worker(s) on {plan['device']}, {plan['where']}",
+        "calibration on " + cal["device"] + (f" ({cal['threads_per_worker']} thread per worker)" if cal["threads_per_worker"] else "") + ": "
+        + "; ".join(f"{p['name']} {p['batches']} batch{'es' if p['batches'] != 1 else ''} ({p['rows']} rows) in {p['seconds']:.2f} s = {_per_row(p['seconds_per_row'])}"
+                    for p in cal["passes"])
+        + f"; probe gradients {cal['seconds_precondition']:.2f} s",
+        f"estimated time: {_duration(est['seconds'])} (fit {_duration(est['seconds_fit'])}, probe {_duration(est['seconds_precondition'])}, "
+        f"score {_duration(est['seconds_score'])}; without {est['excludes']})",
+    ]
+    for line in lines:
+        print(line)
 
 
 def print_summary(summary: dict, out: Path) -> None:
