@@ -80,6 +80,8 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
 
     out = cli(["explain", scores], monkeypatch, capsys)
     assert f"{first_epoch * BATCH:,} window rows" in out  # the tail is read against the scored window
+    by_domain = json.loads(cli(["explain", scores, "--by", "domain", "--json"], monkeypatch, capsys))  # both tails
+    assert all(domain in json.dumps(by_domain) for domain in ("latex", "xml", "python", "troff", "prose")), by_domain
 
     # the mix without the top 10% and the arm trained on it, by the command build-mix prints
     mix = tmp_path / "mix"
