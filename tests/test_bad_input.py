@@ -11,8 +11,10 @@ case that got past validation shows as a failure instead of running a job.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import pkgutil
 import shutil
 from pathlib import Path
 
@@ -358,6 +360,16 @@ CASES: list[tuple[str, list[str], str]] = [
 ]
 
 
+def _import_every_module() -> None:
+    """Import every pipeline and command module, so none binds a stub by name (`from ... import prepare_baseline`)."""
+    import curate.commands
+    import curate.pipelines
+
+    for package in (curate.pipelines, curate.commands):
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
 def _stub(*_a, **_k):
     raise AssertionError("the command got past validation and started its work")
 
@@ -392,6 +404,7 @@ def test_bad_input(args, phrase, paths, tmp_path, monkeypatch, capsys) -> None:
     import curate.pipelines.attribution_window as attribution_window
     import curate.pipelines.ray_pool as ray_pool
 
+    _import_every_module()  # a module imported while the stubs are in place would keep them after the test
     monkeypatch.setattr(ray_pool, "ray_session", _stub)
     monkeypatch.setattr(attribution_window, "prepare_baseline", _stub)
     values = {k: str(v) for k, v in paths.items()} | {"out": str(out_parent)}
