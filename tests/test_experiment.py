@@ -222,7 +222,7 @@ def test_rerun_skips_finished_arms_and_rerun_flag_retrains_one(tiny, quick, monk
     assert len(summaries) == 14
     code, stdout, stderr = run_cli(quick_args(tiny, out)[:-1] + ["--workers", "1"], monkeypatch, capsys)
     assert code == 0, stderr
-    assert "14 run(s) already finished, skipped" in stderr and "scores: reusing" in stderr
+    assert "14 run(s) already finished, skipped" in stderr and "scores (mda): reusing" in stderr
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
     again = json.loads((out / "report" / "results.json").read_text())
     assert again["arms"] == quick["results"]["arms"] and again["verdicts"] == quick["results"]["verdicts"]
@@ -346,7 +346,7 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
     code, _, stderr = run_cli(["experiment", "--workspace", ws, "--circuit", "previous-token", "--threshold", "0.12",
                                "--seeds", "1", "--arms", "remove-top", "--workers", "1", "--out", out], monkeypatch, capsys)
     assert code == 0, stderr
-    assert f"scores: reusing {shared}" in stderr.replace("\n", "")
+    assert f"scores (mda): reusing {shared}" in stderr.replace("\n", "")
     res = json.loads((out / "report" / "results.json").read_text())
     assert res["baseline"]["mode"] == "reference" and res["baseline"]["run"] == str(run.resolve())
     assert res["scores"]["folder"] == str(shared.resolve()) and res["targeted_heads"] == [head]

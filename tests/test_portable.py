@@ -97,4 +97,4 @@ def test_a_moved_workspace_resumes_everything(tmp_path, monkeypatch, capsys, ray
     code, _, err = run_cli(exp_moved, monkeypatch, capsys)
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
-    assert "already finished, skipped" in err and "scores: reusing" in err
+    assert "already finished, skipped" in err and "scores (mda): reusing" in err
