@@ -40,6 +40,27 @@ def standin(preset: str, rows: int, seed: int = 0, context: int | None = None) -
     return model, data
 
 
+def standin_arguments(ap) -> None:
+    """The flags every stand-in bench takes (preset, rows, batch, repeats, threads, context, device)."""
+    ap.add_argument("--preset", default="pythia-70m")
+    ap.add_argument("--rows", type=int, default=2)
+    ap.add_argument("--batch-rows", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--context", type=int, default=None, help="rows of CONTEXT + 1 tokens (default: the model's 2,048 + 1)")
+    ap.add_argument("--device", default="cpu")
+
+
+def standin_setup(args) -> tuple[nn.Module, np.ndarray, torch.device, Callable[[], None]]:
+    """(the stand-in model on the device, its rows, the device, its synchronize) from `standin_arguments` flags; sets
+    the torch threads."""
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model, data = standin(args.preset, args.rows, context=args.context)
+    return model.to(dev), data, dev, sync
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

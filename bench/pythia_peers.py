@@ -33,7 +33,7 @@ from curate.attribution.ekfac import EKFACFitter
 from curate.attribution.heads import HeadGeometry
 from curate.attribution.influence import probe_gradients
 from curate.attribution.probes import build_probes, induction_probe
-from pythia_common import WALL, clock_for, interleaved, med, n_params, scorer_for, standin
+from pythia_common import WALL, clock_for, interleaved, med, n_params, scorer_for, standin_arguments, standin_setup
 
 
 def module_names(model, kind: str) -> list[str]:
@@ -167,20 +167,10 @@ def _has_field(cls, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="pythia-70m")
-    ap.add_argument("--rows", type=int, default=2)
-    ap.add_argument("--batch-rows", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--context", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
+    standin_arguments(ap)
     ap.add_argument("--skip", default="", help="comma-separated peers not to run (kronfluence, bergson)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    model, data = standin(args.preset, args.rows, context=args.context)
-    model.to(dev)
+    model, data, dev, sync = standin_setup(args)
     geo = HeadGeometry.of(model)
     heads = geo.all_heads()
     mode = "qkvo"

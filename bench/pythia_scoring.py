@@ -19,30 +19,20 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from curate.attribution.heads import HeadGeometry, HeadRef
-from pythia_common import WALL, clock_for, fit_and_precondition, floor_pass, interleaved, loop_pass, med, n_params, scorer_for, standin
+from pythia_common import (WALL, clock_for, fit_and_precondition, floor_pass, interleaved, loop_pass, med, n_params, scorer_for,
+                           standin_arguments, standin_setup)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="pythia-70m")
-    ap.add_argument("--rows", type=int, default=2)
-    ap.add_argument("--batch-rows", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    standin_arguments(ap)
     ap.add_argument("--mode", default="qkvo")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--context", type=int, default=None, help="rows of CONTEXT + 1 tokens (default: the model's 2,048 + 1)")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--profile", action="store_true", help="also print the top operators of one curate pass over every head")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    model, data = standin(args.preset, args.rows, context=args.context)
-    model.to(dev)
+    model, data, dev, sync = standin_setup(args)
     geo = HeadGeometry.of(model)
     every = geo.all_heads()
     upper = geo.all_heads(min_layer=1)

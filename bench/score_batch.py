@@ -4,7 +4,7 @@ Picks the `--batch-rows` default of `curate score`: the scorer (`HeadInfluenceSc
 job's heads and mode) on random rows, one thread, process CPU time per row for each batch size, repeated
 `--repeats` times in interleaved order; prints min / median rows per second and the ratio to the best.
 
-    python bench/score_batch.py [--model default|pythia-14m|pythia-70m] [--rows 256] [--sizes 4,8,16,32,64] [--repeats 3]
+    PYTHONPATH=. python bench/score_batch.py [--model default|pythia-14m|pythia-70m] [--rows 256] [--sizes 4,8,16,32,64] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -23,20 +23,15 @@ from curate.training.models import build_model
 
 
 def model_and_rows(name: str, rows: int, seed: int = 0):
-    """(model, random rows of the model's context + 1 tokens)."""
-    from transformers import GPTNeoXConfig
+    """(model, random rows of the model's context + 1 tokens): the default model or a Pythia stand-in."""
+    if name != "default":
+        from pythia_common import standin
 
-    if name == "default":
-        from curate.training.default_model import default_model_config
+        return standin(name, rows, seed)
+    from curate.training.default_model import default_model_config
 
-        config = default_model_config(512)
-    else:
-        from curate.training.presets import preset_for
-
-        config = GPTNeoXConfig(**preset_for(name).architecture.config_fields())
-    model = build_model(config, seed).eval()
-    row_len = int(config.max_position_embeddings) + 1
-    data = np.random.default_rng(seed).integers(0, min(int(config.vocab_size), 50277), (rows, row_len))
+    model = build_model(default_model_config(512), seed).eval()
+    data = np.random.default_rng(seed).integers(0, 512, (rows, int(model.config.max_position_embeddings) + 1))
     return model, data
 
 
@@ -53,7 +48,8 @@ def main() -> None:
     model, data = model_and_rows(args.model, args.rows)
     geo = HeadGeometry.of(model)
     heads = geo.all_heads(min_layer=1)
-    fit = [(np.arange(len(data[:16])), data[:16])]
+    fit_rows, fit_batch = min(16, len(data)), max(1, 8192 // data.shape[1])  # bounded memory at 2,049-token rows
+    fit = [(np.arange(a, min(a + fit_batch, fit_rows)), data[a : min(a + fit_batch, fit_rows)]) for a in range(0, fit_rows, fit_batch)]
     factors = EKFACFitter(model, heads, args.mode, seed=0).fit(fit)
     probes = build_probes(model.config, n=8, seed=0)
     grads = probe_gradients(model, lambda m, h: induction_probe(m, probes), heads, args.mode, shared=True)
@@ -70,7 +66,7 @@ def main() -> None:
     best = max(statistics.median(v) for v in rates.values())
     print(f"{'batch':>6s} {'rows/s min':>11s} {'rows/s median':>14s} {'median / best':>14s}")
     for b in sizes:
-        print(f"{b:6d} {min(rates[b]):11.1f} {statistics.median(rates[b]):14.1f} {statistics.median(rates[b]) / best:14.3f}")
+        print(f"{b:6d} {min(rates[b]):11.4g} {statistics.median(rates[b]):14.4g} {statistics.median(rates[b]) / best:14.3f}")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,38 @@ def build_tiny_model(folder: Path, vocab_size: int = 300, context: int = 32, see
     model.save_pretrained(folder)
     return Path(folder)
 
+
+
+def kill_score_after_first_shard(args: list[str], out: Path, delay_s: float, timeout_s: float = 120) -> int:
+    """Start `python -m curate.cli score ARGS` with a per-shard delay, kill -9 it once the manifest records a
+    shard, and return how many shards it had recorded."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "CURATE_FAULT_SHARD_DELAY_S": str(delay_s)}
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "score", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    manifest = out / "manifest.json"
+
+    def recorded() -> int:
+        try:
+            return len(json.loads(manifest.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not recorded():
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return recorded()

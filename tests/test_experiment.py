@@ -13,6 +13,7 @@ import math
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,10 @@ from tests.corpus_helpers import run_cli, run_cli_redirected
 from tests.score_helpers import build_tiny_corpus
 
 ALL_ARMS = ["baseline", "remove-top", "remove-random", "augment-top", "augment-random", "augment-neighbors", "augment-synthetic"]
+METHODS = ["mda", "gradient-dot", "copy-share"]
+METHOD_ARMS = ["remove-top-gradient-dot", "augment-top-gradient-dot", "remove-top-copy-share", "augment-top-copy-share"]
+QUICK_ARMS = ALL_ARMS + METHOD_ARMS
+"""The quick fixture's arms: every default arm plus the compared methods' remove-top / augment-top."""
 CURVE_KEYS = ["induction_best", "induction_targeted", "induction_other", "previous_token_best", "previous_token_targeted",
               "previous_token_other", "icl", "loss", "heldout_loss"]
 
@@ -57,11 +62,11 @@ def quick_args(tiny: dict, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def quick(tiny, ray_session_for_module) -> dict:
-    """The quick experiment, run once through the CLI (2 Ray workers)."""
+    """The quick experiment with every method compared, run once through the CLI (2 Ray workers)."""
     out = tiny["base"] / "exp"
     mp = pytest.MonkeyPatch()
     try:
-        code, stdout, stderr = run_cli_redirected(quick_args(tiny, out) + ["--workers", "2"], mp)
+        code, stdout, stderr = run_cli_redirected(quick_args(tiny, out) + ["--methods", ",".join(METHODS), "--workers", "2"], mp)
     finally:
         mp.undo()
     assert code == 0, stderr
@@ -84,7 +89,7 @@ def test_quick_writes_the_report_with_every_arm(quick):
         assert f"]({name})" in md  # relative links in the Markdown
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert html.count("data:image/png;base64,") == len(pngs) and ".png\"" not in html
-    assert res["arm_names"] == ALL_ARMS and sorted(res["arms"]) == sorted(ALL_ARMS)
+    assert res["arm_names"] == QUICK_ARMS and sorted(res["arms"]) == sorted(QUICK_ARMS)
     for arm, info in res["arms"].items():
         assert sorted(info["runs"]) == ["0", "1"], arm
         for run in info["runs"].values():
@@ -97,11 +102,43 @@ def test_quick_writes_the_report_with_every_arm(quick):
     assert [v["key"] for v in res["verdicts"]] == ["remove_top_delays", "remove_random_no_effect", "augment_top_sooner",
                                                   "icl_co_moves", "other_heads_move_less"]
     assert all(v["status"] in ("observed", "not observed", "inconclusive", "not testable") for v in res["verdicts"])
-    assert [c["arm"] for c in res["comparisons"]] == ["remove-top", "augment-top", "augment-neighbors", "augment-synthetic"]
-    for arm in ALL_ARMS:
+    assert [c["arm"] for c in res["comparisons"]] == ["remove-top", "augment-top", "augment-neighbors", "augment-synthetic", *METHOD_ARMS]
+    for arm in QUICK_ARMS:
         assert f"--rerun {arm}" in res["commands"]["rerun_arm"][arm]
         assert f"--rerun {arm}" in md
     assert "expected effects: observed or not" in md.lower()
+
+
+def _censored(run: dict) -> float:
+    return float(run["emergence"]) if run["emergence"] is not None else float(run["steps"][-1] + run["eval_every"])
+
+
+def test_the_method_table_holds_the_runs_numbers_and_opens_the_report(quick):
+    """MDA, gradient-dot and copy-share compared: each method's delay / advance is the per-seed runs' numbers, tested
+    against the random control paired by seed; the Spearman table covers the three methods; the report opens with it."""
+    from scipy import stats
+
+    from curate.pipelines.method_table import method_arms
+
+    out, res = quick["out"], quick["results"]
+    seeds = (0, 1)
+    assert res["methods"] == METHODS and sorted(res["method_scores"]) == sorted(METHODS)
+    assert json.loads((out / "scores-copy-share" / "summary.json").read_text())["heads"] == res["targeted_heads"]
+    runs = {arm: info["runs"] for arm, info in res["arms"].items()}
+    assert [row["method"] for row in res["method_table"]] == METHODS
+    for row in res["method_table"]:
+        remove, augment = method_arms(row["method"])
+        for shift, arm, control in ((row["delay"], remove, "remove-random"), (row["advance"], augment, "augment-random")):
+            expected = [_censored(runs[arm][str(s)]) - _censored(runs["baseline"][str(s)]) for s in seeds]
+            assert shift["values"] == pytest.approx(expected) and shift["mean"] == pytest.approx(np.mean(expected))
+            a = [_censored(runs[arm][str(s)]) for s in seeds]
+            c = [_censored(runs[control][str(s)]) for s in seeds]
+            assert shift["vs_control"]["mean_diff"] == pytest.approx(np.mean(np.subtract(a, c)))
+            if shift["vs_control"]["p"] is not None:
+                assert shift["vs_control"]["p"] == pytest.approx(stats.ttest_rel(a, c).pvalue)
+    assert set(res["spearman"]["rho"]) == {"mda|gradient-dot", "mda|copy-share", "gradient-dot|copy-share"}
+    md = (out / "report" / "report.md").read_text()
+    assert md.index("## Methods compared") < md.index("## Expected effects")
 
 
 @pytest.mark.slow
@@ -195,11 +232,11 @@ def test_emergence_effects_are_the_per_seed_differences_of_the_runs(quick):
         return (run["emergence"], False) if run["emergence"] is not None else (run["steps"][-1] + run["eval_every"], True)
 
     effects = {e["arm"]: e for e in res["effects"]}
-    assert list(effects) == ALL_ARMS
+    assert list(effects) == QUICK_ARMS
     base = effects["baseline"]
     assert base["emergence_delta"] == 0.0 and base["score_delta"] == 0.0  # the baseline against itself
     assert res["arms"]["baseline"]["runs"]["0"]["emergence"] == res["baseline"]["emergence_step"]  # seed 0 is the baseline run
-    for arm in ALL_ARMS:
+    for arm in QUICK_ARMS:
         e = effects[arm]
         assert e["seeds"] == [0, 1], arm
         pairs = [(emergence(arm, s), emergence("baseline", s)) for s in e["seeds"]]
@@ -219,10 +256,10 @@ def test_emergence_effects_are_the_per_seed_differences_of_the_runs(quick):
 def test_rerun_skips_finished_arms_and_rerun_flag_retrains_one(tiny, quick, monkeypatch, capsys):
     out = quick["out"]
     summaries = {p: p.stat().st_mtime_ns for p in (out / "arms").glob("*/seed*/summary.json")}
-    assert len(summaries) == 14
-    code, stdout, stderr = run_cli(quick_args(tiny, out)[:-1] + ["--workers", "1"], monkeypatch, capsys)
+    assert len(summaries) == 2 * len(QUICK_ARMS)
+    code, stdout, stderr = run_cli(quick_args(tiny, out)[:-1] + ["--methods", ",".join(METHODS), "--workers", "1"], monkeypatch, capsys)
     assert code == 0, stderr
-    assert "14 run(s) already finished, skipped" in stderr and "scores (mda): reusing" in stderr
+    assert f"{2 * len(QUICK_ARMS)} run(s) already finished, skipped" in stderr and "scores (mda): reusing" in stderr
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
     again = json.loads((out / "report" / "results.json").read_text())
     assert again["arms"] == quick["results"]["arms"] and again["verdicts"] == quick["results"]["verdicts"]

@@ -1,7 +1,8 @@
 """The experiment's method comparison and honest verdicts (`pipelines.method_table`, `pipelines.effects`): the
 method table recomputed by hand from per-seed runs, the Spearman correlations between methods' scores, "not
 testable" where the baseline never formed or with fewer than three seeds, and which heads move by role. Pure
-numbers on synthetic runs: no training."""
+numbers on synthetic runs: no training (the end-to-end comparison rides on the quick experiment of
+`tests/test_experiment.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -169,52 +170,3 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path)
     quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
     assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
     assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)
-
-
-# --------------------------------------------------------------------------- end to end (slow)
-
-
-def _censored(run: dict) -> float:
-    return float(run["emergence"]) if run["emergence"] is not None else float(run["steps"][-1] + run["eval_every"])
-
-
-@pytest.mark.slow
-def test_experiment_compares_methods_end_to_end(tmp_path, monkeypatch, capsys) -> None:
-    """A tiny experiment (previous-token, 3 seeds) with MDA, gradient-dot and copy-share arms: the method table is
-    the per-seed runs' numbers, the Spearman table covers the three methods' scores, the report opens with them."""
-    import json
-
-    from curate.training.default_model import default_model_config
-    from tests.corpus_helpers import run_cli
-    from tests.score_helpers import build_tiny_corpus
-
-    corpus = build_tiny_corpus(tmp_path / "corpus", docs=1200, seq_len=31, batch_size=8)
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(default_model_config(300, hidden_size=32, max_position_embeddings=32).to_dict()))
-    out = tmp_path / "exp"
-    arms = "remove-top,augment-top,remove-random,augment-random,remove-top-gradient-dot,augment-top-gradient-dot," \
-           "remove-top-copy-share,augment-top-copy-share"
-    code, _, err = run_cli(["experiment", "--quick", "--circuit", "previous-token", "--threshold", "0.12", "--corpus", corpus,
-                            "--config", config, "--baseline-steps", "100", "--batch-size", "8", "--eval-every", "10",
-                            "--lr", "3e-3", "--warmup-steps", "20", "--seeds", "3", "--methods", "mda,gradient-dot,copy-share",
-                            "--arms", arms, "--workers", "2", "--out", out, "--workspace", tmp_path / "ws", "--quiet"],
-                           monkeypatch, capsys)
-    assert code == 0, err
-    res = json.loads((out / "report" / "results.json").read_text())
-    assert res["methods"] == ["mda", "gradient-dot", "copy-share"]
-    assert sorted(res["method_scores"]) == ["copy-share", "gradient-dot", "mda"]
-    assert json.loads((out / "scores-copy-share" / "summary.json").read_text())["heads"] == res["targeted_heads"]
-    runs = {arm: info["runs"] for arm, info in res["arms"].items()}
-    for row in res["method_table"]:
-        remove, augment = method_arms(row["method"])
-        for shift, arm, control in ((row["delay"], remove, "remove-random"), (row["advance"], augment, "augment-random")):
-            expected = [_censored(runs[arm][str(s)]) - _censored(runs["baseline"][str(s)]) for s in (0, 1, 2)]
-            assert shift["values"] == pytest.approx(expected) and shift["mean"] == pytest.approx(np.mean(expected))
-            a = [_censored(runs[arm][str(s)]) for s in (0, 1, 2)]
-            c = [_censored(runs[control][str(s)]) for s in (0, 1, 2)]
-            assert shift["vs_control"]["mean_diff"] == pytest.approx(np.mean(np.subtract(a, c)))
-            if shift["vs_control"]["p"] is not None:
-                assert shift["vs_control"]["p"] == pytest.approx(stats.ttest_rel(a, c).pvalue)
-    assert set(res["spearman"]["rho"]) == {"mda|gradient-dot", "mda|copy-share", "gradient-dot|copy-share"}
-    md = (out / "report" / "report.md").read_text()
-    assert md.index("## Methods compared") < md.index("## Expected effects")

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ import torch
 from curate.pipelines.score_job import resolve_job
 from curate.pipelines.score_request import ScoreRequest
 from curate.pipelines.score_run import run_job
-from tests.score_helpers import build_tiny_corpus, build_tiny_model
+from tests.score_helpers import build_tiny_corpus, build_tiny_model, kill_score_after_first_shard
 
 pytestmark = pytest.mark.slow
 
@@ -194,22 +191,10 @@ def test_worker_node_removed_mid_run_completes_identically_and_reports_retries(r
 def test_driver_killed_then_rerun_against_the_cluster_resumes(reference, cluster, tiny, tmp_path):
     c = cluster["cluster"]
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "curate.cli", "score", "--corpus", str(tiny["corpus"]), "--model", str(tiny["model"]),
-            "--heads", HEADS, "--window", WINDOW, "--out", str(out), "--workers", "2", "--batch-rows", "4",
-            "--shard-rows", str(SHARD_ROWS), "--fit-rows", "48", "--ray-address", c.address, "--quiet"]
-    env = {**os.environ, "CURATE_FAULT_SHARD_DELAY_S": "0.5"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and not recorded_shards(out):
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    args = ["--corpus", str(tiny["corpus"]), "--model", str(tiny["model"]), "--heads", HEADS, "--window", WINDOW,
+            "--out", str(out), "--workers", "2", "--batch-rows", "4", "--shard-rows", str(SHARD_ROWS), "--fit-rows", "48",
+            "--ray-address", c.address, "--quiet"]
+    kill_score_after_first_shard(args, out, delay_s=0.5)
     done = len(recorded_shards(out))
     assert 1 <= done < 8
     assert not (out / "summary.json").exists()

@@ -7,12 +7,7 @@ that joins it with --ray-address.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,7 @@ from curate.errors import CurateError
 from curate.pipelines.score_job import resolve_job
 from curate.pipelines.score_request import ScoreRequest
 from curate.pipelines.score_run import run_job
-from tests.score_helpers import build_tiny_corpus, build_tiny_model
+from tests.score_helpers import build_tiny_corpus, build_tiny_model, kill_score_after_first_shard
 
 WINDOW = "0:8"  # 8 steps x 8 rows = 64 rows
 HEADS = "1.0,1.2"
@@ -168,26 +163,10 @@ def test_dead_actor_is_retried_with_identical_results(reference, tiny, monkeypat
 
 def test_driver_killed_then_rerun_resumes_identically(reference, tiny, ray_address, tmp_path):
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "curate.cli", "score", "--corpus", str(tiny["corpus"]), "--model", str(tiny["model"]),
-            "--heads", HEADS, "--window", WINDOW, "--out", str(out), "--workers", "1", "--batch-rows", str(BATCH_ROWS),
-            "--shard-rows", str(SHARD_ROWS), "--fit-rows", "48", "--ray-address", ray_address, "--quiet"]
-    env = {**os.environ, "CURATE_FAULT_SHARD_DELAY_S": "0.4"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    manifest = out / "manifest.json"
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file() and json.loads(manifest.read_text())["shards"]:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    done = len(json.loads(manifest.read_text())["shards"])
+    args = ["--corpus", str(tiny["corpus"]), "--model", str(tiny["model"]), "--heads", HEADS, "--window", WINDOW,
+            "--out", str(out), "--workers", "1", "--batch-rows", str(BATCH_ROWS), "--shard-rows", str(SHARD_ROWS),
+            "--fit-rows", "48", "--ray-address", ray_address, "--quiet"]
+    done = kill_score_after_first_shard(args, out, delay_s=0.4, timeout_s=90)
     assert 1 <= done < 8
     assert not (out / "summary.json").exists()
     s = score(request(tiny, out, workers=1))  # the rerun (in this process, on the same Ray)
