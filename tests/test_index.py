@@ -318,11 +318,18 @@ def test_cli_explain_json_matches_function(scores_dir: Path, monkeypatch, capsys
     repeat_line = next(line for line in out.splitlines() if "│ repeat" in line)
     assert f"{c['top']['count']:,}" in repeat_line and f"{c['top']['ratio']:.2f}" in repeat_line
     assert "size: row length only" in out
-    # --tail bottom: the bottom tail first, and every heading names its own tail
+    # --tail bottom: the bottom tail's table first, each table titled by its own tail
     code, out, err = run_cli(["explain", scores_dir, "--tail-share", "5%", "--tail", "bottom", *args], monkeypatch, capsys)
     assert code == 0, err
-    header = next(line for line in out.splitlines() if "class" in line and "share" in line)
-    assert header.index("bottom share") < header.index("top share")
+    titles = [line.strip() for line in out.splitlines() if line.strip() in ("top tail", "bottom tail")]
+    assert titles == ["bottom tail", "top tail"]
+    # an 80-column terminal folds cells but keeps every class and every column
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(["explain", scores_dir, "--top", "5%", *args], monkeypatch, capsys)
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    for label in {c["label"] for c in want["classes"]}:
+        assert sum(f"│ {label}" in line for line in out.splitlines()) >= 2, label  # in both tails' tables
 
 
 def test_cli_index_and_neighbors(scores_dir: Path, corpus_dir: Path, labels: list[str], monkeypatch, capsys) -> None:

@@ -41,27 +41,25 @@ def print_explain(report) -> None:
     ))
     order = (report.tail, "bottom" if report.tail == "top" else "top")
     measures = report.size_measures
-    table = Table()
-    table.add_column("class", justify="left")
-    table.add_column("base share", justify="right")
-    for t in order:
-        table.add_column(f"{t} rows", justify="right")
-        table.add_column(f"{t} share", justify="right")
-        table.add_column(f"{t} ratio (95% CI)", justify="right")
-        for m in measures:
-            table.add_column(f"{t} ratio, {m}-matched", justify="right")
-    table.add_column("note", justify="left")
     key = lambda c: -((getattr(c, report.tail).ratio) or 0.0)  # noqa: E731
-    for c in sorted(report.classes, key=key):
-        cells = [escape(c.label), f"{c.base_share:.1%}"]
-        for t in order:
+    for t in order:  # one table per tail, so that a narrow terminal folds cells instead of cutting columns
+        table = Table(title=f"{t} tail", title_justify="left")
+        table.add_column("class", justify="left", overflow="fold")
+        table.add_column("base share", justify="right", overflow="fold")
+        table.add_column("rows", justify="right", overflow="fold")
+        table.add_column("share", justify="right", overflow="fold")
+        table.add_column("ratio (95% CI)", justify="right", overflow="fold")
+        for m in measures:
+            table.add_column(f"{m}-matched ratio", justify="right", overflow="fold")
+        table.add_column("note", justify="left", overflow="fold")
+        for c in sorted(report.classes, key=key):
             e = getattr(c, t)
-            cells += [f"{e.count:,}", f"{e.share:.1%}", f"{_fmt_ratio(e.ratio)} ({_fmt_ci(e.ci_low, e.ci_high)})"]
-            for a in e.adjusted:
-                cells.append(f"{_fmt_ratio(a.ratio)} ({_fmt_ci(a.ci_low, a.ci_high)})")
-        cells.append("both tails: size effect?" if c.size_effect else "")
-        table.add_row(*cells)
-    console.print(table)
+            cells = [escape(c.label), f"{c.base_share:.1%}", f"{e.count:,}", f"{e.share:.1%}",
+                     f"{_fmt_ratio(e.ratio)} ({_fmt_ci(e.ci_low, e.ci_high)})"]
+            cells += [f"{_fmt_ratio(a.ratio)} ({_fmt_ci(a.ci_low, a.ci_high)})" for a in e.adjusted]
+            cells.append("both tails: size effect?" if c.size_effect else "")
+            table.add_row(*cells)
+        console.print(table)
     console.print(escape(
         "ratio = tail share / base share, 95% CI = Wilson interval of the tail share / base share; "
         f"{'-, '.join(measures)}-matched: against the base matched on that size (10 quantile bins of the base rows)"
