@@ -65,21 +65,22 @@ def curate_cli(*args) -> tuple[dict, float]:
 @pytest.mark.skipif(not os.environ.get("CURATE_TEST_PYTHIA_70M"),
                     reason="about 6 minutes of CPU: set CURATE_TEST_PYTHIA_70M=1 (measured in bench/RESULTS.md)")
 def test_score_and_train_the_70m_stand_in(tmp_path):
-    """Pythia-70m: score one step (its 2 rows, EK-FAC fitted on them) and train one step one micro-batch at a time."""
+    """Pythia-70m: score one step (its 2 rows, EK-FAC fitted on them) and train two steps one micro-batch at a time."""
     corpus = pythia_corpus(tmp_path / "pile", rows=4, batch_size=2)
     ckpt = random_checkpoint("pythia-70m", tmp_path / "ckpt")
     summary, peak = curate_cli("score", "--model", ckpt, "--corpus", corpus, "--window", "0:1", "--heads", "1.0",
                                "--fit-rows", 2, "--workers", "1", "--out", tmp_path / "scores")
     assert summary["rows"] == 2 and summary["rows_scored"] == 2 and summary["heads"] == ["1.0"]
     assert peak < 6.0, f"score peaked at {peak:.2f} GiB"
-    train_one_step(ckpt, corpus, tmp_path / "run", memory_gib=6.0)
+    train_two_steps(ckpt, corpus, tmp_path / "run", memory_gib=6.0)
 
 
-def train_one_step(ckpt: Path, corpus: Path, out: Path, memory_gib: float) -> None:
-    """`curate train --from CKPT` for one step of 2 rows, one micro-batch of 1 row at a time, under `memory_gib`."""
-    result, peak = curate_cli("train", "--from", ckpt, "--corpus", corpus, "--start-step", 0, "--steps", 1,
+def train_two_steps(ckpt: Path, corpus: Path, out: Path, memory_gib: float) -> None:
+    """`curate train --from CKPT` for two steps of 2 rows, each in micro-batches of 1 row (gradients accumulated),
+    under `memory_gib`."""
+    result, peak = curate_cli("train", "--from", ckpt, "--corpus", corpus, "--start-step", 0, "--steps", 2,
                               "--micro-batch", 1, "--checkpoints", "none", "--eval-every", 1, "--out", out)
-    assert result["complete"] is True and result["step"] == 1
+    assert result["complete"] is True and result["step"] == 2
     assert peak < memory_gib, f"train peaked at {peak:.2f} GiB"
 
 
@@ -102,7 +103,7 @@ def peak_of_command(*args) -> tuple[dict, float]:
 def test_14m_stand_in_scores_in_memory_bounded_by_the_batch_and_trains(tmp_path):
     """The Pythia-14m stand-in, 2-row batches of 2,049 tokens, the EK-FAC fit on 2 rows: scoring one step (heads of the
     first and the last layer) and a window 3x longer (6 rows) both stay under 4 GiB, the longer one within 10% (+0.2
-    GiB) of the short one; then one training step of 2 rows one micro-batch at a time, also under 4 GiB."""
+    GiB) of the short one; then two training steps of 2 rows one micro-batch at a time, also under 4 GiB."""
     corpus = pythia_corpus(tmp_path / "pile", rows=6, batch_size=2)
     ckpt = random_checkpoint("pythia-14m", tmp_path / "ckpt")
     peaks = {}
@@ -114,4 +115,4 @@ def test_14m_stand_in_scores_in_memory_bounded_by_the_batch_and_trains(tmp_path)
         assert summary["heads"] == ["1.0", "5.3"]
     assert peaks[1] < 4.0 and peaks[3] < 4.0, peaks
     assert peaks[3] <= 1.1 * peaks[1] + 0.2, f"the 3x window peaked at {peaks[3]:.2f} GiB vs {peaks[1]:.2f} GiB"
-    train_one_step(ckpt, corpus, tmp_path / "run", memory_gib=4.0)
+    train_two_steps(ckpt, corpus, tmp_path / "run", memory_gib=4.0)
