@@ -30,13 +30,15 @@ import numpy as np
 
 from curate.amounts import parse_amount
 from curate.attribution.scores_folder import ScoresFolder, open_scores
-from curate.augment.tags import LABELS, main_segment, tag_rows
+from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from curate.labels import label_columns, label_names, read_labels
 
 TAILS = ("top", "bottom")
 TAGGER = "tag"  # the name of the structure tagger's classes in a report
+TAG_PER = ("document", "row")  # structure tags voted over each row's document (when the sidecar knows it), or per row
+DOC_COLUMN = "doc_id"  # ingest's sidecar column: the document that supplies most of a row
 SIZE_BINS = 10  # quantile bins of a size measure for the adjusted enrichment
 GRAD_NORM_COLUMN = "grad_norm"  # an optional per-row gradient-norm column of the score shards
 
@@ -187,6 +189,7 @@ class ExplainReport:
     window: list | None
     column: str
     by: str  # `tag` (the structure tagger) or the sidecar label column
+    tagged_per: str | None  # structure tags: "document" (voted over the document's rows) or "row"; None for a column
     tail: str  # the tail the table is ordered by
     num_rows: int
     top_k: int  # rows in each tail
@@ -219,6 +222,28 @@ def tag_corpus_rows(corpus: Corpus, row_ids: np.ndarray, tokenizer=None, chunk: 
     for a in range(0, len(ids), chunk):
         out += tag_rows(corpus.take(ids[a : a + chunk]), tokenizer)
     return out
+
+
+def document_ids(corpus: Corpus) -> np.ndarray | None:
+    """Each row's main document (the sidecar's `doc_id`), or None when the sidecar has none or every document is one
+    row (nothing to vote over)."""
+    from curate.labels import sidecar_schema
+
+    schema = sidecar_schema(corpus)
+    if schema is None or DOC_COLUMN not in schema.names:
+        return None
+    docs = np.asarray(read_labels(corpus, [DOC_COLUMN])[DOC_COLUMN].to_numpy(zero_copy_only=False), dtype=np.int64)
+    return None if len(np.unique(docs)) == len(docs) else docs
+
+
+def tag_rows_per_document(corpus: Corpus, row_ids: np.ndarray, docs: np.ndarray, tokenizer=None) -> list[str]:
+    """Structure tags of the given rows, each its document's vote (`vote_by_document`) over every corpus row of that
+    document, in the order given."""
+    ids = np.asarray(row_ids, dtype=np.int64)
+    members = np.flatnonzero(np.isin(docs, np.unique(docs[ids])))  # every row of those documents, in row order
+    voted = vote_by_document(tag_corpus_rows(corpus, members, tokenizer), docs[members].tolist())
+    label = dict(zip(docs[members].tolist(), voted))
+    return [label[int(d)] for d in docs[ids]]
 
 
 def row_tokens(corpus: Corpus, row_ids: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -266,6 +291,7 @@ def explain_scores(
     base_sample: int = 20_000,
     seed: int = 0,
     by: str | None = None,
+    tag_per: str = "document",
 ) -> ExplainReport:
     """Enrichment of classes (a sidecar label column `by`, or the structure tags) in the top and bottom `top`
     rows of a scores folder, raw and size-adjusted, and the tails' weight."""
@@ -274,6 +300,8 @@ def explain_scores(
         raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
     if base_sample < 1:
         raise CurateError(f"base sample {base_sample}: must be positive")
+    if tag_per not in TAG_PER:
+        raise CurateError(f"tag per {tag_per!r}: expected one of {', '.join(TAG_PER)}")
     column = scores.column_for(head)
     k = parse_amount(top, scores.num_rows, "top")
     corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
@@ -286,10 +314,21 @@ def explain_scores(
     if len(all_ids) and (all_ids.max() >= corp.num_rows):
         raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); give the corpus that was scored")
 
+    tagged_per = None
     if source == TAGGER:
         tokenizer = _tokenizer_for(corp)
-        tails = {t: tag_corpus_rows(corp, best[t].row_ids, tokenizer) for t in TAILS}
-        base_labels = tag_corpus_rows(corp, base_ids, tokenizer)
+        docs = document_ids(corp) if tag_per == "document" else None
+        if docs is None:
+            tagged_per = "row"
+            tails = {t: tag_corpus_rows(corp, best[t].row_ids, tokenizer) for t in TAILS}
+            base_labels = tag_corpus_rows(corp, base_ids, tokenizer)
+        else:
+            tagged_per = "document"
+            wanted = [best[t].row_ids for t in TAILS] + [base_ids]
+            labels = tag_rows_per_document(corp, np.concatenate(wanted), docs, tokenizer)
+            cuts = np.cumsum([len(w) for w in wanted])
+            tails = {t: labels[(cuts[i - 1] if i else 0) : cuts[i]] for i, t in enumerate(TAILS)}
+            base_labels = labels[cuts[-2] :]
         classes: list[str] | None = list(LABELS)
     else:
         names = np.array(label_names(read_labels(corp, [source])[source]), dtype=object)
@@ -311,6 +350,7 @@ def explain_scores(
         window=scores.summary.get("window"),
         column=column,
         by=source,
+        tagged_per=tagged_per,
         tail=tail,
         num_rows=scores.num_rows,
         top_k=k,

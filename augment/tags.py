@@ -584,3 +584,28 @@ def tag_rows(rows: np.ndarray, tokenizer) -> list[str]:
     """Structural class of each token row: decode its main document (a `TextTokenizer`) and tag the text."""
     eot = getattr(tokenizer, "eot_id", None)
     return [tag_text(tokenizer.decode(main_segment(r, eot))) for r in np.asarray(rows)]
+
+
+FORMAT_LABELS: tuple[str, ...] = ("latex", "xml", "code", "json", "troff")
+"""Classes that name a file format; prose, tables and repeats also occur inside files of every format."""
+DOCUMENT_FORMAT_SHARE = 0.15
+"""The share of a document's rows a format class needs to name the whole document (chosen on the tuning half of
+`bench/tagger.py`'s real files; bench/RESULTS.md)."""
+
+
+def vote_by_document(tags: Sequence[str], doc_ids: Sequence[int], format_share: float = DOCUMENT_FORMAT_SHARE) -> list[str]:
+    """Each row's document label: its document's most common format class when that class covers at least
+    `format_share` of the document's rows (a docstring or a translated paragraph is still part of a source or an
+    XML file), else the document's most common tag. Ties go to the class seen first in row order."""
+    counts: dict[int, Counter] = {}
+    for d, t in zip(doc_ids, tags):
+        counts.setdefault(int(d), Counter())[t] += 1  # a Counter keeps first-seen order among equal counts
+    label: dict[int, str] = {}
+    for d, c in counts.items():
+        formats = [t for t in c if t in FORMAT_LABELS]
+        best = max(formats, key=lambda t: c[t]) if formats else None  # max keeps the first of equal counts
+        if best is not None and c[best] >= format_share * sum(c.values()):
+            label[d] = best
+        else:
+            label[d] = c.most_common(1)[0][0]
+    return [label[int(d)] for d in doc_ids]

@@ -21,7 +21,9 @@ chosen on it) and the `held-out` half. Up to --files files of each kind per half
 documents: a byte-level BPE (`curate.default_corpus.train_tokenizer`, --vocab tokens) is trained on a seeded
 sample, the documents are shuffled (seeded) and packed into rows of --row-len tokens, and each row's class is
 the kind of its main document (`curate.tokenize.main_document`), as in `curate corpus ingest`. The rows are
-tagged with `tag_rows`; the bench prints, per half, per-class accuracy and the confusion matrix.
+tagged with `tag_rows`; the bench prints, per half, per-class accuracy and the confusion matrix, and the same for two
+document-level labels: each row given its main document's vote over the document's rows (`vote_by_document`, what
+`curate explain` uses where the sidecar has `doc_id`), and the tag of the main document's first --doc-chars characters.
 """
 from __future__ import annotations
 
@@ -164,15 +166,17 @@ def gather(cache: Path, per_half: int) -> dict[str, dict[str, list[tuple[Path, s
     return out
 
 
-def rows_of(docs: list[tuple[str, str]], tokenizer, row_len: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Documents (kind, text) shuffled and packed into rows; each row labelled with its main document's kind."""
+def rows_of(docs: list[tuple[str, str]], tokenizer, row_len: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """Documents (kind, text) shuffled and packed into rows: (rows, each row's main-document kind, each row's
+    main-document index, the documents' texts in that index)."""
     from curate.tokenize import main_document, pack_rows
 
     order = np.random.default_rng(seed).permutation(len(docs))
     docs = [docs[i] for i in order]
     ids = tokenizer.encode_batch([t for _, t in docs])
     rows, owners = pack_rows(ids, row_len, tokenizer.eot_id)
-    return rows, [docs[i][0] for i in main_document(owners)]
+    main = main_document(owners)
+    return rows, [docs[i][0] for i in main], main, [t for _, t in docs]
 
 
 def report(name: str, truth: list[str], tags: list[str], labels: list[str]) -> dict[str, float]:
@@ -201,9 +205,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where fetched packages are unpacked")
     ap.add_argument("--show", type=int, default=0, help="print this many mistagged rows per (true, tagged) pair")
     ap.add_argument("--list", action="store_true", help="print the files used")
+    ap.add_argument("--doc-chars", type=int, default=20_000, help="characters of a document tagged as a whole")
     args = ap.parse_args()
 
-    from curate.augment.tags import LABELS, tag_text
+    from curate.augment.tags import DOCUMENT_FORMAT_SHARE, LABELS, tag_text, vote_by_document
     from curate.augment.tags import main_segment
     from curate.default_corpus import train_tokenizer
 
@@ -224,12 +229,19 @@ def main() -> None:
     labels = list(LABELS)
     for half in ("tuning", "held-out"):
         docs = [(k, t) for k in KINDS for _, t in halves[half][k]]
-        rows, truth = rows_of(docs, tokenizer, args.row_len, args.seed)
+        rows, truth, main, doc_texts = rows_of(docs, tokenizer, args.row_len, args.seed)
         t = time.perf_counter()
         texts = [tokenizer.decode(main_segment(r, tokenizer.eot_id)) for r in rows]
         tags = [tag_text(x) for x in texts]
         dt = time.perf_counter() - t
         report(f"{half} ({args.row_len}-token rows, tagged at {len(rows) / dt:,.0f} rows/s)", truth, tags, labels)
+        report(f"{half}, each row given its main document's vote (`vote_by_document`: a format class with >= "
+               f"{DOCUMENT_FORMAT_SHARE:.0%} of the rows, else the majority)", truth, vote_by_document(tags, main.tolist()), labels)
+        t = time.perf_counter()
+        whole = {d: tag_text(doc_texts[d][: args.doc_chars]) for d in sorted(set(main.tolist()))}
+        dt = time.perf_counter() - t
+        report(f"{half}, each row given the tag of its main document's first {args.doc_chars:,} characters "
+               f"({len(whole)} documents at {len(whole) / dt:,.0f} documents/s)", truth, [whole[d] for d in main.tolist()], labels)
         if args.show:
             shown: Counter = Counter()
             for x, a, b in zip(texts, truth, tags):

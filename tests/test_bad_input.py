@@ -239,6 +239,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("explain-head-out-of-range", ["explain", "{scores}", "--head", "9.9"], "9.9"),
     ("explain-head-garbage", ["explain", "{scores}", "--head", "abc"], "abc"),
     ("explain-tail-unknown", ["explain", "{scores}", "--tail", "middle"], "middle"),
+    ("explain-tag-per-unknown", ["explain", "{scores}", "--tag-per", "word"], "word"),
     ("explain-corpus-missing", ["explain", "{scores}", "--corpus", "{missing}"], "does-not-exist"),
     ("explain-corpus-not-a-corpus", ["explain", "{scores}", "--corpus", "{notcorpus}"], "notes"),
     ("explain-corpus-too-short", ["explain", "{scores}", "--corpus", "{corpus}"], "corpus"),

@@ -9,6 +9,7 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from curate.corpus import open_corpus
@@ -80,6 +81,20 @@ def test_raw_text_folder_to_a_retrained_arm(tmp_path: Path, monkeypatch, capsys,
 
     out = cli(["explain", scores], monkeypatch, capsys)
     assert f"{first_epoch * BATCH:,} window rows" in out  # the tail is read against the scored window
+    assert "each row its document's vote" in out  # the files span several rows: the tags are voted per document
+    voted = json.loads(cli(["explain", scores, "--json"], monkeypatch, capsys))
+    per_row = json.loads(cli(["explain", scores, "--tag-per", "row", "--json"], monkeypatch, capsys))
+    assert (voted["tagged_per"], per_row["tagged_per"]) == ("document", "row")
+    from curate.augment.explain import document_ids, tag_corpus_rows, tag_rows_per_document
+    from curate.augment.tags import vote_by_document
+
+    docs = document_ids(corpus)
+    assert docs is not None and np.array_equal(docs, side["doc_id"])
+    every = np.arange(corpus.num_rows)
+    assert tag_rows_per_document(corpus, every, docs) == vote_by_document(tag_corpus_rows(corpus, every), docs.tolist())
+    by_doc = {}
+    for d, label in zip(docs.tolist(), tag_rows_per_document(corpus, every[::-1], docs)[::-1]):
+        assert by_doc.setdefault(d, label) == label  # one label per document, whatever rows are asked for
     by_domain = json.loads(cli(["explain", scores, "--by", "domain", "--json"], monkeypatch, capsys))  # both tails
     assert all(domain in json.dumps(by_domain) for domain in ("latex", "xml", "python", "troff", "prose")), by_domain
 

@@ -10,6 +10,7 @@ import pytest
 
 from curate.augment.tags import (
     LABELS, _recurring_share, _tandem_repeat_share, junk_score, main_segment, tag_rows, tag_text, text_cues,
+    vote_by_document,
 )
 from curate.tokenize import main_document, pack_rows
 from structure_helpers import minipile_rows
@@ -184,3 +185,16 @@ def test_recurring_random_material_is_repeat() -> None:
 def test_end_of_text_splits_before_tagging() -> None:
     latex = r"\begin{equation} \label{eq:a} x_{i} = \frac{1}{2} \end{equation} See \cite{b} and \ref{c}."
     assert tag_text("short words here." + "<|endoftext|>" + latex) == "latex"
+
+
+def test_vote_by_document_by_hand() -> None:
+    """A format class with >= 15% of a document's rows names it; otherwise the majority; ties to the first seen."""
+    tags = ["prose", "prose", "code", "prose", "prose", "prose", "prose",  # doc 7: code 1/7 = 14% < 15%: prose
+            "prose", "xml", "prose", "prose", "repeat", "xml",  # doc 3: xml 2/6 >= 15%: xml
+            "table", "repeat", "repeat", "table",  # doc 5: no format, tie table/repeat: table (first seen)
+            "code", "latex"]  # doc 9: two formats tied: code (first seen)
+    docs = [7] * 7 + [3] * 6 + [5] * 4 + [9] * 2
+    want = ["prose"] * 7 + ["xml"] * 6 + ["table"] * 4 + ["code"] * 2
+    assert vote_by_document(tags, docs) == want
+    assert vote_by_document(tags, docs, format_share=0.1)[:7] == ["code"] * 7  # 1/7 >= 10%
+    assert vote_by_document(["json"], [0]) == ["json"]

@@ -33,7 +33,12 @@ def print_explain(report) -> None:
     heads = " ".join(str(h) for h in report.heads) or "-"
     window = f"steps {report.window[0]}-{report.window[1]}" if report.window else "window ?"
     base = f"a seeded sample of {report.base_rows:,}" if report.base_sampled else f"all {report.base_rows:,}"
-    classes = "structure tags" if report.by == "tag" else f"sidecar column {report.by!r}"
+    if report.by != "tag":
+        classes = f"sidecar column {report.by!r}"
+    elif report.tagged_per == "document":
+        classes = "structure tags, each row its document's vote (sidecar doc_id; --tag-per row: per row)"
+    else:
+        classes = "structure tags of each row"
     console.print(escape(f"{report.scores}: circuit {report.circuit or '?'} (heads {heads}, {window})"))
     console.print(escape(
         f"classes: {classes}; the {report.top_k:,} highest (top) and {report.top_k:,} lowest (bottom) rows by "
@@ -82,6 +87,7 @@ class ExplainOptions:
     head: str | None = opt(None, "--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")
     tail: str = opt("top", "--tail", help="The tail shown first and ordered by: top (builders, highest scores) or bottom (suppressors, lowest).")
     by: str | None = opt(None, "--by", help="Classes: a label column of the corpus sidecar (domain, source, ...); default: the structure tagger.")
+    tag_per: str = opt("document", "--tag-per", help="Structure tags: document (each row gets its document's vote over all the document's rows, where the sidecar has doc_id) or row.")
     corpus: Path | None = opt(None, "--corpus", help="Corpus the row ids refer to (default: summary.json 'corpus').")
     base_sample: int = opt(20_000, "--base-sample", help="Tag at most this many window rows for the base rate (seeded sample).")
     seed: int = opt(0, "--seed", help="Seed of the base-rate sample.")
@@ -89,11 +95,13 @@ class ExplainOptions:
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
-        from curate.augment.explain import TAILS
+        from curate.augment.explain import TAG_PER, TAILS
 
         check_amount(self.top, flag(self, "top"))
         if self.tail not in TAILS:
             raise CurateError(f"{flag(self, 'tail')} {self.tail!r}: expected one of {', '.join(TAILS)}")
+        if self.tag_per not in TAG_PER:
+            raise CurateError(f"{flag(self, 'tag_per')} {self.tag_per!r}: expected one of {', '.join(TAG_PER)}")
         check_positive(self, "base_sample")
 
 
@@ -103,7 +111,7 @@ def explain_command(o: ExplainOptions) -> None:
     from curate.augment.explain import explain_scores
 
     report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
-                            seed=o.seed, by=o.by)
+                            seed=o.seed, by=o.by, tag_per=o.tag_per)
     if o.as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
