@@ -372,6 +372,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
         clear_results(out, also=(MANIFEST_FILE,))
     begin_results(out)
     manifest = Manifest.open(out, job.fingerprint, force=req.force)
+    manifest.save()  # before the first checkpoint: a job killed inside a checkpoint finds its own folder on rerun
     steps = [int(sj.checkpoint_step) for sj in job.trajectory]  # type: ignore[arg-type]
     pending = [sj for sj in job.trajectory if not _complete(sj)]
     session = (ray_session(req.ray_address, num_cpus=None if req.ray_address else _local_cpus(req)) if pending

@@ -175,3 +175,26 @@ def test_trajectory_checks_before_writing(run, tmp_path) -> None:
     assert job.out.name == "induction-trajectory" and [j.checkpoint_step for j in job.trajectory] == [2, 6]
     assert [j.out for j in job.trajectory] == [job.out / "checkpoints" / "step2", job.out / "checkpoints" / "step6"]
     assert {str(h) for j in job.trajectory for h in j.heads} == {"1.0", "1.2"} and {j.window for j in job.trajectory} == {(0, 6)}
+
+
+def test_a_trajectory_killed_inside_a_checkpoint_resumes_in_its_folder(ray_address, run, monkeypatch) -> None:
+    """The experiment's path (the library, no command.json): a job that dies while scoring its second checkpoint
+    leaves a folder that the rerun recognizes as its own; the first checkpoint is kept, the rest is scored."""
+    import curate.pipelines.score_run as score_run
+
+    out = run["base"] / "killed-traj"
+    real = score_run.run_job
+
+    def dies_on_the_second(sub, log=lambda s: None):
+        if sub.checkpoint_step == STEPS[1]:
+            raise RuntimeError("killed")
+        return real(sub, log)
+
+    monkeypatch.setattr(score_run, "run_job", dies_on_the_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        score_run.run_trajectory(resolve_job(request(run, out, checkpoints="auto", ray_address=ray_address)))
+    monkeypatch.setattr(score_run, "run_job", real)
+    assert not (out / "command.json").exists() and (out / "manifest.json").is_file()
+    assert (out / "checkpoints" / f"step{STEPS[0]}" / "summary.json").is_file()
+    done = run_job(resolve_job(request(run, out, checkpoints="auto", ray_address=ray_address)))
+    assert (done["shards_skipped"], done["rows_scored"]) == (3, 2 * 48)  # the first checkpoint kept (3 shards of 16 rows)
