@@ -15,18 +15,15 @@ import time
 import numpy as np
 import torch
 
-from curate.attribution.ekfac import EKFACFitter
 from curate.attribution.heads import HeadGeometry
-from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
-from curate.attribution.probes import build_probes, induction_probe
+from curate.pipelines.score_request import auto_batch_rows
 from curate.training.models import build_model
+from pythia_common import fit_and_precondition, scorer_for, standin
 
 
 def model_and_rows(name: str, rows: int, seed: int = 0):
     """(model, random rows of the model's context + 1 tokens): the default model or a Pythia stand-in."""
     if name != "default":
-        from pythia_common import standin
-
         return standin(name, rows, seed)
     from curate.training.default_model import default_model_config
 
@@ -48,12 +45,9 @@ def main() -> None:
     model, data = model_and_rows(args.model, args.rows)
     geo = HeadGeometry.of(model)
     heads = geo.all_heads(min_layer=1)
-    fit_rows, fit_batch = min(16, len(data)), max(1, 8192 // data.shape[1])  # bounded memory at 2,049-token rows
-    fit = [(np.arange(a, min(a + fit_batch, fit_rows)), data[a : min(a + fit_batch, fit_rows)]) for a in range(0, fit_rows, fit_batch)]
-    factors = EKFACFitter(model, heads, args.mode, seed=0).fit(fit)
-    probes = build_probes(model.config, n=8, seed=0)
-    grads = probe_gradients(model, lambda m, h: induction_probe(m, probes), heads, args.mode, shared=True)
-    scorer = HeadInfluenceScorer(model, factors, factors.precondition(grads), heads, args.mode)
+    # EK-FAC on the first 16 rows in batches of curate's default size (bounded memory at 2,049-token rows)
+    _, pre = fit_and_precondition(model, heads, args.mode, data[:16], auto_batch_rows(data.shape[1]))
+    scorer = scorer_for(model, heads, args.mode, pre)
     print(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, rows of {data.shape[1]} tokens, "
           f"{len(heads)} heads, mode {args.mode}, {args.rows} rows per measurement, 1 thread")
     rates: dict[int, list[float]] = {b: [] for b in sizes}
