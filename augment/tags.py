@@ -35,7 +35,7 @@ _LATEX_FOLLOWERS = frozenset("{[_^$\\}() \n\t,.;:~#%=0123456789")
 # LaTeX3 (expl3) names: `\cs_new_protected:Npn`, `\l__pkg_name_tl`
 _EXPL3 = re.compile(r"\\(?:[A-Za-z]+_[A-Za-z_]*:[A-Za-z]*|[lgc]__?[A-Za-z]\w*)")
 _TEX_COMMENT_LINE = re.compile(r"^\s*%|[{}]%\s*$")  # a TeX comment line (`%% Copyright`), or a brace line ending `{%`
-_TEX_PARAM = re.compile(r"#{1,2}[1-9]")  # macro parameters `#1`
+_TEX_PARAM = re.compile(r"(?<!&)#{1,2}[1-9]")  # macro parameters `#1` (not `&#192;`, a character reference)
 _TEX_CONTROL = re.compile(r"\\[A-Za-z@][A-Za-z@_:]*")  # any control word: not a code keyword, call or identifier
 _LATEX_SCRIPT = re.compile(r"[_^]\{")
 _LATEX_INLINE_MATH = re.compile(r"\$(?=[^$\n]*[A-Za-z0-9])[A-Za-z0-9\s+\-=*/().,;:<>|!'\\_^{}\[\]&]{1,80}\$")
@@ -400,8 +400,9 @@ def text_cues(text: str) -> TextCues:
         troff_lines += bool(m and (m.group(1) is None or m.group(1) in _TROFF_MACROS))
     troff_escapes = len(_TROFF_ESCAPE.findall(text))
     tags = _XML_TAG.findall(text)
-    tag_chars = sum(len(t) for t in tags) + sum(len(m) for m in _XML_EDGE.findall(text))
-    n_tags = len(tags) + len(_XML_ENTITY.findall(text))
+    entities = _XML_ENTITY.findall(text)  # markup too: a run of `&#192;&#224;` is an XML/HTML character table
+    tag_chars = sum(len(t) for t in tags) + sum(len(m) for m in _XML_EDGE.findall(text)) + sum(len(e) for e in entities)
+    n_tags = len(tags) + len(entities)
 
     words = _WORD.findall(text)
     # TeX control words (`\def`, `\else`, `\fi`) are no code keywords, calls or identifiers
@@ -591,21 +592,26 @@ FORMAT_LABELS: tuple[str, ...] = ("latex", "xml", "code", "json", "troff")
 DOCUMENT_FORMAT_SHARE = 0.15
 """The share of a document's rows a format class needs to name the whole document (chosen on the tuning half of
 `bench/tagger.py`'s real files; bench/RESULTS.md)."""
+DOCUMENT_FORMAT_SHARES: dict[str, float] = {"xml": 0.03}
+"""Lower shares for the classes whose row tag is rarely wrong: on the tuning half no document of another kind had
+more than 1.2% of its rows tagged xml, while an SVG of path data or an HTML file list shows markup in a few rows only."""
 
 
-def vote_by_document(tags: Sequence[str], doc_ids: Sequence[int], format_share: float = DOCUMENT_FORMAT_SHARE) -> list[str]:
-    """Each row's document label: its document's most common format class when that class covers at least
-    `format_share` of the document's rows (a docstring or a translated paragraph is still part of a source or an
-    XML file), else the document's most common tag. Ties go to the class seen first in row order."""
+def vote_by_document(tags: Sequence[str], doc_ids: Sequence[int], format_share: float | None = None) -> list[str]:
+    """Each row's document label: a format class of the document when it covers at least its share of the
+    document's rows (`DOCUMENT_FORMAT_SHARES`, else `DOCUMENT_FORMAT_SHARE`, or `format_share` for every class)
+    -- the most common such class; a docstring or a translated paragraph is still part of a source or an XML file
+    -- else the document's most common tag. Ties go to the class seen first in row order."""
     counts: dict[int, Counter] = {}
     for d, t in zip(doc_ids, tags):
         counts.setdefault(int(d), Counter())[t] += 1  # a Counter keeps first-seen order among equal counts
     label: dict[int, str] = {}
     for d, c in counts.items():
-        formats = [t for t in c if t in FORMAT_LABELS]
-        best = max(formats, key=lambda t: c[t]) if formats else None  # max keeps the first of equal counts
-        if best is not None and c[best] >= format_share * sum(c.values()):
-            label[d] = best
-        else:
-            label[d] = c.most_common(1)[0][0]
+        rows = sum(c.values())
+        formats = [t for t in c if t in FORMAT_LABELS and c[t] >= _format_share(t, format_share) * rows]
+        label[d] = max(formats, key=lambda t: c[t]) if formats else c.most_common(1)[0][0]  # max keeps the first of equal counts
     return [label[int(d)] for d in doc_ids]
+
+
+def _format_share(label: str, override: float | None) -> float:
+    return override if override is not None else DOCUMENT_FORMAT_SHARES.get(label, DOCUMENT_FORMAT_SHARE)

@@ -198,3 +198,19 @@ def test_vote_by_document_by_hand() -> None:
     assert vote_by_document(tags, docs) == want
     assert vote_by_document(tags, docs, format_share=0.1)[:7] == ["code"] * 7  # 1/7 >= 10%
     assert vote_by_document(["json"], [0]) == ["json"]
+
+
+def test_xml_names_a_document_from_three_percent_of_its_rows() -> None:
+    """The xml row tag is rarely wrong, so 3% of a document's rows name it (an SVG of path data); other formats 15%."""
+    svg = ["xml"] + ["prose"] * 29  # 1/30 = 3.3%
+    listing = ["xml"] + ["repeat"] * 39  # 1/40 = 2.5%
+    source = ["code"] * 4 + ["prose"] * 26  # 4/30 = 13%
+    docs = [0] * 30 + [1] * 40 + [2] * 30
+    assert vote_by_document(svg + listing + source, docs) == ["xml"] * 30 + ["repeat"] * 40 + ["prose"] * 30
+
+
+def test_character_references_are_markup_not_tex_parameters() -> None:
+    """`&#192;` is an XML/HTML character reference (DocBook's index tables are runs of them), not TeX's `#1`."""
+    table = "'Aa&#192;&#224;&#193;&#225;&#194;&#226;&#195;&#227;Bb&#384;&#385;&#595;&#386;Cc&#199;&#231;&#262;&#263;&#264;"
+    assert tag_text(table) == "xml"
+    assert tag_text(r"\def\foo#1#2{\hbox{#1}\vrule #2}\newcommand{\bar}[1]{\emph{#1}}") == "latex"
