@@ -34,10 +34,11 @@ def reference_run_dir(ws: Path) -> Path:
     return ws / "default" / "runs" / "reference"
 
 
-def scores_dir(ws: Path, circuit: str, method: str = "mda") -> Path:
-    """Where `curate score --circuit C [--method M]` writes on the default setup (`C`, or `C-M` for a method
-    other than mda)."""
-    return ws / "default" / "scores" / (circuit if method == "mda" else f"{circuit}-{method}")
+def scores_dir(ws: Path, circuit: str, method: str = "mda", trajectory: bool = False) -> Path:
+    """Where `curate score --circuit C [--method M] [--checkpoints ...]` writes on the default setup (`C`, or `C-M`
+    for a method other than mda; `-trajectory` appended for trajectory scores)."""
+    name = circuit if method == "mda" else f"{circuit}-{method}"
+    return ws / "default" / "scores" / (f"{name}-trajectory" if trajectory else name)
 
 
 def mixes_dir(ws: Path) -> Path:

@@ -204,13 +204,13 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str
         window=f"{window.start}:{window.end}", out=s.out / ("scores" if mda else f"scores-{method}"), workers=s.opts.workers,
         device=s.opts.device, fit_rows=s.opts.fit_rows or DEFAULT_FIT_ROWS, seed=0, workspace=s.opts.workspace,
         progress=s.opts.progress, mode=s.opts.score_mode,
-        checkpoints=s.opts.checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
+        checkpoints=s.score_checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
     )
     job = resolve_job(req, log)
     want = job.result_hash
     candidates = [job.out]
     if b.mode == "reference":
-        candidates.insert(0, scores_dir(s.ws, s.circuit.name, method))  # type: ignore[attr-defined]
+        candidates.insert(0, scores_dir(s.ws, s.circuit.name, method, trajectory=req.checkpoints is not None))  # type: ignore[attr-defined]
     for folder in candidates:
         summary = _complete_scores(folder, want)
         if summary is not None:

@@ -12,6 +12,9 @@ from curate.errors import CurateError
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
 
 DEFAULT_ARM_CHECKPOINTS = "every:1000"
+DEFAULT_SCORE_CHECKPOINTS = "auto"
+"""The MDA scores of an experiment on a curate run: trajectory scores summed over up to 4 checkpoints of the window,
+the variant the development-seed study (seeds 100-102, bench/RESULTS.md) chose over one checkpoint, segment and qk."""
 
 
 @dataclass
@@ -43,7 +46,7 @@ class ExperimentOptions:
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
     methods: str | None = opt(None, "--methods", help="Scoring methods compared by remove-top / augment-top arms: mda plus any of gradient-dot, copy-share (default: mda,gradient-dot,copy-share; --quick: mda). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
-    checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: one checkpoint, the window's end).", show_default=False)
+    checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum or segment (curate score --aggregate).")
     motif_rows: int = opt(2000, "--motif-rows", help="Top rows mined for motifs (synthetic) and queried for neighbours.")
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)

@@ -10,7 +10,7 @@ from typing import Callable
 
 from curate.errors import CurateError
 from curate.paths import resolve_stored
-from curate.pipelines.experiment_options import ExperimentOptions, check_options
+from curate.pipelines.experiment_options import DEFAULT_SCORE_CHECKPOINTS, ExperimentOptions, check_options
 from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
@@ -73,6 +73,14 @@ class Setting:
     identity: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=lambda: ["mda"])  # scoring methods compared (MDA first)
+
+    @property
+    def score_checkpoints(self) -> str | None:
+        """The MDA scores' `--checkpoints`: as given, else `DEFAULT_SCORE_CHECKPOINTS` on a curate run (it has the
+        saved checkpoints `auto` picks from), else one checkpoint (an external model: list them as stepK,stepK)."""
+        if self.opts.checkpoints is not None:
+            return self.opts.checkpoints
+        return None if self.baseline.mode == "external" else DEFAULT_SCORE_CHECKPOINTS
 
 
 def abs_path(path: str | Path) -> str:
@@ -224,8 +232,8 @@ def identity_of(s: Setting) -> dict:
 
     o = s.opts
     scoring = {}  # the MDA scores' options, recorded only when set (older experiment folders keep their identity)
-    if o.checkpoints is not None:
-        scoring.update(score_checkpoints=o.checkpoints, score_aggregate=o.aggregate)
+    if s.score_checkpoints is not None:
+        scoring.update(score_checkpoints=s.score_checkpoints, score_aggregate=o.aggregate)
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     if own is not None:
         own["corpus"] = corpus_key(own.get("corpus"))

@@ -251,9 +251,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
-    default_out = scores_dir(ws, circuit.name, req.method)
-    if req.checkpoints is not None:  # trajectory scores: their own default folder
-        default_out = default_out.with_name(f"{default_out.name}-trajectory")
+    default_out = scores_dir(ws, circuit.name, req.method, trajectory=req.checkpoints is not None)
     out = (Path(req.out) if req.out is not None else default_out).absolute()  # Ray workers run elsewhere
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")

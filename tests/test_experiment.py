@@ -352,7 +352,7 @@ def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, cap
 @pytest.mark.slow
 def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, capsys):
     """No --model/--corpus: the workspace's reference run is the baseline, and `curate score`'s results for the
-    same job (same checkpoint, window, heads) are reused instead of scoring again."""
+    same job (same checkpoints, window, heads) are reused instead of scoring again."""
     import numpy as np
 
     from curate.workspace import reference_run_dir, scores_dir
@@ -374,9 +374,10 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
     values = np.asarray(next(p for p in points if p["step"] == formed)["previous_token"])
     head = "{}.{}".format(*np.unravel_index(int(np.argmax(values)), values.shape))  # the best candidate, as the experiment picks it
     code, _, stderr = run_cli(["score", "--circuit", "previous-token", "--workspace", ws, "--model", run, "--revision", f"step{formed}",
-                               "--window", f"0:{formed}", "--heads", head, "--workers", "1", "--quiet"], monkeypatch, capsys)
+                               "--window", f"0:{formed}", "--heads", head, "--checkpoints", "auto", "--workers", "1", "--quiet"],
+                              monkeypatch, capsys)  # the experiment's default MDA variant: trajectory scores (auto, sum)
     assert code == 0, stderr
-    shared = scores_dir(ws, "previous-token")
+    shared = scores_dir(ws, "previous-token", trajectory=True)
     before = (shared / "summary.json").stat().st_mtime_ns
 
     out = tiny["base"] / "reference-exp"
