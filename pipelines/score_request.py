@@ -44,7 +44,7 @@ class ScoreRequest:
     shard_rows: int = opt(DEFAULT_SHARD_ROWS, "--shard-rows", help="Rows per shard (a multiple of --batch-rows).")
     fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
-    checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint).", show_default=False)
+    checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style) or segment (each row at the first checkpoint after the step that consumed it).")
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
