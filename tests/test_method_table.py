@@ -5,6 +5,7 @@ numbers on synthetic runs: no training (the end-to-end comparison rides on the q
 `tests/test_experiment.py`)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,10 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path)
     s = resolve_setting(ExperimentOptions(**base, methods="copy-share,mda"), lambda m: None)
     assert s.methods == ["mda", "copy-share"] and s.seeds == [0, 1, 2]
     assert s.arms == [*ALL_ARMS, "remove-top-copy-share", "augment-top-copy-share"]
-    assert "score_checkpoints" not in s.identity and s.identity["score_mode"] == "qkvo"  # older folders keep their identity
+    # the MDA default on a curate run: trajectory scores summed over auto checkpoints (the dev study's choice); an
+    # external model has no saved-checkpoint list for auto, so it keeps one checkpoint
+    assert s.identity["score_checkpoints"] == "auto" and s.identity["score_aggregate"] == "sum" and s.identity["score_mode"] == "qkvo"
+    assert replace(s, baseline=replace(s.baseline, mode="external")).score_checkpoints is None
     s = resolve_setting(ExperimentOptions(**base, arms="remove-top-gradient-dot", first_seed=100, seeds=3, score_mode="qk",
                                           checkpoints="auto", aggregate="segment"), lambda m: None)
     assert s.arms == ["baseline", "remove-top-gradient-dot"] and s.methods == ["mda", "gradient-dot"]
