@@ -231,7 +231,7 @@ def identity_of(s: Setting) -> dict:
     from curate.training.plan import corpus_key
 
     o = s.opts
-    scoring = {}  # the MDA scores' options, recorded only when set (older experiment folders keep their identity)
+    scoring = {}  # the MDA scores' trajectory options, recorded when scoring uses them (one-checkpoint folders keep their identity)
     if s.score_checkpoints is not None:
         scoring.update(score_checkpoints=s.score_checkpoints, score_aggregate=o.aggregate)
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
