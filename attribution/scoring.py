@@ -13,7 +13,7 @@ no fit, the probe gradients used as they are; `ScoringDriver.fit_curvature`). A 
 (a `RowStatistic`, e.g. `row_loss`) skips fit and precondition: the workers score shards with it alone.
 
 The executors do the per-row work with the same `ScoringWorker` code on the same chunks: `InProcessExecutor`
-here, the Ray executor (`curate.pipelines.score_run.RayExecutor`) on a pool of actors. Whichever runs a job,
+here, the Ray executor (`curate.pipelines.ray_executor.RayExecutor`) on a pool of actors. Whichever runs a job,
 the factors, and so the scores, are bit-identical, and a factor cache one wrote serves the other.
 Chunks: the fit rows in runs of `chunk_rows` (None: one chunk); the summation order of the fit follows them.
 """

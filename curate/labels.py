@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.corpus import Corpus
 from curate.errors import CurateError
@@ -27,8 +28,6 @@ def is_label_type(t: pa.DataType) -> bool:
 
 def sidecar_schema(corpus: Corpus) -> pa.Schema | None:
     """The schema of the corpus sidecar, None when the corpus has none."""
-    import pyarrow.parquet as pq
-
     side = corpus.sidecar_path()
     if side is None or not side.is_file():
         return None
@@ -49,8 +48,6 @@ def label_columns(corpus: Corpus, exclude: tuple[str, ...] = ()) -> list[str]:
 
 def read_labels(corpus: Corpus, columns: list[str]) -> dict[str, pa.Array]:
     """The given sidecar columns, each an array indexed by row id (length `corpus.num_rows`)."""
-    import pyarrow.parquet as pq
-
     side: Path | None = corpus.sidecar_path()
     if side is None or not side.is_file():
         raise CurateError(f"{corpus.path}: no row sidecar (corpus.json 'sidecar'), so no label columns")
@@ -66,6 +63,33 @@ def read_labels(corpus: Corpus, columns: list[str]) -> dict[str, pa.Array]:
             raise CurateError(f"{side}: row ids are not 0..{corpus.num_rows - 1}")
         table = table.take(pa.array(np.argsort(ids)))
     return {c: table.column(c).combine_chunks() for c in columns}
+
+
+NOT_LABELS = ("row_id", "step")  # sidecar columns that say which row, not what it holds
+
+
+def value_columns(corpus: Corpus) -> list[str] | None:
+    """Every sidecar column but the row's id and step (structure columns included), None without a sidecar."""
+    schema = sidecar_schema(corpus)
+    return None if schema is None else [n for n in schema.names if n not in NOT_LABELS]
+
+
+def read_row_labels(corpus: Corpus, row_ids: list[int], columns: list[str] | None = None) -> dict[int, dict]:
+    """Sidecar values of the given rows, row id -> {column: value}: the given columns (those the sidecar has), or
+    every column but row_id/step; {} when the corpus has no sidecar."""
+    schema = sidecar_schema(corpus)
+    if schema is None or not row_ids:
+        return {}
+    names = [n for n in schema.names if n not in NOT_LABELS]
+    wanted = names if columns is None else [c for c in columns if c in names]
+    if "row_id" not in schema.names or not wanted:
+        return {}
+    side = corpus.sidecar_path()
+    try:
+        table = pq.read_table(side, columns=["row_id", *wanted], filters=[("row_id", "in", [int(r) for r in row_ids])])
+    except (OSError, pa.ArrowInvalid, KeyError) as e:
+        raise CurateError(f"{side}: cannot read the row sidecar ({type(e).__name__})") from None
+    return {int(rec.pop("row_id")): rec for rec in table.to_pylist()}
 
 
 def label_names(values: pa.Array) -> list[str]:

@@ -28,6 +28,8 @@ from curate.attribution.influence import circuit_probe, probe_gradients
 from curate.attribution.scores_folder import FACTORS_DIR
 from curate.attribution.scoring import ScoringWorker, split_rows
 from curate.pipelines.manifest import Manifest
+from curate.pipelines.ray_pool import ray_session
+from curate.pipelines.ray_resources import local_cpus, worker_count
 from curate.pipelines.score_job import Log, ScoreJob
 from curate.pipelines.score_methods import score_method
 
@@ -69,20 +71,16 @@ def _cached_heads(job: ScoreJob) -> list[str]:
 
 def _workers(job: ScoreJob, tasks: int) -> tuple[int, str]:
     """(workers a real run would start, where): a Ray cluster is joined to count its CPUs and GPUs."""
-    from curate.pipelines.score_run import _local_cpus, _worker_count
-
     req = job.request
     if req.ray_address:
-        from curate.pipelines.ray_pool import ray_session
-
         with ray_session(req.ray_address) as session:
             cpus, gpus = session.cpus, session.gpus
         where = f"Ray cluster {req.ray_address} ({cpus} CPUs, {gpus} GPUs)"
     else:
-        cpus = _local_cpus(req)
+        cpus = local_cpus(req)
         gpus = torch.cuda.device_count() if req.device == "cuda" else 0
         where = f"local ({cpus} CPUs{f', {gpus} GPUs' if req.device == 'cuda' else ''})"
-    return _worker_count(req, cpus, gpus, max(1, tasks)), where
+    return worker_count(req, cpus, gpus, max(1, tasks)), where
 
 
 def job_plan(job: ScoreJob) -> dict:

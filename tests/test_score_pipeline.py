@@ -19,6 +19,7 @@ from curate.attribution.score_table import ScoreTable
 from curate.errors import CurateError
 from curate.pipelines.score_job import resolve_job
 from curate.pipelines.score_request import ScoreRequest
+from curate.pipelines import score_progress
 from curate.pipelines.score_run import run_job
 from tests.score_helpers import build_tiny_corpus, build_tiny_model, kill_score_after_first_shard
 
@@ -212,21 +213,19 @@ def test_one_driver_two_executors_same_factors_and_scores(reference, tiny, monke
 
 def test_quiet_progress_keeps_a_heartbeat(monkeypatch, capsys):
     """Without progress bars a long phase still prints one line at most every HEARTBEAT_S seconds (shards done/total)."""
-    from curate.pipelines import score_run
-
     clock = [1000.0]
-    monkeypatch.setattr(score_run.time, "monotonic", lambda: clock[0])
-    with score_run.JobProgress(False) as progress:
+    monkeypatch.setattr(score_progress.time, "monotonic", lambda: clock[0])
+    with score_progress.JobProgress(False) as progress:
         progress.phase("score", 4096, 1024, shards=4, shards_done=1)
         progress.advance(1024)  # at once: no line
-        clock[0] += score_run.HEARTBEAT_S
+        clock[0] += score_progress.HEARTBEAT_S
         progress.advance(1024)  # a minute on: one line
         clock[0] += 5
         progress.advance(1024)  # 5 s later: none
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["score: 3/4 shards, 3,072/4,096 rows done (1 min elapsed)"]
-    with score_run.JobProgress(True) as bars:  # with bars: no heartbeat lines
+    with score_progress.JobProgress(True) as bars:  # with bars: no heartbeat lines
         bars.phase("score", 10, shards=1)
-        clock[0] += 2 * score_run.HEARTBEAT_S
+        clock[0] += 2 * score_progress.HEARTBEAT_S
         bars.advance(10)
     assert "rows done" not in capsys.readouterr().err
