@@ -3,8 +3,9 @@
 Per block (see `attribution.heads`), with x the block's input and g the gradient w.r.t. its output:
 A = E_tokens[x x^T], S = E_tokens[g g^T] -> eigenvectors Q_A, Q_S; then the eigenvalues are refit in
 that basis: Lambda[i, j] = E_rows[(Q_S^T dW_row Q_A)_ij^2], dW_row = G_row^T X_row (one row's summed
-loss). The damped inverse is applied in the eigenbasis: H^-1 V = Q_S [(Q_S^T V Q_A) / (Lambda + lam)] Q_A^T,
-lam = max(damping * mean(Lambda), floor).
+loss). The damped inverse is applied in the eigenbasis: H^-1 V = Q_S [(Q_S^T V Q_A) / D] Q_A^T,
+D = max(Lambda + damping * mean(Lambda), floor) per eigenvalue (`attribution.damping`: the floor clamps the whole
+denominator).
 
 Inputs: the QK and V blocks share the layer's LayerNorm output (A fitted once per layer); the O block's
 input is the head's attention output (hd), its output gradient is the dense output's (S_O once per layer).
@@ -23,12 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from curate.attribution.damping import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, check_mode
 from curate.attribution.trace import HeadTracer, row_seeds
 from curate.errors import CurateError
 
-DEFAULT_DAMPING = 0.1
-DEFAULT_DAMPING_FLOOR = 1e-5
 
 
 # --------------------------------------------------------------------------- target heads
@@ -321,15 +321,16 @@ class BlockFactors:
         # below round differently by memory layout, so fresh and cached factors would precondition differently.
         self.q_a, self.q_s, self.lam = self.q_a.contiguous(), self.q_s.contiguous(), self.lam.contiguous()
 
-    def damping_value(self, factor: float, floor: float) -> float:
-        return max(float(factor) * float(self.lam.mean()), float(floor))
+    def denominator(self, factor: float, floor: float) -> torch.Tensor:
+        """The damped eigenvalues: max(Lambda + factor * mean(Lambda), floor), per eigenvalue."""
+        return torch.clamp(self.lam + float(factor) * float(self.lam.mean()), min=float(floor))
 
     def precondition(self, grad: torch.Tensor, factor: float, floor: float) -> torch.Tensor:
-        """H^-1 grad for a (out, in) matrix: Q_S [(Q_S^T grad Q_A) / (Lambda + lam)] Q_A^T."""
+        """H^-1 grad for a (out, in) matrix: Q_S [(Q_S^T grad Q_A) / D] Q_A^T, D = `denominator`."""
         dt = self.lam.dtype
         q_a, q_s = self.q_a.to(grad.device, dt), self.q_s.to(grad.device, dt)
         rot = q_s.T @ grad.to(dt) @ q_a
-        rot = rot / (self.lam.to(grad.device) + self.damping_value(factor, floor))
+        rot = rot / self.denominator(factor, floor).to(grad.device)
         return q_s @ rot @ q_a.T
 
 

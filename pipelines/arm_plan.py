@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.errors import CurateError
-from curate.pipelines.attribution_window import Window
+from curate.attribution.scores_folder import Window
 from curate.pipelines.experiment_setting import Setting, abs_path
 
 Log = Callable[[str], None]
@@ -37,7 +37,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     from curate.corpus import open_corpus
 
     b = s.baseline
-    window_rows = (window.end - window.start) * b.batch_size
+    window_rows = (window.end_step - window.start_step) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
     n_remove = parse_amount(s.opts.k, window_rows, "rows removed")
     n_add = parse_amount(s.opts.augment, window_rows, "rows added")
@@ -59,16 +59,16 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
             raise CurateError(f"steps {steps}: the arms would read past row {limit} of {b.corpus} (held-out rows or the "
                               f"end); at most {cap} steps")
     else:
-        span = window.end - window.start
+        span = window.end_step - window.start_step
         every = max(1, s.eval_every)
-        steps = window.end + math.ceil(span / every) * every  # room for a delay up to the window's length
+        steps = window.end_step + math.ceil(span / every) * every  # room for a delay up to the window's length
         if run_json:
             steps = min(steps, int(run_json["spec"]["steps"]))
         if steps > cap:
             notes.append(f"arms stop at step {cap} (the corpus's rows before the held-out rows run out)")
             steps = cap
-    if steps < window.end:
-        raise CurateError(f"steps {steps}: the arms must train at least to the window's end (step {window.end})")
+    if steps < window.end_step:
+        raise CurateError(f"steps {steps}: the arms must train at least to the window's end (step {window.end_step})")
     first_free = steps * b.batch_size + extra
     pool_rows = min(limit - first_free, max(POOL_MIN_ROWS, POOL_PER_ADDED * n_add))
     pool = (first_free, first_free + pool_rows) if pool_rows >= n_add else None
@@ -100,14 +100,14 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
 
 def seed_varies(s: Setting, window: Window) -> str:
     if s.baseline.mode == "external":
-        return (f"every arm starts from {s.baseline.model} at step{window.start} with a fresh optimizer; training has no "
+        return (f"every arm starts from {s.baseline.model} at step{window.start_step} with a fresh optimizer; training has no "
                 "other randomness (no dropout), so a seed only changes the mixes' random choices (random rows, insertion "
                 "order, synthetic content); seed-independent arms are trained once")
-    if window.start == 0:
+    if window.start_step == 0:
         return ("seed s re-draws the model's initial weights (init seed = the baseline's seed + s; seed 0 is the scored "
                 "run's own initialisation) and the mixes' random choices (random rows, insertion order, synthetic content); "
                 "the row order is the same for every seed")
-    return (f"every arm starts from the baseline's checkpoint step{window.start} (weights, optimizer, RNG); training has no "
+    return (f"every arm starts from the baseline's checkpoint step{window.start_step} (weights, optimizer, RNG); training has no "
             "other randomness (no dropout), so a seed only changes the mixes' random choices (random rows, insertion order, "
             "synthetic content); seed-independent arms (baseline, remove-top) are trained once")
 
@@ -124,9 +124,9 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
             plan_path = str((mix / "plan.json").resolve()) if mix is not None else None
             if s.baseline.mode == "external":
                 o = s.opts
-                init_from, revision = s.baseline.checkpoint(f"step{window.start}")
+                init_from, revision = s.baseline.checkpoint(f"step{window.start_step}")
                 spec = TrainSpec(
-                    corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start, plan=plan_path,
+                    corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start_step, plan=plan_path,
                     steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.eval_every,
                     lr=o.lr if o.lr is not None else TrainSpec.lr,
                     warmup_steps=o.warmup_steps if o.warmup_steps is not None else TrainSpec.warmup_steps,
@@ -140,11 +140,11 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
                 )
-                if window.start == 0:
+                if window.start_step == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],
                                    seed=base.seed + seed)
                 else:
-                    changes.update(init_from=abs_path(s.baseline.run_dir), revision=f"step{window.start}", init_state=True,  # type: ignore[arg-type]
+                    changes.update(init_from=abs_path(s.baseline.run_dir), revision=f"step{window.start_step}", init_state=True,  # type: ignore[arg-type]
                                    model_config=None, seed=base.seed)
                 spec = replace(base, **changes)
             runs.append(ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, run_key(spec)))

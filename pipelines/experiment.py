@@ -26,7 +26,11 @@ from typing import Callable
 
 from curate.errors import CurateError
 from curate.pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
-from curate.pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
+from curate.attribution.scores_folder import Window
+from curate.pipelines.baseline_run import prepare_baseline
+from curate.pipelines.experiment_scores import run_scores
+from curate.pipelines.ray_holder import RayHolder, ray_holder
+from curate.pipelines.window_choice import WindowChoice, choose_window
 from curate.pipelines.experiment_options import ExperimentOptions, command_line
 from curate.pipelines.experiment_setting import EXPERIMENT_FILE, Setting, check_identity, resolve_setting
 
@@ -57,7 +61,8 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
     workers = opts.workers or (os.cpu_count() or 1)
     with ray_holder(workers, ray) as holder:
         run_json = prepare_baseline(s, log)
-        window = choose_window(s, run_json)
+        choice = choose_window(s, run_json)
+        window = choice.window
         plan = plan_arms(s, window, run_json)
         scores, score_summary, score_notes = run_scores(s, window, holder, log)
         method_scores = {"mda": scores}
@@ -72,7 +77,7 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
         if pending and workers > 1 and len(pending) > 1:
             holder.ensure()
         counts = train_runs(runs, workers, log, progress=opts.progress and workers == 1, device=opts.device)
-    results = collect_results(s, window, scores, score_summary, plan, runs, mix_commands, counts,
+    results = collect_results(s, choice, scores, score_summary, plan, runs, mix_commands, counts,
                               score_notes + plan.notes + s.notes, run_json, method_scores)
     from curate.pipelines.report import write_report
 
@@ -83,13 +88,14 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
 
 def lineage_seed(s: Setting, window: Window, seed: int) -> bool:
     """Does this seed's run start from the scored model's own weights (so head L.H is the same head)?"""
-    return s.baseline.mode == "external" or window.start > 0 or seed == 0
+    return s.baseline.mode == "external" or window.start_step > 0 or seed == 0
 
 
-def collect_results(s: Setting, window: Window, scores: Path, score_summary: dict, plan: ArmPlan, runs: list,
+def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summary: dict, plan: ArmPlan, runs: list,
                     mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict,
                     method_scores: dict[str, Path] | None = None) -> dict:
     """Every number of the experiment (results.json)."""
+    window = choice.window
     from curate.pipelines.arms import ARMS
     from curate.pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
     from curate.pipelines.method_table import method_table, spearman_matrix
@@ -116,7 +122,7 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
     baseline_info: dict = {"mode": s.baseline.mode, "corpus": s.baseline.corpus, "batch_size": s.baseline.batch_size}
     if s.baseline.run_dir is not None:
         baseline_info["run"] = str(Path(s.baseline.run_dir).resolve())
-        baseline_info["emergence_step"] = window.emergence
+        baseline_info["emergence_step"] = choice.emergence
         baseline_info["steps"] = int(run_json["spec"]["steps"])
         if s.baseline.mode == "own":
             baseline_info["command"] = own_baseline_command(s)
@@ -128,8 +134,8 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
         "threshold": s.threshold,
         "experiment": str(s.out.resolve()),
         "baseline": baseline_info,
-        "window": {"start": window.start, "end": window.end, "rows": (window.end - window.start) * s.baseline.batch_size,
-                   "reason": window.reason},
+        "window": {"start": window.start_step, "end": window.end_step, "rows": (window.end_step - window.start_step) * s.baseline.batch_size,
+                   "reason": choice.reason},
         "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": score_summary.get("checkpoint"),
                    "mode": score_summary.get("mode"), "rows": score_summary.get("rows"),
                    "command": score_command(s, window, score_summary)},
@@ -177,7 +183,7 @@ def heads_that_move(s: Setting, window: Window, by_arm: dict, metric: str, metho
     from curate.training.curves import CURVES_JSON
 
     points = _json.loads((Path(s.baseline.run_dir) / CURVES_JSON).read_text())["points"]
-    at = [p for p in points if int(p["step"]) <= window.end]
+    at = [p for p in points if int(p["step"]) <= window.end_step]
     if not at:
         return {}, []
     roles = head_roles(at[-1], s.threshold)
@@ -193,12 +199,12 @@ def heads_that_move(s: Setting, window: Window, by_arm: dict, metric: str, metho
 def score_command(s: Setting, window: Window, summary: dict) -> str:
     b = s.baseline
     if b.mode == "external":
-        model, revision = b.checkpoint(s.opts.revision or f"step{window.end}")
+        model, revision = b.checkpoint(s.opts.revision or f"step{window.end_step}")
     else:
-        model, revision = str(Path(b.run_dir).resolve()), f"step{window.end}"  # type: ignore[arg-type]
+        model, revision = str(Path(b.run_dir).resolve()), f"step{window.end_step}"  # type: ignore[arg-type]
     args = ["curate", "score", "--circuit", s.circuit.name, "--model", str(model)]  # type: ignore[attr-defined]
     args += ["--revision", revision] if revision else []
-    args += ["--window", f"{window.start}:{window.end}", "--heads", ",".join(summary["heads"]), "--corpus", b.corpus,
+    args += ["--window", f"{window.start_step}:{window.end_step}", "--heads", ",".join(summary["heads"]), "--corpus", b.corpus,
              "--out", str(Path(summary.get("out") or s.out / "scores").resolve())]
     if s.opts.fit_rows:
         args += ["--fit-rows", str(s.opts.fit_rows)]

@@ -92,7 +92,7 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     from curate.atomic import write_json
     from curate.workspace import resolve_workspace
     from curate.pipelines.arms import SCALE_ARMS, parse_arms
-    from curate.pipelines.attribution_window import ray_holder
+    from curate.pipelines.ray_holder import ray_holder
     from curate.pipelines.experiment import run_experiment
     from curate.pipelines.experiment_options import command_line, parse_sizes
     from curate.pipelines.experiment_setting import default_out

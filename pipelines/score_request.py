@@ -3,11 +3,13 @@
 Kept free of torch and the model code so that the command line can be built from it quickly."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.amounts import check_amount
+from curate.attribution.damping import DEFAULT_DAMPING
 from curate.errors import CurateError
 from curate.options import check_positive, flag, named, opt, workspace_opt
 
@@ -43,6 +45,7 @@ class ScoreRequest:
     batch_rows: int | None = opt(None, "--batch-rows", help="Rows per forward/backward (default: the power of two nearest below 8,192 tokens, at most 64: 64 rows of 65 tokens, 2 rows of 2,049).", show_default=False)
     shard_rows: int = opt(DEFAULT_SHARD_ROWS, "--shard-rows", help="Rows per shard (a multiple of --batch-rows).")
     fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
+    damping: float = opt(DEFAULT_DAMPING, "--damping", help="EK-FAC damping factor: each eigenvalue is divided as max(Lambda + F * mean(Lambda), 1e-5) (mda only; a different F is a different job, with its own factors and scores).")
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
     checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style) or segment (each row at the first checkpoint after the step that consumed it).")
@@ -105,6 +108,8 @@ def check_request(req: ScoreRequest) -> None:
     if req.batch_rows is not None and req.shard_rows % req.batch_rows:
         raise CurateError(f"{flag(req, 'shard_rows')} {req.shard_rows} must be a multiple of {flag(req, 'batch_rows')} {req.batch_rows}")
     check_positive(req, "fit_rows", "workers")
+    if not (isinstance(req.damping, (int, float)) and math.isfinite(req.damping) and req.damping > 0):
+        raise CurateError(f"{flag(req, 'damping')} {req.damping}: expected a positive number (e.g. 0.1)")
     if req.device not in ("cpu", "cuda"):
         raise CurateError(f"{flag(req, 'device')} {req.device!r}: expected cpu or cuda")
     import torch

@@ -19,7 +19,7 @@ import ray
 import torch
 
 from curate.atomic import file_sha256
-from curate.attribution.ekfac import DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR
+from curate.attribution.damping import DEFAULT_DAMPING_FLOOR
 from curate.attribution.influence import circuit_probe
 from curate.attribution.scores_folder import (
     FACTORS_DIR, SHARDS_DIR, TOP_NEGATIVE_FILE, TOP_POSITIVE_FILE, begin_results, clear_results, read_summary,
@@ -104,7 +104,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
 
             executor = RayExecutor(lambda precond_ref: remote_cls.remote(setup, model_ref, precond_ref), workers_used, job,
                                    manifest, progress, rows_todo, log)
-            fit = FactorFit(job.fit_ids, job.data_key, DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, req.shard_rows)
+            fit = FactorFit(job.fit_ids, job.data_key, float(req.damping), DEFAULT_DAMPING_FLOOR, req.shard_rows)
             driver = ScoringDriver(executor, job.model, job.heads, req.mode, fit, out / FACTORS_DIR, job.model_fp,
                                    curvature=method.curvature or "ekfac")
             try:

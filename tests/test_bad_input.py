@@ -402,12 +402,12 @@ def test_bad_input(args, phrase, paths, tmp_path, monkeypatch, capsys) -> None:
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("CURATE_WORKSPACE", str(ws))
-    import curate.pipelines.attribution_window as attribution_window
+    import curate.pipelines.baseline_run as baseline_run
     import curate.pipelines.ray_pool as ray_pool
 
     _import_every_module()  # a module imported while the stubs are in place would keep them after the test
     monkeypatch.setattr(ray_pool, "ray_session", _stub)
-    monkeypatch.setattr(attribution_window, "prepare_baseline", _stub)
+    monkeypatch.setattr(baseline_run, "prepare_baseline", _stub)
     values = {k: str(v) for k, v in paths.items()} | {"out": str(out_parent)}
     argv = [a.format(**values) for a in args]
     watched = [out_parent, cwd, ws]

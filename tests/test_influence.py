@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 from torch.func import functional_call, grad, vmap
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from curate.attribution.ekfac import CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
+from curate.attribution.ekfac import BlockFactors, CovarianceAccumulator, EKFACFactors, EKFACFitter, LambdaAccumulator
 from curate.attribution.factors_io import load_factors, save_factors
 from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
@@ -140,11 +140,38 @@ def test_batched_scores_equal_dense_ekfac_solve(mode: str) -> None:
             f = factors.heads[h][b]
             k = torch.kron(f.q_s, f.q_a)  # row-major vec: vec(Q_S^T W Q_A) = (Q_S kron Q_A)^T vec(W)
             lam = f.lam.reshape(-1)
-            dense = k @ torch.diag(lam + max(0.1 * float(lam.mean()), 1e-5)) @ k.T
+            dense = k @ torch.diag(torch.clamp(lam + 0.1 * lam.mean(), min=1e-5)) @ k.T
             solved.append(torch.linalg.solve(dense, pg[h][b].reshape(-1)))
         want = -(grads[h] @ torch.cat(solved)).numpy()
         assert np.abs(want).max() > 1e-3
         np.testing.assert_allclose(got[:, j], want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+def test_damping_clamps_the_whole_denominator_when_eigenvalues_are_tiny() -> None:
+    """MDA-SPEC: divide by max(Lambda + 0.1 mean(Lambda), 1e-5) per eigenvalue. With eigenvalues far below the floor
+    (0.1 mean(Lambda) = 4.4e-7 < 1e-5) this differs from adding max(0.1 mean, 1e-5) to each: checked against the
+    inverse-Hessian-vector product solved densely in numpy."""
+    rng = np.random.default_rng(3)
+    q_s, _ = np.linalg.qr(rng.normal(size=(2, 2)))
+    q_a, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    lam = np.array([[1e-7, 2e-6, 5e-8], [3e-6, 1e-9, 2.1e-5]])  # one eigenvalue above the floor, five below
+    v = rng.normal(size=(2, 3))
+    block = BlockFactors(torch.from_numpy(q_a), torch.from_numpy(q_s), torch.from_numpy(lam))
+    got = block.precondition(torch.from_numpy(v), 0.1, 1e-5).numpy()
+
+    k = np.kron(q_s, q_a)  # row-major vec: vec(Q_S^T V Q_A) = (Q_S kron Q_A)^T vec(V)
+    mean = lam.mean()
+    assert 0.1 * mean < 1e-5
+    spec = np.maximum(lam.reshape(-1) + 0.1 * mean, 1e-5)  # [1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 2.1e-5 + 0.1 mean]
+    want = np.linalg.solve(k @ np.diag(spec) @ k.T, v.reshape(-1)).reshape(2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+    old = np.linalg.solve(k @ np.diag(lam.reshape(-1) + max(0.1 * mean, 1e-5)) @ k.T, v.reshape(-1)).reshape(2, 3)
+    assert np.abs(got - old).max() > 0.1 * np.abs(want).max()  # the regime where the two formulas differ
+    # above the floor both formulas agree: Lambda + 0.1 mean(Lambda)
+    big = lam * 1e4
+    block = BlockFactors(torch.from_numpy(q_a), torch.from_numpy(q_s), torch.from_numpy(big))
+    want = np.linalg.solve(k @ np.diag(big.reshape(-1) + 0.1 * big.mean()) @ k.T, v.reshape(-1)).reshape(2, 3)
+    np.testing.assert_allclose(block.precondition(torch.from_numpy(v), 0.1, 1e-5).numpy(), want, rtol=1e-10)
 
 
 def test_refit_eigenvalues_and_eigenbases_match_dense_definitions(trained) -> None:

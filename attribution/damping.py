@@ -1,0 +1,10 @@
+"""The EK-FAC damping rule's constants (torch-free, so the command line can name the default without loading torch).
+
+The damped inverse divides by max(Lambda + damping * mean(Lambda), floor) per eigenvalue (`../shared/MDA-SPEC.md`:
+the floor clamps the whole denominator, as the paper's code and kronfluence do)."""
+from __future__ import annotations
+
+DEFAULT_DAMPING = 0.1
+"""The damping factor: the share of the block's mean eigenvalue added to every eigenvalue (`curate score --damping`)."""
+DEFAULT_DAMPING_FLOOR = 1e-5
+"""The least denominator (the clamp of Lambda + damping * mean(Lambda))."""
