@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from curate.attribution.circuits import get_circuit
+from curate.attribution.factors_io import factor_key, factor_path
 from curate.errors import CurateError
 from curate.amounts import parse_amount
+from curate.pipelines.manifest import Manifest
 from curate.pipelines.score_job import emergence_checkpoint, resolve_job
 from curate.pipelines.score_request import ScoreRequest, parse_window
 from tests.corpus_helpers import run_cli
@@ -55,6 +57,8 @@ BAD_INPUTS = [
     (["--batch-rows", "4", "--shard-rows", "6"], "must be a multiple of --batch-rows"),
     (["--model", "{base}/missing-model"], "model folder not found"),
     (["--corpus", "{base}/missing-corpus"], "no such file or folder"),
+    (["--damping", "0"], "--damping 0.0: expected a positive number"),
+    (["--damping", "nan"], "--damping nan: expected a positive number"),
 ]
 
 
@@ -118,6 +122,27 @@ def test_existing_results_of_another_job_are_refused(tiny, tmp_path, monkeypatch
     assert code == 2 and "holds results of a different job" in stderr and "force a fresh start" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_damping_is_part_of_the_job(tiny, tmp_path, monkeypatch, capsys):
+    """Another --damping is another job: another fingerprint, another factor-cache key, and a scores folder holding
+    the default damping's results is refused (one line, nothing touched) instead of being resumed with it."""
+    out = tmp_path / "out"
+    args = dict(corpus=str(tiny["corpus"]), model=str(tiny["model"]), heads="1.0", window="0:8", out=out, progress=False)
+    default = resolve_job(ScoreRequest(**args))
+    other = resolve_job(ScoreRequest(**args, damping=0.01))
+    assert default.fingerprint["factors"]["damping"] == 0.1 and other.fingerprint["factors"]["damping"] == 0.01
+    assert default.result_hash != other.result_hash
+    keys = [factor_key(j.model_fp, j.heads[0], "qkvo", j.fingerprint["factors"]["damping"], j.fingerprint["factors"]["damping_floor"],
+                       j.data_key) for j in (default, other)]
+    assert factor_path(out / "factors", keys[0]) != factor_path(out / "factors", keys[1])
+    out.mkdir()
+    Manifest.open(out, default.fingerprint).save()
+    before = (out / "manifest.json").read_bytes()
+    code, _, stderr = run_cli(base_args(tiny, out) + ["--damping", "0.01"], monkeypatch, capsys)
+    assert code == 2 and "holds results of a different job" in stderr and len(stderr.strip().splitlines()) == 1
+    assert (out / "manifest.json").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    resolve_job(ScoreRequest(**args, damping=0.1))  # the same damping is the same job
 
 
 def test_parse_top_and_window():
