@@ -8,3 +8,6 @@ DEFAULT_DAMPING = 0.1
 """The damping factor: the share of the block's mean eigenvalue added to every eigenvalue (`curate score --damping`)."""
 DEFAULT_DAMPING_FLOOR = 1e-5
 """The least denominator (the clamp of Lambda + damping * mean(Lambda))."""
+DAMPING_RULE = "max(lambda + damping * mean(lambda), floor)"
+"""The rule, as a job's fingerprint records it: scores preconditioned by the earlier rule (lambda + max(damping *
+mean(lambda), floor), which differs where eigenvalues are tiny) are another job's, never resumed or reused as this one's."""

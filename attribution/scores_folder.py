@@ -5,13 +5,16 @@ Layout (written by the scoring pipeline, read by explain / index / neighbors / b
   `step`, `loss`, `head_{L}_{H}` per head (only for a method with per-head scores), `score`;
 - `top_positive.parquet` / `top_negative.parquet`: the k best / worst rows (full score-table rows);
 - `factors/`: the EK-FAC factor cache (`attribution.factors_io`);
-- `summary.json`: what was scored (at least `corpus`; the pipeline adds `method` (mda, gradient-dot, copy-share
+- `summary.json`: what was scored (at least `corpus`; the pipeline adds `corpus_digest`, the scored corpus's content
+  identity (`curate.corpus_digest`) that every reader checks the corpus it opens against, `method` (mda, gradient-dot, copy-share
   or loss; absent: mda), `circuit`, `heads`, `window` [start_step, end_step], `batch_size`, ...). Written LAST: a folder without it is incomplete, and the
   reader refuses it.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,9 +28,11 @@ from curate.attribution.heads import HeadRef
 from curate.attribution.score_table import TAILS, top_indices
 from curate.paths import resolve_stored
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
+from curate.corpus_digest import content_digest
 from curate.errors import CurateError
 
 SUMMARY_FILE = "summary.json"
+CORPUS_DIGEST = "corpus_digest"  # summary.json: the scored corpus's content identity
 SHARDS_DIR = "shards"
 FACTORS_DIR = "factors"
 TOP_POSITIVE_FILE = "top_positive.parquet"
@@ -171,8 +176,6 @@ def open_scores(path: str | Path) -> ScoresFolder:
 
 def read_summary(folder: Path) -> dict | None:
     """The summary of a complete scores folder, None when there is none (or it is not JSON)."""
-    import json
-
     path = Path(folder) / SUMMARY_FILE
     if not path.is_file():
         return None
@@ -220,6 +223,27 @@ def read_window(scores: ScoresFolder) -> Window:
     return Window(start, end, b)
 
 
+def check_scored_corpus(scores: ScoresFolder, corpus: Corpus) -> None:
+    """Refuse (one CurateError line) a corpus other than the one the scores were computed on, by the content identity
+    summary.json records. A folder scored before identities were recorded is read with a warning on stderr: only
+    its row ids can be checked against the corpus."""
+    recorded = scores.summary.get(CORPUS_DIGEST)
+    if recorded is None:
+        print(f"warning: {scores.path}: records no corpus identity (scored by an earlier curate), so {corpus.path} cannot "
+              f"be checked to be the corpus it scored; score again to bind the scores to their corpus", file=sys.stderr)
+        return
+    if content_digest(corpus) != recorded:
+        raise CurateError(f"{corpus.path}: not the corpus {scores.path} was scored on (its content differs from the identity "
+                          f"summary.json records); give the scored corpus, or score this one")
+
+
+def open_checked_corpus(scores: ScoresFolder, path: str | Path | None = None, batch_size: int | None = None) -> Corpus:
+    """The corpus at `path` (default: the scored corpus's recorded path), refused unless it is the scored corpus."""
+    corpus = open_corpus(path if path is not None else scores.corpus_path, batch_size=batch_size)
+    check_scored_corpus(scores, corpus)
+    return corpus
+
+
 def open_scored_corpus(scores: ScoresFolder, batch_size: int) -> tuple[Corpus, str]:
     """The scored corpus and the path to name it by. A data file (`corpus.idx`) inside a corpus folder is
     opened as that folder, so its corpus.json (tokenizer, vocabulary) comes along."""
@@ -234,6 +258,7 @@ def open_scored_corpus(scores: ScoresFolder, batch_size: int) -> tuple[Corpus, s
             same = {data.resolve(), data.with_suffix(".idx").resolve(), data.with_name(data.name + ".idx").resolve()}
             if Path(corpus.path).resolve() in same:
                 corpus, name = open_corpus(folder, batch_size=batch_size), folder
+    check_scored_corpus(scores, corpus)
     return corpus, str(name.resolve())
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from curate.amounts import parse_amount
-from curate.attribution.scores_folder import ScoresFolder, open_scores
+from curate.attribution.scores_folder import ScoresFolder, open_checked_corpus, open_scores
 from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.labels import label_columns, label_names, read_labels
 
@@ -304,7 +304,7 @@ def explain_scores(
         raise CurateError(f"tag per {tag_per!r}: expected one of {', '.join(TAG_PER)}")
     column = scores.column_for(head)
     k = parse_amount(top, scores.num_rows, "top")
-    corp = open_corpus(corpus if corpus is not None else scores.corpus_path)
+    corp = open_checked_corpus(scores, corpus)
     source = check_by(corp, by)
 
     best = {t: scores.top_rows(k, column, t) for t in TAILS}

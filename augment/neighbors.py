@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from curate.amounts import parse_amount
-from curate.attribution.scores_folder import open_scores
+from curate.attribution.scores_folder import open_checked_corpus, open_scores
 from curate.augment.index import load_index
 from curate.augment.tags import main_segment, tag_text
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus
 from curate.errors import CurateError
 
 INDEX_SUBDIR = "index"
@@ -79,7 +79,7 @@ def find_neighbors(
         raise CurateError(f"k {k}: neighbours per row must be at least 1")
     scores = open_scores(scores_path)
     idx = load_index(Path(index) if index is not None else scores.path / INDEX_SUBDIR)
-    query_corpus = open_corpus(scores.corpus_path)
+    query_corpus = open_checked_corpus(scores)
     if row_id is not None:
         if not 0 <= row_id < query_corpus.num_rows:
             raise CurateError(f"row id {row_id} is outside the scored corpus {query_corpus.path} (0..{query_corpus.num_rows - 1})")

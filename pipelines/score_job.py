@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from curate.attribution.circuits import Circuit, Localization, get_circuit
-from curate.attribution.damping import DEFAULT_DAMPING_FLOOR
+from curate.attribution.damping import DAMPING_RULE, DEFAULT_DAMPING_FLOOR
 from curate.attribution.heads import HeadRef
 from curate.attribution.influence import fit_data_key, fit_row_ids
 from curate.amounts import parse_amount
@@ -335,7 +335,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     fingerprint = {
         "version": JOB_VERSION,
         "model": model_fp,
-        "factors": {"data": data_key, "damping": float(req.damping), "damping_floor": DEFAULT_DAMPING_FLOOR},
+        "factors": {"data": data_key, "damping": float(req.damping), "damping_floor": DEFAULT_DAMPING_FLOOR, "rule": DAMPING_RULE},
         "probe": {
             "circuit": circuit.name,
             "seed": int(req.seed),

@@ -28,6 +28,7 @@ from curate.attribution.scores_folder import (
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
+from curate.corpus_digest import content_digest
 from curate.paths import portable
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
@@ -135,7 +136,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
     if not method.fits_factors:
         fitted = f"not used by {method.name}"
     summary = ScoreSummary(
-        method=method.name, corpus=portable(job.corpus_spec, out), corpus_absolute=job.corpus_spec, out=str(out.resolve()),
+        method=method.name, corpus=portable(job.corpus_spec, out), corpus_absolute=job.corpus_spec,
+        corpus_digest=content_digest(job.corpus), out=str(out.resolve()),
         circuit=job.circuit.name, heads=[str(h) for h in job.heads], head_metrics=head_metrics(job),
         localization=job.localization.to_json(), mode=req.mode, window=list(job.window), row_range=list(job.rows),
         batch_size=int(job.corpus.batch_size), rows=job.num_rows, rows_scored=rows_todo, checkpoint=job.checkpoint,

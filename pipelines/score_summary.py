@@ -22,6 +22,7 @@ class ScoreSummary:
     method: str
     corpus: str  # relative to the folder where it can be (`paths.portable`)
     corpus_absolute: str
+    corpus_digest: str  # the scored corpus's content identity (`curate.corpus_digest`): readers refuse another corpus
     out: str
     circuit: str
     heads: list[str]

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.attribution.heads import HeadRef
-from curate.corpus import CorpusMeta
+from curate.corpus import CorpusMeta, open_corpus
+from curate.corpus_digest import content_digest
 from curate.default_corpus import train_tokenizer
 from curate.megatron import write_megatron
 from curate.minipile import BALANCED_SHARES, MixtureConfig, generate_documents
@@ -72,6 +73,7 @@ def write_scores(folder: Path, corpus: Path, scores: np.ndarray, row_ids: np.nda
         cols["score"] = pa.array(scores[a : a + shard_rows], pa.float64())
         pq.write_table(pa.table(cols), folder / "shards" / f"rows-{a:09d}.parquet")
     window = [int(row_ids.min() // batch_size), int(row_ids.max() // batch_size + 1)]
-    summary = {"corpus": str(corpus), "circuit": "induction", "heads": list(heads), "window": window, "batch_size": batch_size}
+    summary = {"corpus": str(corpus), "corpus_digest": content_digest(open_corpus(corpus)), "circuit": "induction", "heads": list(heads),
+               "window": window, "batch_size": batch_size}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder

@@ -142,11 +142,13 @@ class IndexOptions:
 
 def index_command(o: IndexOptions) -> None:
     """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
-    from curate.attribution.scores_folder import open_scores
+    from curate.attribution.scores_folder import open_checked_corpus, open_scores
     from curate.augment.index import IndexParams, build_index
     from curate.augment.neighbors import INDEX_SUBDIR
 
     folder = open_scores(o.scores)
+    if o.corpus is None:  # the scored corpus (another --corpus is a pool of rows to find neighbours in, unchecked)
+        open_checked_corpus(folder)
     target = o.corpus if o.corpus is not None else folder.corpus_path
     params = IndexParams(kind=o.kind, exact_max_rows=o.exact_max_rows, nlist=o.nlist, nprobe=o.nprobe, seed=o.seed)
     dest = o.out if o.out is not None else folder.path / INDEX_SUBDIR
