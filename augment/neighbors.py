@@ -78,8 +78,8 @@ def find_neighbors(
     if k < 1:
         raise CurateError(f"k {k}: neighbours per row must be at least 1")
     scores = open_scores(scores_path)
-    idx = load_index(Path(index) if index is not None else scores.path / INDEX_SUBDIR)
     query_corpus = open_checked_corpus(scores)
+    idx = load_index(Path(index) if index is not None else scores.path / INDEX_SUBDIR)
     if row_id is not None:
         if not 0 <= row_id < query_corpus.num_rows:
             raise CurateError(f"row id {row_id} is outside the scored corpus {query_corpus.path} (0..{query_corpus.num_rows - 1})")
