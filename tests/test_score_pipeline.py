@@ -16,6 +16,7 @@ import pytest
 
 from curate.attribution.scoring import score_corpus
 from curate.attribution.score_table import ScoreTable
+from curate.corpus_digest import content_digest
 from curate.errors import CurateError
 from curate.pipelines.score_job import resolve_job
 from curate.pipelines.score_request import ScoreRequest
@@ -66,6 +67,7 @@ def reference(ray_address, tiny) -> dict:
 def test_ray_scores_equal_the_in_process_path(reference, tiny):
     job, out = reference["job"], reference["out"]
     assert len(reference["bytes"]) == 8
+    assert reference["summary"]["corpus_digest"] == content_digest(job.corpus)  # what every reader checks its corpus against
     ray_table = all_scores(out)
     np.testing.assert_array_equal(ray_table.row_id, np.arange(64))
     np.testing.assert_array_equal(ray_table.step, np.arange(64) // 8)
