@@ -1,14 +1,19 @@
-"""`curate score --dry-run` (`pipelines/score_estimate.py`): writes nothing, counts what the real run then reports,
+"""`curate score --dry-run` (`pipelines/score_estimate.py`, `pipelines/score_build_plan.py`): writes nothing, counts what the real run then reports,
 and estimates the time from batches it measured; after the run, a second dry run sees the shards and factors done.
 One local Ray (the `ray_address` fixture) serves the real run."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from curate.default_corpus import DefaultCorpusSpec
 from curate.pipelines.score_estimate import makespan
+from curate.training.recipes import recipe_fields
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
@@ -76,3 +81,26 @@ def test_makespan_takes_tasks_in_order_on_the_first_free_worker():
     assert makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0
     assert makespan([1.0] * 5, 2) == 3.0
     assert makespan([2.0, 2.0], 8) == 2.0
+
+
+def test_dry_run_on_an_empty_workspace_builds_nothing_and_estimates_the_builds(tmp_path):
+    """On a fresh workspace the dry run neither builds the default corpus nor trains the reference run: it names
+    both with their sizes and measured estimates, and the workspace (and the folder it ran in) stay empty."""
+    ws, cwd = tmp_path / "ws", tmp_path / "cwd"
+    ws.mkdir()
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "curate.cli", "score", "--dry-run", "--workspace", str(ws)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(ws.iterdir()) == [] and list(cwd.iterdir()) == []
+    lines = proc.stdout.strip().splitlines()
+    spec = DefaultCorpusSpec()
+    rows = spec.train_rows + spec.heldout_rows
+    assert lines[0].startswith("dry run (nothing written): curate score --circuit induction --method mda")
+    assert lines[1].startswith(f"would build the default corpus: {rows:,} rows of {spec.seq_len + 1} tokens "
+                               f"(vocabulary {spec.vocab_size}) -> {ws / 'default' / 'corpus'}; estimated ")
+    steps = recipe_fields("reference")["steps"]
+    assert lines[2].startswith(f"would train the reference run: {steps:,} steps of 32 rows, ") and str(ws / "default" / "runs" / "reference") in lines[2]
+    per_step = float(re.search(r"\(([\d.,]+) ms/step", lines[2]).group(1).replace(",", ""))
+    assert 0 < per_step < 60_000
+    assert lines[3].startswith("estimated time before scoring: ") and len(lines) == 4

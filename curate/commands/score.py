@@ -35,6 +35,13 @@ def score_command(options: ScoreOptions) -> None:
 
     err = Console(stderr=True)
     log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
+    if options.dry_run:
+        from curate.pipelines.score_build_plan import default_build_plan
+
+        builds = default_build_plan(options)  # the defaults not built yet: say what would be, and how long (builds nothing)
+        if builds is not None:
+            print(json.dumps(builds, indent=2, sort_keys=True, default=str) if options.as_json else "\n".join(build_plan_lines(builds)))
+            return
     job = resolve_job(options, log)
     if options.dry_run:
         from curate.pipelines.score_estimate import dry_run
@@ -89,6 +96,23 @@ def print_plan(plan: dict) -> None:
     ]
     for line in lines:
         print(line)
+
+
+def build_plan_lines(plan: dict) -> list[str]:
+    """The dry run on a workspace without its defaults: what would be built first, and the estimated time."""
+    lines = [f"dry run (nothing written): curate score --circuit {plan['circuit']} --method {plan['method']} on the defaults of "
+             f"{plan['workspace']}, which are not built yet"]
+    for b in plan["builds"]:
+        if b["build"] == "default corpus":
+            lines.append(f"would build the default corpus: {b['rows']:,} rows of {b['row_len']} tokens (vocabulary {b['vocab_size']}) "
+                         f"-> {b['folder']}; estimated {_duration(b['seconds'])} (timed on {b['sample_docs']} documents; without {b['excludes']})")
+        else:
+            lines.append(f"would train the reference run: {b['steps']:,} steps of {b['batch_size']} rows, {b['parameters']:,} parameters "
+                         f"-> {b['folder']}; estimated {_duration(b['seconds'])} ({b['seconds_per_step'] * 1000:,.1f} ms/step over "
+                         f"{b['steps_timed']} timed steps on {b['threads']} thread; without {b['excludes']})")
+    lines.append(f"estimated time before scoring: {_duration(plan['estimate']['seconds'])}; then scoring, whose window ends where "
+                 f"the head forms in the reference run: run this dry run again once it is trained to estimate it")
+    return lines
 
 
 def print_summary(summary: dict, out: Path) -> None:
