@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from curate.attribution.circuits import get_circuit
 from curate.attribution.ekfac import (
     DEFAULT_DAMPING, DEFAULT_DAMPING_FLOOR, CovarianceAccumulator, EigenBases, EKFACFactors, EKFACFitter, IdentityCurvature,
     LambdaAccumulator,
@@ -39,6 +40,7 @@ from curate.attribution.influence import (
     HeadInfluenceScorer, BoundProbe, Progress, circuit_probe, fit_data_key, fit_row_ids, iter_row_batches,
     probe_gradients,
 )
+from curate.attribution.probes import corpus_probes
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import mean_token_loss
 from curate.errors import CurateError
@@ -362,9 +364,6 @@ def score_corpus(
     `shard_rows` (a multiple of `batch_rows`): fit rows per partial sum and rows per scored shard, as the Ray
     pipeline's shards (then the factors are bit-identical to its); None: one of each.
     """
-    from curate.attribution.circuits import get_circuit
-    from curate.attribution.probes import corpus_probes
-
     if threads:
         torch.set_num_threads(int(threads))
     check_mode(mode)

@@ -33,7 +33,8 @@ from curate.attribution.scores_folder import ScoresFolder, open_checked_corpus, 
 from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
 from curate.corpus import Corpus
 from curate.errors import CurateError
-from curate.labels import label_columns, label_names, read_labels
+from curate.labels import label_columns, label_names, read_labels, sidecar_schema
+from curate.tokenize import load_tokenizer
 
 TAILS = ("top", "bottom")
 TAGGER = "tag"  # the name of the structure tagger's classes in a report
@@ -206,8 +207,6 @@ class ExplainReport:
 
 
 def _tokenizer_for(corpus: Corpus):
-    from curate.tokenize import load_tokenizer
-
     spec = corpus.tokenizer_spec()
     if spec is None:
         raise CurateError(f"{corpus.path}: no tokenizer recorded for this corpus (corpus.json 'tokenizer'); tagging rows needs one to decode them")
@@ -227,8 +226,6 @@ def tag_corpus_rows(corpus: Corpus, row_ids: np.ndarray, tokenizer=None, chunk: 
 def document_ids(corpus: Corpus) -> np.ndarray | None:
     """Each row's main document (the sidecar's `doc_id`), or None when the sidecar has none or every document is one
     row (nothing to vote over)."""
-    from curate.labels import sidecar_schema
-
     schema = sidecar_schema(corpus)
     if schema is None or DOC_COLUMN not in schema.names:
         return None

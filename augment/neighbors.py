@@ -11,6 +11,7 @@ from curate.augment.index import load_index
 from curate.augment.tags import main_segment, tag_text
 from curate.corpus import Corpus
 from curate.errors import CurateError
+from curate.tokenize import load_tokenizer
 
 INDEX_SUBDIR = "index"
 
@@ -23,8 +24,6 @@ class _RowView:
     """Decodes rows of one corpus for display: tag and the first characters (newlines shown as \\n)."""
 
     def __init__(self, corpus: Corpus, chars: int) -> None:
-        from curate.tokenize import load_tokenizer
-
         self.corpus = corpus
         self.chars = chars
         spec = corpus.tokenizer_spec()

@@ -29,18 +29,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from curate.amounts import parse_amount
 from curate.attribution.circuits import Circuit, Localization, get_circuit
 from curate.attribution.damping import DAMPING_RULE, DEFAULT_DAMPING_FLOOR
+from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import HeadRef
 from curate.attribution.influence import fit_data_key, fit_row_ids
-from curate.amounts import parse_amount
 from curate.attribution.probes import corpus_probes
 from curate.corpus import Corpus, check_token_ids, open_corpus
+from curate.default_corpus import ensure_default_corpus
 from curate.errors import CurateError
+from curate.options import flag
+from curate.outputs import SCORES, check_output_folder
 from curate.paths import resolve_stored
-from curate.pipelines.manifest import MANIFEST_FILE, Manifest
+from curate.pipelines.manifest import MANIFEST_FILE, Manifest, fingerprint_hash
+from curate.pipelines.ray_pool import check_ray_address
 from curate.pipelines.score_methods import score_method
 from curate.pipelines.score_request import ScoreRequest, auto_batch_rows, check_request, parse_window
+from curate.pipelines.score_trajectory import checkpoint_folder, resolve_steps
+from curate.training.checkpoints import STATE_FILE, load_trainer_state
+from curate.training.curves import SUMMARY_JSON
+from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, checkpoint_step, list_checkpoints, load_model, resolve_checkpoint_dir
+from curate.training.plan import training_rows
+from curate.training.reference import ensure_reference_run
+from curate.workspace import resolve_workspace, scores_dir
 
 JOB_VERSION = 1
 SHOW_TOP = 10  # rows printed (and kept decoded in summary.json) per tail
@@ -82,7 +94,6 @@ class ScoreJob:
     def result_hash(self) -> str:
         """What summary.json records as `fingerprint_hash` (and what experiments reuse a folder by): the manifest's
         fingerprint, plus the aggregation for trajectory scores."""
-        from curate.pipelines.manifest import fingerprint_hash
 
         if self.trajectory:
             return fingerprint_hash({**self.fingerprint, "aggregate": self.request.aggregate})
@@ -104,8 +115,6 @@ class ScoreJob:
 
 def _run_dir_of(spec: str | None) -> Path | None:
     """`spec` as a training run folder (has run.json or checkpoints/), else None."""
-    from curate.training.models import CHECKPOINTS_DIR, RUN_FILE
-
     if spec is None:
         return None
     p = Path(spec).expanduser()
@@ -116,9 +125,6 @@ def _run_dir_of(spec: str | None) -> Path | None:
 
 def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, int]:
     """(checkpoint step, its folder, emergence step): the first saved checkpoint at/after the circuit formed."""
-    from curate.training.curves import SUMMARY_JSON
-    from curate.training.models import list_checkpoints
-
     path = run_dir / SUMMARY_JSON
     if not path.is_file():
         raise CurateError(f"{run_dir}: no {SUMMARY_JSON} (not a finished training run); give a revision stepK")
@@ -144,17 +150,11 @@ def emergence_checkpoint(run_dir: Path, circuit: Circuit) -> tuple[int, Path, in
 
 def _checkpoint_step(folder: Path | None, revision: str | None) -> int | None:
     """The training step a checkpoint is at: its folder name stepK, its trainer state, or a stepK revision."""
-    from curate.training.models import checkpoint_step
-
     if folder is not None:
         step = checkpoint_step(folder)
         if step is not None:
             return step
-        from curate.training.checkpoints import STATE_FILE
-
         if (folder / STATE_FILE).is_file():
-            from curate.training.checkpoints import load_trainer_state
-
             return int(load_trainer_state(folder)["step"])
     if revision:
         m = re.fullmatch(r"step(\d+)", revision)
@@ -165,8 +165,6 @@ def _checkpoint_step(folder: Path | None, revision: str | None) -> int | None:
 
 def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
     """(corpus path, batch size) a run folder trained on, from its run.json."""
-    from curate.training.models import RUN_FILE
-
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise CurateError(f"{run_dir}: no {RUN_FILE} to tell which corpus it trained on; give the corpus")
@@ -183,8 +181,6 @@ def _run_corpus(run_dir: Path) -> tuple[str, int | None]:
 
 def _run_epochs(run_dir: Path) -> int:
     """The epochs a run folder trained for (`curate train --epochs`; 1 when it records none)."""
-    from curate.training.models import RUN_FILE
-
     path = run_dir / RUN_FILE
     if not path.is_file():
         return 1
@@ -196,8 +192,6 @@ def _first_epoch_window(start: int, end: int, batch: int, corpus: Corpus, epochs
     [start*B, end*B) only inside the first pass (`training.plan`: later passes are reshuffled). A window from 0
     that reaches past the first pass has trained on every row: it is scored as the first pass's whole steps (each
     row once, at its first-pass step); a later start is refused."""
-    from curate.training.plan import training_rows
-
     first = training_rows(corpus) // batch
     if end <= first:
         return end
@@ -238,17 +232,11 @@ def corpus_identity(corpus: Corpus, rows: tuple[int, int], by_path: bool = False
 
 def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     """Validate the request and load what the job needs; writes nothing to the output folder."""
-    from curate.workspace import resolve_workspace, scores_dir
-    from curate.attribution.fingerprint import model_fingerprint
-    from curate.training.models import load_model, resolve_checkpoint_dir
-
     circuit = get_circuit(req.circuit)
     if req.mode is None:
         req = replace(req, mode=circuit.default_mode)
     check_request(req)
     if req.ray_address:
-        from curate.pipelines.ray_pool import check_ray_address
-
         check_ray_address(req.ray_address)
     ws = resolve_workspace(req.workspace)
     default_out = scores_dir(ws, circuit.name, req.method, trajectory=req.checkpoints is not None)
@@ -261,9 +249,6 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     run_dir = _run_dir_of(req.model)
     run_batch: int | None = None
     if req.model is None:
-        from curate.default_corpus import ensure_default_corpus
-        from curate.training.reference import ensure_reference_run
-
         corpus_path = str(ensure_default_corpus(ws, req.progress, log))
         run_dir = ensure_reference_run(ws, req.progress, log)
     elif req.corpus is not None:
@@ -359,7 +344,6 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         fingerprint["method"] = req.method
         if not score_method(req.method).fits_factors:
             fingerprint["factors"] = None
-    from curate.outputs import SCORES, check_output_folder
 
     check_output_folder(out, SCORES, [corpus.path, *corpus.files, checkpoint])  # before anything (command.json too) is written
     if not req.force and not trajectory:
@@ -378,9 +362,6 @@ def _resolve_trajectory(req: ScoreRequest, run_dir: Path | None, circuit: Circui
                         window: tuple[int, int], out: Path, formed_checkpoint: int | None, log: Log) -> list[ScoreJob]:
     """One ordinary scoring job per checkpoint of `--checkpoints`: the same corpus, window, heads, mode, probe and
     fit rows, the model at that checkpoint, the folder `<out>/checkpoints/stepK` (`pipelines.score_trajectory`)."""
-    from curate.options import flag
-    from curate.pipelines.score_trajectory import checkpoint_folder, resolve_steps
-
     assert req.checkpoints is not None
     if run_dir is not None and formed_checkpoint is None:
         try:

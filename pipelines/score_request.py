@@ -85,7 +85,7 @@ def parse_checkpoints(text: str) -> str | list[int]:
 
 def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the options alone (no file is opened); an error names the flag."""
-    from curate.attribution.heads import check_mode
+    from curate.attribution.heads import check_mode  # inside: this module stays free of torch (the CLI's start-up)
 
     if req.method not in METHODS:
         raise CurateError(f"{flag(req, 'method')} {req.method!r}: expected one of {', '.join(METHODS)}")
@@ -112,7 +112,7 @@ def check_request(req: ScoreRequest) -> None:
         raise CurateError(f"{flag(req, 'damping')} {req.damping}: expected a positive number (e.g. 0.1)")
     if req.device not in ("cpu", "cuda"):
         raise CurateError(f"{flag(req, 'device')} {req.device!r}: expected cpu or cuda")
-    import torch
+    import torch  # inside: this module stays free of torch (the CLI's start-up)
 
     if req.device == "cuda" and not torch.cuda.is_available():
         raise CurateError(f"{flag(req, 'device')} cuda: no CUDA device is available to torch here")
