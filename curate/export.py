@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from curate.atomic import atomic_path
 from curate.corpus import Corpus
 from curate.errors import CurateError
+from curate.labels import read_labels, value_columns
 from curate.megatron import CODE_BY_DTYPE, MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import ParquetRowWriter
 
@@ -35,20 +37,10 @@ def export_targets(fmt: ExportFormat, out: Path) -> list[Path]:
     return [out]
 
 
-def sidecar_columns(corpus: Corpus) -> dict[str, np.ndarray] | None:
-    """The corpus sidecar's label columns indexed by row id (None when there is no sidecar)."""
-    side = corpus.sidecar_path()
-    if side is None or not side.is_file():
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(side)
-    if "row_id" not in table.column_names or table.num_rows != corpus.num_rows:
-        raise CurateError(f"{side}: sidecar has {table.num_rows} rows, the corpus {corpus.num_rows}")
-    ids = table.column("row_id").to_numpy()
-    if not np.array_equal(ids, np.arange(corpus.num_rows)):
-        table = table.take(np.argsort(ids))
-    return {name: table.column(name) for name in table.column_names if name not in ("row_id", "step")}
+def sidecar_columns(corpus: Corpus) -> dict[str, pa.Array] | None:
+    """The corpus sidecar's columns (but row_id and step) indexed by row id (None when there is no sidecar)."""
+    columns = value_columns(corpus)
+    return None if columns is None else read_labels(corpus, columns)
 
 
 def _megatron_dtype(corpus: Corpus) -> np.dtype:
@@ -81,7 +73,7 @@ def export_rows(corpus: Corpus, fmt: ExportFormat, out: Path, start: int, stop: 
         labels = sidecar_columns(corpus)
         with ParquetRowWriter(out, corpus.batch_size) as writer:
             for a, block in chunks:
-                extra = {k: v.slice(a, block.shape[0]).combine_chunks() for k, v in labels.items()} if labels else None
+                extra = {k: v.slice(a, block.shape[0]) for k, v in labels.items()} if labels else None
                 writer.add(block, np.arange(a, a + block.shape[0], dtype=np.int64), extra)
                 advance(block.shape[0])
     else:

@@ -21,6 +21,7 @@ from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.commands.options import command, save_config
 from curate.export import ExportFormat, export_rows
+from curate.labels import read_row_labels
 from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.tokenize import MIN_VOCAB
 from curate.training.recipes import REFERENCE_RUN
@@ -219,22 +220,6 @@ def info_command(o: InfoOptions) -> None:
 
 # -- show -------------------------------------------------------------------------------------------
 
-def read_sidecar_rows(path: Path, row_ids: list[int]) -> dict[int, dict]:
-    """Sidecar labels (all columns except row_id/step) for the given row ids."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, filters=[("row_id", "in", row_ids)])
-    except Exception as e:
-        raise CurateError(f"{path}: cannot read the row sidecar ({type(e).__name__})") from None
-    out: dict[int, dict] = {}
-    for rec in table.to_pylist():
-        rid = int(rec.pop("row_id"))
-        rec.pop("step", None)
-        out[rid] = rec
-    return out
-
-
 @dataclass
 class ShowOptions:
     """`curate corpus show`."""
@@ -268,8 +253,7 @@ def show_command(o: ShowOptions) -> None:
     spec = o.tokenizer or corpus.tokenizer_spec()
     tok = load_tokenizer(spec) if spec and not o.raw else None
     row_ids = list(range(start + a_pos, start + b_pos))
-    side = corpus.sidecar_path()
-    labels = read_sidecar_rows(side, row_ids) if side and side.is_file() else {}
+    labels = read_row_labels(corpus, row_ids)  # {} without a sidecar
     records = []
     for pos, rid, ids in zip(range(a_pos, b_pos), row_ids, block):
         rec: dict = {"row_id": rid, "step": step, "position": pos, "token_ids": ids.tolist()}
