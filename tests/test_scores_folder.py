@@ -106,6 +106,7 @@ def _write_docs(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # a dozen `curate` processes
 def test_readers_refuse_another_corpus_at_the_recorded_path(tmp_path: Path) -> None:
     """A corpus re-ingested from other documents to the folder the scores recorded (and another corpus given with
     --corpus) is refused by every reader with one error line, exit 2, nothing written; a copy of the scored corpus
