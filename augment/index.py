@@ -25,6 +25,7 @@ from curate.errors import CurateError
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
+INDEX_SUBDIR = "index"  # where `curate index` puts a scores folder's structure index
 KINDS = ("auto", "flat", "ivf")
 
 

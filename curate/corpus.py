@@ -486,3 +486,15 @@ def _open(p: Path) -> Corpus:
     if not p.exists():
         raise CurateError(f"{p}: no such file or folder")
     raise CurateError(f"{p}: not a corpus (expected a .bin/.idx prefix, .npy, .parquet or a corpus folder)")
+
+
+def training_rows(corpus: Corpus) -> int:
+    """The rows training may read: those before the corpus's held-out rows (`heldout_start` in corpus.json), else all.
+    Held-out rows never enter training, an index pool, a neighbour or synthetic source, or a mix."""
+    start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None else None
+    return int(start) if start is not None and 0 < int(start) <= corpus.num_rows else corpus.num_rows
+
+
+def same_corpus(a: Corpus, b: Corpus) -> bool:
+    """Whether two opened corpora are the same files (by resolved path)."""
+    return Path(a.path).resolve() == Path(b.path).resolve()
