@@ -22,6 +22,15 @@ POOL_PER_ADDED = 10  # ... or 10 per added row, whichever is more (and never int
 # --------------------------------------------------------------------------- arm length and pools
 
 
+def default_arm_steps(window_start: int, window_end: int, eval_every: int, run_steps: int | None) -> int:
+    """How long an arm trains unless told: to the window's end plus the window's length rounded up to whole
+    evaluation intervals (room for a delay up to the window's length), at most the scored run's length. The
+    experiment's arms and the train command `build-mix` prints both use it (the default: 1,700 + 1,700 = 3,400)."""
+    every = max(1, eval_every)
+    steps = window_end + math.ceil((window_end - window_start) / every) * every
+    return min(steps, run_steps) if run_steps else steps
+
+
 @dataclass
 class ArmPlan:
     steps: int
@@ -59,11 +68,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
             raise CurateError(f"steps {steps}: the arms would read past row {limit} of {b.corpus} (held-out rows or the "
                               f"end); at most {cap} steps")
     else:
-        span = window.end - window.start
-        every = max(1, s.eval_every)
-        steps = window.end + math.ceil(span / every) * every  # room for a delay up to the window's length
-        if run_json:
-            steps = min(steps, int(run_json["spec"]["steps"]))
+        steps = default_arm_steps(window.start, window.end, s.eval_every, int(run_json["spec"]["steps"]) if run_json else None)
         if steps > cap:
             notes.append(f"arms stop at step {cap} (the corpus's rows before the held-out rows run out)")
             steps = cap
