@@ -11,14 +11,13 @@ from curate.augment.index import INDEX_SUBDIR, load_index
 from curate.augment.tags import main_segment, tag_text
 from curate.corpus import Corpus, open_corpus, same_corpus
 from curate.errors import CurateError
+from curate.tokenize import load_tokenizer
 
 
 class _RowView:
     """Decodes rows of one corpus for display: tag and the first characters (newlines shown as \\n)."""
 
     def __init__(self, corpus: Corpus, chars: int) -> None:
-        from curate.tokenize import load_tokenizer
-
         self.corpus = corpus
         self.chars = chars
         spec = corpus.tokenizer_spec()

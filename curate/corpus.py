@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.megatron import SHARD_RE, BinReader, find_bin_files, read_idx
@@ -340,8 +342,6 @@ class ParquetCorpus(Corpus):
     format = "parquet"
 
     def __init__(self, path: Path) -> None:
-        import pyarrow.parquet as pq
-
         files = sorted(path.glob("*.parquet"), key=lambda f: natural_key(f.name)) if path.is_dir() else [path]
         if not files:
             raise CurateError(f"{path}: no .parquet files")
@@ -393,8 +393,6 @@ class ParquetCorpus(Corpus):
 
     def _group_rows(self, k: int) -> np.ndarray:
         if self._cache is None or self._cache[0] != k:
-            import pyarrow.compute as pc
-
             fi, g = self._groups[k]
             col = self._files[fi].read_row_group(g, columns=["token_ids"]).column(0).combine_chunks()
             if col.null_count:

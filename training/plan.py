@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from curate.corpus import Corpus, open_corpus, training_rows
 from curate.errors import CurateError
@@ -147,8 +148,6 @@ def read_row_ids(path: Path, what: str) -> np.ndarray:
         elif path.suffix == ".json":
             ids = np.asarray(json.loads(path.read_text()))
         elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             table = pq.read_table(path)
             if "row_id" not in table.column_names:
                 raise CurateError(f"{path}: no 'row_id' column (columns: {', '.join(table.column_names)})")
