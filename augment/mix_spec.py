@@ -1,16 +1,17 @@
-"""What `build-mix` is asked to do: `MixSpec` (remove / augment / source / pool / at_step / control / seed) with
-its validation, the seed streams of its random choices, and the folder name that says what a mix is."""
+"""What `build-mix` does: the MixSpec and its vocabulary, in a module light enough for the command line to import
+at start-up (the mix writer, `augment.mix`, imports torch through the scores folder); the seed streams of its
+random choices, and the folder name that says what a mix is."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from curate.augment.synth import DEFAULT_TOP
 from curate.errors import CurateError
 
 SOURCES = ("top", "neighbors", "synthetic")
 CONTROLS = ("random",)
 CHUNK_ROWS = 4096
+DEFAULT_TOP = 2000  # motif rows (the paper's top ~2,000)
 
 # seed streams: one per random choice, so changing one option never shifts another choice
 SEED_REMOVE, SEED_ADD, SEED_ORDER = 1, 2, 3

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from curate.augment.checksums import verify_folder
+from curate.augment.mix_spec import MixSpec, default_slug
 from curate.commands.options import command, save_config
 from curate.commands.train import ARCHITECTURE_OPTIONS
 from curate.corpus import open_corpus
@@ -43,8 +44,6 @@ class BuildMixOptions:
 
     def spec(self):
         """The MixSpec of these options (its fields by name)."""
-        from curate.augment.mix import MixSpec
-
         names = {f.name for f in dataclasses.fields(MixSpec)}
         return MixSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names})
 
@@ -59,7 +58,7 @@ def build_mix_command(o: BuildMixOptions) -> None:
     shape, seed and evaluation interval, until the window's end plus the window's length (at most the scored run's
     length; on the default: window 0-1,700, step 3,400, past the step where the head forms), and `curate verify`."""
     from curate.attribution.scores_folder import open_scores
-    from curate.augment.mix import build_mix, default_slug
+    from curate.augment.mix import build_mix
 
     spec = o.spec()
     out = o.out
