@@ -232,10 +232,12 @@ def ingest_documents(
     progress: ProgressFn | None = None,
     inputs: Sequence[str | Path] = (),
     heldout_rows: int = 0,
+    extra_meta: dict | None = None,
 ) -> IngestResult:
     """Tokenize, pack into rows of seq_len + 1 tokens, shuffle with `seed`, write a corpus folder atomically.
     `heldout_rows`: the last rows (after the shuffle: a random sample) are held out (`heldout_start` in corpus.json):
-    training never reads them, and evaluates its held-out loss and ICL score on them."""
+    training never reads them, and evaluates its held-out loss and ICL score on them. `extra_meta`: more corpus.json
+    fields (the default corpus's build record)."""
     out_dir = Path(out_dir)
     fields = dict(fields or {})
     if seq_len < 1:
@@ -308,6 +310,7 @@ def ingest_documents(
                 "source": source,
                 "tokenizer_source": tok.spec,
                 **({"heldout_start": num_rows - heldout_rows} if heldout_rows else {}),
+                **(extra_meta or {}),
             },
         )
     return IngestResult(out_dir, meta, num_rows, len(texts), num_rows * row_len, total - num_rows * row_len)
