@@ -12,7 +12,7 @@ from typing import Callable
 from curate.amounts import parse_amount
 from curate.augment.index import IndexParams, build_index
 from curate.augment.mix import build_mix
-from curate.corpus import open_corpus
+from curate.corpus import open_corpus, training_rows
 from curate.errors import CurateError
 from curate.pipelines.arms import ARMS, ArmRun, mix_folder, run_folder, run_key
 from curate.pipelines.attribution_window import Window
@@ -48,7 +48,6 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-
     b = s.baseline
     window_rows = (window.end - window.start) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
@@ -60,7 +59,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     if start is not None:
         limit = int(start)
     elif heldout:
-        limit = corpus.num_rows
+        limit = training_rows(corpus)  # a separate held-out corpus: every row but the corpus's own held-out rows, if any
     else:
         limit = corpus.num_rows - int(run_json.get("spec", {}).get("heldout_rows", 64) if run_json else 64)
     extra = n_remove if uses_remove else 0
