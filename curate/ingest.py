@@ -2,8 +2,8 @@
 
 The folder holds `corpus.bin`/`corpus.idx` (Megatron, rows of seq_len + 1 tokens in training
 order), `rows.parquet` (per-row provenance: the documents in the row and the main document's
-label fields such as `domain`), `tokenizer.json` and `corpus.json` (`CorpusMeta`). It is written
-through `atomic_dir`: a failure leaves no folder behind.
+label fields such as `domain`), `tokenizer.json` and `corpus.json` (`CorpusMeta`), written by the one
+corpus-folder writer (`curate.corpus_folder`) inside `atomic_dir`: a failure leaves no folder behind.
 """
 from __future__ import annotations
 
