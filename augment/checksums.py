@@ -9,14 +9,15 @@ large to hash whole is checked on exactly the rows that were used.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from curate.atomic import write_json, read_json
+from curate.atomic import file_sha256, read_json, write_json
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from curate.atomic import file_sha256
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -38,6 +39,36 @@ class RowHasher:
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()
+
+
+class BackgroundHashing:
+    """Feeds row blocks to `RowHasher`s, each on its own background thread (hashlib releases the GIL while
+    hashing), in submission order, at most `depth` blocks behind the writer per hasher."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self.depth = depth
+        self.workers: dict[int, tuple[ThreadPoolExecutor, deque[Future]]] = {}
+
+    def __enter__(self) -> "BackgroundHashing":
+        return self
+
+    def submit(self, hasher: RowHasher, rows: np.ndarray) -> None:
+        if id(hasher) not in self.workers:
+            self.workers[id(hasher)] = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-hash"), deque())
+        pool, pending = self.workers[id(hasher)]
+        pending.append(pool.submit(hasher.update, rows))
+        while len(pending) > self.depth:
+            pending.popleft().result()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for _, pending in self.workers.values():
+                    while pending:
+                        pending.popleft().result()
+        finally:
+            for pool, _ in self.workers.values():
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def rows_sha256(corpus: Corpus, row_range: tuple[int, int] | None = None, ids: np.ndarray | None = None) -> str:

@@ -20,11 +20,12 @@ import numpy as np
 from curate.augment.features import StructureSpec, structure_vectors
 from curate.atomic import atomic_dir, write_json
 from curate.outputs import INDEX, check_output_folder
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus, open_corpus, training_rows
 from curate.errors import CurateError
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
+INDEX_SUBDIR = "index"  # where `curate index` puts a scores folder's structure index
 KINDS = ("auto", "flat", "ivf")
 
 
@@ -151,6 +152,19 @@ class IndexInfo:
         return asdict(self)
 
 
+def pool_rows(corpus: Corpus, rows: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The rows [start, stop) an index pool holds: `rows`, by default every row training may read
+    (`training_rows`); never a held-out row, so no neighbour source or mix can take one."""
+    limit = training_rows(corpus)
+    start, stop = rows if rows is not None else (0, limit)
+    if not (0 <= start < stop <= corpus.num_rows):
+        raise CurateError(f"{corpus.path}: row range [{start}, {stop}) is empty or outside the corpus (0..{corpus.num_rows})")
+    if stop > limit:
+        raise CurateError(f"{corpus.path}: row range [{start}, {stop}) reaches the held-out rows (from row {limit}); "
+                          "an index pool never holds held-out rows")
+    return start, stop
+
+
 def build_index(
     corpus: str | Path | Corpus,
     out_dir: str | Path,
@@ -173,9 +187,7 @@ def build_index(
         source = Path(corpus)
         corpus = open_corpus(corpus)
     check_output_folder(out_dir, INDEX, [source, *corpus.files])
-    start, stop = rows if rows is not None else (0, corpus.num_rows)
-    if not (0 <= start < stop <= corpus.num_rows):
-        raise CurateError(f"{corpus.path}: row range [{start}, {stop}) is empty or outside the corpus (0..{corpus.num_rows})")
+    start, stop = pool_rows(corpus, rows)
     n = stop - start
     t0 = time.perf_counter()
 
@@ -346,4 +358,10 @@ def load_index(folder: str | Path) -> StructureIndex:
         raise CurateError(f"{index_path}: not a readable FAISS index ({str(e).splitlines()[0][:120]})") from None
     if index.d != int(info.get("dim", -1)):
         raise CurateError(f"{folder}: index dimension {index.d} does not match {META_FILE} ({info.get('dim')})")
+    if Path(str(info.get("corpus"))).exists():  # an index built before held-out rows were left out is refused
+        corpus = open_corpus(info["corpus"])
+        stop = int(info.get("row_start", 0)) + int(info.get("num_rows", 0))
+        if stop > training_rows(corpus):
+            raise CurateError(f"{folder}: indexes rows up to {stop} of {info['corpus']}, held-out rows (from row "
+                              f"{training_rows(corpus)}) included; rebuild it with `curate index`")
     return StructureIndex(folder, index, info)

@@ -7,17 +7,11 @@ import numpy as np
 
 from curate.amounts import parse_amount
 from curate.attribution.scores_folder import open_checked_corpus, open_scores
-from curate.augment.index import load_index
+from curate.augment.index import INDEX_SUBDIR, load_index
 from curate.augment.tags import main_segment, tag_text
-from curate.corpus import Corpus
+from curate.corpus import Corpus, same_corpus
 from curate.errors import CurateError
 from curate.tokenize import load_tokenizer
-
-INDEX_SUBDIR = "index"
-
-
-def _same_corpus(a: Corpus, b: Corpus) -> bool:
-    return Path(a.path).resolve() == Path(b.path).resolve()
 
 
 class _RowView:
@@ -89,7 +83,7 @@ def find_neighbors(
         query_ids = best.row_ids
         query_scores = [float(v) for v in best.values]
     index_corpus = idx.corpus()
-    same = _same_corpus(index_corpus, query_corpus)
+    same = same_corpus(index_corpus, query_corpus)
     sims, ids = idx.neighbors_of_rows(query_corpus.take(query_ids), k=k, exclude_ids=query_ids if same else None)
     query_view = _RowView(query_corpus, chars)
     index_view = query_view if same else _RowView(index_corpus, chars)

@@ -9,7 +9,6 @@ with another fresh instance of the same motif. Row i depends only on (seed, i) a
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,23 +16,22 @@ from typing import Iterator
 import numpy as np
 
 from curate.attribution.scores_folder import open_scored_corpus, open_scores, read_window
+from curate.augment.mix_spec import DEFAULT_TOP
 from curate.augment.checksums import file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
 from curate.atomic import atomic_dir, write_json
 from curate.outputs import SYNTHETIC, check_output_folder
-from curate.corpus import METADATA_FILE, Corpus, CorpusMeta
+from curate.corpus import Corpus, training_rows
+from curate.corpus_folder import CorpusFolderWriter
 from curate.errors import CurateError
-from curate.megatron import MegatronWriter, token_dtype_for_vocab
-from curate.parquet_io import write_table_parquet
+from curate.megatron import token_dtype_for_vocab
 from curate.tokenize import TextTokenizer, load_tokenizer
 
 DATA_PREFIX = "synthetic"
 SIDECAR_FILE = "rows.parquet"
 MOTIFS_FILE = "motifs.json"
-TOKENIZER_FILE = "tokenizer.json"
 CHUNK_ROWS = 512
 MAX_FILL_ROUNDS = 64
-DEFAULT_TOP = 2000  # motif rows (the paper's top ~2,000)
 
 
 def renamed_tokens(motif: Motif, vc: VocabClasses, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -127,7 +125,7 @@ def write_synthetic_corpus(
     spans_found = np.empty(n_rows, dtype=np.int32)
     gen_spans = []
     done = 0
-    with MegatronWriter(folder / DATA_PREFIX, dtype) as writer:
+    with CorpusFolderWriter(folder, DATA_PREFIX, dtype) as writer:
         for batch in synthesize(motifs, n_rows, tokenizer, row_len, seed, vc):
             writer.add_rows(batch.rows)
             n = len(batch.rows)
@@ -140,8 +138,8 @@ def write_synthetic_corpus(
                 gen_spans.extend(sp)
             done += n
     row_ids = np.arange(n_rows, dtype=np.int64)
-    write_table_parquet(
-        folder / SIDECAR_FILE,
+    writer.write_sidecar(
+        SIDECAR_FILE,
         {
             "row_id": row_ids,
             "step": row_ids // batch_size,
@@ -168,23 +166,15 @@ def write_synthetic_corpus(
     summary = {"source_corpus": source_corpus, "seed": seed, "mined": mined, "generated": generated,
                "motifs": [m.summary() for m in motifs]}
     write_json(folder / MOTIFS_FILE, summary)
-    tok_path = Path(tokenizer.spec)
-    tokenizer_field: str | None = tokenizer.spec
-    if tok_path.is_file():
-        shutil.copyfile(tok_path, folder / TOKENIZER_FILE)
-        tokenizer_field = TOKENIZER_FILE
-    meta = CorpusMeta(
-        data=f"{DATA_PREFIX}.idx",
-        batch_size=int(batch_size),
+    writer.write_meta(
+        batch_size=batch_size,
         vocab_size=tokenizer.vocab_size,
-        tokenizer=tokenizer_field,
+        tokenizer=writer.write_tokenizer(tokenizer.spec),
         sidecar=SIDECAR_FILE,
         eot_id=int(tokenizer.eot_id),
         extra={"kind": "synthetic", "seed": int(seed), "motif_source": source_corpus, **(extra_meta or {})},
     )
-    write_json(folder / METADATA_FILE, meta.to_json())
     return summary
-
 
 
 def corpus_tokenizer(corpus: Corpus) -> TextTokenizer:
@@ -211,6 +201,9 @@ def synthesize_from_scores(scores_path: str | Path, out: str | Path, rows: int, 
     ids = best.row_ids
     if len(ids) and (ids.min() < 0 or ids.max() >= base.num_rows):
         raise CurateError(f"{scores.path}: scored row {int(ids.max())} is outside {base.path} ({base.num_rows} rows)")
+    if len(ids) and ids.max() >= training_rows(base):
+        raise CurateError(f"{scores.path}: scored row {int(ids.max())} is a held-out row of {base.path} (held out from row "
+                          f"{training_rows(base)}); synthetic rows are never mined from held-out rows")
     vc = vocab_classes(tokenizer)
     motifs = mine_motifs(base.take(ids), ids, best.values, tokenizer, vc)
     with atomic_dir(out) as tmp:

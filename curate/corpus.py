@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.megatron import SHARD_RE, BinReader, find_bin_files, read_idx
@@ -340,8 +342,6 @@ class ParquetCorpus(Corpus):
     format = "parquet"
 
     def __init__(self, path: Path) -> None:
-        import pyarrow.parquet as pq
-
         files = sorted(path.glob("*.parquet"), key=lambda f: natural_key(f.name)) if path.is_dir() else [path]
         if not files:
             raise CurateError(f"{path}: no .parquet files")
@@ -393,8 +393,6 @@ class ParquetCorpus(Corpus):
 
     def _group_rows(self, k: int) -> np.ndarray:
         if self._cache is None or self._cache[0] != k:
-            import pyarrow.compute as pc
-
             fi, g = self._groups[k]
             col = self._files[fi].read_row_group(g, columns=["token_ids"]).column(0).combine_chunks()
             if col.null_count:
@@ -486,3 +484,15 @@ def _open(p: Path) -> Corpus:
     if not p.exists():
         raise CurateError(f"{p}: no such file or folder")
     raise CurateError(f"{p}: not a corpus (expected a .bin/.idx prefix, .npy, .parquet or a corpus folder)")
+
+
+def training_rows(corpus: Corpus) -> int:
+    """The rows training may read: those before the corpus's held-out rows (`heldout_start` in corpus.json), else all.
+    Held-out rows never enter training, an index pool, a neighbour or synthetic source, or a mix."""
+    start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None else None
+    return int(start) if start is not None and 0 < int(start) <= corpus.num_rows else corpus.num_rows
+
+
+def same_corpus(a: Corpus, b: Corpus) -> bool:
+    """Whether two opened corpora are the same files (by resolved path)."""
+    return Path(a.path).resolve() == Path(b.path).resolve()

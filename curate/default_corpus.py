@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from curate.atomic import atomic_dir, write_json
+from curate.atomic import atomic_dir
 from curate.outputs import CORPUS, check_output_folder
-from curate.corpus import METADATA_FILE, CorpusMeta
+from curate.corpus import METADATA_FILE
 from curate.errors import CurateError
+from curate.ingest import ingest_documents
 from curate.minipile import MixtureConfig, copy_pieces, generate_documents
 from curate.tokenize import TextTokenizer
 from curate.tokenize import train_tokenizer as train_bpe
@@ -155,8 +156,6 @@ def build_default_corpus(
     spec: DefaultCorpusSpec | None = None,
 ) -> Path:
     """Build (or reuse) the default corpus folder of `workspace`; returns its path."""
-    from curate.ingest import ingest_documents
-
     spec = spec or default_spec()
     out = default_corpus_dir(Path(workspace))
     wanted = spec.to_json(seed)
@@ -201,21 +200,13 @@ def build_default_corpus(
         if progress and done == total:
             _log(progress, f"{stage}: {total} ({time.perf_counter() - t0:.1f}s)")
 
+    build = {"build": wanted, "heldout_start": spec.train_rows, "heldout_rows": spec.heldout_rows,
+             "domains": "prose latex xml code json table repeat"}
     with atomic_dir(out) as tmp:
         result = ingest_documents(texts, fields, tok, spec.seq_len, tmp, seed=seed, batch_size=spec.batch_size,
-                                  source="minipile", progress=report)
+                                  source="minipile", progress=report, extra_meta=build)
         if result.num_rows != n_docs or result.dropped_tail_tokens != 1:
             raise CurateError(f"default corpus: packing gave {result.num_rows} rows for {n_docs} documents fitted to one row each")
-        meta = CorpusMeta.load(tmp)
-        meta.extra.update(
-            {
-                "build": wanted,
-                "heldout_start": spec.train_rows,
-                "heldout_rows": result.num_rows - spec.train_rows,
-                "domains": "prose latex xml code json table repeat",
-            }
-        )
-        write_json(tmp / METADATA_FILE, meta.to_json())
     _log(progress, f"default corpus: {result.num_rows} rows of {row_len} tokens in {time.perf_counter() - t0:.1f}s -> {out}")
     return out
 

@@ -2,14 +2,13 @@
 
 The folder holds `corpus.bin`/`corpus.idx` (Megatron, rows of seq_len + 1 tokens in training
 order), `rows.parquet` (per-row provenance: the documents in the row and the main document's
-label fields such as `domain`), `tokenizer.json` and `corpus.json` (`CorpusMeta`). It is written
-through `atomic_dir`: a failure leaves no folder behind.
+label fields such as `domain`), `tokenizer.json` and `corpus.json` (`CorpusMeta`), written by the one
+corpus-folder writer (`curate.corpus_folder`) inside `atomic_dir`: a failure leaves no folder behind.
 """
 from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -17,17 +16,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate.atomic import atomic_dir, write_json
+from curate.atomic import atomic_dir
 from curate.outputs import CORPUS, TOKENIZER, check_output_folder
-from curate.corpus import METADATA_FILE, PYTHIA_BATCH_SIZE, CorpusMeta
+from curate.corpus import PYTHIA_BATCH_SIZE, CorpusMeta
+from curate.corpus_folder import CorpusFolderWriter
 from curate.errors import CurateError
-from curate.megatron import MegatronWriter, token_dtype_for_vocab
-from curate.parquet_io import write_table_parquet
+from curate.megatron import token_dtype_for_vocab
 from curate.tokenize import TextTokenizer, load_tokenizer, pack_rows, save_tokenizer_folder, shuffle_rows, train_tokenizer
 
 DATA_PREFIX = "corpus"
 SIDECAR_FILE = "rows.parquet"
-TOKENIZER_FILE = "tokenizer.json"
 SIDECAR_COLUMNS = ("row_id", "step", "packed_row", "doc_id", "first_doc", "last_doc", "num_docs")
 ENCODE_CHUNK_DOCS = 2000
 WRITE_CHUNK_ROWS = 8192
@@ -234,10 +232,12 @@ def ingest_documents(
     progress: ProgressFn | None = None,
     inputs: Sequence[str | Path] = (),
     heldout_rows: int = 0,
+    extra_meta: dict | None = None,
 ) -> IngestResult:
     """Tokenize, pack into rows of seq_len + 1 tokens, shuffle with `seed`, write a corpus folder atomically.
     `heldout_rows`: the last rows (after the shuffle: a random sample) are held out (`heldout_start` in corpus.json):
-    training never reads them, and evaluates its held-out loss and ICL score on them."""
+    training never reads them, and evaluates its held-out loss and ICL score on them. `extra_meta`: more corpus.json
+    fields (the default corpus's build record)."""
     out_dir = Path(out_dir)
     fields = dict(fields or {})
     if seq_len < 1:
@@ -274,26 +274,8 @@ def ingest_documents(
     first, last, main = row_documents(doc_tokens, row_len, num_rows)
     dtype = token_dtype_for_vocab(tok.vocab_size)
 
-    meta = CorpusMeta(
-        data=f"{DATA_PREFIX}.idx",
-        batch_size=int(batch_size),
-        vocab_size=tok.vocab_size,
-        tokenizer=TOKENIZER_FILE,
-        sidecar=SIDECAR_FILE,
-        eot_id=tok.eot_id,
-        extra={
-            "seq_len": int(seq_len),
-            "seed": int(seed),
-            "documents": len(texts),
-            "tokens": num_rows * row_len,
-            "dropped_tail_tokens": total - num_rows * row_len,
-            "source": source,
-            "tokenizer_source": tok.spec,
-            **({"heldout_start": num_rows - heldout_rows} if heldout_rows else {}),
-        },
-    )
     with atomic_dir(out_dir) as tmp:
-        with MegatronWriter(tmp / DATA_PREFIX, dtype) as writer:
+        with CorpusFolderWriter(tmp, DATA_PREFIX, dtype) as writer:
             for a in range(0, num_rows, WRITE_CHUNK_ROWS):
                 writer.add_rows(packed[order[a : a + WRITE_CHUNK_ROWS]])
                 if progress:
@@ -312,13 +294,25 @@ def ingest_documents(
         for name, values in fields.items():
             column = name if name not in SIDECAR_COLUMNS else f"doc.{name}"
             sidecar[column] = _label_array(name, [values[int(d)] for d in main_sorted])
-        write_table_parquet(tmp / SIDECAR_FILE, sidecar, metadata={"batch_size": batch_size})
-        spec_path = Path(tok.spec)
-        if spec_path.is_file():
-            shutil.copyfile(spec_path, tmp / TOKENIZER_FILE)
-        else:
-            tok.tok.save(str(tmp / TOKENIZER_FILE))
-        write_json(tmp / METADATA_FILE, meta.to_json())
+        writer.write_sidecar(SIDECAR_FILE, sidecar, metadata={"batch_size": batch_size})
+        meta = writer.write_meta(
+            batch_size=batch_size,
+            vocab_size=tok.vocab_size,
+            tokenizer=writer.write_tokenizer(tok.spec, tok),
+            sidecar=SIDECAR_FILE,
+            eot_id=tok.eot_id,
+            extra={
+                "seq_len": int(seq_len),
+                "seed": int(seed),
+                "documents": len(texts),
+                "tokens": num_rows * row_len,
+                "dropped_tail_tokens": total - num_rows * row_len,
+                "source": source,
+                "tokenizer_source": tok.spec,
+                **({"heldout_start": num_rows - heldout_rows} if heldout_rows else {}),
+                **(extra_meta or {}),
+            },
+        )
     return IngestResult(out_dir, meta, num_rows, len(texts), num_rows * row_len, total - num_rows * row_len)
 
 

@@ -9,9 +9,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from curate.amounts import parse_amount
+from curate.augment.index import IndexParams, build_index
+from curate.augment.mix import build_mix
+from curate.corpus import open_corpus, training_rows
 from curate.errors import CurateError
 from curate.attribution.scores_folder import Window
+from curate.pipelines.arms import ARMS, ArmRun, mix_folder, run_folder, run_key
 from curate.pipelines.experiment_setting import Setting, abs_path
+from curate.training.trainer import TrainSpec, stored_spec
 
 Log = Callable[[str], None]
 
@@ -20,6 +26,15 @@ POOL_PER_ADDED = 10  # ... or 10 per added row, whichever is more (and never int
 
 
 # --------------------------------------------------------------------------- arm length and pools
+
+
+def default_arm_steps(window_start: int, window_end: int, eval_every: int, run_steps: int | None) -> int:
+    """How long an arm trains unless told: to the window's end plus the window's length rounded up to whole
+    evaluation intervals (room for a delay up to the window's length), at most the scored run's length. The
+    experiment's arms and the train command `build-mix` prints both use it (the default: 1,700 + 1,700 = 3,400)."""
+    every = max(1, eval_every)
+    steps = window_end + math.ceil((window_end - window_start) / every) * every
+    return min(steps, run_steps) if run_steps else steps
 
 
 @dataclass
@@ -33,9 +48,6 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-    from curate.amounts import parse_amount
-    from curate.corpus import open_corpus
-
     b = s.baseline
     window_rows = (window.end_step - window.start_step) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
@@ -47,7 +59,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     if start is not None:
         limit = int(start)
     elif heldout:
-        limit = corpus.num_rows
+        limit = training_rows(corpus)  # a separate held-out corpus: every row but the corpus's own held-out rows, if any
     else:
         limit = corpus.num_rows - int(run_json.get("spec", {}).get("heldout_rows", 64) if run_json else 64)
     extra = n_remove if uses_remove else 0
@@ -59,11 +71,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
             raise CurateError(f"steps {steps}: the arms would read past row {limit} of {b.corpus} (held-out rows or the "
                               f"end); at most {cap} steps")
     else:
-        span = window.end_step - window.start_step
-        every = max(1, s.eval_every)
-        steps = window.end_step + math.ceil(span / every) * every  # room for a delay up to the window's length
-        if run_json:
-            steps = min(steps, int(run_json["spec"]["steps"]))
+        steps = default_arm_steps(window.start_step, window.end_step, s.eval_every, int(run_json["spec"]["steps"]) if run_json else None)
         if steps > cap:
             notes.append(f"arms stop at step {cap} (the corpus's rows before the held-out rows run out)")
             steps = cap
@@ -82,7 +90,6 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
     """The FAISS index of the neighbour pool (rows no arm trains on), built once into EXP/pool-index."""
     if "augment-neighbors" not in s.arms or plan.pool is None:
         return None
-    from curate.augment.index import IndexParams, build_index
 
     folder = s.out / "pool-index"
     meta = folder / "index.json"
@@ -114,8 +121,6 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
-    from curate.pipelines.arms import ArmRun, run_folder, run_key
-    from curate.training.trainer import TrainSpec, stored_spec
 
     runs = []
     for arm in s.arms:
@@ -154,8 +159,6 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
 def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
     """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
     folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
-    from curate.augment.mix import build_mix
-    from curate.pipelines.arms import ARMS, mix_folder
 
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []

@@ -44,8 +44,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from curate.corpus import Corpus, open_corpus
+from curate.corpus import Corpus, open_corpus, training_rows
 from curate.errors import CurateError
 
 PLAN_VERSION = 1
@@ -147,8 +148,6 @@ def read_row_ids(path: Path, what: str) -> np.ndarray:
         elif path.suffix == ".json":
             ids = np.asarray(json.loads(path.read_text()))
         elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             table = pq.read_table(path)
             if "row_id" not in table.column_names:
                 raise CurateError(f"{path}: no 'row_id' column (columns: {', '.join(table.column_names)})")
@@ -314,12 +313,6 @@ def with_epochs(plan: TrainingPlan, epochs: int | None, seed: int) -> TrainingPl
     if epochs > 1 and seed < 0:
         raise CurateError(f"the epochs are shuffled with the run's seed, which must not be negative (got {seed})")
     return replace(plan, epochs=int(epochs), epoch_seed=int(seed) if epochs > 1 else 0)
-
-
-def training_rows(base: Corpus) -> int:
-    """The rows a pass may train on: those before the corpus's held-out rows (`heldout_start`), else all."""
-    start = base.meta.extra.get("heldout_start") if base.meta is not None else None
-    return int(start) if start is not None and 0 < int(start) <= base.num_rows else base.num_rows
 
 
 def epoch_rows(plan: TrainingPlan, base: Corpus) -> int:

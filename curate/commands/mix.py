@@ -3,16 +3,27 @@ synthetic motif rows, and the checksum check of either."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from curate.augment.checksums import verify_folder
+from curate.augment.mix_spec import MixSpec, default_slug
 from curate.commands.options import command, save_config
+from curate.commands.train import ARCHITECTURE_OPTIONS
+from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.options import arg, opt, workspace_opt
+from curate.training.plan import epoch_steps, load_plan, with_epochs
 from curate.workspace import mixes_dir, resolve_workspace
+
+# Imported inside the functions that use them: curate.attribution.scores_folder, curate.augment.mix/.synth and
+# curate.pipelines.arm_plan load torch and faiss (measured 3-6 s on the 2-core machine), which every `curate`
+# start would otherwise pay for, `curate --help` included.
 
 
 @dataclass
@@ -33,8 +44,6 @@ class BuildMixOptions:
 
     def spec(self):
         """The MixSpec of these options (its fields by name)."""
-        from curate.augment.mix import MixSpec
-
         names = {f.name for f in dataclasses.fields(MixSpec)}
         return MixSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names})
 
@@ -43,17 +52,21 @@ class BuildMixOptions:
 
 
 def build_mix_command(o: BuildMixOptions) -> None:
-    """Write the window's rows in a new order (top rows removed and/or rows added) as .bin/.idx + provenance + plan."""
+    """Write the window's rows in a new order (top rows removed and/or rows added) as .bin/.idx + provenance + plan.
+
+    Prints the `curate train` command that trains the arm as `curate experiment` trains its arms: the scored run's
+    shape, seed and evaluation interval, until the window's end plus the window's length (at most the scored run's
+    length; on the default: window 0-1,700, step 3,400, past the step where the head forms), and `curate verify`."""
     from curate.attribution.scores_folder import open_scores
-    from curate.augment.mix import build_mix, default_slug
+    from curate.augment.mix import build_mix
 
     spec = o.spec()
     out = o.out
     if out is None:
         circuit = open_scores(o.scores).summary.get("circuit") or "scores"
         out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(spec)}"
-    result = build_mix(o.scores, out, spec)
-    save_config(result.out, "build-mix", o)
+    # command.json is written into the folder before its manifest, so the manifest lists it and `curate verify` checks it
+    result = build_mix(o.scores, out, spec, before_manifest=lambda folder: save_config(folder, "build-mix", o))
     c = result.counts
     reasons = ", ".join(f"{k} {v:,}" for k, v in c["by_reason"].items())
     typer.echo(
@@ -65,21 +78,23 @@ def build_mix_command(o: BuildMixOptions) -> None:
 
 
 def retrain_command(scores: Path, result) -> str:
-    """A `curate train` command line that trains the mix's arm: its plan, at the scored run's batch size, with the
-    scored run's architecture flags and epochs when its run folder records them, for as many steps as the plan
-    holds rows (one epoch) or as many epochs as the scored run, into a folder beside the mix."""
-    import json
-    import shlex
-
+    """A `curate train` command line that trains the mix's arm as `curate experiment` trains its arms: its plan, at
+    the scored run's batch size, with the scored run's architecture flags, seed, evaluation interval and epochs when
+    its run folder records them, until the experiment's arm length (`default_arm_steps`: the window's end plus the
+    window's length, at most the scored run's length; fewer when the plan's rows run out first), into a folder
+    beside the mix."""
     from curate.attribution.scores_folder import open_scores
-    from curate.commands.train import ARCHITECTURE_OPTIONS
+    from curate.pipelines.arm_plan import default_arm_steps
+    from curate.training.trainer import TrainSpec
 
     summary = open_scores(scores).summary
     window = result.manifest.get("window", {}) if isinstance(result.manifest, dict) else {}
     batch = int(summary.get("batch_size") or window.get("batch_size") or 0)
-    start = int((summary.get("window") or [0])[0])
+    start = int(window.get("start_step", (summary.get("window") or [0])[0]))
+    end = int(window.get("end_step", start + int(result.counts["rows"]) // max(batch, 1)))
     out = result.out.parent / f"{result.out.name}-run"
-    args = ["curate", "train", "--plan", str(result.out / "plan.json")]
+    plan_file = result.out / "plan.json"
+    args = ["curate", "train", "--plan", str(plan_file)]
     spec: dict = {}
     checkpoint = summary.get("checkpoint")
     if checkpoint:
@@ -95,10 +110,19 @@ def retrain_command(scores: Path, result) -> str:
     if batch:
         args += ["--batch-size", str(batch)]
     epochs = int(spec.get("epochs") or 1)
+    seed = int(spec.get("seed", 0))
     if epochs > 1:
-        args += ["--epochs", str(epochs), "--seed", str(spec.get("seed", 0))]
-    elif batch:
-        args += ["--steps", str(start + int(result.counts["rows"]) // batch)]
+        args += ["--epochs", str(epochs)]
+    if spec.get("seed") is not None or epochs > 1:
+        args += ["--seed", str(seed)]
+    eval_every = int(spec.get("eval_every") or TrainSpec.eval_every)
+    if spec.get("eval_every") is not None:
+        args += ["--eval-every", str(eval_every)]
+    if batch:
+        steps = default_arm_steps(start, end, eval_every, int(spec["steps"]) if spec.get("steps") else None)
+        plan = with_epochs(load_plan(plan_file), epochs, seed)
+        available = epoch_steps(plan, open_corpus(plan.corpus), batch) if plan.corpus else steps
+        args += ["--steps", str(min(steps, available))]
     args += ["--out", str(out)]
     return shlex.join(args)
 
@@ -140,8 +164,6 @@ class VerifyOptions:
 
 def verify_command(o: VerifyOptions) -> None:
     """Recheck every checksum in the folder's manifest.json (outputs, and inputs unless --outputs-only)."""
-    from curate.augment.checksums import verify_folder
-
     problems, checks = verify_folder(o.folder, check_inputs=not o.outputs_only)
     if problems:
         for line in problems[:-1]:
