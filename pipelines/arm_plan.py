@@ -9,9 +9,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from curate.amounts import parse_amount
+from curate.augment.index import IndexParams, build_index
+from curate.augment.mix import build_mix
+from curate.corpus import open_corpus
 from curate.errors import CurateError
+from curate.pipelines.arms import ARMS, ArmRun, mix_folder, run_folder, run_key
 from curate.pipelines.attribution_window import Window
-from curate.pipelines.experiment_setting import Setting, abs_path
+from curate.pipelines.experiment_setting import Setting, abs_path, run_numerics
+from curate.training.presets import weights_training_fields
+from curate.training.trainer import TrainSpec, stored_spec
 
 Log = Callable[[str], None]
 
@@ -33,9 +40,6 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-    from curate.amounts import parse_amount
-    from curate.corpus import open_corpus
-
     b = s.baseline
     window_rows = (window.end - window.start) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
@@ -82,8 +86,6 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
     """The FAISS index of the neighbour pool (rows no arm trains on), built once into EXP/pool-index."""
     if "augment-neighbors" not in s.arms or plan.pool is None:
         return None
-    from curate.augment.index import IndexParams, build_index
-
     folder = s.out / "pool-index"
     meta = folder / "index.json"
     if meta.is_file():
@@ -114,9 +116,6 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
-    from curate.pipelines.arms import ArmRun, run_folder, run_key
-    from curate.training.trainer import TrainSpec, stored_spec
-
     runs = []
     for arm in s.arms:
         for seed in s.seeds:
@@ -125,13 +124,14 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
             if s.baseline.mode == "external":
                 o = s.opts
                 init_from, revision = s.baseline.checkpoint(f"step{window.start}")
+                assert s.baseline.model is not None
+                given = {name: getattr(o, name) for name in ("lr", "warmup_steps", "schedule_steps") if getattr(o, name) is not None}
                 spec = TrainSpec(
+                    **{**weights_training_fields(s.baseline.model), **given},
                     corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start, plan=plan_path,
                     steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.eval_every,
-                    lr=o.lr if o.lr is not None else TrainSpec.lr,
-                    warmup_steps=o.warmup_steps if o.warmup_steps is not None else TrainSpec.warmup_steps,
-                    schedule_steps=o.schedule_steps, checkpoints=o.arm_checkpoints, threads=1, device=o.device,
-                    induction_threshold=s.threshold, prev_token_threshold=s.threshold,
+                    checkpoints=o.arm_checkpoints, threads=1, device=o.device,
+                    induction_threshold=s.threshold, prev_token_threshold=s.threshold, **run_numerics(o),
                 )
             else:
                 base = stored_spec(run_json, Path(s.baseline.run_dir))  # type: ignore[arg-type]
@@ -139,6 +139,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     corpus=s.baseline.corpus, heldout=abs_path(base.heldout) if base.heldout else None, plan=plan_path,
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
+                    **run_numerics(s.opts),
                 )
                 if window.start == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],
@@ -154,9 +155,6 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
 def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
     """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
     folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
-    from curate.augment.mix import build_mix
-    from curate.pipelines.arms import ARMS, mix_folder
-
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()

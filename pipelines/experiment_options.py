@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
 
 DEFAULT_ARM_CHECKPOINTS = "every:1000"
@@ -40,9 +41,9 @@ class ExperimentOptions:
     baseline_steps: int | None = opt(None, "--baseline-steps", help="Length of an own baseline run (default 3000; --quick: 300).", show_default=False)
     batch_size: int | None = opt(None, "--batch-size", help="Rows per step (default: the corpus's; --quick: half of it).", show_default=False)
     eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100; --quick: 25).", show_default=False)
-    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3).", show_default=False)
-    warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100).", show_default=False)
-    schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; external model: the arms' length).", show_default=False)
+    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3; an external Pythia model: its published one, training/presets.py).", show_default=False)
+    warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100; an external Pythia model: its published 1,430).", show_default=False)
+    schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; an external Pythia model: its published 143,000 steps; another external model: the arms' length).", show_default=False)
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
     methods: str | None = opt(None, "--methods", help="Scoring methods compared by remove-top / augment-top arms: mda plus any of gradient-dot, copy-share (default: mda,gradient-dot,copy-share; --quick: mda). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
@@ -52,6 +53,8 @@ class ExperimentOptions:
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)
     workers: int | None = opt(None, "--workers", help="Parallel runs (Ray workers, one torch thread each; default: one per CPU).", show_default=False)
     device: str = opt("cpu", "--device", help="cpu or cuda.")
+    micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward in every run the experiment trains (the arms, an own baseline); gradients are accumulated over the step, so a step still sees the whole batch (default: the whole batch at once).", show_default=False)
+    precision: str | None = opt(None, "--precision", help="Forward precision of every run the experiment trains: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).", show_default=False)
     out: Path | None = opt(None, "--out", help="Experiment folder (default: WORKSPACE/experiments/CIRCUIT[-quick][-scales]).", show_default=False)
     workspace: Path | None = workspace_opt()
     progress: bool = True
@@ -161,7 +164,9 @@ def check_options(opts: ExperimentOptions) -> None:
             if arm not in arms:
                 raise option_error(opts, "rerun", f"{arm}: not one of the arms run ({', '.join(arms)})")
     check_positive(opts, "seeds", "steps", "baseline_steps", "batch_size", "eval_every", "workers", "fit_rows",
-                   "schedule_steps", "motif_rows")
+                   "schedule_steps", "motif_rows", "micro_batch")
+    with named(opts, "precision"):
+        autocast_of(opts.precision)
     if opts.first_seed < 0:
         raise option_error(opts, "first_seed", f"must be >= 0 (got {opts.first_seed})")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:
