@@ -115,7 +115,15 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
-    """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
+    """The run of every (arm, seed): its TrainSpec (`arm_train_specs`) and its key (the mixes must be built)."""
+    return [ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, run_key(spec))
+            for arm, seed, spec in arm_train_specs(s, window, plan, run_json, mixes)]
+
+
+def arm_train_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict,
+                    mixes: dict[tuple[str, int], Path | None]) -> list[tuple[str, int, TrainSpec]]:
+    """(arm, seed, TrainSpec) of every (arm, seed), with absolute paths (Ray workers may run elsewhere); the mixes'
+    plan.json files need not exist yet."""
     runs = []
     for arm in s.arms:
         for seed in s.seeds:
@@ -148,7 +156,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     changes.update(init_from=abs_path(s.baseline.run_dir), revision=f"step{window.start}", init_state=True,  # type: ignore[arg-type]
                                    model_config=None, seed=base.seed)
                 spec = replace(base, **changes)
-            runs.append(ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, run_key(spec)))
+            runs.append((arm, seed, spec))
     return runs
 
 

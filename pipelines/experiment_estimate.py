@@ -26,8 +26,8 @@ import torch
 
 from curate.corpus import open_corpus
 from curate.errors import CurateError
-from curate.pipelines.arm_plan import ArmPlan, arm_specs, plan_arms
-from curate.pipelines.arms import ARMS, ArmRun, is_finished, mix_folder, run_key
+from curate.pipelines.arm_plan import ArmPlan, arm_train_specs, plan_arms
+from curate.pipelines.arms import ARMS, ArmRun, is_finished, mix_folder, run_folder, run_key
 from curate.pipelines.attribution_window import Window, choose_window, finished_baseline, score_job
 from curate.pipelines.experiment_options import ExperimentOptions, command_line
 from curate.pipelines.experiment_setting import Log, Setting, abs_path, resolve_setting
@@ -84,18 +84,15 @@ def planned_runs(s: Setting, window: Window, plan: ArmPlan, run_json: dict) -> t
     seed-independent arm shares one mix over the seeds), so runs that `dedupe` would merge are merged here too."""
     mixes = {(arm, seed): mix_folder(s.out / "mixes", arm, seed) if ARMS[arm].remove or ARMS[arm].augment else None
              for arm in s.arms for seed in s.seeds}
-    runs = arm_specs(s, window, plan, run_json, mixes)  # type: ignore[arg-type]
+    runs: list[ArmRun] = []
     todo: dict[str, ArmRun] = {}
-    for r in runs:
-        spec = r.spec
-        built = spec.plan is not None and Path(spec.plan).is_file()  # type: ignore[attr-defined]
-        if spec.plan is None or built:  # type: ignore[attr-defined]
-            key = run_key(spec)
-            if is_finished(r.out_dir, key):
-                continue
-        else:
-            key = run_key(replace(spec, plan=None)) + f"|{spec.plan}"  # type: ignore[type-var, attr-defined]
-        todo.setdefault(key, r)
+    for arm, seed, spec in arm_train_specs(s, window, plan, run_json, mixes):
+        built = spec.plan is None or Path(str(spec.plan)).is_file()
+        key = run_key(spec) if built else run_key(replace(spec, plan=None)) + f"|{spec.plan}"
+        run = ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, key)
+        runs.append(run)
+        if not (built and is_finished(run.out_dir, key)):
+            todo.setdefault(key, run)
     return runs, list(todo.values())
 
 

@@ -55,7 +55,7 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
         if as_json:
             print(json.dumps(plan, indent=2, sort_keys=True, default=str))
         else:
-            _print_dry_run(plan)
+            print_dry_run(plan)
         return
     if scales:
         from curate.pipelines.scales import run_scales  # torch: see above
@@ -73,10 +73,12 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2f} s"
     return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h ({seconds:,.0f} s)"
 
 
-def _print_dry_run(plan: dict) -> None:
+def print_dry_run(plan: dict) -> None:
     """The dry run: the plan, the calibration and the estimated time."""
     w, steps = plan["window"], plan["arm_steps"]
     baseline = plan["baseline"]
