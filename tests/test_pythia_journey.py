@@ -154,10 +154,11 @@ def test_an_arm_with_micro_batches_matches_curate_train_on_the_whole_batch(journ
     work = journey["work"]
     curate(work, "train", "--from", journey["model"] / f"step{START}", "--corpus", journey["corpus"], "--start-step", START,
            "--steps", ARM_STEPS, "--eval-every", 2, "--checkpoints", "none", "--out", "full", "--quiet")
+    assert json.loads((work / "full" / "run.json").read_text())["spec"]["weight_decay"] == 0.1  # Pythia's, as the arms'
     whole = load_model(work / "full", f"step{ARM_STEPS}")
     accumulated = load_model(work / "exp" / "arms" / "baseline" / "seed0", f"step{ARM_STEPS}")
     start = load_model(journey["model"], f"step{START}")
-    moved = max(float((a - b).abs().max()) for a, b in zip(whole.parameters(), start.parameters()))
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(whole.parameters(), start.parameters()))
     assert moved > 1e-6  # the runs trained
     for a, b in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
