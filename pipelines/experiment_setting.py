@@ -13,7 +13,8 @@ from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.paths import resolve_stored
 from curate.pipelines.arms import ARMS, method_arm_names, parse_arms
-from curate.pipelines.experiment_options import DEFAULT_SCORE_CHECKPOINTS, ExperimentOptions, check_options, chosen_methods
+from curate.pipelines.experiment_options import (DEFAULT_SCORE_CHECKPOINTS, DEFAULT_SEEDS, QUICK_BASELINE_STEPS, QUICK_EVAL_EVERY,
+                                                ExperimentOptions, check_options, chosen_methods)
 from curate.pipelines.score_request import parse_window
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import CHECKPOINTS_DIR, HUB_NAME_RE, RUN_FILE, load_config_file
@@ -24,9 +25,6 @@ from curate.workspace import default_corpus_dir, experiments_dir, resolve_worksp
 
 Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
-QUICK_BASELINE_STEPS = 300
-QUICK_EVAL_EVERY = 25
-DEFAULT_SEEDS = 3
 QUICK_CANNOT_FORM = (
     "--quick checks that the pipeline runs end to end; it cannot test the effects: its 300-step baseline at half the "
     "batch is far short of where the default model's induction head forms (about step 1,700 at batch 32 in the "

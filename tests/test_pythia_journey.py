@@ -162,3 +162,12 @@ def test_an_arm_with_micro_batches_matches_curate_train_on_the_whole_batch(journ
     assert moved > 1e-6  # the runs trained
     for a, b in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_experiment_help_offers_pythias_batch_on_one_gpu(tmp_path) -> None:
+    """The help names --micro-batch, --precision and --dry-run in the Pythia recipe, and no count or limit the code
+    does not have (the plan's counts come from --dry-run)."""
+    text = " ".join(curate(tmp_path, "experiment", "--help").stdout.split())
+    assert "--micro-batch M --precision bf16" in text and "--dry-run" in text
+    for stale in ("no gradient accumulation", "runs fp32", "21 arm runs", "seven arms"):
+        assert stale not in text
