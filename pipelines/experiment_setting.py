@@ -39,7 +39,6 @@ QUICK_CANNOT_FORM = (
 @dataclass
 class Baseline:
     """Where the arms start from and what they copy."""
-
     mode: str  # reference / own / run / external
     corpus: str  # absolute path of the training corpus
     batch_size: int
@@ -58,7 +57,6 @@ class Baseline:
         return self.model, revision
 
     def run_json(self) -> dict:
-
         assert self.run_dir is not None
         return json.loads((self.run_dir / RUN_FILE).read_text())
 
@@ -66,7 +64,6 @@ class Baseline:
 @dataclass
 class Setting:
     """Everything resolved from the options before the long work starts."""
-
     opts: ExperimentOptions
     circuit: object  # attribution.circuits.Circuit
     ws: Path
@@ -103,8 +100,6 @@ def run_numerics(opts: ExperimentOptions) -> dict:
     return out
 
 
-
-
 def _baseline_options(opts: ExperimentOptions) -> dict:
     """The options that shape a baseline trained here (meaningless with a finished run as the baseline), by field name."""
     names = ("baseline_steps", "batch_size", "eval_every", "lr", "warmup_steps", "schedule_steps")
@@ -117,20 +112,17 @@ def _own_mode(opts: ExperimentOptions) -> bool:
 
 
 def _is_run_folder(spec: str) -> bool:
-
     p = Path(spec).expanduser()
     return p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir())
 
 
 def default_out(opts: ExperimentOptions, ws: Path) -> Path:
-
     name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
     return experiments_dir(ws) / name
 
 
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     """Resolve the baseline, seeds, arms and thresholds; opens files but writes nothing."""
-
     check_options(opts)
     circuit = get_circuit(opts.circuit)
     ws = resolve_workspace(opts.workspace)
@@ -229,7 +221,6 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
 
 def identity_of(s: Setting) -> dict:
     """What decides the experiment's runs (not which arms/seeds run, nor how many workers)."""
-
     o = s.opts
     scoring = {}  # the MDA scores' trajectory options, recorded when scoring uses them (one-checkpoint folders keep their identity)
     if s.score_checkpoints is not None:
@@ -270,7 +261,6 @@ def identity_of(s: Setting) -> dict:
 def _run_identity(run_dir: Path, out: Path) -> str:
     """A baseline run named so a moved workspace keeps it: inside the experiment by its relative path, else by
     its recorded spec hash (by its path when it has none)."""
-
     run_dir = Path(run_dir)
     if run_dir.resolve().is_relative_to(Path(out).resolve()):
         return str(run_dir.resolve().relative_to(Path(out).resolve()))
