@@ -22,6 +22,10 @@ class ExportFormat(str, enum.Enum):
     megatron = "megatron"
     parquet = "parquet"
     npy = "npy"
+    megatron_order = "megatron-order"  # not rows: megatron-core's index cache that reads a Megatron file in row order
+
+
+ROW_FORMATS = (ExportFormat.megatron, ExportFormat.parquet, ExportFormat.npy)
 
 
 def megatron_prefix(out: Path) -> Path:
@@ -56,6 +60,8 @@ def export_rows(corpus: Corpus, fmt: ExportFormat, out: Path, start: int, stop: 
                 progress: Callable[[int], None] | None = None) -> list[Path]:
     """Stream rows [start, stop) of `corpus` into `out` (atomically); returns the files written.
     `progress(n)` is called with the number of rows of each chunk written."""
+    if fmt not in ROW_FORMATS:
+        raise ValueError(f"{fmt.value}: not a row format (curate.megatron_order writes that one)")
     advance = progress or (lambda n: None)
     targets = export_targets(fmt, out)
     sources = {f.resolve() for f in corpus.files}

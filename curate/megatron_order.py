@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,13 @@ from curate.megatron import read_idx
 DATASET_CLASS = "GPTDataset"
 SPLIT_NAME = "train"
 ORDER_JSON = "curate-megatron-order.json"
+MEGATRON_DEFAULT_SEED = 1234
+"""Megatron-LM's default `--seed`."""
+TRAIN_SPLIT = "100,0,0"
+NULL_TOKENIZER = "null"
+NULL_TOKENIZER_IDENTIFIERS = {"class": "megatron.core.tokenizers.text.libraries.null_tokenizer.NullTokenizer"}
+"""`unique_identifiers` of megatron-core's NullTokenizer (Megatron-LM `--tokenizer-type NullTokenizer`), as megatron-core
+0.16.1 has them (tests/test_megatron_order.py checks them against the installed one)."""
 
 
 def _split_matrix(split: str | None) -> list[Any] | None:
@@ -164,3 +172,38 @@ def write_megatron_order(
     }
     write_json(Path(out_cache_dir) / ORDER_JSON, summary)
     return summary
+
+
+def tokenizer_identifiers(spec: str) -> dict[str, Any]:
+    """The `unique_identifiers` of the job's tokenizer: `null` (megatron-core's NullTokenizer), or a JSON file holding
+    the job tokenizer's `unique_identifiers` (megatron hashes them into the cache's name)."""
+    if spec == NULL_TOKENIZER:
+        return dict(NULL_TOKENIZER_IDENTIFIERS)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise CurateError(f"{spec!r}: neither {NULL_TOKENIZER!r} nor a JSON file of the tokenizer's unique_identifiers")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CurateError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(raw, dict) or "class" not in raw:
+        raise CurateError(f"{path}: expected a JSON object of a megatron-core tokenizer's unique_identifiers (with 'class')")
+    return raw
+
+
+def megatron_job_flags(summary: Mapping[str, Any], global_batch: int | None, train_iters: int | None,
+                       tokenizer: str, vocab_size: int | None) -> list[str]:
+    """The Megatron-LM flags that make a job build the dataset `write_megatron_order` wrote the order of (`summary`)."""
+    cfg = summary["gpt_dataset_config"]
+    flags = ["--data-path", cfg["blend"][0][0], "--split", str(cfg["split"]), "--seq-length", str(cfg["sequence_length"]),
+             "--data-cache-path", str(cfg["path_to_cache"]), "--seed", str(cfg["random_seed"])]
+    if global_batch is not None and train_iters is not None:
+        flags += ["--global-batch-size", str(global_batch), "--train-iters", str(train_iters)]
+    flags += ["--dataloader-type", "single"]
+    if tokenizer == NULL_TOKENIZER:
+        flags += ["--tokenizer-type", "NullTokenizer"] + (["--vocab-size", str(vocab_size)] if vocab_size else [])
+    return flags
+
+
+def flags_line(flags: list[str]) -> str:
+    return shlex.join(flags)

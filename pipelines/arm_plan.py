@@ -16,7 +16,8 @@ from curate.corpus import open_corpus, training_rows
 from curate.errors import CurateError
 from curate.attribution.scores_folder import Window
 from curate.pipelines.arms import ARMS, ArmRun, mix_folder, run_folder, run_key
-from curate.pipelines.experiment_setting import Setting, abs_path
+from curate.pipelines.experiment_setting import Setting, abs_path, run_numerics
+from curate.training.presets import weights_training_fields
 from curate.training.trainer import TrainSpec, stored_spec
 
 Log = Callable[[str], None]
@@ -90,7 +91,6 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
     """The FAISS index of the neighbour pool (rows no arm trains on), built once into EXP/pool-index."""
     if "augment-neighbors" not in s.arms or plan.pool is None:
         return None
-
     folder = s.out / "pool-index"
     meta = folder / "index.json"
     if meta.is_file():
@@ -120,8 +120,15 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
-    """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
+    """The run of every (arm, seed): its TrainSpec (`arm_train_specs`) and its key (the mixes must be built)."""
+    return [ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, run_key(spec))
+            for arm, seed, spec in arm_train_specs(s, window, plan, run_json, mixes)]
 
+
+def arm_train_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict,
+                    mixes: dict[tuple[str, int], Path | None]) -> list[tuple[str, int, TrainSpec]]:
+    """(arm, seed, TrainSpec) of every (arm, seed), with absolute paths (Ray workers may run elsewhere); the mixes'
+    plan.json files need not exist yet."""
     runs = []
     for arm in s.arms:
         for seed in s.seeds:
@@ -130,13 +137,14 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
             if s.baseline.mode == "external":
                 o = s.opts
                 init_from, revision = s.baseline.checkpoint(f"step{window.start_step}")
+                assert s.baseline.model is not None
+                given = {name: getattr(o, name) for name in ("lr", "warmup_steps", "schedule_steps") if getattr(o, name) is not None}
                 spec = TrainSpec(
+                    **{**weights_training_fields(s.baseline.model), **given},
                     corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start_step, plan=plan_path,
                     steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.eval_every,
-                    lr=o.lr if o.lr is not None else TrainSpec.lr,
-                    warmup_steps=o.warmup_steps if o.warmup_steps is not None else TrainSpec.warmup_steps,
-                    schedule_steps=o.schedule_steps, checkpoints=o.arm_checkpoints, threads=1, device=o.device,
-                    induction_threshold=s.threshold, prev_token_threshold=s.threshold,
+                    checkpoints=o.arm_checkpoints, threads=1, device=o.device,
+                    induction_threshold=s.threshold, prev_token_threshold=s.threshold, **run_numerics(o),
                 )
             else:
                 base = stored_spec(run_json, Path(s.baseline.run_dir))  # type: ignore[arg-type]
@@ -144,6 +152,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     corpus=s.baseline.corpus, heldout=abs_path(base.heldout) if base.heldout else None, plan=plan_path,
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
+                    **run_numerics(s.opts),
                 )
                 if window.start_step == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],
@@ -152,14 +161,13 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     changes.update(init_from=abs_path(s.baseline.run_dir), revision=f"step{window.start_step}", init_state=True,  # type: ignore[arg-type]
                                    model_config=None, seed=base.seed)
                 spec = replace(base, **changes)
-            runs.append(ArmRun(arm, seed, run_folder(s.out / "arms", arm, seed), spec, run_key(spec)))
+            runs.append((arm, seed, spec))
     return runs
 
 
 def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
     """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
     folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
-
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()

@@ -32,6 +32,13 @@ def prepare_baseline(s: Setting, log: Log) -> dict:
         assert b.run_dir is not None and b.own_spec is not None
         log(f"baseline: {b.run_dir}")
         train(b.own_spec, b.run_dir, progress=s.opts.progress, resume=True)  # type: ignore[arg-type]
+    return finished_baseline(s)
+
+
+def finished_baseline(s: Setting) -> dict:
+    """The baseline run's run.json once it is trained (empty for an external model), its batch size and evaluation
+    interval taken into the setting; an unfinished run is an error."""
+    b = s.baseline
     if b.run_dir is None:
         return {}
     raw = b.run_json()

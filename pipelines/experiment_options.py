@@ -9,9 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
 
 DEFAULT_ARM_CHECKPOINTS = "every:1000"
+DEFAULT_SEEDS = 3
+QUICK_BASELINE_STEPS = 300
+QUICK_EVAL_EVERY = 25
 DEFAULT_SCORE_CHECKPOINTS = "auto"
 """The MDA scores of an experiment on a curate run: trajectory scores summed over up to 4 checkpoints of the window,
 the variant the development-seed study (seeds 100-102, bench/RESULTS.md) chose over one checkpoint, segment and qk."""
@@ -25,7 +29,7 @@ class ExperimentOptions:
     quick: bool = opt(False, "--quick", help="Reduced run for smoke tests: one seed, a short own baseline, all arms.")
     k: str = opt("10%", "--k", help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")
     augment: str = opt("2%", "--augment", help="Rows added: a share of the window (2%), a fraction or a count.")
-    seeds: int | None = opt(None, "--seeds", help="Seeds per arm (default 3; --quick: 1).", show_default=False)
+    seeds: int | None = opt(None, "--seeds", help=f"Seeds per arm (default {DEFAULT_SEEDS}; --quick: 1).", show_default=False)
     first_seed: int = opt(0, "--first-seed", help="The seeds are FIRST..FIRST+N-1 (e.g. 100 with --seeds 3 for development seeds 100-102, kept apart from the reported seeds 0-5). Seed 0 is the scored run's own initialisation.")
     arms: str | None = opt(None, "--arms", help="Comma-separated arms to run (default: all; the baseline always runs).", show_default=False)
     rerun: str | None = opt(None, "--rerun", help="Discard these arms' runs and mixes and train them again.", show_default=False)
@@ -37,12 +41,12 @@ class ExperimentOptions:
     model: str | None = opt(None, "--model", help="A finished curate run folder, or an external model (hub name / folder of stepK/) with --corpus and --window.", show_default=False)
     revision: str | None = opt(None, "--revision", help="Checkpoint stepK to score at (default: the window's end).", show_default=False)
     config: str | None = opt(None, "--config", help="GPT-NeoX config JSON of an own baseline model (default: the embedded default model).", show_default=False)
-    baseline_steps: int | None = opt(None, "--baseline-steps", help="Length of an own baseline run (default 3000; --quick: 300).", show_default=False)
+    baseline_steps: int | None = opt(None, "--baseline-steps", help=f"Length of an own baseline run (default 3000; --quick: {QUICK_BASELINE_STEPS}).", show_default=False)
     batch_size: int | None = opt(None, "--batch-size", help="Rows per step (default: the corpus's; --quick: half of it).", show_default=False)
-    eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100; --quick: 25).", show_default=False)
-    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3).", show_default=False)
-    warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100).", show_default=False)
-    schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; external model: the arms' length).", show_default=False)
+    eval_every: int | None = opt(None, "--eval-every", help=f"Evaluate every K steps (default 100; --quick: {QUICK_EVAL_EVERY}).", show_default=False)
+    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3; an external Pythia model: its published one, training/presets.py).", show_default=False)
+    warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100; an external Pythia model: its published 1,430).", show_default=False)
+    schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; an external Pythia model: its published 143,000 steps; another external model: the arms' length).", show_default=False)
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
     methods: str | None = opt(None, "--methods", help="Scoring methods compared by remove-top / augment-top arms: mda plus any of gradient-dot, copy-share (default: mda,gradient-dot,copy-share; --quick: mda). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
@@ -52,6 +56,8 @@ class ExperimentOptions:
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)
     workers: int | None = opt(None, "--workers", help="Parallel runs (Ray workers, one torch thread each; default: one per CPU).", show_default=False)
     device: str = opt("cpu", "--device", help="cpu or cuda.")
+    micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward in every run the experiment trains (the arms, an own baseline); gradients are accumulated over the step, so a step still sees the whole batch (default: the whole batch at once).", show_default=False)
+    precision: str | None = opt(None, "--precision", help="Forward precision of every run the experiment trains: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).", show_default=False)
     out: Path | None = opt(None, "--out", help="Experiment folder (default: WORKSPACE/experiments/CIRCUIT[-quick][-scales]).", show_default=False)
     workspace: Path | None = workspace_opt()
     progress: bool = True
@@ -161,7 +167,9 @@ def check_options(opts: ExperimentOptions) -> None:
             if arm not in arms:
                 raise option_error(opts, "rerun", f"{arm}: not one of the arms run ({', '.join(arms)})")
     check_positive(opts, "seeds", "steps", "baseline_steps", "batch_size", "eval_every", "workers", "fit_rows",
-                   "schedule_steps", "motif_rows")
+                   "schedule_steps", "motif_rows", "micro_batch")
+    with named(opts, "precision"):
+        autocast_of(opts.precision)
     if opts.first_seed < 0:
         raise option_error(opts, "first_seed", f"must be >= 0 (got {opts.first_seed})")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:

@@ -42,11 +42,10 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
     return str(best), [note]
 
 
-def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str = "mda",
-               heads: str | None = None) -> tuple[Path, dict, list[str]]:
-    """Score the window with `method` (reusing `curate score`'s results when they are the same job); (folder, summary,
-    notes). MDA chooses the heads (and takes the experiment's --mode / --checkpoints / --aggregate); another method
-    scores the same window at the same checkpoint for the `heads` MDA used, into EXP/scores-<method>."""
+def score_job(s: Setting, window: Window, log: Log, method: str = "mda", heads: str | None = None):
+    """`curate score`'s job for the window's scores by `method` (writes nothing); (job, notes). MDA chooses the heads
+    (and takes the experiment's --mode / --checkpoints / --aggregate); another method scores the same window at the
+    same checkpoint for the `heads` MDA used, into EXP/scores-<method>."""
     b = s.baseline
     if b.mode == "external":
         model_spec, revision = b.checkpoint(s.opts.revision or f"step{window.end_step}")
@@ -64,11 +63,18 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str
         progress=s.opts.progress, mode=s.opts.score_mode,
         checkpoints=s.score_checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
     )
-    job = resolve_job(req, log)
+    return resolve_job(req, log), notes
+
+
+def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str = "mda",
+               heads: str | None = None) -> tuple[Path, dict, list[str]]:
+    """Score the window with `method` (`score_job`), reusing `curate score`'s results when they are the same job;
+    (folder, summary, notes)."""
+    job, notes = score_job(s, window, log, method, heads)
     want = job.result_hash
     candidates = [job.out]
-    if b.mode == "reference":
-        candidates.insert(0, scores_dir(s.ws, s.circuit.name, method, trajectory=req.checkpoints is not None))  # type: ignore[attr-defined]
+    if s.baseline.mode == "reference":
+        candidates.insert(0, scores_dir(s.ws, s.circuit.name, method, trajectory=job.request.checkpoints is not None))  # type: ignore[attr-defined]
     for folder in candidates:
         summary = _complete_scores(folder, want)
         if summary is not None:

@@ -350,6 +350,35 @@ def test_external_model_folder_is_its_own_baseline(tiny, quick, monkeypatch, cap
 
 
 @pytest.mark.slow
+def test_dry_run_on_a_run_folder_counts_the_distinct_runs_and_writes_nothing(tiny, monkeypatch, capsys):
+    """`--dry-run` on a finished run folder, window 20:40: the arms branch from step20, so the seed-independent arms
+    (baseline, remove-top) train once and remove-random once per seed; the training steps are timed with the
+    micro-batch; nothing is written (not even the experiment folder)."""
+    from curate.training.trainer import TrainSpec, train
+
+    run = tiny["base"] / "dry-run-baseline"
+    config = json.loads(tiny["config"].read_text())
+    train(TrainSpec(corpus=str(tiny["corpus"]), model_config=config, steps=60, batch_size=8, eval_every=10, lr=3e-3,
+                    warmup_steps=20, checkpoints="log,every:10"), run, progress=False)
+    before = sorted(p.name for p in tiny["base"].iterdir())
+    out = tiny["base"] / "dry-run-exp"
+    code, stdout, stderr = run_cli(["experiment", "--model", run, "--circuit", "previous-token", "--threshold", "0.12",
+                                    "--window", "20:40", "--checkpoints", "step40", "--arms", "remove-top,remove-random",
+                                    "--methods", "mda", "--seeds", "2", "--micro-batch", "4", "--workers", "1", "--out", out,
+                                    "--dry-run", "--json", "--quiet"], monkeypatch, capsys)
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert not out.exists() and sorted(p.name for p in tiny["base"].iterdir()) == before
+    assert plan["baseline"]["mode"] == "run" and plan["window"]["start"] == 20 and plan["window"]["end"] == 40
+    assert plan["arm_runs"] == 6 and plan["runs_to_train"] == 4
+    assert plan["arm_steps"] == {"from": 20, "to": 60, "steps": 40}
+    assert plan["tokens_trained"] == 4 * 40 * 8 * 32
+    assert plan["rows_scored"] == 20 * 8 and plan["scoring"][0]["method"] == "mda"
+    assert plan["train_calibration"]["micro_batch"] == 4 and plan["train_calibration"]["rows_per_step"] == 8
+    assert plan["estimate"]["seconds_train"] == pytest.approx(
+        4 * 40 * plan["train_calibration"]["seconds_per_step"])  # one worker: the runs one after another
+
+
 def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, capsys):
     """No --model/--corpus: the workspace's reference run is the baseline, and `curate score`'s results for the
     same job (same checkpoints, window, heads) are reused instead of scoring again."""

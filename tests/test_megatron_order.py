@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from megatron.core.tokenizers.text.libraries.null_tokenizer import NullTokenizer
 
 from curate.errors import CurateError  # noqa: E402
 from curate.megatron import write_megatron  # noqa: E402
-from curate.megatron_order import ORDER_JSON, write_megatron_order  # noqa: E402
+from curate.megatron_order import NULL_TOKENIZER_IDENTIFIERS, ORDER_JSON, write_megatron_order  # noqa: E402
 
 ROWS, ROW_LEN, VOCAB = 40, 33, 1000
 
@@ -88,3 +91,57 @@ def test_rejects_a_split_that_leaves_rows_out(mix, tmp_path: Path) -> None:
     prefix, _ = mix
     with pytest.raises(CurateError, match="train split"):
         write_megatron_order(prefix, tmp_path / "c", tokenizer_identifiers=identifiers(), split="98,2,0")
+
+
+def test_null_tokenizer_identifiers_are_megatron_cores() -> None:
+    assert NULL_TOKENIZER_IDENTIFIERS == identifiers()
+
+
+def export_order(src: str, cache: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "curate.cli", "corpus", "export", src, "--to", "megatron-order",
+                           "--out", str(cache), *extra], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_export_command_prints_the_flags_megatron_reads_in_row_order(mix, tmp_path: Path) -> None:
+    """`curate corpus export MIX --to megatron-order` writes the cache and prints the job's flags; a GPTDataset built
+    from exactly those values (tokens of a NullTokenizer) yields row i as sample i, cycling over train-iters x batch."""
+    prefix, rows = mix
+    cache, seed, batch, iters = tmp_path / "cache", 7, 6, 9
+    proc = export_order(prefix + ".idx", cache, "--seed", str(seed), "--global-batch", str(batch), "--train-iters",
+                        str(iters), "--tokenizer", "null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    flags = shlex.split(proc.stdout.strip().splitlines()[-1])
+    values = dict(zip(flags[::2], flags[1::2]))
+    assert values["--data-path"] == str(Path(prefix).resolve()) and values["--split"] == "100,0,0"
+    assert int(values["--seq-length"]) == ROW_LEN - 1 and int(values["--seed"]) == seed
+    assert values["--data-cache-path"] == str(cache.resolve()) and values["--tokenizer-type"] == "NullTokenizer"
+    samples = int(values["--global-batch-size"]) * int(values["--train-iters"])
+    config = GPTDatasetConfig(
+        random_seed=int(values["--seed"]), sequence_length=int(values["--seq-length"]), blend=([values["--data-path"]], None),
+        split=values["--split"], path_to_cache=values["--data-cache-path"], tokenizer=NullTokenizer(int(values["--vocab-size"])),
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+    )
+    written = sorted(p.name for p in cache.iterdir())
+    ds, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [samples, None, None], lambda: True, config).build()
+    assert sorted(p.name for p in cache.iterdir()) == written  # megatron found the order files and built none
+    got = np.stack([sample_tokens(ds, j) for j in range(samples)])
+    np.testing.assert_array_equal(got, rows[np.arange(samples) % ROWS].astype(np.int64))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tokenizer", "null", "--global-batch", "4"], "go together"),
+    (["--global-batch", "4", "--train-iters", "2"], "needs --tokenizer"),
+    (["--tokenizer", "null", "--rows", "0:4"], "orders every row"),
+])
+def test_export_command_bad_input_is_one_line(mix, tmp_path: Path, extra, message) -> None:
+    prefix, _ = mix
+    proc = export_order(prefix + ".idx", tmp_path / "cache", *extra, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_order_flags_only_with_megatron_order(mix, tmp_path: Path) -> None:
+    prefix, _ = mix
+    proc = subprocess.run([sys.executable, "-m", "curate.cli", "corpus", "export", prefix + ".idx", "--to", "npy",
+                           "--out", str(tmp_path / "x.npy"), "--seed", "3"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "only with --to megatron-order" in proc.stderr and not (tmp_path / "x.npy").exists()

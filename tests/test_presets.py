@@ -41,3 +41,21 @@ def test_preset_lookup_by_hub_name():
     assert find_preset("gpt2") is None
     with pytest.raises(ValueError, match="unknown preset"):
         preset_for("pythia-7b")
+
+
+def test_weights_bring_their_presets_optimiser_settings_else_the_checkpoint_recipe() -> None:
+    """One rule for `curate train --from` and `curate experiment --model`: a Pythia hub name, a folder named like one
+    or its stepK/ checkpoint subfolder take Pythia's settings; any other model the checkpoint recipe."""
+    from curate.training.presets import preset_of_weights, weights_training_fields
+    from curate.training.recipes import recipe_fields
+
+    for name in ("EleutherAI/pythia-70m", "/data/models/pythia-70m", "/data/models/pythia-70m/step1000/",
+                 "EleutherAI/pythia-70m-deduped"):
+        assert preset_of_weights(name) is PRESETS["pythia-70m"], name
+        fields = weights_training_fields(name)
+        assert (fields["weight_decay"], fields["warmup_steps"], fields["schedule_steps"], fields["lr"]) == (0.1, 1430, 143_000, 1e-3)
+        assert "batch_size" not in fields  # the batch is the corpus's
+    assert weights_training_fields("EleutherAI/pythia-160m")["lr"] == 6e-4
+    for name in ("gpt2", "/runs/my-run", "/runs/my-run/step1000", "step1000"):
+        assert preset_of_weights(name) is None
+        assert weights_training_fields(name) == recipe_fields("from_checkpoint")

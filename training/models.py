@@ -114,6 +114,8 @@ def resolve_checkpoint_dir(spec: str | Path, revision: str | None = None) -> Pat
             if revision is not None and (p / revision / "config.json").is_file():
                 return p / revision
             return p
+        if revision is not None and (p / revision / "config.json").is_file():  # a folder of stepK/ HF folders (the hub's layout)
+            return p / revision
         raise CurateError(f"{p}: not a model folder (no config.json) and not a run folder (no checkpoints/)")
     if p.exists():
         raise CurateError(f"{p}: expected a model folder, found a file")

@@ -15,7 +15,11 @@ The MLP is 4 x hidden (GPT-NeoX's default when the config names no other size).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
+
+from curate.training.recipes import recipe_fields
 
 PYTHIA_VOCAB = 50304
 PYTHIA_CONTEXT = 2048
@@ -115,3 +119,23 @@ def find_preset(model_name: str) -> Preset | None:
         return preset_for(model_name)
     except ValueError:
         return None
+
+
+CHECKPOINT_NAME_RE = re.compile(r"^step\d+$")
+
+
+def preset_of_weights(model: str) -> Preset | None:
+    """The preset of the weights a run starts from: a hub name ("EleutherAI/pythia-70m"), or a folder named like one
+    (".../pythia-70m", also its checkpoint subfolder ".../pythia-70m/step1000"); None for any other model."""
+    parts = PurePath(str(model).rstrip("/")).parts
+    if len(parts) > 1 and CHECKPOINT_NAME_RE.match(parts[-1]):
+        parts = parts[:-1]
+    return find_preset(parts[-1]) if parts else None
+
+
+def weights_training_fields(model: str) -> dict:
+    """The optimiser and schedule (TrainSpec fields) of a run that starts from the weights `model`: the model's own
+    published settings when it is a Pythia size (`preset_of_weights`), else the checkpoint recipe. The one rule
+    `curate train --from` and `curate experiment --model` (the arms of an external model) both follow."""
+    preset = preset_of_weights(model)
+    return {**recipe_fields("from_checkpoint"), **(preset.training.spec_fields() if preset is not None else {})}

@@ -61,3 +61,16 @@ def recipe_fields(case: RecipeCase) -> dict:
     if case == "reference":
         return {**asdict(FRESH_RECIPE), **REFERENCE_RUN}
     raise ValueError(f"unknown training recipe case {case!r}")
+
+
+PRECISIONS = ("bf16", "fp32")
+"""`--precision` values: bf16 (autocast of the forward on CUDA, fp32 master weights) or fp32."""
+
+
+def autocast_of(precision: str | None) -> bool | None:
+    """TrainSpec.autocast for a `--precision` value (None: the trainer's default, bf16 on cuda, fp32 on cpu)."""
+    if precision is None:
+        return None
+    if precision not in PRECISIONS:
+        raise ValueError(f"{precision!r}: expected {' or '.join(PRECISIONS)}")
+    return precision == "bf16"

@@ -17,12 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate.corpus import Corpus, check_token_ids, open_corpus
+from curate.corpus import Corpus, MegatronCorpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.commands.options import command, save_config
 from curate.export import ExportFormat, export_rows
 from curate.labels import read_row_labels
-from curate.options import arg, check_positive, flag, opt, workspace_opt
+from curate.megatron_order import (MEGATRON_DEFAULT_SEED, NULL_TOKENIZER, TRAIN_SPLIT, flags_line, megatron_job_flags,
+                                   tokenizer_identifiers, write_megatron_order)
+from curate.options import arg, check_positive, flag, named, opt, workspace_opt
 from curate.tokenize import MIN_VOCAB
 from curate.training.recipes import REFERENCE_RUN
 from curate.workspace import default_corpus_dir, resolve_workspace
@@ -335,30 +337,60 @@ def ingest_command(o: IngestOptions) -> None:
 
 # -- export -----------------------------------------------------------------------------------------
 
+ORDER_ONLY = ("seed", "global_batch", "train_iters", "tokenizer", "data_path")
+"""`curate corpus export` options of `--to megatron-order` alone."""
+
+
 @dataclass
 class ExportOptions:
     """`curate corpus export`."""
 
     src: Path | None = arg(None, help="Corpus to export (default: the workspace's default corpus).", metavar="SRC")
-    to: ExportFormat = opt(..., "--to", help="Output format.", show_default=False, case_sensitive=False)
-    out: Path = opt(..., "--out", help="Output: a .bin/.idx prefix (megatron), a .parquet file or a .npy file.", show_default=False)
+    to: ExportFormat = opt(..., "--to", help="Output format: megatron, parquet, npy (rows), or megatron-order: no rows, the index files megatron-core's GPTDataset caches, so that a Megatron-LM / GPT-NeoX job reads SRC (a Megatron .bin/.idx, e.g. a build-mix folder) in its row order; prints the job's flags.", show_default=False, case_sensitive=False)
+    out: Path = opt(..., "--out", help="Output: a .bin/.idx prefix (megatron), a .parquet file, a .npy file, or the job's --data-cache-path folder (megatron-order).", show_default=False)
     steps: str | None = opt(None, "--steps", help="Steps a:b to export (at the batch size).")
     rows: str | None = opt(None, "--rows", help="Row ids a:b to export.")
     batch_size: int | None = opt(None, "--batch-size", help=BATCH_SIZE_HELP)
+    seed: int | None = opt(None, "--seed", help=f"megatron-order: the job's --seed (default {MEGATRON_DEFAULT_SEED}, Megatron-LM's).", show_default=False)
+    global_batch: int | None = opt(None, "--global-batch", help="megatron-order: the job's --global-batch-size (with --train-iters; both left out: one pass over the rows).", show_default=False)
+    train_iters: int | None = opt(None, "--train-iters", help="megatron-order: the job's --train-iters; the job reads train-iters x global-batch samples, row i as sample i, cycling.", show_default=False)
+    tokenizer: str | None = opt(None, "--tokenizer", help=f"megatron-order: the job's tokenizer: {NULL_TOKENIZER} (megatron-core's NullTokenizer) or a JSON file of its unique_identifiers (megatron hashes them into the cache's name).", show_default=False)
+    data_path: str | None = opt(None, "--data-path", help="megatron-order: SRC's prefix as the job passes it (default: its absolute path here; megatron hashes it verbatim).", show_default=False)
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
         if self.steps is not None and self.rows is not None:
             raise CurateError(f"{flag(self, 'steps')} and {flag(self, 'rows')} exclude each other; give one")
-        check_positive(self, "batch_size")
+        check_positive(self, "batch_size", "global_batch", "train_iters")
+        if self.to is ExportFormat.megatron_order:
+            for name in ("steps", "rows"):
+                if getattr(self, name) is not None:
+                    raise CurateError(f"{flag(self, name)}: --to megatron-order orders every row of SRC; export the rows "
+                                      f"first (--to megatron) and order that file")
+            if (self.global_batch is None) != (self.train_iters is None):
+                raise CurateError(f"{flag(self, 'global_batch')} and {flag(self, 'train_iters')} go together (the job's "
+                                  "samples are their product)")
+            if self.tokenizer is None:
+                raise CurateError(f"--to megatron-order needs {flag(self, 'tokenizer')} ({NULL_TOKENIZER} or a JSON file "
+                                  "of the job tokenizer's unique_identifiers)")
+            if self.seed is not None and self.seed < 0:
+                raise CurateError(f"{flag(self, 'seed')} must be >= 0 (got {self.seed})")
+            return
+        given = [flag(self, n) for n in ORDER_ONLY if getattr(self, n) is not None]
+        if given:
+            raise CurateError(f"{', '.join(given)}: only with --to megatron-order")
         need = fmt_suffix_mismatch(self.to, self.out)
         if need:
             raise CurateError(f"{flag(self, 'out')} {self.out}: a {self.to.value} export needs a {need} file name")
 
 
 def export_command(o: ExportOptions) -> None:
-    """Stream a corpus (or a step / row range of it) to Megatron, Parquet or .npy."""
+    """Stream a corpus (or a step / row range of it) to Megatron, Parquet or .npy, or write the index files that make
+    a Megatron job read a Megatron file in row order."""
     corpus = _load(o.src, o.workspace, o.batch_size)
+    if o.to is ExportFormat.megatron_order:
+        _export_order(o, corpus)
+        return
     if o.steps is not None:
         a, b = parse_span(o.steps, flag(o, "steps"), corpus.num_steps)
         start, stop = a * corpus.batch_size, b * corpus.batch_size
@@ -370,6 +402,27 @@ def export_command(o: ExportOptions) -> None:
         task = bar.add_task(f"export {o.to.value}", total=stop - start)
         written = export_rows(corpus, o.to, o.out, start, stop, progress=lambda n: bar.advance(task, n))
     print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")
+
+
+def _export_order(o: ExportOptions, corpus: Corpus) -> None:
+    """`--to megatron-order`: the cache files, then the job's flags (the last line, alone)."""
+    if not isinstance(corpus, MegatronCorpus) or len(corpus.bin.files) != 1:
+        raise CurateError(f"{corpus.path}: megatron-order needs one Megatron .bin/.idx (megatron-core reads no shards or "
+                          "other formats); write one with --to megatron first")
+    with named(o, "tokenizer"):
+        identifiers = tokenizer_identifiers(str(o.tokenizer))
+    if o.out.exists() and not o.out.is_dir():
+        raise CurateError(f"{flag(o, 'out')} {o.out}: exists and is not a folder (the job's --data-cache-path)")
+    prefix = str(corpus.path.resolve())[: -len(".idx")]
+    samples = o.global_batch * o.train_iters if o.global_batch is not None and o.train_iters is not None else None
+    summary = write_megatron_order(prefix, o.out.resolve(), tokenizer_identifiers=identifiers,
+                                   dataset_path=o.data_path or prefix, num_samples=samples,
+                                   random_seed=MEGATRON_DEFAULT_SEED if o.seed is None else o.seed, split=TRAIN_SPLIT)
+    vocab = corpus.meta.vocab_size if corpus.meta is not None and corpus.meta.vocab_size else corpus.vocab_range()[1] + 1
+    flags = megatron_job_flags(summary, o.global_batch, o.train_iters, str(o.tokenizer), vocab)
+    print(f"wrote the GPTDataset order of {summary['rows']:,} rows ({samples or summary['rows']:,} samples, sample i = row "
+          f"i mod {summary['rows']:,}) to {o.out.resolve()}; the job's flags:")
+    print(flags_line(flags))
 
 
 def fmt_suffix_mismatch(fmt: ExportFormat, out: Path) -> str | None:

@@ -1,19 +1,25 @@
 """`curate experiment`: the causal validation, end to end: baseline, scores, retrained arms, report."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from curate.commands.options import command, save_config
-from curate.options import opt
-from curate.pipelines.experiment_options import ExperimentOptions
+from curate.errors import CurateError
+from curate.options import flag, opt
+from curate.workspace import resolve_workspace
+from curate.pipelines.experiment_options import DEFAULT_SEEDS, QUICK_BASELINE_STEPS, ExperimentOptions
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",
-    "Arms: baseline, remove-top, remove-random, augment-top, augment-random, augment-neighbors (FAISS neighbours of the top rows, from rows no arm trains on), augment-synthetic (rows built from the top rows' motifs). Finished runs are skipped on a rerun; --rerun ARM trains one arm again. Output: EXP/report/ (report.md, report.html, figures, results.json), EXP/arms/ARM/seedS/ (run folders), EXP/mixes/, EXP/scores/.",
-    "Default: the workspace's reference run (trained first if missing), the window from step 0 to the first checkpoint after the head formed (no formation: to the last checkpoint at 2/3 of the run, said so in the report), 3 seeds, arms trained to twice the window end (the window's length again after it, so a delayed head still forms inside the run). --quick: one seed, an own 300-step baseline at half the corpus's batch size, all seven arms: a smoke test of the pipeline, in which the head does not form, so the report says the effects are not testable (timing in bench/RESULTS.md). --scales: baseline + augmentation arms on three or more model sizes (--sizes).",
-    "Pythia setting (a machine with the hub and a GPU): curate experiment --model EleutherAI/pythia-70m --revision step1000 --corpus PILE_PREFIX --window 0:1000 --batch-size 1024 --lr 1e-3 --warmup-steps 1430 --schedule-steps 143000 --device cuda --workers 1. The arms start from the hub's stepSTART weights with a fresh optimizer. Cost (an estimate, not measured): scoring 1.02M rows of 2,049 tokens, then 21 arm runs of ~1,500 steps x 1,024 rows (3.1B tokens each); Pythia's own run took roughly 5 A100-hours per 1,500 steps in mixed precision, and this trainer runs fp32 with eager attention, so expect several times that per run. The trainer has no gradient accumulation: a batch of 1024 x 2048 tokens must fit at once, which it does not on one 80 GB GPU; a smaller --batch-size runs but changes which rows each step sees.",
+    "Arms: baseline, remove-top, remove-random, augment-top, augment-random, augment-neighbors (FAISS neighbours of the top rows, from rows no arm trains on), augment-synthetic (rows built from the top rows' motifs), and a remove-top / augment-top pair per compared scoring method (--methods). Finished runs are skipped on a rerun; --rerun ARM trains one arm again. Output: EXP/report/ (report.md, report.html, figures, results.json), EXP/arms/ARM/seedS/ (run folders), EXP/mixes/, EXP/scores/.",
+    f"Default: the workspace's reference run (trained first if missing), the window from step 0 to the first checkpoint after the head formed (no formation: to the last checkpoint at 2/3 of the run, said so in the report), {DEFAULT_SEEDS} seeds, arms trained to twice the window end (the window's length again after it, so a delayed head still forms inside the run). --quick: one seed, an own {QUICK_BASELINE_STEPS}-step baseline at half the corpus's batch size: a smoke test of the pipeline, in which the head does not form, so the report says the effects are not testable. --scales: baseline + augmentation arms on three or more model sizes (--sizes).",
+    "--dry-run prints the plan (arms x seeds x steps, the distinct runs to train, rows scored per method, tokens trained) and the estimated time, from scoring batches and training steps timed on --device with the runs' own batch, --micro-batch and --precision; it writes nothing. The baseline must be trained already (or an external --model).",
+    "Pythia (a machine with the hub and a GPU): curate experiment --model EleutherAI/pythia-70m --revision step1000 --corpus PILE_PREFIX --window 0:1000 --batch-size 1024 --micro-batch M --precision bf16 --device cuda --workers 1 --dry-run (then again without --dry-run). The arms start from the hub's stepSTART weights with a fresh optimizer and the model's own published optimiser settings and schedule, as curate train --from applies them (--lr / --warmup-steps / --schedule-steps override them). --micro-batch M runs each step's rows M at a time with gradients accumulated over the step, so a step still sees all 1,024 rows in Pythia's order; pick M so that M rows fit the GPU.",
 ])
 
 
@@ -21,27 +27,38 @@ HELP = "\n\n".join([
 class ExperimentCommandOptions(ExperimentOptions):
     """`curate experiment`: the experiment's options plus how to print (progress follows --quiet)."""
 
-    as_json: bool = opt(False, "--json", help="Print the verdicts and effects as JSON.")
+    dry_run: bool = opt(False, "--dry-run", help="Validate, print the plan (arms x seeds x steps, runs, rows scored, tokens trained) and the estimated time from batches timed on the device; write nothing.")
+    as_json: bool = opt(False, "--json", help="Print the verdicts and effects (with --dry-run: the plan) as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress output.")
 
     def __post_init__(self) -> None:
         self.progress = not self.quiet
 
+    def validate(self) -> None:
+        super().validate()
+        if self.dry_run and self.scales:
+            raise CurateError(f"{flag(self, 'dry_run')} estimates one experiment; drop {flag(self, 'scales')}")
+
 
 def experiment_command(opts: ExperimentCommandOptions) -> None:
-    import json
-
-    from rich.console import Console
-
+    # the pipelines import torch: loaded here, not when the command line is built (start-up cost)
     from curate.pipelines.experiment import run_experiment
     from curate.pipelines.experiment_setting import default_out
-    from curate.workspace import resolve_workspace
 
     quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
     err = Console(stderr=True)
     log = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False, highlight=False))
+    if opts.dry_run:
+        from curate.pipelines.experiment_estimate import experiment_dry_run  # torch: see above
+
+        plan = experiment_dry_run(opts, log)
+        if as_json:
+            print(json.dumps(plan, indent=2, sort_keys=True, default=str))
+        else:
+            print_dry_run(plan)
+        return
     if scales:
-        from curate.pipelines.scales import run_scales
+        from curate.pipelines.scales import run_scales  # torch: see above
 
         results = run_scales(opts, log)
         summary = {"scales": results["table"], "report": results["report"]}
@@ -55,10 +72,42 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
     _print(results, scales)
 
 
-def _print(results: dict, scales: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h ({seconds:,.0f} s)"
 
+
+def print_dry_run(plan: dict) -> None:
+    """The dry run: the plan, the calibration and the estimated time."""
+    w, steps = plan["window"], plan["arm_steps"]
+    baseline = plan["baseline"]
+    lines = [
+        f"dry run (nothing written): {plan['command']}",
+        f"baseline: {baseline['mode']} {baseline['model'] or baseline['run'] or ''}; corpus {baseline['corpus']}",
+        f"window: steps {w['start']}-{w['end']} ({w['rows']:,} rows of {plan['row_len']} tokens; {w['reason']}); heads {', '.join(plan['heads'])}",
+        f"arms: {len(plan['arms'])} arms x {len(plan['seeds'])} seeds = {plan['arm_runs']} runs, {plan['runs_to_train']} distinct to train "
+        f"(equal runs train once, finished ones are skipped), each steps {steps['from']}-{steps['to']} ({steps['steps']:,} steps x "
+        f"{plan['batch_size']:,} rows, micro-batch {plan['micro_batch'] or plan['batch_size']}, {plan['precision']})",
+        f"arms: {', '.join(plan['arms'])}; seeds {', '.join(map(str, plan['seeds']))}; rows removed {plan['rows_removed']:,}, added {plan['rows_added']:,}",
+    ]
+    for m in plan["scoring"]:
+        lines.append(f"scoring {m['method']}: {m['rows_to_score']:,} of {m['rows']:,} rows to score ({m['rows_passed']:,} rows passed "
+                     f"with the fit) at {m['checkpoint']} on {m['workers']} worker(s): {_duration(m['seconds'])}")
+    lines.append(f"rows scored: {plan['rows_scored']:,}; tokens trained: {plan['tokens_trained']:,} ({plan['tokens_per_run']:,} per run)")
+    cal = plan["train_calibration"]
+    if cal is not None:
+        lines.append(f"training calibration on {plan['device']}: {cal['steps']} steps of {cal['rows_per_step']:,} rows timed, "
+                     f"{cal['seconds_per_step']:.3f} s per step")
+    est = plan["estimate"]
+    lines.append(f"estimate: scoring {_duration(est['seconds_score'])} + training {_duration(est['seconds_train'])} on "
+                 f"{plan['train_workers']} worker(s) = {_duration(est['seconds'])}; not included: {est['excludes']}")
+    for note in plan["notes"]:
+        lines.append(f"note: {note}")
+    print("\n".join(lines))
+
+
+def _print(results: dict, scales: bool) -> None:
     console = Console()
     if scales:
         table = Table(title="acceleration per model size", show_header=True)

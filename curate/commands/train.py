@@ -11,6 +11,7 @@ import typer
 from curate.errors import CurateError
 from curate.options import flag, named, opt, workspace_opt
 from curate.commands.options import command, save_config
+from curate.training.recipes import autocast_of
 from curate.workspace import resolve_workspace
 
 
@@ -71,8 +72,8 @@ class TrainOptions:
                 preset_for(self.preset)
         if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
             raise CurateError(f"{flag(self, 'hidden')} {self.hidden} is not a multiple of {flag(self, 'heads')} {self.heads}")
-        if self.precision not in (None, "bf16", "fp32"):
-            raise CurateError(f"{flag(self, 'precision')} {self.precision!r}: expected bf16 or fp32")
+        with named(self, "precision"):
+            autocast_of(self.precision)
 
     def architecture(self) -> dict | None:
         """GPTNeoXConfig fields from --layers/--hidden/--heads/--context (None when none is given)."""
@@ -93,7 +94,7 @@ class TrainOptions:
         if self.architecture():
             out["architecture"] = self.architecture()
         if self.precision is not None:
-            out["autocast"] = self.precision == "bf16"
+            out["autocast"] = autocast_of(self.precision)
         return out
 
     def spec_fields(self) -> dict:
@@ -112,6 +113,7 @@ ARCHITECTURE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", 
 def train_command(options: TrainOptions) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
     o = options
+    from curate.training.presets import weights_training_fields
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
     from curate.training.trainer import TrainSpec, saved_spec, steps_of_epochs, train
@@ -123,13 +125,8 @@ def train_command(options: TrainOptions) -> None:
         result = train_reference_run(ws, progress=not o.quiet, overrides=given, out=o.out)
     else:
         assert o.out is not None  # validate() requires it
-        fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **o.shape_fields(), **given}
-        if o.init_from is not None:
-            from curate.training.presets import find_preset
-
-            preset = find_preset(o.init_from)  # a Pythia checkpoint continues with Pythia's own settings
-            if preset is not None:
-                fields = {**fields, **preset.training.spec_fields(), **given}
+        start = recipe_fields("fresh") if o.init_from is None else weights_training_fields(o.init_from)
+        fields = {**start, **o.shape_fields(), **given}  # a Pythia checkpoint continues with Pythia's own settings
         if o.config is not None:
             from curate.training.models import load_config_file
 
