@@ -140,8 +140,6 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
     for name, folder in extra.items():
         if not folder.is_dir():
             raise CurateError(f"--scores {name}={folder}: scores folder not found")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / EVALUATION_FILE, {"identity": identity})
 
     workers = opts.workers or (os.cpu_count() or 1)
     with ray_holder(workers) as holder:
