@@ -166,7 +166,8 @@ def test_resume_skips_finished_retrains_and_a_variant_costs_no_retrain(tiny_eval
     opts = EvaluateOptions(circuit="previous-token", threshold=0.104, model=str(tiny_eval["base"] / "run"), window="0:20",
                            steps=40, drop="10%", lds_methods="copy-share", workers=1, bootstrap=200, out=out,
                            workspace=tiny_eval["base"] / "ws", subsets=4, extra_scores=f"mod7={variant}", progress=False)
-    r = run_evaluation(opts, messages.append)
+    r = run_evaluation(opts, messages.append, heartbeat_s=0.2)
+    assert any(m.startswith("evaluate: ") and "retrains finished" in m for m in messages)  # the heartbeat
     assert r["runs_trained"]["trained"] == 1 and r["runs_trained"]["skipped"] == 3
     assert {s["seed"]: (Path(s["run"]) / "summary.json").stat().st_mtime_ns for s in r["subsets"][:3]} == before
     assert r["methods"] == ["copy-share", "mod7"] and len(r["subsets"]) == 4
