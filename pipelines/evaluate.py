@@ -150,6 +150,8 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         if not window.start < horizon <= plan.steps:
             raise CurateError(f"--horizon {horizon}: must lie after the window's start (step {window.start}) and at most "
                               f"at the retrains' last step {plan.steps}")
+        out.mkdir(parents=True, exist_ok=True)  # the first byte written into the folder: every input checked
+        write_json(out / EVALUATION_FILE, {"identity": identity})
         folders, summary = score_methods(s, window, methods, holder, log)
         folders.update(extra)
         values = window_values(folders, window, s.baseline.batch_size, s.baseline.corpus)
