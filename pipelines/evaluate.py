@@ -32,7 +32,7 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.pipelines.evaluate_options import EvaluateOptions, parse_extra_scores, parse_lds_methods
-from curate.pipelines.lds import LdsResult, lds, predicted_effects, subset_seeds
+from curate.pipelines.lds import BOOTSTRAP_SEED, CONFIDENCE, LdsResult, lds, predicted_effects, subset_seeds
 from curate.pipelines.lds_outcomes import AREA, EMERGENCE, RetrainOutcome, read_outcome
 
 Log = Callable[[str], None]
@@ -193,7 +193,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
                      "predicted": {name: float(p[i]) for name, p in predicted.items()}}
                     for i, (sub, o) in enumerate(zip(subsets, outcomes))],
         "lds": [r.to_json() for r in table],
-        "bootstrap": {"resamples": opts.bootstrap, "seed": 0, "confidence": 0.95, "method": "percentile, subsets resampled"},
+        "bootstrap": {"resamples": opts.bootstrap, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE, "method": "percentile, subsets resampled"},
         "measured": {AREA: "minus the area under the targeted heads' mean score from the window's start to the horizon, "
                            "per step (higher: the circuit lost more)",
                      EMERGENCE: "the best targeted head's interpolated emergence step (higher: later; a retrain that never "
