@@ -8,8 +8,8 @@ copy statistic is copy-share's per-row score (the share of a row's 4-grams that 
 row), read from the copy-share folder among the arguments (or --copy); the window's copy mass is its sum over the
 window's rows. Prints:
 - per folder, and per checkpoint of trajectory scores (`checkpoints/stepK/`): the share of the copy mass its top
-  rows (highest score first, ties by lower row) hold, and the copy mass of a random set of that size (the top
-  share of rows);
+  rows (highest score first, ties by lower row) hold, and the share of its top rows among copy-share's top rows;
+  beside the copy mass a random set of that size holds on average (the top share of rows);
 - the pairwise overlaps of the folders' top rows (|A and B| / top rows).
 """
 from __future__ import annotations
@@ -91,11 +91,13 @@ def measure(entries: list[Entry], copy_entry: Entry, top: str) -> dict:
                               f"the copy-share folder's {copy_entry.window[0]}:{copy_entry.window[1]} at batch {copy_entry.window[2]}")
     n = parse_amount(top, rows, "top")
     copy = copy_entry.values
+    copy_top = top_rows(copy, n, str(copy_entry.folder))
     shares, tops = [], {}
     for e in entries:
         for part in [e, *checkpoint_entries(e)]:
             chosen = top_rows(part.values, n, str(part.folder))
-            shares.append({"name": part.name, "top_share": copy_mass_share(copy, chosen), "checkpoint": part is not e})
+            shares.append({"name": part.name, "top_share": copy_mass_share(copy, chosen), "checkpoint": part is not e,
+                           "copy_overlap": overlap(chosen, copy_top)})
             if part is e:
                 tops[e.name] = chosen
     names = list(tops)
@@ -107,9 +109,9 @@ def measure(entries: list[Entry], copy_entry: Entry, top: str) -> dict:
 def table(result: dict) -> str:
     lines = [f"window: {result['window_rows']:,} rows, copy mass {result['copy_mass']:.1f}; top {result['top']} = "
              f"{result['top_rows']:,} rows (a random set of that size holds {100 * result['random_share']:.1f}% on average)",
-             "", "| scores | copy mass in the top rows |", "|---|---|"]
+             "", "| scores | copy mass in the top rows | overlap with copy-share's top rows |", "|---|---|---|"]
     for s in result["shares"]:
-        lines.append(f"| {'  ' if s['checkpoint'] else ''}{s['name']} | {100 * s['top_share']:.1f}% |")
+        lines.append(f"| {'  ' if s['checkpoint'] else ''}{s['name']} | {100 * s['top_share']:.1f}% | {100 * s['copy_overlap']:.1f}% |")
     if result["overlaps"]:
         lines += ["", "| top rows of | and of | overlap |", "|---|---|---|"]
         lines += [f"| {o['a']} | {o['b']} | {100 * o['overlap']:.1f}% |" for o in result["overlaps"]]

@@ -57,11 +57,12 @@ def test_copy_mass_shares_checkpoints_and_overlaps_by_hand(folders, capsys):
     assert shares == pytest.approx({"copy-share": 8 / 20, "gradient-dot": 0.0, "mda-trajectory": (2 + 4) / 20,
                                     "mda-trajectory@step1": 8 / 20, "mda-trajectory@step2": 0.0})
     assert [s["checkpoint"] for s in r["shares"]] == [False, False, False, True, True]
+    assert [s["copy_overlap"] for s in r["shares"]] == [1.0, 0.0, 0.5, 1.0, 0.0]  # copy-share's top: rows 8, 9
     overlaps = {(o["a"], o["b"]): o["overlap"] for o in r["overlaps"]}
     assert overlaps == {("copy-share", "gradient-dot"): 0.0, ("copy-share", "mda-trajectory"): 0.5,
                         ("gradient-dot", "mda-trajectory"): 0.0}
     printed = capsys.readouterr().out
-    assert "| mda-trajectory | 30.0% |" in printed and "|   mda-trajectory@step1 | 40.0% |" in printed
+    assert "| mda-trajectory | 30.0% | 50.0% |" in printed and "|   mda-trajectory@step1 | 40.0% | 100.0% |" in printed
     assert "| copy-share | mda-trajectory | 50.0% |" in printed
 
 
