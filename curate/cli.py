@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "curate.commands.score",
     "curate.commands.mix",
     "curate.commands.experiment",
+    "curate.commands.evaluate",
     "curate.commands.options",  # `curate replay FOLDER`
 ]
 

@@ -137,6 +137,7 @@ SCORE = ["score", "--model", "{model}", "--heads", "1.0", "--window", "0:2", "--
 TRAIN = ["train", "--steps", "2", "--batch-size", "8", "--eval-every", "1", "--quiet"]
 MIX = ["build-mix", "{scores}"]
 EXPERIMENT = ["experiment", "--quick", "--workers", "1", "--quiet"]
+EVALUATE = ["evaluate", "--corpus", "{corpus}", "--workers", "1", "--quiet"]
 
 CASES: list[tuple[str, list[str], str]] = [
     # (id, arguments, a phrase the error line must hold)
@@ -355,6 +356,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("scales-out-is-scores", EXPERIMENT + ["--scales", "--corpus", "{corpus}", "--out", "{scores}"], "scores"),
     ("scales-out-is-a-single-experiment", EXPERIMENT + ["--scales", "--corpus", "{corpus}", "--out", "{single_exp}"], "single experiment"),
     ("scales-sizes-garbage", EXPERIMENT + ["--scales", "--corpus", "{corpus}", "--sizes", "abc", "--out", NEW], "abc"),
+    ("evaluate-split-unknown", EVALUATE + ["--split", "holdout", "--out", NEW], "holdout"),
+    ("evaluate-drop-0", EVALUATE + ["--drop", "0%", "--out", NEW], "0%"),
+    ("evaluate-methods-unknown", EVALUATE + ["--methods", "nope", "--out", NEW], "nope"),
+    ("evaluate-scores-garbage", EVALUATE + ["--scores", "abc", "--out", NEW], "abc"),
+    ("evaluate-missing-model", ["evaluate", "--model", "{missing}", "--out", NEW], "does-not-exist"),
+    ("evaluate-out-foreign", EVALUATE + ["--out", "{foreign}"], "not a curate evaluation"),
+    ("evaluate-out-contains-the-corpus", EVALUATE + ["--out", "{root}"], "not a curate evaluation"),
     ("build-default-workspace-is-a-file", ["corpus", "build-default", "--workspace", "{tok}"], "tokenizer.json"),
     ("build-default-over-a-foreign-folder", ["corpus", "build-default", "--workspace", "{foreign_ws}", "--force"], "not a curate corpus"),
     # -- replay
