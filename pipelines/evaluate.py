@@ -1,6 +1,6 @@
 """`curate evaluate`: the leave-subset-out score (LDS) of each scoring method for circuit formation.
 
-1. The experiment's baseline, window and scores (`pipelines.attribution_window`: the reference run by default, a
+1. The experiment's baseline, window and scores (`pipelines.baseline_run`, `window_choice`, `experiment_scores`: the reference run by default, a
    run folder with --model; every method in --methods scores the same window, checkpoint and heads; finished
    scores are reused), plus any extra scores folders of the same window (--scores NAME=FOLDER).
 2. Subsets: subset i of the split (`pipelines.lds.subset_seeds`) drops --drop random rows of the window; it is the
@@ -125,7 +125,9 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
     from curate.atomic import write_json
     from curate.pipelines.arm_plan import plan_arms
     from curate.pipelines.arms import is_finished, train_runs
-    from curate.pipelines.attribution_window import choose_window, prepare_baseline, ray_holder
+    from curate.pipelines.baseline_run import prepare_baseline
+    from curate.pipelines.ray_holder import ray_holder
+    from curate.pipelines.window_choice import choose_window
     from curate.pipelines.evaluate_report import write_report
     from curate.pipelines.experiment_setting import abs_path, resolve_setting
 
@@ -144,11 +146,11 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
     workers = opts.workers or (os.cpu_count() or 1)
     with ray_holder(workers) as holder:
         run_json = prepare_baseline(s, log)
-        window = choose_window(s, run_json)
+        window = choose_window(s, run_json).window
         plan = plan_arms(s, window, run_json)
         horizon = opts.horizon if opts.horizon is not None else plan.steps
-        if not window.start < horizon <= plan.steps:
-            raise CurateError(f"--horizon {horizon}: must lie after the window's start (step {window.start}) and at most "
+        if not window.start_step < horizon <= plan.steps:
+            raise CurateError(f"--horizon {horizon}: must lie after the window's start (step {window.start_step}) and at most "
                               f"at the retrains' last step {plan.steps}")
         out.mkdir(parents=True, exist_ok=True)  # the first byte written into the folder: every input checked
         write_json(out / EVALUATION_FILE, {"identity": identity})
@@ -169,9 +171,9 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
 
     targeted = parse_head_names(summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]
-    outcomes = [read_outcome(sub.run.out_dir, metric, targeted, s.threshold, window.start, horizon)  # type: ignore[attr-defined]
+    outcomes = [read_outcome(sub.run.out_dir, metric, targeted, s.threshold, window.start_step, horizon)  # type: ignore[attr-defined]
                 for sub in subsets]
-    baseline = baseline_outcome(s, metric, targeted, window.start, horizon)
+    baseline = baseline_outcome(s, metric, targeted, window.start_step, horizon)
     predicted = {name: predicted_effects(v, [sub.rows for sub in subsets], name) for name, v in values.items()}
     table = lds_table(predicted, outcomes, opts.bootstrap)
     results = {
@@ -180,7 +182,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         "threshold": s.threshold,
         "split": opts.split,
         "drop": opts.drop,
-        "window": {"start": window.start, "end": window.end, "rows": int(values[methods[0]].shape[0]),
+        "window": {"start": window.start_step, "end": window.end_step, "rows": int(values[methods[0]].shape[0]),
                    "batch_size": s.baseline.batch_size},
         "horizon": horizon,
         "retrain_steps": plan.steps,
@@ -206,7 +208,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
 
 def score_methods(s, window, methods: list[str], holder, log: Log) -> tuple[dict[str, Path], dict]:
     """Each method's scores of the window (the first method chooses the heads, the others score the same heads)."""
-    from curate.pipelines.attribution_window import run_scores
+    from curate.pipelines.experiment_scores import run_scores
 
     folders: dict[str, Path] = {}
     first, summary, notes = run_scores(s, window, holder, log, method=methods[0])
@@ -227,9 +229,9 @@ def window_values(folders: dict[str, Path], window, batch_size: int, corpus: str
     for name, folder in folders.items():
         scores = open_scores(folder)
         w = read_window(scores)
-        if (w.start_step, w.end_step, w.batch_size) != (window.start, window.end, batch_size):
+        if (w.start_step, w.end_step, w.batch_size) != (window.start_step, window.end_step, batch_size):
             raise CurateError(f"{folder}: scores the window {w.start_step}:{w.end_step} at batch {w.batch_size}, "
-                              f"not this evaluation's {window.start}:{window.end} at batch {batch_size}")
+                              f"not this evaluation's {window.start_step}:{window.end_step} at batch {batch_size}")
         _, scored_corpus = open_scored_corpus(scores, w.batch_size)
         if Path(scored_corpus).resolve() != Path(corpus).resolve():
             raise CurateError(f"{folder}: scores the corpus {scored_corpus}, not this evaluation's {corpus}")
@@ -251,7 +253,7 @@ def build_subsets(s, window, plan, run_json: dict, mix_source: Path, out: Path, 
             log(f"evaluate: subset {seed} -> {mix}")
             build_mix(mix_source, mix, MixSpec(remove=s.opts.k, control="random", seed=seed))
         dropped = np.asarray(json.loads((mix / "plan.json").read_text()).get("drop", []), dtype=np.int64)
-        first_row = window.start * s.baseline.batch_size
+        first_row = window.start_step * s.baseline.batch_size
         template = arm_specs(one, window, plan, run_json, {(RETRAIN_ARM, 0): mix})[0]
         run = ArmRun("subset", seed, retrain_folder(out, seed), template.spec, template.key)
         subsets.append(Subset(seed, dropped - first_row, mix, run))
