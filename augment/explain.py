@@ -21,7 +21,6 @@ the columns needed).
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,9 @@ from curate.attribution.scores_folder import ScoresFolder, open_scores
 from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
 from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
-from curate.labels import label_columns, label_names, read_labels
+from curate.labels import label_columns, label_names, read_labels, sidecar_schema
+from curate.stats import wilson_interval
+from curate.tokenize import load_tokenizer
 
 TAILS = ("top", "bottom")
 TAGGER = "tag"  # the name of the structure tagger's classes in a report
@@ -58,17 +59,6 @@ def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", 
         carried = float(np.clip(signed[:k], 0.0, None).sum())
         out[f"top_{f * 100:g}%"] = carried / total if total > 0 else float("nan")
     return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass
@@ -206,8 +196,6 @@ class ExplainReport:
 
 
 def _tokenizer_for(corpus: Corpus):
-    from curate.tokenize import load_tokenizer
-
     spec = corpus.tokenizer_spec()
     if spec is None:
         raise CurateError(f"{corpus.path}: no tokenizer recorded for this corpus (corpus.json 'tokenizer'); tagging rows needs one to decode them")
@@ -227,8 +215,6 @@ def tag_corpus_rows(corpus: Corpus, row_ids: np.ndarray, tokenizer=None, chunk: 
 def document_ids(corpus: Corpus) -> np.ndarray | None:
     """Each row's main document (the sidecar's `doc_id`), or None when the sidecar has none or every document is one
     row (nothing to vote over)."""
-    from curate.labels import sidecar_schema
-
     schema = sidecar_schema(corpus)
     if schema is None or DOC_COLUMN not in schema.names:
         return None
