@@ -12,6 +12,7 @@ from typing import Callable
 from curate.errors import CurateError
 from curate.pipelines.attribution_window import Window
 from curate.pipelines.experiment_setting import Setting, abs_path
+from curate.pipelines.methods import PRIMARY
 
 Log = Callable[[str], None]
 
@@ -155,15 +156,16 @@ def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, poo
     """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
     folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
     from curate.augment.mix import build_mix
-    from curate.pipelines.arms import ARMS, mix_folder
+    from curate.pipelines.arms import arm_defs, mix_folder
 
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()
-    by_method = scores if isinstance(scores, dict) else {"mda": scores}
+    by_method = scores if isinstance(scores, dict) else {PRIMARY: scores}
+    arms = arm_defs()
     for arm in s.arms:
         for seed in s.seeds:
-            spec = ARMS[arm].mix_spec(s.opts.k, s.opts.augment, seed, s.opts.motif_rows,
+            spec = arms[arm].mix_spec(s.opts.k, s.opts.augment, seed, s.opts.motif_rows,
                                       str(pool_index) if pool_index is not None else None)
             if spec is None:
                 mixes[(arm, seed)] = None
@@ -173,7 +175,7 @@ def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, poo
             if folder in built:
                 continue
             built.add(folder)
-            source = by_method[ARMS[arm].method]
+            source = by_method[arms[arm].method]
             if not (folder / "plan.json").is_file():
                 log(f"mix: {folder.name}")
                 build_mix(source, folder, spec)

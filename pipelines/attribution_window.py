@@ -103,7 +103,7 @@ class Window:
 def choose_window(s: Setting, run_json: dict) -> Window:
     """The attribution window [start, end): --window, else 0 to the first checkpoint at/after the baseline's
     emergence, else (never formed) 0 to the last checkpoint at 2/3 of the baseline."""
-    from curate.pipelines.effects import emergence_step
+    from curate.pipelines.run_metrics import emergence_step
     from curate.pipelines.score_request import parse_window
     from curate.training.curves import CURVES_JSON
     from curate.training.models import list_checkpoints
@@ -116,7 +116,7 @@ def choose_window(s: Setting, run_json: dict) -> Window:
     assert s.baseline.run_dir is not None
     checkpoints = sorted(list_checkpoints(s.baseline.run_dir))
     points = json.loads((s.baseline.run_dir / CURVES_JSON).read_text())["points"]
-    from curate.pipelines.effects import curve_metrics
+    from curate.pipelines.run_metrics import curve_metrics
 
     metric = s.circuit.metric  # type: ignore[attr-defined]
     best = curve_metrics(points, metric, [])[f"{metric}_best"]
@@ -159,7 +159,7 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
     import torch
 
     from curate.corpus import open_corpus
-    from curate.pipelines.effects import eligible_heads
+    from curate.pipelines.run_metrics import eligible_heads
     from curate.attribution.probes import corpus_probes
     from curate.training.models import load_model
 

@@ -11,6 +11,7 @@ from typing import Callable
 from curate.errors import CurateError
 from curate.paths import resolve_stored
 from curate.pipelines.experiment_options import DEFAULT_SCORE_CHECKPOINTS, ExperimentOptions, check_options
+from curate.pipelines.methods import PRIMARY
 from curate.training.models import load_config_file
 
 Log = Callable[[str], None]
@@ -132,15 +133,16 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
         raise CurateError(f"{out}: exists and is not a folder")
     count = opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)
     seeds = list(range(opts.first_seed, opts.first_seed + count))
-    from curate.pipelines.arms import ARMS, method_arm_names
+    from curate.pipelines.arms import arm_defs, method_arm_names
     from curate.pipelines.experiment_options import chosen_methods
 
     arms = parse_arms(opts.arms)
     methods = chosen_methods(opts)
     if opts.arms is None:
         arms = parse_arms(",".join(arms + method_arm_names(methods)))
-    methods = [m for m in methods if m == "mda" or any(ARMS[a].method == m for a in arms)]
-    methods += [ARMS[a].method for a in arms if ARMS[a].method not in methods]  # an arm named in --arms brings its method
+    defs = arm_defs()
+    methods = [m for m in methods if m == PRIMARY or any(defs[a].method == m for a in arms)]
+    methods += [defs[a].method for a in arms if defs[a].method not in methods]  # an arm named in --arms brings its method
     threshold = float(opts.threshold if opts.threshold is not None else circuit.default_threshold)
     notes: list[str] = []
     if opts.quick and opts.baseline_steps is None:
