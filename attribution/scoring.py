@@ -39,6 +39,7 @@ from curate.attribution.influence import (
     HeadInfluenceScorer, BoundProbe, Progress, circuit_probe, fit_data_key, fit_row_ids, iter_row_batches,
     probe_gradients,
 )
+from curate.attribution.metrics import first_candidate_layer
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import mean_token_loss
 from curate.errors import CurateError
@@ -372,7 +373,7 @@ def score_corpus(
     model.to(torch.device(device))
     geo = HeadGeometry.of(model)
     if heads is None:
-        heads = geo.all_heads(min_layer=1 if circ.name == "induction" and geo.num_layers > 1 else 0)
+        heads = geo.all_heads(min_layer=first_candidate_layer(circ.metric, geo.num_layers))
     heads = geo.check(heads)
     start, stop = (0, corpus.num_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
     if not (0 <= start < stop <= corpus.num_rows):

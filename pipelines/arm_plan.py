@@ -128,7 +128,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                 init_from, revision = s.baseline.checkpoint(f"step{window.start}")
                 spec = TrainSpec(
                     corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start, plan=plan_path,
-                    steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.eval_every,
+                    steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.arm_eval_every,
                     lr=o.lr if o.lr is not None else TrainSpec.lr,
                     warmup_steps=o.warmup_steps if o.warmup_steps is not None else TrainSpec.warmup_steps,
                     schedule_steps=o.schedule_steps, checkpoints=o.arm_checkpoints, threads=1, device=o.device,
@@ -140,6 +140,7 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
                     corpus=s.baseline.corpus, heldout=abs_path(base.heldout) if base.heldout else None, plan=plan_path,
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
+                    eval_every=s.arm_eval_every,
                 )
                 if window.start == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],

@@ -147,6 +147,7 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
         "seeds": s.seeds,
         "seed_varies": seed_varies(s, window),
         "eval_every": s.eval_every,
+        "arm_eval_every": s.arm_eval_every,
         "neighbour_pool": list(plan.pool) if plan.pool is not None and "augment-neighbors" in s.arms else None,
         "effects": [e.to_json() for e in effects],
         "outcomes": outcome_steps.to_json(),

@@ -18,6 +18,9 @@ Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
 QUICK_BASELINE_STEPS = 300
 QUICK_EVAL_EVERY = 25
+ARM_EVAL_EVERY = 25
+"""The arms evaluate at least this often (the baseline's interval when finer), so the emergence step of every arm
+is read at 25-step resolution inside the window where the baseline forms (the trainer has one interval per run)."""
 DEFAULT_SEEDS = 3
 QUICK_CANNOT_FORM = (
     "--quick checks that the pipeline runs end to end; it cannot test the effects: its 300-step baseline at half the "
@@ -74,6 +77,11 @@ class Setting:
     identity: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=lambda: ["mda"])  # scoring methods compared (MDA first)
+
+    @property
+    def arm_eval_every(self) -> int:
+        """The arms' evaluation interval: the baseline's, at most `ARM_EVAL_EVERY`."""
+        return min(self.eval_every, ARM_EVAL_EVERY) if self.eval_every > 0 else ARM_EVAL_EVERY
 
     @property
     def score_checkpoints(self) -> str | None:
@@ -256,6 +264,7 @@ def identity_of(s: Setting) -> dict:
         "augment": o.augment,
         "batch_size": o.batch_size,
         "eval_every": o.eval_every,
+        "arm_eval_every": ARM_EVAL_EVERY,
         "lr": o.lr,
         "warmup_steps": o.warmup_steps,
         "schedule_steps": o.schedule_steps,

@@ -132,11 +132,12 @@ def fmt_run_emergence(run: dict) -> str:
 
 
 def fmt_diffs(paired: dict) -> str:
-    """Per-pair differences of a `effects.Paired` (JSON), a censored one as a bound ("> +90" / "< -40")."""
+    """Per-pair differences of a `effects.Paired` (JSON), a censored one as a bound ("> +90" / "< -40"; "censored"
+    when both runs never formed: their end steps say nothing about the difference)."""
     out = []
     for d, c, a, b in zip(paired["diffs"], paired["censored"], paired["a_values"], paired["b_values"]):
         text = f"{d:+.0f}" if paired["outcome"] == "emergence" else f"{d:+.3g}"
-        out.append(text if not c else (">" if a >= b else "<") + " " + text)
+        out.append(text if not c else "censored" if a == b else (">" if a > b else "<") + " " + text)
     return ", ".join(out)
 
 
@@ -363,7 +364,7 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
         ["seeds", ", ".join(str(s) for s in results["seeds"])],
         ["what a seed varies", results["seed_varies"]],
         ["arms train until step", str(results["arm_steps"])],
-        ["emergence threshold", f"{results['threshold']:g} (best head, {results['metric'].replace('_', '-')} score; evaluated every {results['eval_every']} steps; the crossing interpolated between evaluations)"],
+        ["emergence threshold", f"{results['threshold']:g} (best head, {results['metric'].replace('_', '-')} score; the baseline evaluated every {results['eval_every']} steps, the arms every {results.get('arm_eval_every', results['eval_every'])}; the crossing interpolated between evaluations)"],
     ]
     o = results.get("outcomes")
     if o:

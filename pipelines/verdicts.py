@@ -179,7 +179,10 @@ def verdicts(runs: dict[str, dict[int, RunMetrics]], effects: list[Effect], thre
         if arm not in runs or "baseline" not in runs:
             return None
         p = paired_outcome(arm, runs[arm], "baseline", base, "emergence", reason)
-        return paired_outcome(arm, runs[arm], "baseline", base, "auc", reason) if p.n_censored and arm == "remove-top" else p
+        if p.n_censored and arm == "remove-top":  # the area under the curve is defined for every run
+            area = paired_outcome(arm, runs[arm], "baseline", base, "auc", reason)
+            return area if area.seeds else p
+        return p
 
     remove_top, remove_random = vs_base("remove-top"), vs_base("remove-random")
     augment = compare_to_control("augment-top", runs, reason)

@@ -227,3 +227,38 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path)
     quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
     assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
     assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)
+
+
+def test_a_registered_method_reaches_the_score_command_the_arms_the_options_and_the_method_table(monkeypatch) -> None:
+    """A new scoring method is one registry line (plus its scorer's module): here a test method."""
+    from curate.pipelines import methods
+    from curate.pipelines.arms import arm_defs, method_arm_names, parse_arms
+    from curate.pipelines.score_methods import score_method
+    from curate.pipelines.score_request import ScoreRequest
+
+    monkeypatch.setitem(methods.REGISTRY, "row-length", methods.Method(
+        "row-length", "the row's token count", scorer="tests.test_method_table:row_length", compared=True))
+    ScoreRequest(method="row-length").validate()  # `curate score --method row-length` is accepted
+    assert "row-length" in methods.method_names() and "row-length (the row's token count)" in methods.methods_help()
+    scorer = score_method("row-length")
+    assert not scorer.per_head and scorer.statistic(None, np.zeros((2, 5), dtype=np.int64))[1].tolist() == [5.0, 5.0]
+    assert chosen_methods(ExperimentOptions()) == ["mda", "gradient-dot", "copy-share", "row-length"]
+    assert parse_methods("row-length") == ["mda", "row-length"]
+    assert method_arm_names(["row-length"]) == ["remove-top-row-length", "augment-top-row-length"]
+    assert parse_arms("augment-top-row-length") == ["baseline", "augment-top-row-length"]
+    d = arm_defs()["remove-top-row-length"]
+    assert d.method == "row-length" and d.control_arm == "remove-random" and d.expected == "later"
+    runs = dict(RUNS, **{"remove-top-row-length": _arm("remove-top-row-length", [120, 140, 130]),
+                         "augment-top-row-length": _arm("augment-top-row-length", [95, 115, 105])})
+    row = next(r for r in method_table(runs, ["mda", "row-length"], outcomes=("emergence",)) if r.method == "row-length")
+    assert row.delay.values == [20, 20, 20] and row.advance.values == [-5, -5, -5]
+    assert [c.arm for c in comparisons(runs)][-2:] == ["remove-top-row-length", "augment-top-row-length"]
+    with pytest.raises(CurateError, match="expected one of mda, gradient-dot, copy-share, loss"):
+        monkeypatch.delitem(methods.REGISTRY, "row-length")
+        ScoreRequest(method="row-length").validate()
+
+
+def row_length(model, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The test method's row statistic: (NaN losses, the row's length)."""
+    rows = np.asarray(rows)
+    return np.full(len(rows), np.nan, dtype=np.float32), np.full(len(rows), float(rows.shape[1]))
