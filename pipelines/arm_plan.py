@@ -9,10 +9,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from curate.amounts import parse_amount
+from curate.augment.index import IndexParams, build_index
+from curate.augment.mix import build_mix
+from curate.corpus import open_corpus
 from curate.errors import CurateError
+from curate.pipelines.arms import ArmRun, arm_defs, mix_folder, run_folder, run_key
 from curate.pipelines.attribution_window import Window
 from curate.pipelines.experiment_setting import Setting, abs_path
 from curate.pipelines.methods import PRIMARY
+from curate.training.trainer import TrainSpec, stored_spec
 
 Log = Callable[[str], None]
 
@@ -34,9 +40,6 @@ class ArmPlan:
 
 def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     """How long the arms train, and the row budget: no arm may read held-out rows."""
-    from curate.amounts import parse_amount
-    from curate.corpus import open_corpus
-
     b = s.baseline
     window_rows = (window.end - window.start) * b.batch_size
     uses_remove = any(a.startswith("remove-") for a in s.arms)
@@ -83,7 +86,6 @@ def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:
     """The FAISS index of the neighbour pool (rows no arm trains on), built once into EXP/pool-index."""
     if "augment-neighbors" not in s.arms or plan.pool is None:
         return None
-    from curate.augment.index import IndexParams, build_index
 
     folder = s.out / "pool-index"
     meta = folder / "index.json"
@@ -115,9 +117,6 @@ def seed_varies(s: Setting, window: Window) -> str:
 
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
-    from curate.pipelines.arms import ArmRun, run_folder, run_key
-    from curate.training.trainer import TrainSpec, stored_spec
-
     runs = []
     for arm in s.arms:
         for seed in s.seeds:
@@ -156,9 +155,6 @@ def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: 
 def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, pool_index: Path | None, log: Log) -> tuple[dict, list[dict]]:
     """Every arm's mix (built once; the folder appears atomically) from the scores of the arm's method (`scores`: one
     folder, or a folder per method); (mix folder per (arm, seed), build-mix commands)."""
-    from curate.augment.mix import build_mix
-    from curate.pipelines.arms import arm_defs, mix_folder
-
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()

@@ -8,11 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from curate.attribution.circuits import get_circuit
+from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.paths import resolve_stored
-from curate.pipelines.experiment_options import DEFAULT_SCORE_CHECKPOINTS, ExperimentOptions, check_options
+from curate.pipelines.arms import arm_defs, method_arm_names, parse_arms
+from curate.pipelines.experiment_options import DEFAULT_SCORE_CHECKPOINTS, ExperimentOptions, check_options, chosen_methods
 from curate.pipelines.methods import PRIMARY
-from curate.training.models import load_config_file
+from curate.pipelines.score_request import parse_window
+from curate.training.curves import SUMMARY_JSON
+from curate.training.models import CHECKPOINTS_DIR, HUB_NAME_RE, RUN_FILE, load_config_file
+from curate.training.plan import corpus_key
+from curate.training.recipes import recipe_fields
+from curate.training.trainer import TrainSpec
+from curate.workspace import default_corpus_dir, experiments_dir, resolve_workspace
 
 Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
@@ -55,8 +64,6 @@ class Baseline:
         return self.model, revision
 
     def run_json(self) -> dict:
-        from curate.training.models import RUN_FILE
-
         assert self.run_dir is not None
         return json.loads((self.run_dir / RUN_FILE).read_text())
 
@@ -110,29 +117,17 @@ def _own_mode(opts: ExperimentOptions) -> bool:
 
 
 def _is_run_folder(spec: str) -> bool:
-    from curate.training.models import CHECKPOINTS_DIR, RUN_FILE
-
     p = Path(spec).expanduser()
     return p.is_dir() and ((p / RUN_FILE).is_file() or (p / CHECKPOINTS_DIR).is_dir())
 
 
 def default_out(opts: ExperimentOptions, ws: Path) -> Path:
-    from curate.attribution.circuits import get_circuit
-    from curate.workspace import experiments_dir
-
     name = get_circuit(opts.circuit).name + ("-quick" if opts.quick else "") + ("-scales" if opts.scales else "")
     return experiments_dir(ws) / name
 
 
 def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     """Resolve the baseline, seeds, arms and thresholds; opens files but writes nothing."""
-    from curate.attribution.circuits import get_circuit
-    from curate.corpus import open_corpus
-    from curate.workspace import default_corpus_dir, resolve_workspace
-    from curate.pipelines.arms import parse_arms
-    from curate.training.recipes import recipe_fields
-    from curate.training.trainer import TrainSpec
-
     check_options(opts)
     circuit = get_circuit(opts.circuit)
     ws = resolve_workspace(opts.workspace)
@@ -141,8 +136,6 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
         raise CurateError(f"{out}: exists and is not a folder")
     count = opts.seeds if opts.seeds is not None else (1 if opts.quick else DEFAULT_SEEDS)
     seeds = list(range(opts.first_seed, opts.first_seed + count))
-    from curate.pipelines.arms import arm_defs, method_arm_names
-    from curate.pipelines.experiment_options import chosen_methods
 
     arms = parse_arms(opts.arms)
     methods = chosen_methods(opts)
@@ -158,8 +151,6 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
 
     if opts.model is not None and _is_run_folder(opts.model):
         run_dir = Path(abs_path(opts.model))
-        from curate.training.curves import SUMMARY_JSON
-        from curate.training.models import RUN_FILE
 
         if not (run_dir / RUN_FILE).is_file() or not (run_dir / SUMMARY_JSON).is_file():
             raise CurateError(f"{run_dir}: not a finished training run (no {RUN_FILE} / {SUMMARY_JSON})")
@@ -180,14 +171,12 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
             raise CurateError(f"{opts.model}: an external model needs a corpus (the rows it was trained on)")
         if opts.window is None:
             raise CurateError(f"{opts.model}: an external model needs a window START:END (training steps)")
-        from curate.pipelines.score_request import parse_window
 
         start, end = parse_window(opts.window)
         if end is None:
             raise CurateError(f"window {opts.window}: give the window's end step with an external model")
         if opts.baseline_steps is not None:
             raise CurateError(f"{opts.model}: an external model is its own baseline (nothing is trained before the arms): give no baseline steps")
-        from curate.training.models import HUB_NAME_RE
 
         local = Path(opts.model).expanduser()
         if not local.exists() and (opts.model.startswith((".", "/", "~")) or not HUB_NAME_RE.match(opts.model)):
@@ -238,8 +227,6 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
 
 def identity_of(s: Setting) -> dict:
     """What decides the experiment's runs (not which arms/seeds run, nor how many workers)."""
-    from curate.training.plan import corpus_key
-
     o = s.opts
     scoring = {}  # the MDA scores' trajectory options, recorded when scoring uses them (one-checkpoint folders keep their identity)
     if s.score_checkpoints is not None:
@@ -279,8 +266,6 @@ def identity_of(s: Setting) -> dict:
 def _run_identity(run_dir: Path, out: Path) -> str:
     """A baseline run named so a moved workspace keeps it: inside the experiment by its relative path, else by
     its recorded spec hash (by its path when it has none)."""
-    from curate.training.models import RUN_FILE
-
     run_dir = Path(run_dir)
     if run_dir.resolve().is_relative_to(Path(out).resolve()):
         return str(run_dir.resolve().relative_to(Path(out).resolve()))

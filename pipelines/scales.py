@@ -8,14 +8,30 @@ base's MLP ratio; the number of heads stays (H must be a multiple of it).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from transformers import GPTNeoXForCausalLM
 
+from curate.atomic import atomic_dir, write_json
+from curate.corpus import open_corpus
+from curate.default_corpus import ensure_default_corpus
 from curate.errors import CurateError
-from curate.pipelines.experiment_setting import EXPERIMENT_FILE
+from curate.outputs import EXPERIMENT, check_output_folder
+from curate.pipelines.arms import SCALE_ARMS, parse_arms
+from curate.pipelines.attribution_window import ray_holder
+from curate.pipelines.experiment import run_experiment
+from curate.pipelines.experiment_options import command_line, parse_sizes
+from curate.pipelines.experiment_setting import EXPERIMENT_FILE, default_out
+from curate.pipelines.report import Doc, _plt, _save, arm_colors, render_html, render_md
+from curate.training.default_model import default_model_config
+from curate.training.models import config_from_dict, load_config_file
+from curate.training.trainer import corpus_vocab_size
+from curate.workspace import resolve_workspace
 
 Log = Callable[[str], None]
 
@@ -37,11 +53,6 @@ def size_config(base: dict, hidden: int, layers: int) -> dict:
 
 def parameter_count(config: dict) -> int:
     """Parameters of a GPT-NeoX built from `config` (on the meta device: nothing is allocated)."""
-    import torch
-    from transformers import GPTNeoXForCausalLM
-
-    from curate.training.models import config_from_dict
-
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(config_from_dict(config))
     return int(sum(p.numel() for p in model.parameters()))
@@ -49,19 +60,12 @@ def parameter_count(config: dict) -> int:
 
 def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     """(base config dict, corpus path) for the sizes: --config, else the default model for the corpus's vocabulary."""
-    from curate.corpus import open_corpus
-    from curate.training.models import load_config_file
-    from curate.training.trainer import corpus_vocab_size
-
     if opts.config is not None:
         return load_config_file(opts.config), opts.corpus
     if opts.corpus is not None:
         corpus_path = opts.corpus
     else:
-        from curate.default_corpus import ensure_default_corpus
-
         corpus_path = str(ensure_default_corpus(ws, opts.progress, log))
-    from curate.training.default_model import default_model_config
 
     return default_model_config(corpus_vocab_size(open_corpus(corpus_path))).to_dict(), opts.corpus
 
@@ -72,8 +76,6 @@ SCALES_KEY = "scales"  # in the --scales folder's experiment.json: the sizes
 def check_scales_folder(out: Path, inputs: list) -> None:
     """The --scales folder follows every writer's rule (`curate.outputs`): absent, empty or an experiment folder
     holding none of the inputs; and an experiment folder must be a --scales one (not a single experiment)."""
-    from curate.outputs import EXPERIMENT, check_output_folder
-
     check_output_folder(out, EXPERIMENT, inputs)
     marker = out / EXPERIMENT_FILE
     if marker.is_file():
@@ -89,14 +91,6 @@ def check_scales_folder(out: Path, inputs: list) -> None:
 
 def run_scales(opts, log: Log = lambda m: None) -> dict:
     """Run every size's experiment (resumable like one experiment), then write the acceleration report."""
-    from curate.atomic import write_json
-    from curate.workspace import resolve_workspace
-    from curate.pipelines.arms import SCALE_ARMS, parse_arms
-    from curate.pipelines.attribution_window import ray_holder
-    from curate.pipelines.experiment import run_experiment
-    from curate.pipelines.experiment_options import command_line, parse_sizes
-    from curate.pipelines.experiment_setting import default_out
-
     opts.validate()
     sizes = parse_sizes(opts.sizes)
     ws = resolve_workspace(opts.workspace)
@@ -104,14 +98,10 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
     if opts.corpus is not None:
-        from curate.corpus import open_corpus
-
         open_corpus(opts.corpus)
     arms = ",".join(parse_arms(opts.arms, default=SCALE_ARMS))
     heads = None
     if opts.config is not None:
-        from curate.training.models import load_config_file
-
         heads = int(load_config_file(opts.config).get("num_attention_heads", 4))
     for hidden, _ in sizes:  # cheap checks before anything is written
         if heads is not None and hidden % heads:
@@ -120,8 +110,6 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     base, corpus = _base_config(opts, ws, log)
     configs = {size_name(h, l): size_config(base, h, l) for h, l in sizes}
     write_json(out / EXPERIMENT_FILE, {SCALES_KEY: list(configs), "command": command_line(opts)})  # names the folder's kind
-
-    import os
 
     per_size: dict[str, dict] = {}
     with ray_holder(opts.workers or (os.cpu_count() or 1)) as holder:
@@ -178,9 +166,6 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
 
 
 def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], log: Log) -> None:
-    from curate.atomic import atomic_dir, write_json
-    from curate.pipelines.report import Doc, render_html, render_md
-
     with atomic_dir(folder) as tmp:
         _figure(tmp / "scales.png", results["table"], per_size)
         doc = Doc()
@@ -207,14 +192,13 @@ def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], 
 
 
 def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
-    from curate.pipelines.report import _plt, _save
-
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     arms = ["baseline"] + sorted({r["arm"] for r in table})
     params = {r["size"]: r["params"] for r in table}
     sizes = sorted(per_size, key=lambda n: params.get(n, 0))
-    for i, arm in enumerate(arms):
+    colors = arm_colors(arms)
+    for arm in arms:
         xs, em, sc = [], [], []
         for n in sizes:
             e = next((e for e in per_size[n]["effects"] if e["arm"] == arm), None)
@@ -224,8 +208,8 @@ def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
             em.append(np.nan if e["emergence_mean"] is None else e["emergence_mean"])
             sc.append(np.nan if e["score_final"] is None else e["score_final"])
         style = "--" if arm == "baseline" else "-"
-        axes[0].plot(xs, em, style, marker="o", color=f"C{i}", label=arm)
-        axes[1].plot(xs, sc, style, marker="o", color=f"C{i}", label=arm)
+        axes[0].plot(xs, em, style, marker="o", color=colors[arm], label=arm)
+        axes[1].plot(xs, sc, style, marker="o", color=colors[arm], label=arm)
     for ax, title in zip(axes, ("emergence step", "final best-head score")):
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
