@@ -242,7 +242,7 @@ def test_emergence_effects_are_the_per_seed_differences_of_the_runs(quick):
     assert list(effects) == QUICK_ARMS
     base = effects["baseline"]
     assert base["emergence_delta"] == 0.0 and base["score_delta"] == 0.0  # the baseline against itself
-    assert res["arms"]["baseline"]["runs"]["0"]["emergence"] == res["baseline"]["emergence_step"]  # seed 0 is the baseline run
+    assert res["arms"]["baseline"]["runs"]["0"]["emergence_evaluated"] == res["baseline"]["emergence_step"]  # seed 0 is the baseline run
     for arm in QUICK_ARMS:
         e = effects[arm]
         assert e["seeds"] == [0, 1], arm
