@@ -123,7 +123,8 @@ def fmt_step(v: float | None, sign: bool = False, censored: bool = False) -> str
     """A step (or a difference of steps); `censored`: only known to lie beyond it ("> N")."""
     if v is None:
         return "none"
-    text = f"{v:+.0f}" if sign else f"{v:.0f}"
+    n = int(round(v))  # whole steps, never "-0"
+    text = f"{n:+d}" if sign else f"{n:d}"
     return ("> " if censored else "") + text
 
 
@@ -307,6 +308,7 @@ def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
         shown += formed
         if formed and not missing:  # a mean only over exact values: a censored run is never averaged
             m, sd = mean_std(formed)
+            shown += [m - (sd or 0.0), m + (sd or 0.0)]  # type: ignore[operator]
             ax.errorbar([i], [m], yerr=[sd or 0.0], fmt="_", color="black", capsize=6, markersize=18, zorder=4)
         if missing:
             shown.append(end)
