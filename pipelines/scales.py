@@ -138,8 +138,9 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
 
 
 def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict]:
-    """Per size and augmentation arm: emergence (mean over seeds), the baseline's, the acceleration (baseline minus
-    arm, paired by seed; censored runs make it a bound), its share of the baseline's emergence, final-score delta."""
+    """Per size and augmentation arm: emergence (mean over the runs that formed), the baseline's, the acceleration
+    (baseline minus arm, paired by seed; none when a run never formed: censored, never averaged), its share of the
+    baseline's emergence, final-score delta."""
     rows = []
     for name, res in per_size.items():
         effects = {e["arm"]: e for e in res["effects"]}
@@ -151,7 +152,6 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
             accel = accel + 0.0 if accel is not None else None  # no negative zero
             base_em = base["emergence_mean"] if base is not None else None
             share = accel / base_em if accel is not None and base_em else None
-            bound = "<= " if e["emergence_censored"] else ""
             rows.append({
                 "size": name, "params": params[name], "arm": arm,
                 "emergence_mean": e["emergence_mean"], "baseline_emergence_mean": base_em,
@@ -159,7 +159,7 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
                 "score_delta": e["score_delta"], "formed": f"{e['formed']}/{len(e['seeds'])}",
                 "emergence": "none" if e["emergence_mean"] is None else f"{e['emergence_mean']:.0f}",
                 "baseline_emergence": "none" if base_em is None else f"{base_em:.0f}",
-                "acceleration": "n/a" if accel is None else f"{bound}{accel:+.0f} steps" + (f" ({share:+.0%})" if share is not None else ""),
+                "acceleration": "n/a" if accel is None else f"{accel:+.0f} steps" + (f" ({share:+.0%})" if share is not None else ""),
                 "score_delta_text": "n/a" if e["score_delta"] is None else f"{e['score_delta']:+.3g}",
             })
     return rows
@@ -171,8 +171,9 @@ def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], 
         doc = Doc()
         doc.h1(f"Mechanistic data augmentation across model sizes ({results['circuit']})")
         doc.p("Each size has its own baseline run, scores and arms (report linked below). Acceleration = baseline emergence "
-              "step minus the arm's, paired by seed and averaged; '<=' marks a bound (some run never formed); 'n/a' = the "
-              "circuit formed in neither. The final-score delta is the arm's final best-head score minus the baseline's.")
+              "step minus the arm's, paired by seed and averaged; 'n/a' = some run never formed (censored: its step is "
+              "only known to lie beyond the run's end, never averaged). The final-score delta is the arm's final best-head "
+              "score minus the baseline's.")
         doc.table(["size", "parameters", "arm", "formed", "emergence", "baseline emergence", "acceleration", "final score delta"],
                   [[r["size"], f"{r['params']:,}", r["arm"], r["formed"], r["emergence"], r["baseline_emergence"],
                     r["acceleration"], r["score_delta_text"]] for r in results["table"]])

@@ -15,12 +15,12 @@ from scipy import stats
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scores_folder import write_summary
 from curate.errors import CurateError
-from curate.pipelines.effects import RunMetrics, comparisons, effects_table, head_movement, head_roles, untestable_reason
+from curate.pipelines.effects import comparisons, effects_table, head_movement, head_roles, untestable_reason
 from curate.pipelines.experiment_options import ExperimentOptions, chosen_methods, parse_methods
 from curate.pipelines.method_table import method_table, spearman_matrix
 from curate.pipelines.methods import method_arms
 from curate.pipelines.report import Doc, controls_section, method_section, render_md, verdicts_section
-from curate.pipelines.run_metrics import add_outcomes
+from curate.pipelines.run_metrics import RunMetrics, add_outcomes
 from curate.pipelines.verdicts import verdicts
 from curate.stats import holm
 
