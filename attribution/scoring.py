@@ -41,6 +41,7 @@ from curate.attribution.influence import (
     probe_gradients,
 )
 from curate.attribution.probes import corpus_probes
+from curate.attribution.metrics import first_candidate_layer
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.trace import mean_token_loss
 from curate.errors import CurateError
@@ -371,7 +372,7 @@ def score_corpus(
     model.to(torch.device(device))
     geo = HeadGeometry.of(model)
     if heads is None:
-        heads = geo.all_heads(min_layer=1 if circ.name == "induction" and geo.num_layers > 1 else 0)
+        heads = geo.all_heads(min_layer=first_candidate_layer(circ.metric, geo.num_layers))
     heads = geo.check(heads)
     start, stop = (0, corpus.num_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
     if not (0 <= start < stop <= corpus.num_rows):

@@ -21,7 +21,6 @@ the columns needed).
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
 from curate.corpus import Corpus
 from curate.errors import CurateError
 from curate.labels import label_columns, label_names, read_labels, sidecar_schema
+from curate.stats import wilson_interval
 from curate.tokenize import load_tokenizer
 
 TAILS = ("top", "bottom")
@@ -59,17 +59,6 @@ def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", 
         carried = float(np.clip(signed[:k], 0.0, None).sum())
         out[f"top_{f * 100:g}%"] = carried / total if total > 0 else float("nan")
     return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass

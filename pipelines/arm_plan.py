@@ -15,8 +15,9 @@ from curate.augment.mix import build_mix
 from curate.corpus import open_corpus, training_rows
 from curate.errors import CurateError
 from curate.attribution.scores_folder import Window
-from curate.pipelines.arms import ARMS, ArmRun, mix_folder, run_folder, run_key
+from curate.pipelines.arms import ArmRun, arm_defs, mix_folder, run_folder, run_key
 from curate.pipelines.experiment_setting import Setting, abs_path, run_numerics
+from curate.pipelines.methods import PRIMARY
 from curate.training.presets import weights_training_fields
 from curate.training.trainer import TrainSpec, stored_spec
 
@@ -142,7 +143,7 @@ def arm_train_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict,
                 spec = TrainSpec(
                     **{**weights_training_fields(s.baseline.model), **given},
                     corpus=s.baseline.corpus, init_from=init_from, revision=revision, start_step=window.start_step, plan=plan_path,
-                    steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.eval_every,
+                    steps=plan.steps, batch_size=s.baseline.batch_size, eval_every=s.arm_eval_every,
                     checkpoints=o.arm_checkpoints, threads=1, device=o.device,
                     induction_threshold=s.threshold, prev_token_threshold=s.threshold, **run_numerics(o),
                 )
@@ -153,6 +154,7 @@ def arm_train_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict,
                     steps=plan.steps, schedule_steps=int(run_json["schedule_steps"]), start_step=None,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
                     **run_numerics(s.opts),
+                    eval_every=s.arm_eval_every,
                 )
                 if window.start_step == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],
@@ -171,10 +173,11 @@ def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, poo
     mixes: dict[tuple[str, int], Path | None] = {}
     commands: list[dict] = []
     built: set[Path] = set()
-    by_method = scores if isinstance(scores, dict) else {"mda": scores}
+    by_method = scores if isinstance(scores, dict) else {PRIMARY: scores}
+    arms = arm_defs()
     for arm in s.arms:
         for seed in s.seeds:
-            spec = ARMS[arm].mix_spec(s.opts.k, s.opts.augment, seed, s.opts.motif_rows,
+            spec = arms[arm].mix_spec(s.opts.k, s.opts.augment, seed, s.opts.motif_rows,
                                       str(pool_index) if pool_index is not None else None)
             if spec is None:
                 mixes[(arm, seed)] = None
@@ -184,7 +187,7 @@ def build_mixes(s: Setting, scores: "Path | dict[str, Path]", plan: ArmPlan, poo
             if folder in built:
                 continue
             built.add(folder)
-            source = by_method[ARMS[arm].method]
+            source = by_method[arms[arm].method]
             if not (folder / "plan.json").is_file():
                 log(f"mix: {folder.name}")
                 build_mix(source, folder, spec)

@@ -13,8 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import ray
+import torch
+
 from curate.augment.mix import MixSpec
 from curate.errors import CurateError
+from curate.pipelines.methods import PRIMARY, compared_methods, method_arms
+from curate.pipelines.ray_pool import ActorPool, Task, ray_session
+from curate.training.curves import SUMMARY_JSON
+from curate.training.models import RUN_FILE
+from curate.training.plan import TrainingPlan, load_plan
+from curate.training.trainer import TrainSpec, spec_hash, train
 
 Log = Callable[[str], None]
 
@@ -22,7 +31,6 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class ArmDef:
     """One arm: which rows it removes / adds, and whether its mix depends on the seed."""
-
     name: str
     description: str
     remove: bool = False
@@ -30,7 +38,26 @@ class ArmDef:
     source: str = "top"
     control: bool = False
     seeded_mix: bool = True  # the mix makes a random choice (rows, insertion order, synthetic content)
-    method: str = "mda"  # the scoring method whose top rows the arm takes (`pipelines.method_table`)
+    method: str = PRIMARY  # the scoring method whose top rows the arm takes (`pipelines.methods`)
+
+    @property
+    def targeted(self) -> bool:
+        """Takes the top rows of a method's scores (not the baseline, not a random control)."""
+        return (self.remove or self.augment) and not self.control
+
+    @property
+    def control_arm(self) -> str | None:
+        """The random control of the same size a targeted arm is tested against."""
+        if not self.targeted:
+            return None
+        return "remove-random" if self.remove else "augment-random"
+
+    @property
+    def expected(self) -> str | None:
+        """The way a targeted arm should move formation: "later" (removing) or "sooner" (adding)."""
+        if not self.targeted:
+            return None
+        return "later" if self.remove else "sooner"
 
     def mix_spec(self, k: str, augment: str, seed: int, top: int, pool: str | None = None) -> MixSpec | None:
         """The `build-mix` spec of this arm (None for the baseline)."""
@@ -47,7 +74,7 @@ class ArmDef:
         )
 
 
-ARMS: dict[str, ArmDef] = {a.name: a for a in (
+MDA_ARMS: tuple[ArmDef, ...] = (
     ArmDef("baseline", "the window unchanged"),
     ArmDef("remove-top", "the top-k rows of the window removed", remove=True, seeded_mix=False),
     ArmDef("remove-random", "k random rows of the window removed (control)", remove=True, control=True),
@@ -56,20 +83,35 @@ ARMS: dict[str, ArmDef] = {a.name: a for a in (
     ArmDef("augment-neighbors", "structural neighbours of the top rows (FAISS, from rows no arm trains on) added",
            augment=True, source="neighbors"),
     ArmDef("augment-synthetic", "synthetic rows built from the top rows' motifs added", augment=True, source="synthetic"),
-)}
-ALL_ARMS = tuple(ARMS)
+)
+ALL_ARMS = tuple(a.name for a in MDA_ARMS)
 """The arms of MDA's scores and the controls (the default arm list)."""
-COMPARED_METHODS = ("gradient-dot", "copy-share")
-"""Baseline scoring methods an experiment can compare MDA with: each adds a remove-top and an augment-top arm."""
-for _m in COMPARED_METHODS:
-    ARMS[f"remove-top-{_m}"] = ArmDef(f"remove-top-{_m}", f"the top-k rows by {_m} removed", remove=True, seeded_mix=False, method=_m)
-    ARMS[f"augment-top-{_m}"] = ArmDef(f"augment-top-{_m}", f"the top rows by {_m} duplicated, spread over the window",
-                                       augment=True, method=_m)
 SCALE_ARMS = ("baseline", "augment-top", "augment-random", "augment-synthetic")
+
+
+def arm_defs() -> dict[str, ArmDef]:
+    """Every arm by name, in canonical order: MDA's arms and controls, then a remove-top and an augment-top arm
+    per other compared method of the registry (`pipelines.methods`)."""
+    out = {a.name: a for a in MDA_ARMS}
+    for m in compared_methods():
+        if m == PRIMARY:
+            continue
+        remove, augment = method_arms(m)
+        out[remove] = ArmDef(remove, f"the top-k rows by {m} removed", remove=True, seeded_mix=False, method=m)
+        out[augment] = ArmDef(augment, f"the top rows by {m} duplicated, spread over the window", augment=True, method=m)
+    return out
+
+
+def arm_def(name: str) -> ArmDef:
+    arms = arm_defs()
+    if name not in arms:
+        raise CurateError(f"unknown arm {name!r} (known: {', '.join(arms)})")
+    return arms[name]
 
 
 def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, include_baseline: bool = True) -> list[str]:
     """A comma-separated arm list (in the canonical order, the baseline included unless told not); None = `default`."""
+    arms = arm_defs()
     if text is None:
         names = list(default)
     else:
@@ -77,22 +119,22 @@ def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, include_ba
         if not names:
             raise CurateError(f"{text!r}: name at least one arm (known: {', '.join(ALL_ARMS)})")
         for n in names:
-            if n not in ARMS:
-                raise CurateError(f"unknown arm {n!r} (known: {', '.join(ARMS)})")
+            if n not in arms:
+                raise CurateError(f"unknown arm {n!r} (known: {', '.join(arms)})")
     chosen = set(names)
     if include_baseline:
         chosen.add("baseline")
-    return [a for a in ARMS if a in chosen]
+    return [a for a in arms if a in chosen]
 
 
 def method_arm_names(methods: list[str]) -> list[str]:
     """The remove-top / augment-top arms of the compared methods in `methods` (MDA's are in `ALL_ARMS`)."""
-    return [a for a, d in ARMS.items() if d.method != "mda" and d.method in methods]
+    return [a for a, d in arm_defs().items() if d.method != PRIMARY and d.method in methods]
 
 
 def mix_folder(mixes_dir: Path, arm: str, seed: int) -> Path:
     """Where an arm's mix lives: one per seed when the mix depends on the seed, else one shared folder."""
-    return mixes_dir / (f"{arm}-seed{seed}" if ARMS[arm].seeded_mix else arm)
+    return mixes_dir / (f"{arm}-seed{seed}" if arm_def(arm).seeded_mix else arm)
 
 
 def run_folder(arms_dir: Path, arm: str, seed: int) -> Path:
@@ -105,11 +147,10 @@ def run_folder(arms_dir: Path, arm: str, seed: int) -> Path:
 @dataclass
 class ArmRun:
     """One (arm, seed) training run."""
-
     arm: str
     seed: int
     out_dir: Path
-    spec: "object"  # training.trainer.TrainSpec
+    spec: TrainSpec
     key: str  # identifies the trajectory: runs with equal keys are the same run (trained once)
     same_as: Path | None = None  # the folder of the identical run trained for another (arm, seed)
 
@@ -120,9 +161,6 @@ class ArmRun:
 
 def run_key(spec) -> str:
     """Hash of the trajectory-defining spec (as `training.trainer.spec_hash` computes it, plan by content)."""
-    from curate.training.plan import TrainingPlan, load_plan
-    from curate.training.trainer import spec_hash
-
     plan = load_plan(spec.plan) if spec.plan is not None else TrainingPlan()
     return spec_hash(spec, plan)
 
@@ -142,9 +180,6 @@ def dedupe(runs: list[ArmRun]) -> list[ArmRun]:
 
 def is_finished(out_dir: Path, key: str) -> bool:
     """A finished run of this spec is in `out_dir` (complete summary, same spec hash)."""
-    from curate.training.curves import SUMMARY_JSON
-    from curate.training.models import RUN_FILE
-
     try:
         summary = json.loads((out_dir / SUMMARY_JSON).read_text())
         run = json.loads((out_dir / RUN_FILE).read_text())
@@ -155,8 +190,6 @@ def is_finished(out_dir: Path, key: str) -> bool:
 
 def check_run_folder(run: ArmRun) -> None:
     """A folder that holds a run of another spec is an error (never overwritten silently)."""
-    from curate.training.models import RUN_FILE
-
     path = run.out_dir / RUN_FILE
     if path.is_file():
         try:
@@ -173,17 +206,10 @@ def check_run_folder(run: ArmRun) -> None:
 
 class ArmWorker:
     """A Ray actor that trains arm runs, one torch thread, one at a time."""
-
     def __init__(self) -> None:
-        import torch
-
         torch.set_num_threads(1)
 
     def train(self, spec_json: dict, out_dir: str) -> dict:
-        from curate.training.trainer import TrainSpec, train
-
-        import ray
-
         result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
         return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s"),
                 "node": ray.get_runtime_context().get_node_id()}
@@ -201,8 +227,6 @@ def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = Fals
         return {"trained": 0, "skipped": skipped, "workers": 0, "retried": []}
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
-        from curate.training.trainer import train
-
         for i, r in enumerate(todo):
             log(f"arms: training {r.label} ({i + 1}/{len(todo)}) -> {r.out_dir}")
             train(r.spec, r.out_dir, progress=progress, resume=True)  # type: ignore[arg-type]
@@ -215,10 +239,6 @@ def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> li
     """Train the runs on Ray actors; a run whose actor died (its node lost, its process killed) is trained again
     on a fresh actor, resuming from its last checkpoint (at most `ray_pool.DEFAULT_MAX_ATTEMPTS` tries).
     Returns the labels of the runs that were retried."""
-    import ray
-
-    from curate.pipelines.ray_pool import ActorPool, Task, ray_session
-
     with ray_session(None, num_cpus=workers) as session:
         gpus = 1.0 if device == "cuda" else 0.0
         if gpus and session.gpus < 1:

@@ -167,7 +167,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         with Heartbeat(runs, log, heartbeat_s):
             counts = train_runs(runs, workers, log, device=s.opts.device)  # type: ignore[arg-type]
 
-    from curate.pipelines.effects import parse_head_names
+    from curate.pipelines.run_metrics import parse_head_names
 
     targeted = parse_head_names(summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]

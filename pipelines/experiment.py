@@ -19,12 +19,24 @@ random choices (random rows, insertion order, synthetic content), and seed-indep
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
 from typing import Callable
 
+from curate.atomic import write_json
+from curate.augment.explain import explain_scores
 from curate.errors import CurateError
+from curate.outputs import EXPERIMENT, check_output_folder
+from curate.pipelines.arms import arm_defs, dedupe, discard, is_finished, parse_arms, train_runs
+from curate.pipelines.effects import ALPHA, MIN_SEEDS, comparisons, effects_table, head_movement, head_roles, untestable_reason
+from curate.pipelines.method_table import method_table, spearman_matrix
+from curate.pipelines.methods import PRIMARY, method_arms
+from curate.pipelines.run_metrics import add_outcomes, parse_head_names, read_run_metrics
+from curate.pipelines.report import write_report
+from curate.pipelines.verdicts import verdicts
+from curate.training.curves import CURVES_JSON
 from curate.pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
 from curate.attribution.scores_folder import Window
 from curate.pipelines.baseline_run import prepare_baseline
@@ -44,10 +56,6 @@ REPORT_DIR = "report"
 
 def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayHolder | None = None) -> dict:
     """Run (or resume) the experiment and write its report; returns results.json's content."""
-    from curate.atomic import write_json
-    from curate.outputs import EXPERIMENT, check_output_folder
-    from curate.pipelines.arms import discard, parse_arms, train_runs
-
     s = resolve_setting(opts, log)
     check_output_folder(s.out, EXPERIMENT, [s.baseline.corpus])
     check_identity(s)
@@ -65,22 +73,18 @@ def run_experiment(opts: ExperimentOptions, log: Log = lambda m: None, ray: RayH
         window = choice.window
         plan = plan_arms(s, window, run_json)
         scores, score_summary, score_notes = run_scores(s, window, holder, log)
-        method_scores = {"mda": scores}
+        method_scores = {PRIMARY: scores}
         for method in s.methods[1:]:  # the compared methods: the same window, checkpoint and heads
             method_scores[method] = run_scores(s, window, holder, log, method=method, heads=",".join(score_summary["heads"]))[0]
         pool_index = ensure_pool_index(s, plan, log)
         mixes, mix_commands = build_mixes(s, method_scores, plan, pool_index, log)
         runs = arm_specs(s, window, plan, run_json, mixes)
-        from curate.pipelines.arms import dedupe, is_finished
-
         pending = [r for r in dedupe(list(runs)) if not is_finished(r.out_dir, r.key)]
         if pending and workers > 1 and len(pending) > 1:
             holder.ensure()
         counts = train_runs(runs, workers, log, progress=opts.progress and workers == 1, device=opts.device)
     results = collect_results(s, choice, scores, score_summary, plan, runs, mix_commands, counts,
                               score_notes + plan.notes + s.notes, run_json, method_scores)
-    from curate.pipelines.report import write_report
-
     results["report"] = str((s.out / REPORT_DIR).resolve())
     write_report(s.out / REPORT_DIR, results, log)
     return results
@@ -95,11 +99,6 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
                     mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict,
                     method_scores: dict[str, Path] | None = None) -> dict:
     """Every number of the experiment (results.json)."""
-    window = choice.window
-    from curate.pipelines.arms import ARMS
-    from curate.pipelines.effects import comparisons, effects_table, parse_head_names, read_run_metrics, verdicts
-    from curate.pipelines.method_table import method_table, spearman_matrix
-
     targeted = parse_head_names(score_summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]
     by_arm: dict[str, dict] = {}
@@ -109,10 +108,12 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
         m.run_dir = str(Path(r.out_dir).resolve())
         m.same_as = str(Path(r.same_as).resolve()) if r.same_as is not None else None
         by_arm.setdefault(r.arm, {})[r.seed] = m
+    outcome_steps = add_outcomes(by_arm, metric)
     effects = effects_table(by_arm)
-    comps = comparisons(by_arm)
-    checks = verdicts(by_arm, effects, comps, s.threshold, metric)
-    method_scores = method_scores or {"mda": scores}
+    reason = untestable_reason(by_arm["baseline"], s.threshold, metric) if "baseline" in by_arm else "no baseline runs"
+    comps = comparisons(by_arm, reason)
+    checks = verdicts(by_arm, effects, s.threshold, metric)
+    method_scores = method_scores or {PRIMARY: scores}
     methods = [m for m in s.methods if m in method_scores]
     table = method_table(by_arm, methods, s.threshold, metric)
     spearman = spearman_matrix(method_scores) if len(method_scores) > 1 else None
@@ -141,7 +142,7 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
                    "command": score_command(s, window, score_summary)},
         "targeted_heads": score_summary["heads"],
         "arm_names": list(s.arms),
-        "arms": {arm: {"description": ARMS[arm].description,
+        "arms": {arm: {"description": arm_defs()[arm].description,
                        "runs": {str(seed): m.to_json() for seed, m in sorted(by_arm[arm].items())}} for arm in s.arms},
         "arm_steps": plan.steps,
         "k_rows": plan.n_remove,
@@ -151,15 +152,21 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
         "seeds": s.seeds,
         "seed_varies": seed_varies(s, window),
         "eval_every": s.eval_every,
+        "arm_eval_every": s.arm_eval_every,
         "neighbour_pool": list(plan.pool) if plan.pool is not None and "augment-neighbors" in s.arms else None,
         "effects": [e.to_json() for e in effects],
+        "outcomes": outcome_steps.to_json(),
+        "testable": reason,
         "comparisons": [c.to_json() for c in comps],
-        "test": "Welch's unequal-variance t-test over seeds, two-sided, alpha 0.05",
+        "test": (f"paired t-test over distinct seed pairs, two-sided, Holm-corrected across the table, alpha {ALPHA}; "
+                 f"no test where a pair is censored (a run never formed: the area under the curve is compared instead) "
+                 f"or with fewer than {MIN_SEEDS} distinct pairs"),
         "verdicts": [v.to_json() for v in checks],
         "methods": methods,
         "method_scores": {m: str(Path(f).resolve()) for m, f in method_scores.items()},
         "method_table": [r.to_json() for r in table],
-        "method_test": "paired t-test over seeds, two-sided, on emergence steps (a run that never formed: end + eval interval)",
+        "method_test": (f"paired t-test over distinct seed pairs, two-sided, Holm-corrected across each outcome's table; "
+                        f"no test on a censored shift (a run never formed) or with fewer than {MIN_SEEDS} distinct pairs"),
         "spearman": spearman,
         "head_roles": roles,
         "head_movement": movement,
@@ -173,16 +180,9 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
 def heads_that_move(s: Setting, window: Window, by_arm: dict, metric: str, methods: list[str]) -> tuple[dict, list[dict]]:
     """Each head's role at the scored checkpoint (the baseline's evaluation at the window's end, `effects.head_roles`),
     and per remove-top / augment-top arm the movement of each role's heads (`effects.head_movement`)."""
-    from curate.pipelines.effects import head_movement, head_roles
-    from curate.pipelines.method_table import method_arms
-
     if s.baseline.run_dir is None:
         return {}, []
-    import json as _json
-
-    from curate.training.curves import CURVES_JSON
-
-    points = _json.loads((Path(s.baseline.run_dir) / CURVES_JSON).read_text())["points"]
+    points = json.loads((Path(s.baseline.run_dir) / CURVES_JSON).read_text())["points"]
     at = [p for p in points if int(p["step"]) <= window.end_step]
     if not at:
         return {}, []
@@ -208,7 +208,7 @@ def score_command(s: Setting, window: Window, summary: dict) -> str:
              "--out", str(Path(summary.get("out") or s.out / "scores").resolve())]
     if s.opts.fit_rows:
         args += ["--fit-rows", str(s.opts.fit_rows)]
-    if summary.get("method", "mda") != "mda":
+    if summary.get("method", PRIMARY) != PRIMARY:
         args += ["--method", str(summary["method"])]
     if summary.get("mode"):
         args += ["--mode", str(summary["mode"])]
@@ -231,8 +231,6 @@ def own_baseline_command(s: Setting) -> str:
 
 def class_enrichment(scores: Path, top_rows: int) -> dict:
     """Structural classes enriched among the top rows (augment.explain), or why they could not be computed."""
-    from curate.augment.explain import explain_scores
-
     try:
         rep = explain_scores(scores, top=str(top_rows))
     except CurateError as e:

@@ -27,7 +27,7 @@ import torch
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.pipelines.arm_plan import ArmPlan, arm_train_specs, plan_arms
-from curate.pipelines.arms import ARMS, ArmRun, is_finished, mix_folder, run_folder, run_key
+from curate.pipelines.arms import ArmRun, arm_defs, is_finished, mix_folder, run_folder, run_key
 from curate.attribution.scores_folder import Window
 from curate.pipelines.baseline_run import finished_baseline
 from curate.pipelines.experiment_scores import score_job
@@ -85,7 +85,8 @@ def trained_baseline(s: Setting) -> dict:
 def planned_runs(s: Setting, window: Window, plan: ArmPlan, run_json: dict) -> tuple[list[ArmRun], list[ArmRun]]:
     """(every (arm, seed) run, the distinct runs still to train). A mix not built yet is told apart by its folder (a
     seed-independent arm shares one mix over the seeds), so runs that `dedupe` would merge are merged here too."""
-    mixes = {(arm, seed): mix_folder(s.out / "mixes", arm, seed) if ARMS[arm].remove or ARMS[arm].augment else None
+    defs = arm_defs()
+    mixes = {(arm, seed): mix_folder(s.out / "mixes", arm, seed) if defs[arm].remove or defs[arm].augment else None
              for arm in s.arms for seed in s.seeds}
     runs: list[ArmRun] = []
     todo: dict[str, ArmRun] = {}

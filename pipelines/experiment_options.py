@@ -8,9 +8,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.amounts import check_amount
 from curate.errors import CurateError
 from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
+from curate.pipelines.methods import PRIMARY, compared_methods
+from curate.pipelines.score_request import AGGREGATES, parse_checkpoints, parse_window
+from curate.training.schedule import parse_checkpoint_steps
 
 DEFAULT_ARM_CHECKPOINTS = "every:1000"
 DEFAULT_SEEDS = 3
@@ -48,7 +52,7 @@ class ExperimentOptions:
     warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100; an external Pythia model: its published 1,430).", show_default=False)
     schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; an external Pythia model: its published 143,000 steps; another external model: the arms' length).", show_default=False)
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
-    methods: str | None = opt(None, "--methods", help="Scoring methods compared by remove-top / augment-top arms: mda plus any of gradient-dot, copy-share (default: mda,gradient-dot,copy-share; --quick: mda). Every method scores the same window and heads.", show_default=False)
+    methods: str | None = opt(None, "--methods", help=f"Scoring methods compared by remove-top / augment-top arms: {PRIMARY} plus any of {', '.join(compared_methods()[1:])} (default: {','.join(compared_methods())}; --quick: {PRIMARY}). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
     checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum or segment (curate score --aggregate).")
@@ -108,33 +112,30 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-DEFAULT_METHODS = "mda,gradient-dot,copy-share"
-QUICK_METHODS = "mda"
-
-
 def parse_methods(text: str) -> list[str]:
-    """`mda,gradient-dot` -> the methods in canonical order, MDA always first (its scores choose the window's heads)."""
-    from curate.pipelines.arms import COMPARED_METHODS
-
+    """`mda,gradient-dot` -> the methods in canonical order, the primary (MDA) always first (its scores choose the
+    window's heads); the known ones are the registry's compared methods (`pipelines.methods`)."""
     names = [t.strip() for t in str(text).split(",") if t.strip()]
-    known = ("mda", *COMPARED_METHODS)
+    known = compared_methods()
     for n in names:
         if n not in known:
             raise CurateError(f"{text!r}: unknown method {n!r} (known: {', '.join(known)})")
-    return [m for m in known if m in names or m == "mda"]
+    return [m for m in known if m in names or m == PRIMARY]
 
 
 def chosen_methods(opts: ExperimentOptions) -> list[str]:
-    return parse_methods(opts.methods if opts.methods is not None else (QUICK_METHODS if opts.quick else DEFAULT_METHODS))
+    """The `--methods` given, else every compared method (--quick: the primary one alone)."""
+    if opts.methods is not None:
+        return parse_methods(opts.methods)
+    return parse_methods(PRIMARY if opts.quick else ",".join(compared_methods()))
 
 
 def check_options(opts: ExperimentOptions) -> None:
     """Every check that needs no file: one CurateError line naming the flag, before anything is read or written."""
+    # torch-heavy modules (circuits, heads, arms: about 4 s) are imported here, off the command line's start
     from curate.attribution.circuits import get_circuit
-    from curate.amounts import check_amount
-    from curate.pipelines.arms import parse_arms
-    from curate.pipelines.score_request import parse_window
-    from curate.training.schedule import parse_checkpoint_steps
+    from curate.attribution.heads import HeadRef, check_mode
+    from curate.pipelines.arms import method_arm_names, parse_arms
 
     f = lambda name: flag_of(opts, name)  # noqa: E731
     get_circuit(opts.circuit)
@@ -145,14 +146,8 @@ def check_options(opts: ExperimentOptions) -> None:
     with named(opts, "arms"):
         arms = parse_arms(opts.arms)
     if opts.arms is None:
-        from curate.pipelines.arms import method_arm_names
-
         arms += method_arm_names(methods)
-    from curate.pipelines.score_request import AGGREGATES, parse_checkpoints
-
     if opts.score_mode is not None:
-        from curate.attribution.heads import check_mode
-
         with named(opts, "score_mode"):
             check_mode(opts.score_mode)
     if opts.checkpoints is not None:
@@ -182,8 +177,6 @@ def check_options(opts: ExperimentOptions) -> None:
         with named(opts, "window"):
             parse_window(opts.window)
     if str(opts.heads).strip().lower() != "auto":
-        from curate.attribution.heads import HeadRef
-
         with named(opts, "heads"):
             HeadRef.parse_list(opts.heads)
     if opts.device not in ("cpu", "cuda"):

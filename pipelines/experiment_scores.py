@@ -10,7 +10,7 @@ import torch
 from curate.attribution.probes import corpus_probes
 from curate.attribution.scores_folder import Window, read_summary
 from curate.corpus import open_corpus
-from curate.pipelines.effects import eligible_heads
+from curate.pipelines.run_metrics import eligible_heads
 from curate.pipelines.experiment_setting import Setting
 from curate.pipelines.ray_holder import RayHolder
 from curate.pipelines.score_job import resolve_job

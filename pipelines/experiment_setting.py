@@ -12,9 +12,10 @@ from curate.attribution.circuits import get_circuit
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.paths import resolve_stored
-from curate.pipelines.arms import ARMS, method_arm_names, parse_arms
+from curate.pipelines.arms import arm_defs, method_arm_names, parse_arms
 from curate.pipelines.experiment_options import (DEFAULT_SCORE_CHECKPOINTS, DEFAULT_SEEDS, QUICK_BASELINE_STEPS, QUICK_EVAL_EVERY,
                                                 ExperimentOptions, check_options, chosen_methods)
+from curate.pipelines.methods import PRIMARY
 from curate.pipelines.score_request import parse_window
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import CHECKPOINTS_DIR, HUB_NAME_RE, RUN_FILE, load_config_file
@@ -25,6 +26,9 @@ from curate.workspace import default_corpus_dir, experiments_dir, resolve_worksp
 
 Log = Callable[[str], None]
 EXPERIMENT_FILE = "experiment.json"
+ARM_EVAL_EVERY = 25
+"""The arms evaluate at least this often (the baseline's interval when finer), so the emergence step of every arm
+is read at 25-step resolution inside the window where the baseline forms (the trainer has one interval per run)."""
 QUICK_CANNOT_FORM = (
     "--quick checks that the pipeline runs end to end; it cannot test the effects: its 300-step baseline at half the "
     "batch is far short of where the default model's induction head forms (about step 1,700 at batch 32 in the "
@@ -76,6 +80,11 @@ class Setting:
     identity: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=lambda: ["mda"])  # scoring methods compared (MDA first)
+
+    @property
+    def arm_eval_every(self) -> int:
+        """The arms' evaluation interval: the baseline's, at most `ARM_EVAL_EVERY`."""
+        return min(self.eval_every, ARM_EVAL_EVERY) if self.eval_every > 0 else ARM_EVAL_EVERY
 
     @property
     def score_checkpoints(self) -> str | None:
@@ -136,8 +145,9 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     methods = chosen_methods(opts)
     if opts.arms is None:
         arms = parse_arms(",".join(arms + method_arm_names(methods)))
-    methods = [m for m in methods if m == "mda" or any(ARMS[a].method == m for a in arms)]
-    methods += [ARMS[a].method for a in arms if ARMS[a].method not in methods]  # an arm named in --arms brings its method
+    defs = arm_defs()
+    methods = [m for m in methods if m == PRIMARY or any(defs[a].method == m for a in arms)]
+    methods += [defs[a].method for a in arms if defs[a].method not in methods]  # an arm named in --arms brings its method
     threshold = float(opts.threshold if opts.threshold is not None else circuit.default_threshold)
     notes: list[str] = []
     if opts.quick and opts.baseline_steps is None:
@@ -246,6 +256,7 @@ def identity_of(s: Setting) -> dict:
         "augment": o.augment,
         "batch_size": o.batch_size,
         "eval_every": o.eval_every,
+        "arm_eval_every": ARM_EVAL_EVERY,
         "lr": o.lr,
         "warmup_steps": o.warmup_steps,
         "schedule_steps": o.schedule_steps,

@@ -1,80 +1,55 @@
 """The experiment's method table: how far each scoring method's top rows move the circuit's formation, paired by
 seed, against the random controls and against MDA; and how alike the methods rank the window's rows.
 
-Per method m (its arms: `remove-top` / `augment-top` for MDA, `remove-top-<m>` / `augment-top-<m>` otherwise):
-- delay = emergence(remove arm, seed s) - emergence(baseline, s); advance = emergence(augment arm, s) -
-  emergence(baseline, s) (negative = sooner). A run that never formed counts as its end step + one evaluation
-  interval (`RunMetrics.censored_emergence`), marked censored. Mean and sample sd over the seeds.
-- Paired t-tests over seeds (`paired_t_test`, two-sided): the arm against its random control (remove-random /
-  augment-random) and against MDA's arm of the same kind, on the per-seed emergence steps.
-- status: "not testable" (the reason) when the baseline never formed in some seed or there are fewer than
-  `effects.MIN_SEEDS` seeds (`effects.untestable_reason`), else "tested".
+Per method m (its arms: `pipelines.methods.method_arms`) and per outcome (`run_metrics.OUTCOMES`: the emergence
+step, the circuit score at the reference step, the area under the circuit curve):
+- delay = outcome(remove arm, seed s) - outcome(baseline, s); advance = outcome(augment arm, s) - outcome(baseline,
+  s) (for the emergence step negative = sooner), over distinct pairs (`effects.paired_outcome`). A run that never
+  formed is censored: its difference is a bound ("> +N"), and the mean, sd and tests of that shift are not given.
+- Paired t-tests over distinct pairs (two-sided): the arm against its random control (remove-random /
+  augment-random) and against MDA's arm of the same kind, on the per-seed outcome; Holm's correction across
+  every test of the outcome's table.
+- status: "not testable" (the reason, and no test at all) when the baseline never formed in some seed or has fewer
+  than `effects.MIN_SEEDS` distinct runs (`effects.untestable_reason`), else "tested".
 Spearman correlations: between every two methods' `score` columns over the window's rows (matched by row id).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
-from curate.pipelines.effects import RunMetrics, mean_std, untestable_reason
-
-
-def method_arms(method: str) -> tuple[str, str]:
-    """(remove arm, augment arm) of a scoring method."""
-    return ("remove-top", "augment-top") if method == "mda" else (f"remove-top-{method}", f"augment-top-{method}")
-
-
-@dataclass
-class PairedTest:
-    """Paired t-test of a vs b over the same seeds: d_s = a_s - b_s, t = mean(d) / (sd(d) / sqrt(n)), df = n - 1."""
-
-    n: int
-    mean_diff: float | None
-    t: float | None
-    df: int | None
-    p: float | None
-    note: str = ""
-
-
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Two-sided paired t-test; undefined (None, with a note) with fewer than two pairs or no spread in the differences."""
-    from scipy import stats
-
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    n = len(d)
-    if n == 0:
-        return PairedTest(0, None, None, None, None, "no seed in common")
-    mean = float(d.mean())
-    if n < 2:
-        return PairedTest(n, mean, None, None, None, "needs at least two seeds")
-    sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        return PairedTest(n, mean, None, n - 1, None, "the differences have no spread: exact but not testable")
-    t = mean / (sd / math.sqrt(n))
-    return PairedTest(n, mean, float(t), n - 1, float(min(1.0, 2.0 * stats.t.sf(abs(t), n - 1))))
+from curate.attribution.scores_folder import open_scores
+from curate.pipelines.effects import Paired, paired_outcome, untestable_reason
+from curate.pipelines.methods import PRIMARY, method_arms
+from curate.pipelines.run_metrics import OUTCOMES, RunMetrics
+from curate.stats import apply_holm
 
 
 @dataclass
 class Shift:
-    """One arm's per-seed emergence shift against the baseline and its tests."""
+    """One arm's per-seed shift of an outcome against the baseline, and its tests."""
 
     arm: str
+    outcome: str
     seeds: list[int]
-    values: list[float]  # emergence(arm, s) - emergence(baseline, s)
-    censored: bool
-    mean: float | None
+    values: list[float]  # outcome(arm, s) - outcome(baseline, s); a censored one is a bound
+    censored: list[bool]
+    mean: float | None  # None when some pair is censored
     sd: float | None
-    vs_control: PairedTest | None
-    vs_mda: PairedTest | None
+    vs_control: Paired | None
+    vs_mda: Paired | None
+    a_values: list[float]  # the arm's and the baseline's values per pair (a censored emergence: the run's end step)
+    b_values: list[float]
 
 
 @dataclass
 class MethodRow:
     method: str
+    outcome: str
     delay: Shift | None  # remove arm
     advance: Shift | None  # augment arm
     status: str  # "tested" or "not testable"
@@ -84,50 +59,43 @@ class MethodRow:
         return asdict(self)
 
 
-def _emergence(runs: dict[int, RunMetrics], seed: int) -> tuple[float, bool]:
-    return runs[seed].censored_emergence()
-
-
-def _shift(arm: str, control: str, mda_arm: str | None, runs: dict[str, dict[int, RunMetrics]]) -> Shift | None:
+def _shift(arm: str, control: str, mda_arm: str | None, runs: dict[str, dict[int, RunMetrics]], outcome: str,
+           reason: str | None) -> Shift | None:
     if arm not in runs or "baseline" not in runs:
         return None
-    base, a = runs["baseline"], runs[arm]
-    seeds = sorted(set(a) & set(base))
-    if not seeds:
+    base = paired_outcome(arm, runs[arm], "baseline", runs["baseline"], outcome, untestable="shifts are not tested")
+    if not base.seeds:
         return None
-    censored = False
-    values, arm_steps = [], []
-    for s in seeds:
-        (va, ca), (vb, cb) = _emergence(a, s), _emergence(base, s)
-        values.append(va - vb)
-        arm_steps.append(va)
-        censored = censored or ca or cb
 
-    def against(other: str | None) -> PairedTest | None:
-        if other is None or other not in runs:
+    def against(other: str | None) -> Paired | None:
+        if other is None or other == arm or other not in runs:
             return None
-        common = [s for s in seeds if s in runs[other]]
-        return paired_t_test([_emergence(a, s)[0] for s in common], [_emergence(runs[other], s)[0] for s in common])
+        return paired_outcome(arm, runs[arm], other, runs[other], outcome, reason)
 
-    mean, sd = mean_std(values)
-    return Shift(arm, seeds, values, censored, mean, sd, against(control), against(mda_arm if mda_arm != arm else None))
+    return Shift(arm, outcome, base.seeds, base.diffs, base.censored, base.mean, base.sd, against(control), against(mda_arm),
+                 base.a_values, base.b_values)
 
 
 def method_table(runs: dict[str, dict[int, RunMetrics]], methods: Sequence[str], threshold: float | None = None,
-                 metric: str | None = None) -> list[MethodRow]:
-    """One row per method (see the module docstring)."""
+                 metric: str | None = None, outcomes: Sequence[str] = OUTCOMES) -> list[MethodRow]:
+    """One row per (outcome, method) (see the module docstring); Holm across each outcome's tests."""
     reason = untestable_reason(runs["baseline"], threshold, metric) if "baseline" in runs else "no baseline runs"
-    mda_remove, mda_augment = method_arms("mda")
+    mda_remove, mda_augment = method_arms(PRIMARY)
     rows = []
-    for m in methods:
-        remove, augment = method_arms(m)
-        rows.append(MethodRow(
-            m,
-            _shift(remove, "remove-random", mda_remove, runs),
-            _shift(augment, "augment-random", mda_augment, runs),
-            "not testable" if reason else "tested",
-            reason or "",
-        ))
+    for outcome in outcomes:
+        table = []
+        for m in methods:
+            remove, augment = method_arms(m)
+            table.append(MethodRow(
+                m, outcome,
+                _shift(remove, "remove-random", mda_remove, runs, outcome, reason),
+                _shift(augment, "augment-random", mda_augment, runs, outcome, reason),
+                "not testable" if reason else "tested",
+                reason or "",
+            ))
+        apply_holm([p.test if p is not None else None for r in table for s in (r.delay, r.advance) if s is not None
+                    for p in (s.vs_control, s.vs_mda)])
+        rows += table
     return rows
 
 
@@ -136,8 +104,6 @@ def method_table(runs: dict[str, dict[int, RunMetrics]], methods: Sequence[str],
 
 def read_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(row ids, scores) of a scores folder, sorted by row id."""
-    from curate.attribution.scores_folder import open_scores
-
     ids, values = [], []
     for batch in open_scores(folder).iter_columns(["row_id", "score"]):
         ids.append(batch["row_id"])
@@ -150,8 +116,6 @@ def read_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def spearman_matrix(folders: dict[str, Path]) -> dict:
     """Spearman's rank correlation between every two methods' scores over the rows both scored."""
-    from scipy import stats
-
     data = {m: read_scores(f) for m, f in folders.items()}
     names = list(folders)
     out: dict = {"methods": names, "rows": None, "rho": {}}

@@ -15,9 +15,11 @@ from typing import Callable
 import numpy as np
 
 from curate.atomic import atomic_dir, write_json
+from curate.stats import mean_std
 
 Log = Callable[[str], None]
 RESULTS_FILE = "results.json"
+DPI = 150
 STATUS_MARK = {"observed": "observed", "not observed": "NOT observed", "inconclusive": "inconclusive", "not run": "not run",
                "not testable": "not testable"}
 
@@ -118,23 +120,49 @@ def fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
 
 
 def fmt_step(v: float | None, sign: bool = False, censored: bool = False) -> str:
+    """A step (or a difference of steps); `censored`: only known to lie beyond it ("> N")."""
     if v is None:
         return "none"
-    text = f"{v:+.0f}" if sign else f"{v:.0f}"
-    return (">= " if censored else "") + text
+    n = int(round(v))  # whole steps, never "-0"
+    text = f"{n:+d}" if sign else f"{n:d}"
+    return ("> " if censored else "") + text
+
+
+def fmt_run_emergence(run: dict) -> str:
+    """A run's emergence step, or "> END" when it never formed (censored at its last step)."""
+    return fmt_step(run["emergence"]) if run["emergence"] is not None else fmt_step(max(run["steps"]), censored=True)
+
+
+def fmt_diffs(paired: dict) -> str:
+    """Per-pair differences of a `effects.Paired` (JSON), a censored one as a bound ("> +90" / "< -40"; "censored"
+    when both runs never formed: their end steps say nothing about the difference)."""
+    out = []
+    for d, c, a, b in zip(paired["diffs"], paired["censored"], paired["a_values"], paired["b_values"]):
+        text = f"{d:+.0f}" if paired["outcome"] == "emergence" else f"{d:+.3g}"
+        out.append(text if not c else "censored" if a == b else (">" if a > b else "<") + " " + text)
+    return ", ".join(out)
+
+
+def fmt_p(test: dict | None) -> str:
+    """`p = 0.01 (Holm 0.03)`, or "-" where there is no test."""
+    if test is None or test.get("p") is None:
+        return "-"
+    return f"p = {fmt(test['p'])} (Holm {fmt(test.get('p_holm'))})"
 
 
 def mean_sd(values: list[float]) -> str:
-    if not values:
+    """`1700 +- 120` (mean and sample sd, `curate.stats.mean_std`), the mean alone for one value, "none" for none."""
+    m, sd = mean_std(values)
+    if m is None:
         return "none"
-    m = float(np.mean(values))
-    return f"{m:.0f} +- {float(np.std(values, ddof=1)):.0f}" if len(values) > 1 else f"{m:.0f}"
+    return f"{m:.0f} +- {sd:.0f}" if sd is not None else f"{m:.0f}"
 
 
 # --------------------------------------------------------------------------- figures
 
 
 def _plt():
+    """pyplot on the Agg backend (imported here: a measured 0.4 s that only writing figures needs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +173,7 @@ def _plt():
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=80)
+    fig.savefig(path, format="png", dpi=DPI)
     _plt().close(fig)
 
 
@@ -181,6 +209,26 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
+def arm_colors(arms: list[str]) -> dict[str, tuple]:
+    """One distinct colour per arm: tab10 up to 10 arms, tab20 up to 20, else evenly spaced hues (never a wrap)."""
+    plt = _plt()
+    n = len(arms)
+    if n <= 10:
+        cmap, picks = plt.get_cmap("tab10"), list(range(n))
+    elif n <= 20:
+        cmap, picks = plt.get_cmap("tab20"), list(range(n))
+    else:
+        cmap, picks = plt.get_cmap("hsv"), [i / n for i in range(n)]
+    return {a: tuple(cmap(p)) for a, p in zip(arms, picks)}
+
+
+def _fit_steps(ax, arms: dict[str, dict]) -> None:
+    """x axis from the first to the last evaluated step of these runs."""
+    steps = [s for runs in arms.values() for r in runs.values() for s in r["steps"]]
+    if steps:
+        ax.set_xlim(min(steps), max(steps))
+
+
 def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
     """Write the experiment's PNGs into `folder`; returns (file, caption) pairs in report order."""
     plt = _plt()
@@ -191,7 +239,7 @@ def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
     window = results["window"]
     base = arms.get("baseline")
     figures: list[tuple[str, str]] = []
-    colors = {a: f"C{i}" for i, a in enumerate(arms)}
+    colors = arm_colors(list(arms))
 
     fig, axes = _grid(len(arms))
     for ax, (arm, runs) in zip(axes, arms.items()):
@@ -204,6 +252,7 @@ def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
         ax.legend(fontsize=7, loc="upper left")
     for ax in axes:
         ax.set_xlabel("step", fontsize=8)
+    _fit_steps(axes[0], arms)
     axes[0].set_ylabel(f"best {name} score", fontsize=8)
     _save(fig, folder / "circuit_by_arm.png")
     figures.append(("circuit_by_arm.png", f"Best {name} score per arm over training steps: mean over seeds, band = min-max over "
@@ -215,16 +264,18 @@ def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
     ax.axhline(threshold, color="black", linestyle=":", linewidth=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel(f"best {name} score")
-    ax.legend(fontsize=8)
+    _fit_steps(ax, arms)
+    ax.legend(fontsize=7, ncol=2 if len(arms) > 6 else 1)
     _save(fig, folder / "circuit_all_arms.png")
     figures.append(("circuit_all_arms.png", f"All arms together (mean over seeds, band = min-max)"))
 
     fig, axes = _grid(len(arms))
     for ax, (arm, runs) in zip(axes, arms.items()):
-        _band(ax, runs, f"{metric}_targeted", "C3", "targeted heads")
-        _band(ax, runs, f"{metric}_other", "C0", "other heads", "--")
+        _band(ax, runs, f"{metric}_targeted", "tab:red", "targeted heads")
+        _band(ax, runs, f"{metric}_other", "tab:blue", "other heads", "--")
         ax.set_title(arm, fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
+    _fit_steps(axes[0], arms)
     axes[0].set_ylabel(f"mean {name} score", fontsize=8)
     _save(fig, folder / "targeted_vs_other.png")
     figures.append(("targeted_vs_other.png", f"Mean {name} score of the targeted heads ({', '.join(results['targeted_heads'])}) and "
@@ -241,36 +292,61 @@ def make_figures(folder: Path, results: dict) -> list[tuple[str, str]]:
     axes[2].set_title("held-out loss", fontsize=10)
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        _fit_steps(ax, arms)
+    axes[2].legend(fontsize=7, ncol=2 if len(arms) > 6 else 1)
     _save(fig, folder / "other_curves.png")
     figures.append(("other_curves.png", f"Per arm: best {other.replace('_', '-')} score, ICL score and held-out loss (mean over seeds)"))
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(arms)), 4))
     end = max(max(r["steps"]) for runs in arms.values() for r in runs.values())
+    shown: list[float] = []
     for i, (arm, runs) in enumerate(arms.items()):
         formed = [r["emergence"] for r in runs.values() if r["emergence"] is not None]
         missing = len(runs) - len(formed)
         jitter = np.linspace(-0.15, 0.15, max(1, len(runs)))[: len(formed)]
         ax.scatter(i + jitter, formed, color=colors[arm], zorder=3, s=22)
-        if formed:
-            m = float(np.mean(formed))
-            sd = float(np.std(formed, ddof=1)) if len(formed) > 1 else 0.0
-            ax.errorbar([i], [m], yerr=[sd], fmt="_", color="black", capsize=6, markersize=18, zorder=4)
+        shown += formed
+        if formed and not missing:  # a mean only over exact values: a censored run is never averaged
+            m, sd = mean_std(formed)
+            shown += [m - (sd or 0.0), m + (sd or 0.0)]  # type: ignore[operator]
+            ax.errorbar([i], [m], yerr=[sd or 0.0], fmt="_", color="black", capsize=6, markersize=18, zorder=4)
         if missing:
-            ax.scatter([i], [end], marker="x", color=colors[arm], s=40, zorder=3)
-            ax.annotate(f"{missing} not formed", (i, end), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+            shown.append(end)
+            ax.scatter([i], [end], marker="^", color=colors[arm], s=40, zorder=3)
+            ax.annotate(f"{missing} > {end}", (i, end), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xticks(range(len(arms)))
-    ax.set_xticklabels(list(arms), rotation=20, fontsize=8)
+    ax.set_xticklabels(list(arms), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("emergence step")
-    ax.axhline(end, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_ylim(0, end * 1.12)
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = max(0.08 * (hi - lo), 0.02 * max(hi, 1.0))
+        ax.set_ylim(lo - pad, hi + 2.5 * pad)
     _save(fig, folder / "emergence.png")
-    figures.append(("emergence.png", f"Emergence step of the {name} circuit per arm: one dot per seed, bar = mean +- sd; "
-                    f"x at the top = runs in which it never reached {threshold:g} by step {end}"))
+    figures.append(("emergence.png", f"Emergence step of the {name} circuit per arm (interpolated between evaluations): one dot "
+                    f"per seed, bar = mean +- sd where every run formed; triangle '> {end}' = runs in which it never reached "
+                    f"{threshold:g} by step {end} (censored: not averaged)"))
     return figures
 
 
 # --------------------------------------------------------------------------- the report
+
+
+def verdicts_section(doc: Doc, results: dict) -> None:
+    """The expected effects, each observed or not (`pipelines.verdicts`)."""
+    doc.h2("Expected effects: observed or not")
+    doc.table(["expected effect", "status", "numbers"],
+              [[v["expectation"], STATUS_MARK.get(v["status"], v["status"]), v["detail"]] for v in results["verdicts"]])
+
+
+def controls_section(doc: Doc, results: dict) -> None:
+    """Each targeted arm against its random control (`effects.comparisons`)."""
+    doc.h2("Targeted arms against their random controls")
+    doc.p(f"Test: {results['test']}. Metric: the emergence step when no pair is censored, else the area under the "
+          "circuit curve (defined for every run).")
+    doc.table(["arm", "control", "metric", "expected", "arm values", "control values", "t", "df", "p", "note"], [
+        [c["arm"], c["control"], c["metric"], c["expected"], ", ".join(fmt(v, 4) for v in c["arm_values"]),
+         ", ".join(fmt(v, 4) for v in c["control_values"]), fmt(c["test"] and c["test"]["t"]), fmt(c["test"] and c["test"]["df"]),
+         fmt_p(c["test"]), c["note"]] for c in results["comparisons"]])
 
 
 def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
@@ -292,20 +368,26 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
         ["seeds", ", ".join(str(s) for s in results["seeds"])],
         ["what a seed varies", results["seed_varies"]],
         ["arms train until step", str(results["arm_steps"])],
-        ["emergence threshold", f"{results['threshold']:g} (best head, {results['metric'].replace('_', '-')} score; evaluated every {results['eval_every']} steps)"],
+        ["emergence threshold", f"{results['threshold']:g} (best head, {results['metric'].replace('_', '-')} score; the baseline evaluated every {results['eval_every']} steps, the arms every {results.get('arm_eval_every', results['eval_every'])}; the crossing interpolated between evaluations)"],
     ]
+    o = results.get("outcomes")
+    if o:
+        setting.append(["continuous outcomes", f"circuit score at step {fmt_step(o['reference'])} (the baseline's mean emergence step); "
+                        f"area under the circuit curve from step {o['auc_from']:.0f} to {o['auc_to']:.0f} / its length"])
+    setting.append(["tests", results["test"]])
+    if results.get("testable"):
+        setting.append(["not testable", results["testable"]])
     doc.table(["setting", "value"], setting)
     if results.get("notes"):
         doc.items([f"note: {n}" for n in results["notes"]])
 
-    doc.h2("Expected effects: observed or not")
-    doc.table(["expected effect", "status", "numbers"],
-              [[v["expectation"], STATUS_MARK.get(v["status"], v["status"]), v["detail"]] for v in results["verdicts"]])
+    verdicts_section(doc, results)
 
     doc.h2("Effects against the baseline")
-    doc.p("Deltas are arm minus baseline, paired by seed and averaged (+- sample sd over seeds). A run in which the circuit "
-          "never formed counts as (end step + one evaluation interval) in the emergence delta, marked '>=' (a lower bound). "
-          "ICL: more negative = more in-context learning. Run mean: the curve's mean over every evaluation point, so a "
+    doc.p("Deltas are arm minus baseline, paired by seed (one seed per distinct pair of runs) and averaged (+- sample sd). "
+          "A run in which the circuit never formed is censored: its emergence step is only known to lie beyond its end "
+          "('> N'); a censored delta is shown per pair as a bound and never averaged. Score at step R and area: the "
+          "continuous outcomes (setting above), defined for every run. ICL: more negative = more in-context learning. Run mean: the curve's mean over every evaluation point, so a "
           "shift in timing moves it where final values have converged (the ICL and head-movement verdicts use it). "
           "Targeted / other heads: run-mean deltas of their mean circuit score on the seeds that start from the scored "
           "model's own weights.")
@@ -313,24 +395,22 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
     for e in results["effects"]:
         runs = results["arms"][e["arm"]]["runs"]
         formed = [r["emergence"] for r in runs.values() if r["emergence"] is not None]
+        if e["emergence_censored"]:
+            delta = f"censored: {fmt_diffs(e['emergence_pairs'])}"
+        else:
+            delta = fmt_step(e["emergence_delta"], sign=True) + (f" +- {e['emergence_delta_std']:.0f}" if e["emergence_delta_std"] else "")
         rows.append([
-            e["arm"], f"{e['formed']}/{len(runs)}", mean_sd(formed),
-            fmt_step(e["emergence_delta"], sign=True, censored=e["emergence_censored"]) + (f" +- {e['emergence_delta_std']:.0f}" if e["emergence_delta_std"] else ""),
+            e["arm"], f"{e['formed']}/{len(runs)}", mean_sd(formed) + (f" (formed runs; {len(runs) - len(formed)} censored)" if len(formed) < len(runs) else ""),
+            delta, fmt(e["score_at_reference_delta"], sign=True), fmt(e["auc_delta"], sign=True),
             fmt(e["score_final"]), fmt(e["score_delta"], sign=True), fmt(e["icl_delta"], sign=True),
             fmt(e["icl_mean_delta"], sign=True), fmt(e["heldout_loss_delta"], sign=True),
             fmt(e["targeted_mean_delta"], sign=True), fmt(e["other_mean_delta"], sign=True), fmt(e["movement_ratio"], 2),
         ])
-    doc.table(["arm", "formed", "emergence step", "delta emergence", "final score", "delta final score", "delta final ICL",
+    doc.table(["arm", "formed", "emergence step", "delta emergence", "delta score at step R", "delta area", "final score", "delta final score", "delta final ICL",
                "delta ICL (run mean)", "delta held-out loss", "delta targeted heads (run mean)",
                "delta other heads (run mean)", "targeted/other"], rows)
 
-    doc.h2("Targeted arms against their random controls")
-    doc.p(f"Test: {results['test']}. Metric: the emergence step when every run of both arms formed, else the final "
-          "best-head score.")
-    doc.table(["arm", "control", "metric", "expected", "arm values", "control values", "t", "df", "p", "note"], [
-        [c["arm"], c["control"], c["metric"], c["expected"], ", ".join(fmt(v, 4) for v in c["arm_values"]),
-         ", ".join(fmt(v, 4) for v in c["control_values"]), fmt(c["test"]["t"]), fmt(c["test"]["df"]), fmt(c["test"]["p"]),
-         c["test"]["note"]] for c in results["comparisons"]])
+    controls_section(doc, results)
 
     doc.h2("Figures")
     for file, caption in figures:
@@ -354,10 +434,10 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
     rows = []
     for arm in results["arm_names"]:
         for seed, r in sorted(results["arms"][arm]["runs"].items(), key=lambda kv: int(kv[0])):
-            rows.append([arm, seed, fmt_step(r["emergence"]), fmt_step(r["emergence_targeted"]), fmt(r["final"]["score"]),
-                         fmt(r["final"]["targeted"]), fmt(r["final"]["other"]), fmt(r["final"]["icl"]),
+            rows.append([arm, seed, fmt_run_emergence(r), fmt_step(r["emergence_targeted"]), fmt(r.get("score_at_reference")),
+                         fmt(r.get("auc")), fmt(r["final"]["score"]), fmt(r["final"]["targeted"]), fmt(r["final"]["other"]), fmt(r["final"]["icl"]),
                          fmt(r["final"]["heldout_loss"]), r["run_dir"] + (f" (= {r['same_as']})" if r.get("same_as") else "")])
-    doc.table(["arm", "seed", "emergence", "targeted emergence", "final score", "targeted", "other", "ICL", "held-out loss",
+    doc.table(["arm", "seed", "emergence", "targeted emergence", "score at step R", "area", "final score", "targeted", "other", "ICL", "held-out loss",
                "run folder"], rows)
 
     doc.h2("Rerun")
@@ -374,42 +454,73 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
     return doc
 
 
+OUTCOME_TITLES = {
+    "emergence": "emergence step",
+    "score_at_reference": "circuit score at step R (the baseline's mean emergence step)",
+    "auc": "area under the circuit curve (mean score over the common steps)",
+}
+
+
+def _num(v: float | None, outcome: str, sign: bool = True) -> str:
+    if v is None:
+        return "-"
+    return fmt_step(v, sign=sign) if outcome == "emergence" else fmt(v, sign=sign)
+
+
 def _shift_cell(shift: dict | None) -> str:
+    """mean +- sd (n=3: per-pair values), or the per-pair values alone when one is censored (a bound)."""
     if shift is None:
         return "not run"
-    text = fmt_step(shift["mean"], sign=True, censored=shift["censored"])
+    outcome = shift["outcome"]
+    values = fmt_diffs({"diffs": shift["values"], "censored": shift["censored"], "outcome": outcome,
+                        "a_values": shift["a_values"], "b_values": shift["b_values"]})
+    if any(shift["censored"]):
+        return f"censored (n={len(shift['seeds'])}: {values})"
+    text = _num(shift["mean"], outcome)
     if shift["sd"] is not None:
-        text += f" +- {shift['sd']:.0f}"
-    return text + f" (n={len(shift['seeds'])}: " + ", ".join(f"{v:+.0f}" for v in shift["values"]) + ")"
+        text += f" +- {_num(shift['sd'], outcome, sign=False)}"
+    return text + f" (n={len(shift['seeds'])}: {values})"
 
 
-def _test_cell(test: dict | None) -> str:
-    if test is None:
+def _test_cell(paired: dict | None) -> str:
+    """`diff +47, p = 0.005 (Holm 0.02)`, or the difference and why there is no test."""
+    if paired is None:
         return "-"
-    if test["p"] is None:
-        return f"diff {fmt(test['mean_diff'], sign=True)}; {test['note']}"
-    return f"diff {test['mean_diff']:+.0f}, p = {fmt(test['p'])}"
+    test = paired["test"]
+    diff = paired["diffs"] and float(np.mean(paired["diffs"]))
+    if test is None or test["p"] is None:
+        note = paired["note"] or (test and test["note"]) or "no test"
+        if any(paired["censored"]):
+            return note
+        return f"diff {_num(diff, paired['outcome'])}; {note}"
+    return f"diff {_num(test['mean_diff'], paired['outcome'])}, {fmt_p(test)}"
 
 
 def method_section(doc: Doc, results: dict) -> None:
-    """The method table (opens the report), the Spearman correlations between methods, and which heads move."""
+    """The method tables (open the report), the Spearman correlations between methods, and which heads move."""
     table = results.get("method_table") or []
     if not table:
         return
     doc.h2("Methods compared")
-    doc.p("Per scoring method: delay = emergence step of its remove-top arm minus the baseline's, advance = its "
-          "augment-top arm's minus the baseline's (negative = sooner), paired by seed: mean +- sample sd over seeds "
-          "(per-seed values in brackets; '>=' when a run never formed and counts as its end + one evaluation interval). "
+    doc.p("Per scoring method and outcome: delay = the outcome of its remove-top arm minus the baseline's, advance = its "
+          "augment-top arm's minus the baseline's (for the emergence step negative = sooner), paired by seed (one seed per "
+          "distinct pair of runs): mean +- sample sd (per-pair values in brackets). A run that never formed is censored: "
+          "its difference is a bound ('> +N'), with no mean and no test. "
           f"Tests: {results.get('method_test', 'paired t-test over seeds')}, against the random control of the same "
           "size (remove-random / augment-random) and against MDA's arm.")
-    rows = []
-    for r in table:
-        d, a = r["delay"], r["advance"]
-        rows.append([r["method"], _shift_cell(d), _test_cell(d and d["vs_control"]), _test_cell(d and d["vs_mda"]),
-                     _shift_cell(a), _test_cell(a and a["vs_control"]), _test_cell(a and a["vs_mda"]),
-                     r["status"] + (f": {r['reason']}" if r["reason"] else "")])
-    doc.table(["method", "delay (remove-top)", "vs remove-random", "vs MDA", "advance (augment-top)", "vs augment-random",
-               "vs MDA", "status"], rows)
+    outcomes = list(dict.fromkeys(r.get("outcome", "emergence") for r in table))
+    for outcome in outcomes:
+        rows = []
+        for r in table:
+            if r.get("outcome", "emergence") != outcome:
+                continue
+            d, a = r["delay"], r["advance"]
+            rows.append([r["method"], _shift_cell(d), _test_cell(d and d["vs_control"]), _test_cell(d and d["vs_mda"]),
+                         _shift_cell(a), _test_cell(a and a["vs_control"]), _test_cell(a and a["vs_mda"]),
+                         r["status"] + (f": {r['reason']}" if r["reason"] else "")])
+        doc.p(f"Outcome: {OUTCOME_TITLES.get(outcome, outcome)}.")
+        doc.table(["method", "delay (remove-top)", "vs remove-random", "vs MDA", "advance (augment-top)", "vs augment-random",
+                   "vs MDA", "status"], rows)
     sp = results.get("spearman")
     if sp:
         doc.p(f"Spearman rank correlation between the methods' scores over the window's {sp['rows'] or 0:,} rows:")

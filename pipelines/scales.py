@@ -8,14 +8,30 @@ base's MLP ratio; the number of heads stays (H must be a multiple of it).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from transformers import GPTNeoXForCausalLM
 
+from curate.atomic import atomic_dir, write_json
+from curate.corpus import open_corpus
+from curate.default_corpus import ensure_default_corpus
 from curate.errors import CurateError
-from curate.pipelines.experiment_setting import EXPERIMENT_FILE
+from curate.outputs import EXPERIMENT, check_output_folder
+from curate.pipelines.arms import SCALE_ARMS, parse_arms
+from curate.pipelines.ray_holder import ray_holder
+from curate.pipelines.experiment import run_experiment
+from curate.pipelines.experiment_options import command_line, parse_sizes
+from curate.pipelines.experiment_setting import EXPERIMENT_FILE, default_out
+from curate.pipelines.report import Doc, _plt, _save, arm_colors, render_html, render_md
+from curate.training.default_model import default_model_config
+from curate.training.models import config_from_dict, load_config_file
+from curate.training.trainer import corpus_vocab_size
+from curate.workspace import resolve_workspace
 
 Log = Callable[[str], None]
 
@@ -37,11 +53,6 @@ def size_config(base: dict, hidden: int, layers: int) -> dict:
 
 def parameter_count(config: dict) -> int:
     """Parameters of a GPT-NeoX built from `config` (on the meta device: nothing is allocated)."""
-    import torch
-    from transformers import GPTNeoXForCausalLM
-
-    from curate.training.models import config_from_dict
-
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(config_from_dict(config))
     return int(sum(p.numel() for p in model.parameters()))
@@ -49,19 +60,12 @@ def parameter_count(config: dict) -> int:
 
 def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     """(base config dict, corpus path) for the sizes: --config, else the default model for the corpus's vocabulary."""
-    from curate.corpus import open_corpus
-    from curate.training.models import load_config_file
-    from curate.training.trainer import corpus_vocab_size
-
     if opts.config is not None:
         return load_config_file(opts.config), opts.corpus
     if opts.corpus is not None:
         corpus_path = opts.corpus
     else:
-        from curate.default_corpus import ensure_default_corpus
-
         corpus_path = str(ensure_default_corpus(ws, opts.progress, log))
-    from curate.training.default_model import default_model_config
 
     return default_model_config(corpus_vocab_size(open_corpus(corpus_path))).to_dict(), opts.corpus
 
@@ -72,8 +76,6 @@ SCALES_KEY = "scales"  # in the --scales folder's experiment.json: the sizes
 def check_scales_folder(out: Path, inputs: list) -> None:
     """The --scales folder follows every writer's rule (`curate.outputs`): absent, empty or an experiment folder
     holding none of the inputs; and an experiment folder must be a --scales one (not a single experiment)."""
-    from curate.outputs import EXPERIMENT, check_output_folder
-
     check_output_folder(out, EXPERIMENT, inputs)
     marker = out / EXPERIMENT_FILE
     if marker.is_file():
@@ -89,14 +91,6 @@ def check_scales_folder(out: Path, inputs: list) -> None:
 
 def run_scales(opts, log: Log = lambda m: None) -> dict:
     """Run every size's experiment (resumable like one experiment), then write the acceleration report."""
-    from curate.atomic import write_json
-    from curate.workspace import resolve_workspace
-    from curate.pipelines.arms import SCALE_ARMS, parse_arms
-    from curate.pipelines.ray_holder import ray_holder
-    from curate.pipelines.experiment import run_experiment
-    from curate.pipelines.experiment_options import command_line, parse_sizes
-    from curate.pipelines.experiment_setting import default_out
-
     opts.validate()
     sizes = parse_sizes(opts.sizes)
     ws = resolve_workspace(opts.workspace)
@@ -104,14 +98,10 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder")
     if opts.corpus is not None:
-        from curate.corpus import open_corpus
-
         open_corpus(opts.corpus)
     arms = ",".join(parse_arms(opts.arms, default=SCALE_ARMS))
     heads = None
     if opts.config is not None:
-        from curate.training.models import load_config_file
-
         heads = int(load_config_file(opts.config).get("num_attention_heads", 4))
     for hidden, _ in sizes:  # cheap checks before anything is written
         if heads is not None and hidden % heads:
@@ -120,8 +110,6 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
     base, corpus = _base_config(opts, ws, log)
     configs = {size_name(h, l): size_config(base, h, l) for h, l in sizes}
     write_json(out / EXPERIMENT_FILE, {SCALES_KEY: list(configs), "command": command_line(opts)})  # names the folder's kind
-
-    import os
 
     per_size: dict[str, dict] = {}
     with ray_holder(opts.workers or (os.cpu_count() or 1)) as holder:
@@ -150,8 +138,9 @@ def run_scales(opts, log: Log = lambda m: None) -> dict:
 
 
 def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict]:
-    """Per size and augmentation arm: emergence (mean over seeds), the baseline's, the acceleration (baseline minus
-    arm, paired by seed; censored runs make it a bound), its share of the baseline's emergence, final-score delta."""
+    """Per size and augmentation arm: emergence (mean over the runs that formed), the baseline's, the acceleration
+    (baseline minus arm, paired by seed; none when a run never formed: censored, never averaged), its share of the
+    baseline's emergence, final-score delta."""
     rows = []
     for name, res in per_size.items():
         effects = {e["arm"]: e for e in res["effects"]}
@@ -163,7 +152,6 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
             accel = accel + 0.0 if accel is not None else None  # no negative zero
             base_em = base["emergence_mean"] if base is not None else None
             share = accel / base_em if accel is not None and base_em else None
-            bound = "<= " if e["emergence_censored"] else ""
             rows.append({
                 "size": name, "params": params[name], "arm": arm,
                 "emergence_mean": e["emergence_mean"], "baseline_emergence_mean": base_em,
@@ -171,23 +159,21 @@ def scales_table(per_size: dict[str, dict], params: dict[str, int]) -> list[dict
                 "score_delta": e["score_delta"], "formed": f"{e['formed']}/{len(e['seeds'])}",
                 "emergence": "none" if e["emergence_mean"] is None else f"{e['emergence_mean']:.0f}",
                 "baseline_emergence": "none" if base_em is None else f"{base_em:.0f}",
-                "acceleration": "n/a" if accel is None else f"{bound}{accel:+.0f} steps" + (f" ({share:+.0%})" if share is not None else ""),
+                "acceleration": "n/a" if accel is None else f"{accel:+.0f} steps" + (f" ({share:+.0%})" if share is not None else ""),
                 "score_delta_text": "n/a" if e["score_delta"] is None else f"{e['score_delta']:+.3g}",
             })
     return rows
 
 
 def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], log: Log) -> None:
-    from curate.atomic import atomic_dir, write_json
-    from curate.pipelines.report import Doc, render_html, render_md
-
     with atomic_dir(folder) as tmp:
         _figure(tmp / "scales.png", results["table"], per_size)
         doc = Doc()
         doc.h1(f"Mechanistic data augmentation across model sizes ({results['circuit']})")
         doc.p("Each size has its own baseline run, scores and arms (report linked below). Acceleration = baseline emergence "
-              "step minus the arm's, paired by seed and averaged; '<=' marks a bound (some run never formed); 'n/a' = the "
-              "circuit formed in neither. The final-score delta is the arm's final best-head score minus the baseline's.")
+              "step minus the arm's, paired by seed and averaged; 'n/a' = some run never formed (censored: its step is "
+              "only known to lie beyond the run's end, never averaged). The final-score delta is the arm's final best-head "
+              "score minus the baseline's.")
         doc.table(["size", "parameters", "arm", "formed", "emergence", "baseline emergence", "acceleration", "final score delta"],
                   [[r["size"], f"{r['params']:,}", r["arm"], r["formed"], r["emergence"], r["baseline_emergence"],
                     r["acceleration"], r["score_delta_text"]] for r in results["table"]])
@@ -207,14 +193,13 @@ def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], 
 
 
 def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
-    from curate.pipelines.report import _plt, _save
-
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     arms = ["baseline"] + sorted({r["arm"] for r in table})
     params = {r["size"]: r["params"] for r in table}
     sizes = sorted(per_size, key=lambda n: params.get(n, 0))
-    for i, arm in enumerate(arms):
+    colors = arm_colors(arms)
+    for arm in arms:
         xs, em, sc = [], [], []
         for n in sizes:
             e = next((e for e in per_size[n]["effects"] if e["arm"] == arm), None)
@@ -224,8 +209,8 @@ def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
             em.append(np.nan if e["emergence_mean"] is None else e["emergence_mean"])
             sc.append(np.nan if e["score_final"] is None else e["score_final"])
         style = "--" if arm == "baseline" else "-"
-        axes[0].plot(xs, em, style, marker="o", color=f"C{i}", label=arm)
-        axes[1].plot(xs, sc, style, marker="o", color=f"C{i}", label=arm)
+        axes[0].plot(xs, em, style, marker="o", color=colors[arm], label=arm)
+        axes[1].plot(xs, sc, style, marker="o", color=colors[arm], label=arm)
     for ax, title in zip(axes, ("emergence step", "final best-head score")):
         ax.set_xscale("log")
         ax.set_xlabel("parameters")

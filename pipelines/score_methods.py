@@ -1,44 +1,26 @@
-"""The scoring methods of `curate score --method`: MDA and three baselines, each written as the same scores folder
-(`attribution.scores_folder`), so explain, index, build-mix and experiment take any of them.
+"""What each scoring method of `curate score --method` needs at scoring time, resolved from its registry line
+(`pipelines.methods`): a curvature for the probe gradients (a gradient method), or a row statistic. Every method
+writes the same scores folder (`attribution.scores_folder`), so explain, index, build-mix and experiment take any.
 
 - `mda` (default): I(z) = - grad_sub L(z)^T H_sub^-1 grad_sub f_probe on the circuit's heads, H_sub the EK-FAC
   curvature (`attribution.influence`); one `head_L_H` column per head, `score` = their sum.
 - `gradient-dot`: the same with the identity in place of H_sub^-1: score = - grad_sub L(z)^T grad_sub f_probe,
   same heads, same subspace, same sign (positive = a gradient-descent step on the row increases f_probe); no
   factor fit. Per-head columns as for MDA.
-- `copy-share`: the heuristic that knows the mechanism, `copy_share`: the share of the row's 4-grams that repeat
-  an earlier 4-gram of the same row. The model is not run (`loss` is NaN); no head columns.
+- `copy-share` (`pipelines.copy_share`): the share of the row's 4-grams that repeat an earlier 4-gram of the same
+  row. The model is not run (`loss` is NaN); no head columns.
 - `loss`: the row's mean next-token loss under the checkpoint (`attribution.scoring.row_loss`): score = loss,
   higher loss = higher score; no head columns.
 Every method still resolves the circuit's heads (recorded in summary.json: what an experiment measures).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
-import numpy as np
-from torch import nn
-
-from curate.attribution.scoring import RowStatistic, row_loss
-from curate.augment.features import repetition_features
+from curate.attribution.scoring import RowStatistic
 from curate.errors import CurateError
-from curate.pipelines.score_request import METHODS
-
-COPY_NGRAM = 4
-"""copy-share counts repeats of n-grams of this length."""
-
-
-def copy_share(model: nn.Module | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The `copy-share` method: (NaN losses, share) per row; the model is not used.
-
-    For a stored row of L tokens t_0..t_{L-1} (the whole row, the first input token to the last label), the 4-grams
-    start at p = 0..L-4; share = #{p : t[q:q+4] == t[p:p+4] for some q < p} / (L - 3), 0 when L < 4. This is
-    `augment.features.repetition_features(rows).repeat_share[:, 1]` (its default orders are (2, 4, 8): column 1 is
-    n = 4), computed for n = 4 alone; 4-grams count as equal when their 64-bit hashes agree on 40+ bits.
-    """
-    rows = np.asarray(rows)
-    share = repetition_features(rows, orders=(COPY_NGRAM,), span_order=COPY_NGRAM).repeat_share[:, 0]
-    return np.full(len(rows), np.nan, dtype=np.float32), share.astype(np.float64)
+from curate.pipelines.methods import REGISTRY, method_names
 
 
 @dataclass(frozen=True)
@@ -59,17 +41,15 @@ class ScoreMethod:
         return self.curvature == "ekfac"
 
 
-_METHODS = {
-    "mda": ScoreMethod("mda", "ekfac"),
-    "gradient-dot": ScoreMethod("gradient-dot", "identity"),
-    "copy-share": ScoreMethod("copy-share", None, copy_share),
-    "loss": ScoreMethod("loss", None, row_loss),
-}
-assert tuple(_METHODS) == METHODS
+def load_scorer(target: str) -> RowStatistic:
+    """The function a registry line names as "module:function" (imported here: the registry stays torch-free)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def score_method(name: str) -> ScoreMethod:
-    """The method called `name` (one of `score_request.METHODS`)."""
-    if name not in _METHODS:
-        raise CurateError(f"scoring method {name!r}: expected one of {', '.join(METHODS)}")
-    return _METHODS[name]
+    """The method called `name` (one of `pipelines.methods.method_names()`)."""
+    if name not in REGISTRY:
+        raise CurateError(f"scoring method {name!r}: expected one of {', '.join(method_names())}")
+    m = REGISTRY[name]
+    return ScoreMethod(m.name, m.curvature, load_scorer(m.scorer) if m.scorer is not None else None)

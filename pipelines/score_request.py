@@ -12,6 +12,7 @@ from curate.amounts import check_amount
 from curate.attribution.damping import DEFAULT_DAMPING
 from curate.errors import CurateError
 from curate.options import check_positive, flag, named, opt, workspace_opt
+from curate.pipelines.methods import get_method, method_names, methods_help
 
 DEFAULT_TOP = "10%"
 BATCH_TOKENS = 8192
@@ -19,8 +20,6 @@ BATCH_TOKENS = 8192
 MAX_BATCH_ROWS = 64
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
-METHODS = ("mda", "gradient-dot", "copy-share", "loss")
-"""Scoring methods (`pipelines.score_methods`): MDA and three baselines, all written as the same scores folder."""
 AGGREGATES = ("sum", "segment")
 """How trajectory scores (`--checkpoints`) combine the checkpoints (`pipelines.score_trajectory`)."""
 
@@ -30,7 +29,7 @@ class ScoreRequest:
     """What the user asked for: the `curate score` options (flags and help in the field metadata)."""
 
     circuit: str = opt("induction", "--circuit", help="Circuit to attribute: induction or previous-token.")
-    method: str = opt("mda", "--method", help="Score: mda (EK-FAC influence on the heads), gradient-dot (the same without curvature), copy-share (share of repeated 4-grams in the row) or loss (the row's mean loss).")
+    method: str = opt("mda", "--method", help=f"Score: {methods_help()}.")
     corpus: str | None = opt(None, "--corpus", help="Training corpus (default: the embedded default corpus, or the run's).")
     model: str | None = opt(None, "--model", "--checkpoint", help="HF folder, training run folder, or a Pythia name with --revision (default: the reference run).")
     revision: str | None = opt(None, "--revision", help="Checkpoint stepK of a run folder or hub model (default for a run: the first one after the head formed).")
@@ -87,8 +86,8 @@ def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the options alone (no file is opened); an error names the flag."""
     from curate.attribution.heads import check_mode  # inside: this module stays free of torch (the CLI's start-up)
 
-    if req.method not in METHODS:
-        raise CurateError(f"{flag(req, 'method')} {req.method!r}: expected one of {', '.join(METHODS)}")
+    if req.method not in method_names():
+        raise CurateError(f"{flag(req, 'method')} {req.method!r}: expected one of {', '.join(method_names())}")
     if req.mode is not None:
         check_mode(req.mode)
     if req.aggregate not in AGGREGATES:
@@ -96,8 +95,8 @@ def check_request(req: ScoreRequest) -> None:
     if req.checkpoints is not None:
         with named(req, "checkpoints"):
             parse_checkpoints(req.checkpoints)
-        if req.method == "copy-share":
-            raise CurateError(f"{flag(req, 'checkpoints')}: copy-share does not run the model, one score serves every checkpoint")
+        if not get_method(req.method).runs_model:
+            raise CurateError(f"{flag(req, 'checkpoints')}: {req.method} does not run the model, one score serves every checkpoint")
     if req.corpus is not None and req.model is None:
         raise CurateError(f"{flag(req, 'corpus')} needs {flag(req, 'model')} (the reference run was trained on the default corpus)")
     check_amount(req.top, flag(req, "top"))

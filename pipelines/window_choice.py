@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from curate.attribution.scores_folder import Window
 from curate.errors import CurateError
-from curate.pipelines.effects import curve_metrics, emergence_step
+from curate.pipelines.run_metrics import curve_metrics, emergence_step
 from curate.pipelines.experiment_setting import Setting
 from curate.pipelines.score_request import parse_window
 from curate.training.curves import CURVES_JSON

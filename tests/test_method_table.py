@@ -15,22 +15,25 @@ from scipy import stats
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scores_folder import write_summary
 from curate.errors import CurateError
-from curate.pipelines.effects import (
-    RunMetrics, comparisons, effects_table, head_movement, head_roles, untestable_reason, verdicts,
-)
+from curate.pipelines.effects import comparisons, effects_table, head_movement, head_roles, untestable_reason
 from curate.pipelines.experiment_options import ExperimentOptions, chosen_methods, parse_methods
-from curate.pipelines.method_table import method_arms, method_table, paired_t_test, spearman_matrix
-from curate.pipelines.report import Doc, method_section, render_md
+from curate.pipelines.method_table import method_table, spearman_matrix
+from curate.pipelines.methods import method_arms
+from curate.pipelines.report import Doc, controls_section, method_section, render_md, verdicts_section
+from curate.pipelines.run_metrics import RunMetrics, add_outcomes
+from curate.pipelines.verdicts import verdicts
+from curate.stats import holm
 
 
 def _run(arm: str, seed: int, emergence: int | None, head_means: list[list[float]] | None = None, end: int = 200,
-         lineage: bool = True) -> RunMetrics:
+         lineage: bool = True, same_as: str | None = None) -> RunMetrics:
     return RunMetrics(arm=arm, seed=seed, run_dir=f"/runs/{arm}/{seed}", lineage=lineage, eval_every=10, steps=[0, end],
                       curves={"induction_best": [0.01, 0.02 if emergence is None else 0.5]}, emergence=emergence,
                       emergence_targeted=emergence, emergence_other_metric=None,
                       final={"score": 0.5, "targeted": 0.5, "other": 0.1, "icl": -0.3, "heldout_loss": 3.0},
                       mean={"score": 0.5, "targeted": 0.5, "other": 0.1, "icl": -0.3, "heldout_loss": 3.0},
-                      head_means={"induction": head_means or [[0.0, 0.0], [0.0, 0.0]], "previous_token": [[0.0, 0.0], [0.0, 0.0]]})
+                      head_means={"induction": head_means or [[0.0, 0.0], [0.0, 0.0]], "previous_token": [[0.0, 0.0], [0.0, 0.0]]},
+                      same_as=same_as)
 
 
 def _arm(name: str, steps: list[int | None]) -> dict[int, RunMetrics]:
@@ -39,58 +42,107 @@ def _arm(name: str, steps: list[int | None]) -> dict[int, RunMetrics]:
 
 RUNS = {
     "baseline": _arm("baseline", [100, 120, 110]),
-    "remove-top": _arm("remove-top", [150, 170, 160]),
-    "remove-random": _arm("remove-random", [100, 130, 110]),
+    "remove-top": _arm("remove-top", [150, 175, 160]),
+    "remove-random": _arm("remove-random", [101, 119, 110]),
     "augment-top": _arm("augment-top", [60, 70, 60]),
     "augment-random": _arm("augment-random", [100, 120, 100]),
-    "remove-top-copy-share": _arm("remove-top-copy-share", [200, None, 190]),  # seed 1 never formed: 200 + 10
+    "remove-top-copy-share": _arm("remove-top-copy-share", [190, None, 180]),  # seed 1 never formed: > 200
     "augment-top-copy-share": _arm("augment-top-copy-share", [90, 100, 100]),
 }
 
 
 def test_method_table_is_the_per_seed_shifts_and_their_paired_tests() -> None:
-    rows = {r.method: r for r in method_table(RUNS, ["mda", "copy-share"], 0.3, "induction")}
+    rows = {r.method: r for r in method_table(RUNS, ["mda", "copy-share"], 0.3, "induction", outcomes=("emergence",))}
     mda, cs = rows["mda"], rows["copy-share"]
     assert mda.status == cs.status == "tested" and mda.reason == ""
-    assert mda.delay.values == [50, 50, 50] and mda.delay.mean == 50 and mda.delay.sd == 0 and not mda.delay.censored
+    assert mda.delay.values == [50, 55, 50] and mda.delay.mean == pytest.approx(155 / 3) and not any(mda.delay.censored)
+    assert mda.delay.sd == pytest.approx(np.std([50, 55, 50], ddof=1))
     assert mda.advance.values == [-40, -50, -50] and mda.advance.mean == pytest.approx(-140 / 3)
-    assert mda.advance.sd == pytest.approx(np.std([-40, -50, -50], ddof=1))
-    # delay vs the control: remove-top - remove-random per seed = 50, 40, 50
-    ref = stats.ttest_rel([150, 170, 160], [100, 130, 110])
-    assert mda.delay.vs_control.mean_diff == pytest.approx(140 / 3)
-    assert mda.delay.vs_control.t == pytest.approx(ref.statistic) and mda.delay.vs_control.p == pytest.approx(ref.pvalue)
+    # delay vs the control: remove-top - remove-random per seed = 49, 56, 50
+    ref = stats.ttest_rel([150, 175, 160], [101, 119, 110])
+    t = mda.delay.vs_control.test
+    assert t.kind == "paired" and t.mean_diff == pytest.approx(155 / 3)
+    assert t.t == pytest.approx(ref.statistic) and t.p == pytest.approx(ref.pvalue)
     assert mda.delay.vs_mda is None  # MDA against itself: no test
-    assert cs.delay.values == [100, 90, 80] and cs.delay.censored  # 210 - 120 for the seed that never formed
-    ref = stats.ttest_rel([200, 210, 190], [150, 170, 160])
-    assert cs.delay.vs_mda.p == pytest.approx(ref.pvalue) and cs.delay.vs_mda.mean_diff == pytest.approx(40)
+    # copy-share's seed 1 never formed: censored (> 200 - 120), never averaged, never tested
+    assert cs.delay.values == [90, 80, 70] and cs.delay.censored == [False, True, False] and cs.delay.mean is None
+    assert cs.delay.vs_mda.test is None and "censored" in cs.delay.vs_mda.note
     ref = stats.ttest_rel([90, 100, 100], [100, 120, 100])
-    assert cs.advance.vs_control.p == pytest.approx(ref.pvalue) and cs.advance.vs_control.df == 2
+    assert cs.advance.vs_control.test.p == pytest.approx(ref.pvalue) and cs.advance.vs_control.test.df == 2
+    # Holm across the table's tests (every test with a p)
+    tests = [p.test for r in (mda, cs) for s_ in (r.delay, r.advance) for p in (s_.vs_control, s_.vs_mda)
+             if p is not None and p.test is not None and p.test.p is not None]
+    assert [t.p_holm for t in tests] == pytest.approx(holm([t.p for t in tests]))
     assert method_arms("copy-share") == ("remove-top-copy-share", "augment-top-copy-share")
-    same = paired_t_test([1.0, 2.0], [0.0, 1.0])
-    assert same.p is None and same.mean_diff == 1.0 and "no spread" in same.note
-    assert paired_t_test([1.0], [2.0]).note == "needs at least two seeds"
 
 
-def test_not_testable_where_the_baseline_never_formed_or_seeds_are_fewer_than_three() -> None:
+def test_continuous_outcomes_are_read_at_the_reference_step_and_over_the_common_span() -> None:
+    runs = {arm: {s: replace(r, steps=[0, 100, 200], curves={"induction_best": [0.0, 0.2 if arm == "baseline" else 0.1, 0.6]})
+                  for s, r in by_seed.items()} for arm, by_seed in RUNS.items() if arm in ("baseline", "remove-top")}
+    steps = add_outcomes(runs, "induction")
+    assert steps.reference == pytest.approx(110) and (steps.auc_from, steps.auc_to) == (0, 200)
+    base, top = runs["baseline"][0], runs["remove-top"][0]
+    assert base.score_at_reference == pytest.approx(0.2 + 0.1 * 0.4) and top.score_at_reference == pytest.approx(0.1 + 0.1 * 0.5)
+    assert base.auc == pytest.approx((0.2 * 100 / 2 + (0.2 + 0.6) * 100 / 2) / 200)
+    assert top.auc == pytest.approx((0.1 * 100 / 2 + (0.1 + 0.6) * 100 / 2) / 200)
+
+
+def test_not_testable_where_the_baseline_never_formed_or_has_fewer_than_three_distinct_runs() -> None:
     never = {arm: {s: _run(arm, s, None) for s in range(3)} for arm in ("baseline", "remove-top", "remove-random",
                                                                        "augment-top", "augment-random")}
     reason = untestable_reason(never["baseline"], 0.3, "induction")
     assert reason.startswith("the baseline's circuit never formed inside the run (seed 0: best score 0.02") and "< threshold 0.3" in reason
-    got = verdicts(never, effects_table(never), comparisons(never), 0.3, "induction")
+    got = verdicts(never, effects_table(never), 0.3, "induction")
     assert {v.status for v in got} == {"not testable"} and all(v.detail.startswith("the baseline's circuit never formed") for v in got)
     rows = method_table(never, ["mda"], 0.3, "induction")
     assert rows[0].status == "not testable" and rows[0].reason == reason
 
     two = {arm: {s: r for s, r in runs.items() if s < 2} for arm, runs in RUNS.items()}
-    got = verdicts(two, effects_table(two), comparisons(two))
+    got = verdicts(two, effects_table(two))
     assert {v.status for v in got} == {"not testable"}
-    assert got[0].detail.startswith("n seeds < 3 (2 seeds): no seed spread")
+    assert got[0].detail.startswith("distinct baseline runs < 3 (2 distinct runs over 2 seeds): no seed spread")
     del two["augment-top"]
-    assert {v.key: v.status for v in verdicts(two, effects_table(two), comparisons(two))}["augment_top_sooner"] == "not run"
-    # three seeds and a formed baseline: judged, with the seed spread stated
-    got = {v.key: v for v in verdicts(RUNS, effects_table(RUNS), comparisons(RUNS))}
-    assert got["remove_top_delays"].status == "observed" and "seed spread 10" in got["remove_top_delays"].detail
-    assert got["augment_top_sooner"].status == "observed" and "seed spread (sd)" in got["augment_top_sooner"].detail
+    assert {v.key: v.status for v in verdicts(two, effects_table(two))}["augment_top_sooner"] == "not run"
+    # one baseline run copied to three seeds (an external model) is one distinct run
+    one = dict(RUNS, baseline={s: _run("baseline", s, 110, same_as="/runs/baseline/0") for s in range(3)})
+    assert untestable_reason(one["baseline"]).startswith("distinct baseline runs < 3 (1 distinct run over 3 seeds)")
+    # three distinct runs and a formed baseline: judged by paired tests, Holm across the table
+    got = {v.key: v for v in verdicts(RUNS, effects_table(RUNS))}
+    assert got["remove_top_delays"].status == "observed" and "paired t-test p = " in got["remove_top_delays"].detail
+    assert got["augment_top_sooner"].status == "observed" and "(Holm " in got["augment_top_sooner"].detail
+    # no effect only by equivalence: remove-random - baseline = +1, -1, 0, inside +- 5.5 steps (5% of 110)
+    assert got["remove_random_no_effect"].status == "observed" and "within +- 6 steps" in got["remove_random_no_effect"].detail
+
+
+def _report(runs: dict) -> str:
+    """The report's verdicts, method tables and controls table for these runs, as Markdown."""
+    reason = untestable_reason(runs["baseline"], 0.3, "induction")
+    results = {"verdicts": [v.to_json() for v in verdicts(runs, effects_table(runs), 0.3, "induction")],
+               "comparisons": [c.to_json() for c in comparisons(runs, reason)], "test": "paired t-test",
+               "method_table": [r.to_json() for r in method_table(runs, ["mda", "copy-share"], 0.3, "induction")]}
+    doc = Doc()
+    method_section(doc, results)
+    verdicts_section(doc, results)
+    controls_section(doc, results)
+    return render_md(doc)
+
+
+def test_the_report_prints_no_p_value_its_rules_call_untestable() -> None:
+    """A censored run, one distinct baseline run, two seeds: no p where the rules give none."""
+    for r in RUNS.values():
+        for run in r.values():
+            run.auc, run.score_at_reference = None, None
+    # censored: copy-share's remove-top seed 1 never formed; the rest is testable
+    md = _report(RUNS)
+    cs_row = next(line for line in md.splitlines() if line.startswith("| copy-share | censored"))
+    assert "p = " not in cs_row.split("|")[2] + cs_row.split("|")[3] + cs_row.split("|")[4]
+    assert "> +80" in cs_row and "p = " in md  # the uncensored shifts are tested
+    # one distinct baseline run (copied to three seeds) and two seeds: not testable, no p anywhere
+    one = dict(RUNS, baseline={s: _run("baseline", s, 110, same_as="/runs/baseline/0") for s in range(3)})
+    two = {arm: {s: r for s, r in runs.items() if s < 2} for arm, runs in RUNS.items()}
+    for case in (one, two):
+        md = _report(case)
+        assert "not testable" in md and "p = " not in md and "Holm" not in md.replace("Holm-", "")
 
 
 def test_heads_are_grouped_by_role_and_their_movement_compared() -> None:
@@ -136,7 +188,7 @@ def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
         ExperimentOptions(methods="mda,x").validate()
     with pytest.raises(CurateError, match="--aggregate 'avg'"):
         ExperimentOptions(aggregate="avg").validate()
-    rows = [r.to_json() for r in method_table(RUNS, ["mda", "copy-share"])]
+    rows = [r.to_json() for r in method_table(RUNS, ["mda", "copy-share"], outcomes=("emergence",))]
     results = {"circuit": "induction", "method_table": rows, "method_test": "paired t-test",
                "spearman": {"rows": 5, "rho": {"mda|copy-share": 0.25}}, "threshold": 0.3,
                "head_roles": {"1.0": "induction", "1.1": "other"},
@@ -146,9 +198,10 @@ def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
     method_section(doc, results)
     md = render_md(doc)
     assert md.index("Methods compared") < md.index("Spearman") < md.index("Which heads move")
-    p = stats.ttest_rel([150, 170, 160], [100, 130, 110]).pvalue
-    assert f"| mda | +50 +- 0 (n=3: +50, +50, +50) | diff +47, p = {p:.3g} | - |" in md and f"{p:.3g}" == "0.00506"
-    assert "| copy-share | >= +90 +- 10" in md and "| mda vs copy-share | 0.25 |" in md
+    p = stats.ttest_rel([150, 175, 160], [101, 119, 110]).pvalue
+    holm_p = rows[0]["delay"]["vs_control"]["test"]["p_holm"]
+    assert f"| mda | +52 +- 3 (n=3: +50, +55, +50) | diff +52, p = {p:.3g} (Holm {holm_p:.3g}) | - |" in md
+    assert "| copy-share | censored (n=3: +90, > +80, +70)" in md and "| mda vs copy-share | 0.25 |" in md
     assert "| remove-top | 0.2 | - | 0.02 | 0.1 |" in md
 
 
@@ -174,3 +227,38 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path)
     quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
     assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
     assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)
+
+
+def test_a_registered_method_reaches_the_score_command_the_arms_the_options_and_the_method_table(monkeypatch) -> None:
+    """A new scoring method is one registry line (plus its scorer's module): here a test method."""
+    from curate.pipelines import methods
+    from curate.pipelines.arms import arm_defs, method_arm_names, parse_arms
+    from curate.pipelines.score_methods import score_method
+    from curate.pipelines.score_request import ScoreRequest
+
+    monkeypatch.setitem(methods.REGISTRY, "row-length", methods.Method(
+        "row-length", "the row's token count", scorer="tests.test_method_table:row_length", compared=True))
+    ScoreRequest(method="row-length").validate()  # `curate score --method row-length` is accepted
+    assert "row-length" in methods.method_names() and "row-length (the row's token count)" in methods.methods_help()
+    scorer = score_method("row-length")
+    assert not scorer.per_head and scorer.statistic(None, np.zeros((2, 5), dtype=np.int64))[1].tolist() == [5.0, 5.0]
+    assert chosen_methods(ExperimentOptions()) == ["mda", "gradient-dot", "copy-share", "row-length"]
+    assert parse_methods("row-length") == ["mda", "row-length"]
+    assert method_arm_names(["row-length"]) == ["remove-top-row-length", "augment-top-row-length"]
+    assert parse_arms("augment-top-row-length") == ["baseline", "augment-top-row-length"]
+    d = arm_defs()["remove-top-row-length"]
+    assert d.method == "row-length" and d.control_arm == "remove-random" and d.expected == "later"
+    runs = dict(RUNS, **{"remove-top-row-length": _arm("remove-top-row-length", [120, 140, 130]),
+                         "augment-top-row-length": _arm("augment-top-row-length", [95, 115, 105])})
+    row = next(r for r in method_table(runs, ["mda", "row-length"], outcomes=("emergence",)) if r.method == "row-length")
+    assert row.delay.values == [20, 20, 20] and row.advance.values == [-5, -5, -5]
+    assert [c.arm for c in comparisons(runs)][-2:] == ["remove-top-row-length", "augment-top-row-length"]
+    with pytest.raises(CurateError, match="expected one of mda, gradient-dot, copy-share, loss"):
+        monkeypatch.delitem(methods.REGISTRY, "row-length")
+        ScoreRequest(method="row-length").validate()
+
+
+def row_length(model, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The test method's row statistic: (NaN losses, the row's length)."""
+    rows = np.asarray(rows)
+    return np.full(len(rows), np.nan, dtype=np.float32), np.full(len(rows), float(rows.shape[1]))

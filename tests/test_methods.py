@@ -25,7 +25,7 @@ from curate.augment.features import repetition_features
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.pipelines.score_job import ScoreRequest, resolve_job
-from curate.pipelines.score_methods import copy_share
+from curate.pipelines.copy_share import copy_share
 from curate.pipelines.score_run import run_job
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
