@@ -59,6 +59,9 @@ def main() -> None:
         if disk is not None:
             print(f"error: {disk}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(e, OSError):  # any other file-system refusal (a file where a folder must be, a name too long)
+            print(f"error: {os_error(e)}", file=sys.stderr)
+            sys.exit(2)
         if type(e).__name__ == "NoArgsIsHelpError" and hasattr(e, "show"):
             e.show()  # prints the help text
             sys.exit(2)

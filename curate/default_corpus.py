@@ -18,6 +18,7 @@ from curate.atomic import atomic_dir, write_json
 from curate.outputs import CORPUS, check_output_folder
 from curate.corpus import METADATA_FILE, CorpusMeta
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.minipile import MixtureConfig, copy_pieces, generate_documents
 from curate.tokenize import TextTokenizer
 from curate.tokenize import train_tokenizer as train_bpe
@@ -154,7 +155,12 @@ def build_default_corpus(
     progress: bool = True,
     spec: DefaultCorpusSpec | None = None,
 ) -> Path:
-    """Build (or reuse) the default corpus folder of `workspace`; returns its path."""
+    """Build (or reuse) the default corpus folder of `workspace`, holding its lock (one writer); returns its path."""
+    with hold(default_corpus_dir(Path(workspace)), what="default corpus"):
+        return _build_default_corpus(workspace, seed, force, progress, spec)
+
+
+def _build_default_corpus(workspace: Path, seed: int, force: bool, progress: bool, spec: DefaultCorpusSpec | None) -> Path:
     from curate.ingest import ingest_documents
 
     spec = spec or default_spec()

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.commands.options import command, save_config
 from curate.export import ExportFormat, export_rows
 from curate.options import arg, check_positive, flag, opt, workspace_opt
@@ -329,7 +330,7 @@ def ingest_command(o: IngestOptions) -> None:
     """Tokenize text, pack rows with end-of-text separators, shuffle, write a Megatron corpus folder."""
     from curate.ingest import ingest_path
 
-    with progress_bar() as bar:
+    with hold(o.out, what="corpus"), progress_bar() as bar:
         tasks: dict[str, int] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -339,7 +340,7 @@ def ingest_command(o: IngestOptions) -> None:
 
         result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report,
                              vocab_size=o.vocab, heldout_rows=o.heldout_rows)
-    save_config(result.out_dir, "ingest", o)
+        save_config(result.out_dir, "ingest", o)
     steps = (result.num_rows - o.heldout_rows) // o.batch_size
     held = f"; the last {o.heldout_rows:,} rows held out" if o.heldout_rows else ""
     trained = f"; tokenizer: BPE of {o.vocab:,} trained on INPUT" if o.vocab is not None else ""
@@ -382,7 +383,7 @@ def export_command(o: ExportOptions) -> None:
         start, stop = parse_span(o.rows, flag(o, "rows"), corpus.num_rows)
     else:
         start, stop = 0, corpus.num_rows
-    with progress_bar() as bar:
+    with hold(o.out, what="export"), progress_bar() as bar:
         task = bar.add_task(f"export {o.to.value}", total=stop - start)
         written = export_rows(corpus, o.to, o.out, start, stop, progress=lambda n: bar.advance(task, n))
     print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")

@@ -1,13 +1,19 @@
 """`curate experiment`: the causal validation, end to end: baseline, scores, retrained arms, report."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from curate.commands.options import command, save_config
+from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.experiment_options import ExperimentOptions
+from curate.pipelines.experiment_setting import default_out
+from curate.workspace import resolve_workspace
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",
@@ -29,26 +35,22 @@ class ExperimentCommandOptions(ExperimentOptions):
 
 
 def experiment_command(opts: ExperimentCommandOptions) -> None:
-    import json
-
-    from rich.console import Console
-
+    # the experiment and scales pipelines import torch and Ray (seconds): kept out of `curate --help`'s start-up
     from curate.pipelines.experiment import run_experiment
-    from curate.pipelines.experiment_setting import default_out
-    from curate.workspace import resolve_workspace
+    from curate.pipelines.scales import run_scales
 
     quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
     err = Console(stderr=True)
     log = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False, highlight=False))
-    if scales:
-        from curate.pipelines.scales import run_scales
-
-        results = run_scales(opts, log)
-        summary = {"scales": results["table"], "report": results["report"]}
-    else:
-        results = run_experiment(opts, log)
-        summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
-    save_config(opts.out if opts.out is not None else default_out(opts, resolve_workspace(opts.workspace)), "experiment", opts)
+    out = opts.out if opts.out is not None else default_out(opts, resolve_workspace(opts.workspace))
+    with hold(out, what="experiment"):
+        if scales:
+            results = run_scales(opts, log)
+            summary = {"scales": results["table"], "report": results["report"]}
+        else:
+            results = run_experiment(opts, log)
+            summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
+        save_config(out, "experiment", opts)
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
@@ -56,9 +58,6 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
 
 
 def _print(results: dict, scales: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     if scales:
         table = Table(title="acceleration per model size", show_header=True)

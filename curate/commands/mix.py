@@ -11,6 +11,7 @@ import typer
 
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.options import arg, opt, workspace_opt
 from curate.workspace import mixes_dir, resolve_workspace
 
@@ -52,8 +53,9 @@ def build_mix_command(o: BuildMixOptions) -> None:
     if out is None:
         circuit = open_scores(o.scores).summary.get("circuit") or "scores"
         out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(spec)}"
-    result = build_mix(o.scores, out, spec)
-    save_config(result.out, "build-mix", o)
+    with hold(out, what="mix"):
+        result = build_mix(o.scores, out, spec)
+        save_config(result.out, "build-mix", o)
     c = result.counts
     reasons = ", ".join(f"{k} {v:,}" for k, v in c["by_reason"].items())
     typer.echo(
@@ -119,7 +121,8 @@ def synth_command(o: SynthOptions) -> None:
     """Mine the top rows' structural motifs and write new rows that repeat them with fresh content (a corpus folder)."""
     from curate.augment.synth import synthesize_from_scores
 
-    summary = synthesize_from_scores(o.scores, o.out, rows=o.rows, top=o.top, seed=o.seed)
+    with hold(o.out, what="synthetic corpus"):
+        summary = synthesize_from_scores(o.scores, o.out, rows=o.rows, top=o.top, seed=o.seed)
     mined, gen = summary["mined"], summary["generated"]
     labels = ", ".join(f"{k} {v}" for k, v in mined["labels"].items())
     typer.echo(f"mined {mined['motifs']} motifs ({labels}); {mined['spans']} long repeats, mean length {mined['mean_span_length']:.1f}")

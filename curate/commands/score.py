@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from curate.commands.options import command, save_config
+from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.score_request import ScoreRequest
 
@@ -45,10 +46,11 @@ def score_command(options: ScoreOptions) -> None:
         else:
             print_plan(plan)
         return
-    save_config(job.out, "score", options)
-    for note in job.notes + job.localization.notes:
-        log(f"note: {note}")
-    summary = run_job(job, log)
+    with hold(job.out, what="scores folder"):
+        save_config(job.out, "score", options)
+        for note in job.notes + job.localization.notes:
+            log(f"note: {note}")
+        summary = run_job(job, log)
     if options.as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return

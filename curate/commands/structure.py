@@ -11,6 +11,7 @@ import typer
 from curate.amounts import check_amount
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.workspace import resolve_workspace, scores_dir
 
@@ -150,8 +151,9 @@ def index_command(o: IndexOptions) -> None:
     target = o.corpus if o.corpus is not None else folder.corpus_path
     params = IndexParams(kind=o.kind, exact_max_rows=o.exact_max_rows, nlist=o.nlist, nprobe=o.nprobe, seed=o.seed)
     dest = o.out if o.out is not None else folder.path / INDEX_SUBDIR
-    info = build_index(target, dest, params=params).info
-    save_config(dest, "index", o)
+    with hold(dest, what="structure index"):
+        info = build_index(target, dest, params=params).info
+        save_config(dest, "index", o)
     detail = "exact inner product" if info["kind"] == "flat" else f"IVF, nlist {info['nlist']}, nprobe {info['nprobe']}"
     typer.echo(f"indexed {info['num_rows']:,} rows of {info['corpus']} ({detail}, dim {info['dim']}) in {info['build_seconds']:.1f} s -> {dest}")
     typer.echo(f"recall@{info['recall_k']}: {info['recall']:.3f} on {info['recall_queries']} seeded query rows")

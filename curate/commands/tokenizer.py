@@ -8,6 +8,7 @@ import typer
 
 from curate.commands.corpus import check_vocab, skipped_note
 from curate.commands.options import command, save_config
+from curate.locks import hold
 from curate.options import arg, flag, opt
 
 tokenizer_app = typer.Typer(
@@ -35,8 +36,9 @@ def train_command(o: TokenizerTrainOptions) -> None:
     default corpus's special token <|endoftext|> as id 0 (also the pad token in tokenizer_config.json)."""
     from curate.ingest import train_tokenizer_path
 
-    tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
-    save_config(o.out, "tokenizer-train", o)
+    with hold(o.out, what="tokenizer folder"):
+        tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
+        save_config(o.out, "tokenizer-train", o)
     chars = sum(len(t) for t in docs.texts)
     short = (f"; fewer than {flag(o, 'vocab')} {o.vocab:,}: no other pair of tokens occurs twice in the text"
              if tok.vocab_size < o.vocab else "")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import typer
 
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.options import flag, named, opt, workspace_opt
 from curate.commands.options import command, save_config
 from curate.workspace import resolve_workspace
@@ -143,8 +144,11 @@ def train_command(options: TrainOptions) -> None:
             spec = TrainSpec(**fields)
             if o.epochs is not None and o.steps is None:
                 spec = dataclasses.replace(spec, steps=steps_of_epochs(spec))
-        result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
-    save_config(result.out_dir, "train", options)
+        with hold(o.out, what="training run"):
+            result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
+            save_config(result.out_dir, "train", options)
+    if o.default:
+        save_config(result.out_dir, "train", options)
     if o.as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
