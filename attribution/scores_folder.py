@@ -104,6 +104,15 @@ class ScoresFolder:
         return resolve_stored(str(self.summary["corpus"]), self.path, self.summary.get("corpus_absolute"))
 
     @property
+    def checkpoint(self) -> str | None:
+        """The scored model: `summary.json` `checkpoint` (a path relative to the folder, or a hub name), read back."""
+        value = self.summary.get("checkpoint")
+        if value is None:
+            return None
+        stored = resolve_stored(str(value), self.path, self.summary.get("checkpoint_absolute"))
+        return stored if Path(stored).exists() else str(self.summary.get("checkpoint_absolute", value))  # a hub name
+
+    @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY_FILE
 

@@ -33,7 +33,7 @@ from curate.amounts import parse_amount
 from curate.attribution.score_table import top_indices
 from curate.attribution.scores_folder import ScoresFolder, Window, open_scored_corpus, open_scores, read_window
 from curate.augment.checksums import RowHasher, file_input, rows_input, rows_sha256, write_manifest
-from curate.augment.synth import DEFAULT_TOP
+from curate.augment.mix_spec import CHUNK_ROWS, CONTROLS, SOURCES, MixSpec  # the spec lives apart: the CLI imports it at start-up
 from curate.atomic import atomic_dir, atomic_path, write_json
 from curate.outputs import MIX, check_output_folder
 from curate.corpus import METADATA_FILE, Corpus, CorpusMeta, open_corpus
@@ -43,8 +43,6 @@ from curate.paths import portable
 from curate.megatron import MegatronWriter, token_dtype_for_vocab
 from curate.parquet_io import write_table_parquet
 
-SOURCES = ("top", "neighbors", "synthetic")
-CONTROLS = ("random",)
 REASONS = ("kept", "duplicate", "neighbor", "synthetic", "random")
 DATA_PREFIX = "mix"
 PROVENANCE_FILE = "provenance.parquet"
@@ -53,42 +51,9 @@ PLAN_FILE = "plan.json"
 SYNTH_DIR = "synthetic"
 TOKENIZER_FILE = "tokenizer.json"
 INDEX_SUBDIR = "index"  # where `curate index` puts a scores folder's structure index
-CHUNK_ROWS = 4096
 
 # seed streams: one per random choice, so changing one option never shifts another choice
 _SEED_REMOVE, _SEED_ADD, _SEED_ORDER = 1, 2, 3
-
-
-# ---- options --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MixSpec:
-    """What `build-mix` does (the CLI's options)."""
-
-    remove: str | None = None
-    augment: str | None = None
-    source: str = "top"
-    pool: str | None = None
-    at_step: int | None = None
-    control: str | None = None
-    seed: int = 0
-    top: int = DEFAULT_TOP
-    chunk_rows: int = CHUNK_ROWS
-
-    def validate(self) -> None:
-        if self.remove is None and self.augment is None:
-            raise CurateError("nothing to do: give rows to remove and/or rows to add")
-        if self.source not in SOURCES:
-            raise CurateError(f"source {self.source!r}: expected one of {', '.join(SOURCES)}")
-        if self.control is not None and self.control not in CONTROLS:
-            raise CurateError(f"control {self.control!r}: expected one of {', '.join(CONTROLS)}")
-        if self.augment is None and self.at_step is not None:
-            raise CurateError("at_step places added rows: it needs rows to add (augment)")
-        if self.pool is not None and (self.augment is None or self.source == "top"):
-            raise CurateError("a pool is where added rows come from: it needs rows to add (augment) from neighbors or synthetic")
-        if self.top < 1:
-            raise CurateError(f"top {self.top}: must be at least 1")
-        if self.chunk_rows < 1:
-            raise CurateError(f"chunk rows must be positive, got {self.chunk_rows}")
 
 
 def window_scores(scores: ScoresFolder, window: Window) -> np.ndarray:

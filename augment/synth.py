@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from curate.attribution.scores_folder import open_scored_corpus, open_scores, read_window
+from curate.augment.mix_spec import DEFAULT_TOP
 from curate.augment.checksums import file_input, rows_input, rows_sha256, write_manifest
 from curate.augment.motifs import Motif, VocabClasses, distance_histogram, mine_motifs, motif_summary, repeat_spans, vocab_classes
 from curate.atomic import atomic_dir, write_json
@@ -33,7 +34,6 @@ MOTIFS_FILE = "motifs.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHUNK_ROWS = 512
 MAX_FILL_ROUNDS = 64
-DEFAULT_TOP = 2000  # motif rows (the paper's top ~2,000)
 
 
 def renamed_tokens(motif: Motif, vc: VocabClasses, rng: np.random.Generator) -> tuple[np.ndarray, int]:

@@ -24,6 +24,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
+from curate.attribution.scores_folder import open_scores
 from curate.errors import CurateError
 from curate.pipelines.arm_plan import ArmPlan, arm_specs, build_mixes, ensure_pool_index, plan_arms, seed_varies
 from curate.pipelines.attribution_window import RayHolder, Window, choose_window, prepare_baseline, ray_holder, run_scores
@@ -130,7 +131,7 @@ def collect_results(s: Setting, window: Window, scores: Path, score_summary: dic
         "baseline": baseline_info,
         "window": {"start": window.start, "end": window.end, "rows": (window.end - window.start) * s.baseline.batch_size,
                    "reason": window.reason},
-        "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": score_summary.get("checkpoint"),
+        "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": open_scores(scores).checkpoint,
                    "mode": score_summary.get("mode"), "rows": score_summary.get("rows"),
                    "command": score_command(s, window, score_summary)},
         "targeted_heads": score_summary["heads"],

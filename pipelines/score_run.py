@@ -31,7 +31,7 @@ from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
 from curate.corpus import Corpus
 from curate.errors import CurateError
-from curate.paths import portable
+from curate.paths import portable, portable_if_local
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
 from curate.pipelines.score_job import SHOW_TOP, TEXT_CHARS, Log, ScoreJob
@@ -317,7 +317,8 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         "batch_size": int(job.corpus.batch_size),
         "rows": job.num_rows,
         "rows_scored": rows_todo,
-        "checkpoint": job.checkpoint,
+        "checkpoint": portable_if_local(job.checkpoint, out),  # relative to the scores folder, as the corpus
+        "checkpoint_absolute": job.checkpoint,
         "checkpoint_step": job.checkpoint_step,
         "model_fingerprint": job.model_fp,
         "factors": fitted,
@@ -404,7 +405,8 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
         "out": str(out.resolve()),
         "head_metrics": head_metrics(job),
         "localization": job.localization.to_json(),
-        "checkpoint": job.checkpoint,
+        "checkpoint": portable_if_local(job.checkpoint, out),  # relative to the scores folder, as the corpus
+        "checkpoint_absolute": job.checkpoint,
         "checkpoint_step": job.checkpoint_step,
         "model_fingerprint": job.model_fp,
         "factors": f"one fit per checkpoint ({', '.join(s['factors'] for s in subs)})",
@@ -425,7 +427,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
             "checkpoints": steps,
             "aggregate": req.aggregate,
             "folders": [str(sj.out.relative_to(out)) for sj in job.trajectory],
-            "checkpoint_paths": [s["checkpoint"] for s in subs],
+            "checkpoint_paths": [s.get("checkpoint_absolute", s["checkpoint"]) for s in subs],
             "fingerprint_hashes": [s["fingerprint_hash"] for s in subs],
         },
     })

@@ -33,4 +33,5 @@ def register(app: typer.Typer) -> None:
     """Add `build-default` to `curate corpus` (the corpus command group lives in curate.commands.corpus)."""
     from curate.commands.corpus import corpus_app
 
-    command(corpus_app, "build-default", BuildDefaultOptions, build_default_command)
+    command(corpus_app, "build-default", BuildDefaultOptions, build_default_command,
+            example="curate corpus build-default --workspace curate-workspace")

@@ -20,7 +20,7 @@ from rich.table import Table
 from curate.corpus import Corpus, check_token_ids, open_corpus
 from curate.errors import CurateError
 from curate.locks import hold
-from curate.commands.options import command, save_config
+from curate.commands.options import HELP_OPTIONS, command, save_config
 from curate.export import ExportFormat, export_rows
 from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.tokenize import MIN_VOCAB
@@ -34,6 +34,7 @@ corpus_app = typer.Typer(
     help="Inspect, view, ingest and export token corpora (Megatron .bin/.idx, .npy, Parquet).",
     no_args_is_help=True,
     rich_markup_mode=None,  # help texts are plain, as in the top-level app
+    context_settings=HELP_OPTIONS,
 )
 
 EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact
@@ -42,10 +43,12 @@ SAMPLED_STEPS = 64
 
 def register(app: typer.Typer) -> None:
     """Attach `corpus_app` to the top-level CLI as `curate corpus`."""
-    command(corpus_app, "info", InfoOptions, info_command)
-    command(corpus_app, "show", ShowOptions, show_command)
-    command(corpus_app, "ingest", IngestOptions, ingest_command)
-    command(corpus_app, "export", ExportOptions, export_command)
+    command(corpus_app, "info", InfoOptions, info_command, example="curate corpus info curate-workspace/default/corpus")
+    command(corpus_app, "show", ShowOptions, show_command, example="curate corpus show --step 100 --rows 0:4")
+    command(corpus_app, "ingest", IngestOptions, ingest_command,
+            example="curate corpus ingest texts.jsonl --vocab 4096 --seq-len 256 --out my-corpus")
+    command(corpus_app, "export", ExportOptions, export_command,
+            example="curate corpus export my-corpus --to parquet --steps 0:10 --out first-steps.parquet")
     app.add_typer(corpus_app, name="corpus")
 
 
@@ -148,6 +151,7 @@ def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
 # -- info -------------------------------------------------------------------------------------------
 
 BATCH_SIZE_HELP = "Rows per step (default: recorded, else 1024)."
+OUT_ONLY_WORKSPACE_HELP = "Workspace folder (taken by every command; this one writes only --out)."
 
 
 @dataclass
@@ -306,6 +310,7 @@ class IngestOptions:
     seed: int = opt(0, "--seed", help="Seed of the row shuffle (training order).")
     batch_size: int = opt(REFERENCE_BATCH_SIZE, "--batch-size", help="Rows per training step recorded in corpus.json (default: the default recipe's).")
     heldout_rows: int = opt(0, "--heldout-rows", help="Hold out the last N rows (a random sample, after the shuffle): training never reads them and reports its held-out loss and ICL score on them.")
+    workspace: Path | None = workspace_opt(OUT_ONLY_WORKSPACE_HELP)
 
     def validate(self) -> None:
         check_positive(self, "seq_len", "batch_size")

@@ -12,7 +12,6 @@ from curate.commands.options import command, save_config
 from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.experiment_options import ExperimentOptions
-from curate.pipelines.experiment_setting import default_out
 from curate.workspace import resolve_workspace
 
 HELP = "\n\n".join([
@@ -35,8 +34,9 @@ class ExperimentCommandOptions(ExperimentOptions):
 
 
 def experiment_command(opts: ExperimentCommandOptions) -> None:
-    # the experiment and scales pipelines import torch and Ray (seconds): kept out of `curate --help`'s start-up
+    # the experiment pipelines import torch, transformers and Ray (~10 s measured): kept out of every command's start-up
     from curate.pipelines.experiment import run_experiment
+    from curate.pipelines.experiment_setting import default_out
     from curate.pipelines.scales import run_scales
 
     quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
@@ -50,7 +50,7 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
         else:
             results = run_experiment(opts, log)
             summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
-        save_config(out, "experiment", opts)
+        save_config(out, "experiment", opts, resolved={"out": out})
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
@@ -77,4 +77,5 @@ def _print(results: dict, scales: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "experiment", ExperimentCommandOptions, experiment_command, help=HELP)
+    command(app, "experiment", ExperimentCommandOptions, experiment_command, help=HELP,
+            example="curate experiment --quick --workers 2")

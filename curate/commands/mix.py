@@ -2,45 +2,49 @@
 synthetic motif rows, and the checksum check of either."""
 from __future__ import annotations
 
-import dataclasses
+import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from curate.augment.checksums import verify_folder
+from curate.augment.mix_spec import DEFAULT_TOP, MixSpec
+from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
+from curate.commands.train import ARCHITECTURE_OPTIONS
 from curate.errors import CurateError
 from curate.locks import hold
-from curate.options import arg, opt, workspace_opt
+from curate.options import arg, composed, opt, spec_flag, workspace_opt
 from curate.workspace import mixes_dir, resolve_workspace
+
+MOTIF_ROWS_HELP = "Top rows mined for motifs (synthetic) or queried for neighbours."
+# The scores folder, the mix writer and the synthesizer import torch (~5 s measured): imported where a command runs.
 
 
 @dataclass
 class BuildMixOptions:
-    """`curate build-mix`: the scores folder, the MixSpec options (same names) and where to write."""
+    """`curate build-mix`: the scores folder, the library's MixSpec (composed, its CLI flags below) and where to write."""
 
     scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
-    remove: str | None = opt(None, "--remove", help="Drop the top rows of the window: 10%, 0.1 or a row count.")
-    augment: str | None = opt(None, "--augment", help="Add rows: 2%, 0.02 or a row count (of the window).")
-    source: str = opt("top", "--source", help="Added rows: top (duplicates of the top rows), neighbors (structural neighbours from --pool) or synthetic (motif rows).")
-    pool: str | None = opt(None, "--pool", help="neighbors: a corpus or structure index folder (default: SCORES/index, else the scored corpus); synthetic: a `curate synth` corpus (default: generate).")
-    at_step: int | None = opt(None, "--at-step", help="Insert all added rows at this step (default: spread evenly over the window).")
-    control: str | None = opt(None, "--control", help="random: same sizes with random window rows (the control arm).")
-    top: int = opt(2000, "--top", help="Top rows mined for motifs (synthetic) or queried for neighbours.")
-    seed: int = opt(0, "--seed", help="Seed of every random choice.")
+    mix: MixSpec = composed(
+        MixSpec,
+        remove=spec_flag("--remove", help="Drop the top rows of the window: 10%, 0.1 or a row count."),
+        augment=spec_flag("--augment", help="Add rows: 2%, 0.02 or a row count (of the window)."),
+        source=spec_flag("--source", help="Added rows: top (duplicates of the top rows), neighbors (structural neighbours from --pool) or synthetic (motif rows)."),
+        pool=spec_flag("--pool", help="neighbors: a corpus or structure index folder (default: SCORES/index, else the scored corpus); synthetic: a `curate synth` corpus (default: generate)."),
+        at_step=spec_flag("--at-step", help="Insert all added rows at this step (default: spread evenly over the window)."),
+        control=spec_flag("--control", help="random: same sizes with random window rows (the control arm)."),
+        top=spec_flag("--motif-rows", help=MOTIF_ROWS_HELP, deprecated=("--top",)),
+        seed=spec_flag("--seed", help="Seed of every random choice."),
+    )
     out: Path | None = opt(None, "--out", help="Mix folder (default: WORKSPACE/mixes/CIRCUIT-<options>).")
     workspace: Path | None = workspace_opt()
 
-    def spec(self):
-        """The MixSpec of these options (its fields by name)."""
-        from curate.augment.mix import MixSpec
-
-        names = {f.name for f in dataclasses.fields(MixSpec)}
-        return MixSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names})
-
     def validate(self) -> None:
-        self.spec().validate()
+        self.mix.validate()
 
 
 def build_mix_command(o: BuildMixOptions) -> None:
@@ -48,14 +52,13 @@ def build_mix_command(o: BuildMixOptions) -> None:
     from curate.attribution.scores_folder import open_scores
     from curate.augment.mix import build_mix, default_slug
 
-    spec = o.spec()
     out = o.out
     if out is None:
         circuit = open_scores(o.scores).summary.get("circuit") or "scores"
-        out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(spec)}"
-    with hold(out, what="mix"):
-        result = build_mix(o.scores, out, spec)
-        save_config(result.out, "build-mix", o)
+        out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(o.mix)}"
+    with hold(out, what="mix"), heartbeat("build-mix: writing the mix"):
+        result = build_mix(o.scores, out, o.mix)
+        save_config(result.out, "build-mix", o, resolved={"out": result.out})
     c = result.counts
     reasons = ", ".join(f"{k} {v:,}" for k, v in c["by_reason"].items())
     typer.echo(
@@ -70,20 +73,17 @@ def retrain_command(scores: Path, result) -> str:
     """A `curate train` command line that trains the mix's arm: its plan, at the scored run's batch size, with the
     scored run's architecture flags and epochs when its run folder records them, for as many steps as the plan
     holds rows (one epoch) or as many epochs as the scored run, into a folder beside the mix."""
-    import json
-    import shlex
-
     from curate.attribution.scores_folder import open_scores
-    from curate.commands.train import ARCHITECTURE_OPTIONS
 
-    summary = open_scores(scores).summary
+    folder = open_scores(scores)
+    summary = folder.summary
     window = result.manifest.get("window", {}) if isinstance(result.manifest, dict) else {}
     batch = int(summary.get("batch_size") or window.get("batch_size") or 0)
     start = int((summary.get("window") or [0])[0])
     out = result.out.parent / f"{result.out.name}-run"
     args = ["curate", "train", "--plan", str(result.out / "plan.json")]
     spec: dict = {}
-    checkpoint = summary.get("checkpoint")
+    checkpoint = folder.checkpoint
     if checkpoint:
         run_file = Path(checkpoint).parent.parent / "run.json"
         try:
@@ -109,10 +109,11 @@ def retrain_command(scores: Path, result) -> str:
 class SynthOptions:
     """`curate synth`."""
 
-    scores: Path = opt(..., "--from", help="Scores folder whose top rows give the motifs.", show_default=False)
+    scores: Path = opt(..., "--scores", help="Scores folder whose top rows give the motifs.", show_default=False,
+                       deprecated=("--from",))
     rows: int = opt(..., "--rows", help="Synthetic rows to write.", show_default=False)
     out: Path = opt(..., "--out", help="Output corpus folder.", show_default=False)
-    top: int = opt(2000, "--top", help="Top rows to mine motifs from.")
+    top: int = opt(DEFAULT_TOP, "--motif-rows", help=MOTIF_ROWS_HELP, deprecated=("--top",))
     seed: int = opt(0, "--seed", help="Seed of the fresh content.")
     workspace: Path | None = workspace_opt()
 
@@ -121,7 +122,7 @@ def synth_command(o: SynthOptions) -> None:
     """Mine the top rows' structural motifs and write new rows that repeat them with fresh content (a corpus folder)."""
     from curate.augment.synth import synthesize_from_scores
 
-    with hold(o.out, what="synthetic corpus"):
+    with hold(o.out, what="synthetic corpus"), heartbeat("synth: mining motifs and writing rows"):
         summary = synthesize_from_scores(o.scores, o.out, rows=o.rows, top=o.top, seed=o.seed)
     mined, gen = summary["mined"], summary["generated"]
     labels = ", ".join(f"{k} {v}" for k, v in mined["labels"].items())
@@ -143,8 +144,6 @@ class VerifyOptions:
 
 def verify_command(o: VerifyOptions) -> None:
     """Recheck every checksum in the folder's manifest.json (outputs, and inputs unless --outputs-only)."""
-    from curate.augment.checksums import verify_folder
-
     problems, checks = verify_folder(o.folder, check_inputs=not o.outputs_only)
     if problems:
         for line in problems[:-1]:
@@ -154,6 +153,8 @@ def verify_command(o: VerifyOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "build-mix", BuildMixOptions, build_mix_command)
-    command(app, "synth", SynthOptions, synth_command)
-    command(app, "verify", VerifyOptions, verify_command)
+    command(app, "build-mix", BuildMixOptions, build_mix_command,
+            example="curate build-mix curate-workspace/default/scores/induction --remove 10% --out mixes/remove-top")
+    command(app, "synth", SynthOptions, synth_command,
+            example="curate synth --scores curate-workspace/default/scores/induction --rows 2000 --out synthetic")
+    command(app, "verify", VerifyOptions, verify_command, example="curate verify mixes/remove-top")

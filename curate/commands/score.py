@@ -47,7 +47,7 @@ def score_command(options: ScoreOptions) -> None:
             print_plan(plan)
         return
     with hold(job.out, what="scores folder"):
-        save_config(job.out, "score", options)
+        save_config(job.out, "score", options, resolved={"out": job.out})
         for note in job.notes + job.localization.notes:
             log(f"note: {note}")
         summary = run_job(job, log)
@@ -133,4 +133,4 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "score", ScoreOptions, score_command)
+    command(app, "score", ScoreOptions, score_command, example="curate score --circuit induction --method mda")

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from curate.amounts import check_amount
+from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
 from curate.locks import hold
@@ -84,7 +85,7 @@ class ExplainOptions:
     """`curate explain`."""
 
     scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
-    top: str = opt("10%", "--tail-share", "--top", help="Rows in each tail (top and bottom): a percentage of the window (10%) or a count (500).")
+    top: str = opt("10%", "--tail-rows", deprecated=("--top", "--tail-share"), help="Rows in each tail (top and bottom): a percentage of the window (10%) or a count (500).")
     head: str | None = opt(None, "--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")
     tail: str = opt("top", "--tail", help="The tail shown first and ordered by: top (builders, highest scores) or bottom (suppressors, lowest).")
     by: str | None = opt(None, "--by", help="Classes: a label column of the corpus sidecar (domain, source, ...); default: the structure tagger.")
@@ -111,8 +112,9 @@ def explain_command(o: ExplainOptions) -> None:
     rate, raw and size-adjusted, and how heavy the tails are."""
     from curate.augment.explain import explain_scores
 
-    report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
-                            seed=o.seed, by=o.by, tag_per=o.tag_per)
+    with heartbeat("explain: tagging the tails and the base rows", quiet=o.as_json):
+        report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
+                                seed=o.seed, by=o.by, tag_per=o.tag_per)
     if o.as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -151,9 +153,9 @@ def index_command(o: IndexOptions) -> None:
     target = o.corpus if o.corpus is not None else folder.corpus_path
     params = IndexParams(kind=o.kind, exact_max_rows=o.exact_max_rows, nlist=o.nlist, nprobe=o.nprobe, seed=o.seed)
     dest = o.out if o.out is not None else folder.path / INDEX_SUBDIR
-    with hold(dest, what="structure index"):
+    with hold(dest, what="structure index"), heartbeat("index: building the structure index"):
         info = build_index(target, dest, params=params).info
-        save_config(dest, "index", o)
+        save_config(dest, "index", o, resolved={"out": dest})
     detail = "exact inner product" if info["kind"] == "flat" else f"IVF, nlist {info['nlist']}, nprobe {info['nprobe']}"
     typer.echo(f"indexed {info['num_rows']:,} rows of {info['corpus']} ({detail}, dim {info['dim']}) in {info['build_seconds']:.1f} s -> {dest}")
     typer.echo(f"recall@{info['recall_k']}: {info['recall']:.3f} on {info['recall_queries']} seeded query rows")
@@ -164,7 +166,7 @@ class NeighborsOptions:
     """`curate neighbors`."""
 
     row_id: int | None = arg(None, help="Row id in the scored corpus.")
-    top: str | None = opt(None, "--top", help="Instead of ROW_ID: the top K rows by score (a count or a percentage).")
+    top: str | None = opt(None, "--query-rows", deprecated=("--top",), help="Instead of ROW_ID: query with the top rows by score (a count or a percentage).")
     k: int = opt(10, "--k", help="Neighbours per row.")
     scores: Path | None = opt(None, "--scores", help="Scores folder (default: the workspace's scores of --circuit).")
     circuit: str = opt("induction", "--circuit", help="Circuit whose workspace scores to use when --scores is not given.")
@@ -189,7 +191,8 @@ def neighbors_command(o: NeighborsOptions) -> None:
     from curate.augment.neighbors import find_neighbors
 
     folder = o.scores if o.scores is not None else scores_dir(resolve_workspace(o.workspace), o.circuit)
-    result = find_neighbors(folder, row_id=o.row_id, top=o.top, k=o.k, index=o.index, chars=o.chars)
+    with heartbeat("neighbors: searching the index", quiet=o.as_json):
+        result = find_neighbors(folder, row_id=o.row_id, top=o.top, k=o.k, index=o.index, chars=o.chars)
     if o.as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -197,9 +200,10 @@ def neighbors_command(o: NeighborsOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "explain", ExplainOptions, explain_command)
-    command(app, "index", IndexOptions, index_command)
-    command(app, "neighbors", NeighborsOptions, neighbors_command)
+    command(app, "explain", ExplainOptions, explain_command,
+            example="curate explain curate-workspace/default/scores/induction --tail-rows 10% --by domain")
+    command(app, "index", IndexOptions, index_command, example="curate index curate-workspace/default/scores/induction")
+    command(app, "neighbors", NeighborsOptions, neighbors_command, example="curate neighbors --query-rows 5 --circuit induction")
 
 
 def print_neighbors(result: dict) -> None:

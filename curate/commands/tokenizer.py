@@ -6,16 +6,17 @@ from pathlib import Path
 
 import typer
 
-from curate.commands.corpus import check_vocab, skipped_note
-from curate.commands.options import command, save_config
+from curate.commands.corpus import OUT_ONLY_WORKSPACE_HELP, check_vocab, skipped_note
+from curate.commands.options import HELP_OPTIONS, command, save_config
 from curate.locks import hold
-from curate.options import arg, flag, opt
+from curate.options import arg, flag, opt, workspace_opt
 
 tokenizer_app = typer.Typer(
     name="tokenizer",
     help="Train tokenizers on your own text.",
     no_args_is_help=True,
     rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
 )
 
 
@@ -26,6 +27,7 @@ class TokenizerTrainOptions:
     input_path: Path = arg(help="JSONL ({\"text\": ...} per line, .gz ok), a folder of raw text files (recursive; any extension, .gz decompressed, UTF-8; binary files skipped) or one text file.", metavar="INPUT")
     vocab: int = opt(..., "--vocab", help="Vocabulary size, <|endoftext|> and the 256 byte symbols included (at least 257).", show_default=False)
     out: Path = opt(..., "--out", help="Output folder: tokenizer.json and tokenizer_config.json (created; replaced if it is a tokenizer folder).", show_default=False)
+    workspace: Path | None = workspace_opt(OUT_ONLY_WORKSPACE_HELP)
 
     def validate(self) -> None:
         check_vocab(self, "vocab")
@@ -47,5 +49,6 @@ def train_command(o: TokenizerTrainOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(tokenizer_app, "tokenizer-train", TokenizerTrainOptions, train_command, cli_name="train")
+    command(tokenizer_app, "tokenizer-train", TokenizerTrainOptions, train_command, cli_name="train",
+            example="curate tokenizer train texts.jsonl --vocab 4096 --out my-tokenizer")
     app.add_typer(tokenizer_app, name="tokenizer")

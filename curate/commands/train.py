@@ -22,8 +22,8 @@ class TrainOptions:
     default: bool = opt(False, "--default", help="The reference run: default corpus (built if missing) and model, into the workspace.")
     corpus: str | None = opt(None, "--corpus", help="Training corpus (Megatron prefix/.idx, .npy, .parquet or corpus folder).")
     config: Path | None = opt(None, "--config", help="GPT-NeoX config JSON for a fresh model (default: the embedded default model).")
-    init_from: str | None = opt(None, "--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
-    revision: str | None = opt(None, "--revision", help="Checkpoint of --from (stepK), as on the hub.")
+    init_from: str | None = opt(None, "--model", deprecated=("--from",), help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
+    revision: str | None = opt(None, "--revision", help="Checkpoint of --model (stepK), as on the hub.")
     plan: str | None = opt(None, "--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")
     steps: int | None = opt(None, "--steps", help="Train until this step (default 1000, or the whole steps of --epochs; --default: the reference length).")
     epochs: int | None = opt(None, "--epochs", help="Passes over the corpus's rows (or the plan's); the first in the corpus's order, each later one in a fresh permutation seeded by --seed, recorded in the run's plan.json. Without --steps the run trains every whole step of them.")
@@ -31,9 +31,9 @@ class TrainOptions:
     eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100).")
     checkpoints: str | None = opt(None, "--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")
     seed: int | None = opt(None, "--seed", help="Seed for the initialisation and the RNG (default 0).")
-    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --from weights.")
+    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --model weights.")
     warmup_steps: int | None = opt(None, "--warmup-steps", help="Linear warm-up steps (default 100).")
-    start_step: int | None = opt(None, "--start-step", help="Data/schedule position of the first update (default: from --from).")
+    start_step: int | None = opt(None, "--start-step", help="Data/schedule position of the first update (default: from --model).")
     heldout: str | None = opt(None, "--heldout", help="Held-out corpus for held-out loss and ICL.")
     threads: int | None = opt(None, "--threads", help="CPU threads (1 keeps runs bit-reproducible).")
     device: str | None = opt(None, "--device", help="cpu or cuda.")
@@ -45,7 +45,7 @@ class TrainOptions:
     micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward; gradients are accumulated over the step (default: the whole batch).")
     precision: str | None = opt(None, "--precision", help="Forward precision: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).")
     out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
-    resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")
+    resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --model, continue that checkpoint's state into --out.")
     as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress bar.")
     workspace: Path | None = workspace_opt()
@@ -190,4 +190,5 @@ def _print_summary(result) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "train", TrainOptions, train_command)
+    command(app, "train", TrainOptions, train_command,
+            example="curate train --corpus my-corpus --steps 3000 --out runs/mine")
