@@ -14,10 +14,10 @@ from curate.augment.checksums import verify_folder
 from curate.augment.mix_spec import DEFAULT_TOP, MixSpec
 from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
-from curate.commands.train import ARCHITECTURE_OPTIONS
+from curate.commands.train import ARCHITECTURE_OPTIONS, TrainOptions
 from curate.errors import CurateError
 from curate.locks import hold
-from curate.options import arg, composed, opt, spec_flag, workspace_opt
+from curate.options import arg, check_positive, composed, flag, opt, spec_flag, workspace_opt
 from curate.workspace import mixes_dir, resolve_workspace
 
 MOTIF_ROWS_HELP = "Top rows mined for motifs (synthetic) or queried for neighbours."
@@ -93,7 +93,7 @@ def retrain_command(scores: Path, result) -> str:
     for option, field in ARCHITECTURE_OPTIONS.items():
         value = (spec.get("architecture") or {}).get(field)
         if value is not None:
-            args += [f"--{option}", str(value)]
+            args += [flag(TrainOptions, option), str(value)]
     if batch:
         args += ["--batch-size", str(batch)]
     epochs = int(spec.get("epochs") or 1)
@@ -116,6 +116,9 @@ class SynthOptions:
     top: int = opt(DEFAULT_TOP, "--motif-rows", help=MOTIF_ROWS_HELP, deprecated=("--top",))
     seed: int = opt(0, "--seed", help="Seed of the fresh content.")
     workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        check_positive(self, "rows", "top")
 
 
 def synth_command(o: SynthOptions) -> None:

@@ -40,6 +40,7 @@ def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any],
     `example`: one command line shown at the end of its help."""
     params = []
     old: list[tuple[str, tuple[str, ...], str]] = []  # (parameter, old spellings, new spelling)
+    required: list[tuple[str, str]] = []  # (parameter, flag) of required options that have old spellings
     ordered = cli_params(options_cls)
     ordered.sort(key=lambda p: p.name == "workspace")  # --workspace last, as everywhere
     for p in ordered:
@@ -51,6 +52,9 @@ def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any],
         else:
             info = typer.Option(*cli["flags"], help=cli["help"], show_default=cli["show_default"], **cli["extra"])
         default = inspect.Parameter.empty if p.default is dataclasses.MISSING else p.default
+        if default is inspect.Parameter.empty and cli["deprecated"]:  # required, but an old spelling may give it
+            default, kind = None, Optional[base]
+            required.append((p.name, cli["flags"][0]))
         params.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info]))
         if cli["deprecated"]:
             hidden = typer.Option(*cli["deprecated"], hidden=True, show_default=False, **cli["extra"])
@@ -67,6 +71,9 @@ def command(app: typer.Typer, name: str, options_cls: type, run: Callable[[Any],
                 print(f"warning: {'/'.join(used)} is deprecated in `curate {cli_name or name}`; use {new} "
                       "(the old spelling goes in the next release)", file=sys.stderr)
                 values[field] = value
+        for field, new in required:
+            if values.get(field) is None:
+                raise CurateError(f"missing option {new}")
         dispatch(build_options(options_cls, values), run)
 
     del wrapper.__wrapped__  # typer must read the signature below, not run's

@@ -40,7 +40,7 @@ class TrainOptions:
     preset: str | None = opt(None, "--preset", help="A published architecture and its training settings for a fresh model: pythia-14m, pythia-31m, pythia-70m, pythia-160m, pythia-410m.")
     layers: int | None = opt(None, "--layers", help="Layers of a fresh default model (default 2).")
     hidden: int | None = opt(None, "--hidden", help="Hidden width of a fresh default model (default 64; the MLP is 4x).")
-    heads: int | None = opt(None, "--heads", help="Attention heads of a fresh default model (default 4; must divide --hidden).")
+    heads: int | None = opt(None, "--attention-heads", deprecated=("--heads",), help="Attention heads of a fresh default model (default 4; must divide --hidden).")
     context: int | None = opt(None, "--context", help="Context of a fresh default model in tokens (default 64; corpus rows hold one more).")
     micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward; gradients are accumulated over the step (default: the whole batch).")
     precision: str | None = opt(None, "--precision", help="Forward precision: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).")
