@@ -155,10 +155,10 @@ def load_config(path: Path) -> tuple[str, Any]:
     options_cls, _ = COMMANDS[name]
     values = dict(body["options"])
     for key in body.get("paths") or []:
-        owner, _, name = key.rpartition(".")
+        owner, _, field = key.rpartition(".")
         where = values.get(owner) if owner else values
-        if isinstance(where, dict) and isinstance(where.get(name), str):
-            where[name] = resolve_stored(where[name], file.parent)
+        if isinstance(where, dict) and isinstance(where.get(field), str):
+            where[field] = resolve_stored(where[field], file.parent)
     return name, from_json(options_cls, values)
 
 
