@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from curate.atomic import os_error
 from curate.errors import CurateError
 
 TEST_BARRIER_ENV = "CURATE_TEST_LOCK_BARRIER"
@@ -91,7 +92,7 @@ def _make_parents(folder: Path) -> list[Path]:
             if not d.is_dir():
                 raise CurateError(f"{d}: exists and is not a folder; choose another output") from None
         except OSError as e:
-            raise CurateError(f"{d}: cannot create the folder ({e.strerror})") from None
+            raise os_error(e, d) from None
     return made
 
 
@@ -131,9 +132,9 @@ def acquire(output: str | os.PathLike[str], what: str = "output") -> None:
     made = _make_parents(path.parent)
     try:
         fd = _try_lock(path)
-    except OSError as e:
+    except OSError as e:  # a read-only or full location: the same line as any write there
         _remove_empty(made)
-        raise CurateError(f"{output}: cannot take the {what}'s lock {path} ({e.strerror})") from None
+        raise os_error(e, output) from None
     if fd is None:
         _remove_empty(made)
         raise CurateError(f"{output}: another writer holds this {what} ({_describe(_holder(path))}); "

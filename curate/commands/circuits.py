@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from curate.commands.feedback import heartbeat
 from curate.commands.options import command
 from curate.errors import CurateError
 from curate.options import arg, flag, opt, workspace_opt
+from curate.tokenize import load_tokenizer
 
 
 def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | None]:
@@ -18,14 +22,13 @@ def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | Non
     tokenizer_file = checkpoint / "tokenizer.json" if checkpoint is not None else None
     if tokenizer_file is None or not tokenizer_file.is_file():
         return None, None
-    from curate.tokenize import load_tokenizer
-
     tok = load_tokenizer(tokenizer_file)
     return tok.vocab_size, tok.eot_id
 
 
 def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | None, revision: str | None) -> tuple[dict, object]:
     """Load the checkpoint, score every head and localize each registered circuit: (report dict, HeadScores)."""
+    # torch, the attribution modules and the model loader take seconds to import: only where a model is scored
     import torch
 
     from curate.attribution.circuits import CIRCUITS
@@ -70,10 +73,6 @@ def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | Non
 
 def print_table(report: dict) -> None:
     """The per-head table and the localization notes, with rich."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     probes = report["probes"]
     table = Table(title=escape(f"Head scores: {report['checkpoint']} ({probes['n']} probes [r, r], L={probes['half_len']}, seed {probes['seed']})"))

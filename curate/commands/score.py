@@ -2,10 +2,14 @@
 on Ray actors."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from curate.commands.options import command, save_config
 from curate.locks import hold
@@ -27,10 +31,7 @@ class ScoreOptions(ScoreRequest):
 
 def score_command(options: ScoreOptions) -> None:
     """Score every row of the attribution window by its influence on the circuit's heads (sharded, resumable)."""
-    import json
-
-    from rich.console import Console
-
+    # the scoring pipelines import torch, transformers and Ray (seconds, measured): only when a command scores
     from curate.pipelines.score_job import resolve_job
     from curate.pipelines.score_run import run_job
 
@@ -95,10 +96,6 @@ def print_plan(plan: dict) -> None:
 
 def print_summary(summary: dict, out: Path) -> None:
     """Heads and their metrics, rows scored, time, where the scores are, and the top rows decoded."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     console = Console()
     metrics = summary.get("head_metrics", {})
     heads = ", ".join(

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from curate.amounts import check_amount
+from curate.augment.index import KINDS, IndexParams, build_index
 from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
@@ -27,10 +31,6 @@ def _fmt_ci(lo: float | None, hi: float | None) -> str:
 
 def print_explain(report) -> None:
     """The enrichment of both tails side by side (raw and size-adjusted), and the tails' weight, with rich."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     heads = " ".join(str(h) for h in report.heads) or "-"
     window = f"steps {report.window[0]}-{report.window[1]}" if report.window else "window ?"
@@ -97,7 +97,7 @@ class ExplainOptions:
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
-        from curate.augment.explain import TAG_PER, TAILS
+        from curate.augment.explain import TAG_PER, TAILS  # explain imports torch via the scores folder (seconds)
 
         check_amount(self.top, flag(self, "top"))
         if self.tail not in TAILS:
@@ -136,8 +136,6 @@ class IndexOptions:
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
-        from curate.augment.index import KINDS
-
         if self.kind not in KINDS:
             raise CurateError(f"{flag(self, 'kind')} {self.kind!r}: the index kind must be one of {', '.join(KINDS)}")
         check_positive(self, "nlist", "nprobe")
@@ -145,8 +143,8 @@ class IndexOptions:
 
 def index_command(o: IndexOptions) -> None:
     """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
+    # the scores folder and the neighbour search import torch (seconds, measured): only where a command runs
     from curate.attribution.scores_folder import open_scores
-    from curate.augment.index import IndexParams, build_index
     from curate.augment.neighbors import INDEX_SUBDIR
 
     folder = open_scores(o.scores)
@@ -207,10 +205,6 @@ def register(app: typer.Typer) -> None:
 
 
 def print_neighbors(result: dict) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     for q in result["queries"]:
         title = f"row {q['row_id']} [{q['tag']}]"

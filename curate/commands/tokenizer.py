@@ -8,6 +8,7 @@ import typer
 
 from curate.commands.corpus import OUT_ONLY_WORKSPACE_HELP, check_vocab, skipped_note
 from curate.commands.options import HELP_OPTIONS, command, save_config
+from curate.ingest import train_tokenizer_path
 from curate.locks import hold
 from curate.options import arg, flag, opt, workspace_opt
 
@@ -36,8 +37,6 @@ class TokenizerTrainOptions:
 def train_command(o: TokenizerTrainOptions) -> None:
     """A deterministic byte-level BPE (the same input and --vocab give the same tokenizer.json), with the
     default corpus's special token <|endoftext|> as id 0 (also the pad token in tokenizer_config.json)."""
-    from curate.ingest import train_tokenizer_path
-
     with hold(o.out, what="tokenizer folder"):
         tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
         save_config(o.out, "tokenizer-train", o)

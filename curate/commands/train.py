@@ -7,9 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from curate.errors import CurateError
 from curate.locks import hold
+from curate.training.presets import find_preset, preset_for
 from curate.options import flag, named, opt, workspace_opt
 from curate.commands.options import command, save_config
 from curate.workspace import resolve_workspace
@@ -66,8 +69,6 @@ class TrainOptions:
         if shape and self.preset:
             raise CurateError(f"{flag(self, 'preset')} fixes the architecture: drop {', '.join(flag(self, n) for n in shape)}")
         if self.preset is not None:
-            from curate.training.presets import preset_for
-
             with named(self, "preset"):
                 preset_for(self.preset)
         if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
@@ -86,8 +87,6 @@ class TrainOptions:
         """TrainSpec fields for the model's shape and numerics: a preset, the architecture flags, precision."""
         out: dict = {}
         if self.preset is not None:
-            from curate.training.presets import preset_for
-
             preset = preset_for(self.preset)
             out.update(preset.training.spec_fields())
             out["model_config"] = preset.architecture.config_fields()
@@ -113,6 +112,7 @@ ARCHITECTURE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", 
 def train_command(options: TrainOptions) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
     o = options
+    # the trainer imports torch and transformers (seconds, measured): only when a command trains
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
     from curate.training.trainer import TrainSpec, saved_spec, steps_of_epochs, train
@@ -126,8 +126,6 @@ def train_command(options: TrainOptions) -> None:
         assert o.out is not None  # validate() requires it
         fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **o.shape_fields(), **given}
         if o.init_from is not None:
-            from curate.training.presets import find_preset
-
             preset = find_preset(o.init_from)  # a Pythia checkpoint continues with Pythia's own settings
             if preset is not None:
                 fields = {**fields, **preset.training.spec_fields(), **given}
@@ -156,9 +154,6 @@ def train_command(options: TrainOptions) -> None:
 
 
 def _print_summary(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     emergence = result.summary.get("emergence", {})
     table = Table(title=f"run {result.out_dir}", show_header=True)
     table.add_column("circuit")
