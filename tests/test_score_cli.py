@@ -217,7 +217,8 @@ def test_score_saves_its_config_and_a_replay_resolves_the_same_job(tiny, tmp_pat
     assert code == 0, stderr
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["command"] == "score" and saved["options"]["top"] == "5" and saved["options"]["seed"] == 3
-    assert saved["options"]["out"] == str(out) and saved["options"]["heads"] == "1.0" and "curate_version" in saved
+    assert saved["options"]["out"] == "." and "out" in saved["paths"]  # stored relative to the folder
+    assert saved["options"]["heads"] == "1.0" and "curate_version" in saved
     code, _, stderr = run_cli(["replay", out], monkeypatch, capsys)
     assert code == 0, stderr
     assert len(jobs) == 2 and jobs[0].fingerprint == jobs[1].fingerprint and jobs[1].top_k == 5
