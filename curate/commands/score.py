@@ -48,7 +48,7 @@ def score_command(options: ScoreOptions) -> None:
             print_plan(plan)
         return
     with hold(job.out, what="scores folder"):
-        save_config(job.out, "score", options, resolved={"out": job.out})
+        save_config(job.out, "score", options, resolved=resolved_defaults(options, job))
         for note in job.notes + job.localization.notes:
             log(f"note: {note}")
         summary = run_job(job, log)
@@ -56,6 +56,16 @@ def score_command(options: ScoreOptions) -> None:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     print_summary(summary, job.out)
+
+
+def resolved_defaults(options: ScoreOptions, job) -> dict:
+    """What the job resolved for options left to their defaults (saved in command.json): the output folder and the
+    head subspace. The corpus, model and window stay as given: their defaults depend on the run folder (its
+    checkpoint after formation, its epochs), which a replay resolves again the same way."""
+    resolved: dict = {"out": job.out}
+    if options.mode is None:
+        resolved["mode"] = job.request.mode
+    return resolved
 
 
 def _duration(seconds: float) -> str:
