@@ -370,7 +370,9 @@ def test_cli_neighbors_in_another_corpus(scores_dir: Path, tmp_path: Path, monke
     code, out, err = run_cli(["index", scores_dir, "--corpus", other, "--out", tmp_path / "idx"], monkeypatch, capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "idx" / "command.json").read_text())  # the resolved options, for `curate replay`
-    assert saved["command"] == "index" and saved["options"]["corpus"] == str(other) and saved["options"]["out"] == str(tmp_path / "idx")
+    folder = tmp_path / "idx"  # paths are stored relative to the folder (`paths` names them)
+    assert saved["command"] == "index" and {"corpus", "out"} <= set(saved["paths"])
+    assert (folder / saved["options"]["corpus"]).resolve() == other.resolve() and saved["options"]["out"] == "."
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     code, out, err = run_cli(["replay", tmp_path / "idx"], monkeypatch, capsys)  # the same index again, in place
     assert code == 0, err
