@@ -120,8 +120,10 @@ def train_command(options: TrainOptions) -> None:
     given = o.spec_fields()
     ws = resolve_workspace(o.workspace)
     if o.default:
-        # `curate train --default` is idempotent: it continues or confirms the reference run
+        # `curate train --default` is idempotent: it continues or confirms the reference run (which it locks)
         result = train_reference_run(ws, progress=not o.quiet, overrides=given, out=o.out)
+        with hold(result.out_dir, what="training run"):
+            save_config(result.out_dir, "train", options, resolved={"out": result.out_dir})
     else:
         assert o.out is not None  # validate() requires it
         fields = {**recipe_fields("fresh" if o.init_from is None else "from_checkpoint"), **o.shape_fields(), **given}
@@ -145,8 +147,6 @@ def train_command(options: TrainOptions) -> None:
         with hold(o.out, what="training run"):
             result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
             save_config(result.out_dir, "train", options)
-    if o.default:
-        save_config(result.out_dir, "train", options)
     if o.as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
