@@ -55,7 +55,7 @@ def test_a_second_writer_onto_the_same_out_gets_one_line_naming_the_holder(score
         if first.poll() is None:
             first.kill()
     saved = json.loads((out / "command.json").read_text())
-    assert saved["options"]["remove"] == "10%" and saved["options"]["control"] is None  # the first writer's mix, whole
+    assert saved["options"]["mix"]["remove"] == "10%" and saved["options"]["mix"]["control"] is None  # the first writer's mix, whole
     assert not lock_path(out).exists()  # released on exit
 
 
@@ -69,7 +69,7 @@ def test_a_killed_holders_lock_is_taken_over(scores, tmp_path) -> None:
     second = _curate(["build-mix", scores, "--remove", "20%", "--out", out], tmp_path)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
-    assert json.loads((out / "command.json").read_text())["options"]["remove"] == "20%"
+    assert json.loads((out / "command.json").read_text())["options"]["mix"]["remove"] == "20%"
     assert not lock_path(out).exists()
 
 
