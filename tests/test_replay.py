@@ -93,3 +93,22 @@ def test_a_config_saved_before_the_mix_spec_was_composed_still_replays(inputs, t
     assert code == 0, err
     after = digest(out)
     assert {k: v for k, v in after.items() if k != "command.json"} == {k: v for k, v in before.items() if k != "command.json"}
+
+
+def test_a_scores_folder_reads_its_checkpoint_relative_to_itself(tmp_path, monkeypatch) -> None:
+    """summary.json stores the scored checkpoint relative to the scores folder (as the corpus): read from any
+    working directory; a hub name is kept as it is."""
+    from curate.attribution.scores_folder import ScoresFolder
+    from curate.paths import portable_if_local
+
+    step = tmp_path / "runs" / "ref" / "checkpoints" / "step5"
+    step.mkdir(parents=True)
+    scores = tmp_path / "scores" / "induction"
+    scores.mkdir(parents=True)
+    stored = portable_if_local(str(step), scores)
+    assert stored == "../../runs/ref/checkpoints/step5"
+    monkeypatch.chdir(tmp_path / "runs")
+    folder = ScoresFolder(Path("../scores/induction"), {"checkpoint": stored, "checkpoint_absolute": str(step)}, [], 0, [])
+    assert Path(folder.checkpoint).resolve() == step.resolve()
+    hub = ScoresFolder(scores, {"checkpoint": portable_if_local("EleutherAI/pythia-70m@step1000", scores)}, [], 0, [])
+    assert hub.checkpoint == "EleutherAI/pythia-70m@step1000"
