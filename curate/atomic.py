@@ -98,7 +98,8 @@ def _temp_prefix(final: Path) -> str:
     return f".{final.name}.{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,7 +125,7 @@ def clean_stale_temps(final: str | os.PathLike[str]) -> list[Path]:
             continue
         pid = m.group(1) or m.group(2)
         try:
-            stale = not _pid_alive(int(pid)) if pid else entry.stat(follow_symlinks=False).st_mtime < _STARTED
+            stale = not pid_alive(int(pid)) if pid else entry.stat(follow_symlinks=False).st_mtime < _STARTED
             if not stale:
                 continue
             path = Path(entry.path)

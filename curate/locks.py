@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from curate.atomic import os_error
+from curate.atomic import os_error, pid_alive
 from curate.errors import CurateError
 
 TEST_BARRIER_ENV = "CURATE_TEST_LOCK_BARRIER"
@@ -43,16 +43,6 @@ def lock_path(output: str | os.PathLike[str]) -> Path:
     return out.with_name(f".{out.name}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _holder(path: Path) -> dict:
     try:
         body = json.loads(path.read_text())
@@ -73,7 +63,7 @@ def _describe(holder: dict) -> str:
 def _stale(holder: dict) -> bool:
     """A lock recorded by a process of this host that is gone."""
     pid = holder.get("pid")
-    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
 
 
 def _make_parents(folder: Path) -> list[Path]:
