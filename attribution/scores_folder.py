@@ -11,6 +11,7 @@ Layout (written by the scoring pipeline, read by explain / index / neighbors / b
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ class ScoresFolder:
         if value is None:
             return None
         stored = resolve_stored(str(value), self.path, self.summary.get("checkpoint_absolute"))
-        return stored if Path(stored).exists() else str(self.summary.get("checkpoint_absolute", value))  # a hub name
+        if Path(stored).exists():
+            return os.path.abspath(stored)
+        return str(self.summary.get("checkpoint_absolute", value))  # a hub name, or a model no longer there
 
     @property
     def summary_path(self) -> Path:
