@@ -13,6 +13,7 @@ Layout (written by the scoring pipeline, read by explain / index / neighbors / b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -107,6 +108,17 @@ class ScoresFolder:
     def corpus_path(self) -> str:
         """The scored corpus: `summary.json` `corpus`, relative paths taken from the folder first."""
         return resolve_stored(str(self.summary["corpus"]), self.path, self.summary.get("corpus_absolute"))
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The scored model: `summary.json` `checkpoint` (a path relative to the folder, or a hub name), read back."""
+        value = self.summary.get("checkpoint")
+        if value is None:
+            return None
+        stored = resolve_stored(str(value), self.path, self.summary.get("checkpoint_absolute"))
+        if Path(stored).exists():
+            return os.path.abspath(stored)
+        return str(self.summary.get("checkpoint_absolute", value))  # a hub name, or a model no longer there
 
     @property
     def summary_path(self) -> Path:

@@ -62,7 +62,7 @@ def scoring_rates(args, dev: torch.device) -> None:
 def training_rate(args, dev: torch.device, work: Path) -> None:
     steps, batch = args.train_steps, args.train_batch
     corpus, ckpt = make_standin(work / "train", args.preset, steps + 1, batch, args.context, random_rows=(steps + 1) * batch)
-    cmd = [sys.executable, "-m", "curate.cli", "train", "--from", str(ckpt), "--corpus", str(corpus), "--start-step", "0",
+    cmd = [sys.executable, "-m", "curate.cli", "train", "--model", str(ckpt), "--corpus", str(corpus), "--start-step", "0",
            "--steps", str(steps), "--micro-batch", str(args.micro_batch), "--precision", "bf16" if dev.type == "cuda" else "fp32",
            "--device", dev.type, "--checkpoints", "none", "--eval-every", str(steps + 1), "--out", str(work / "run"), "--json", "--quiet"]
     t0 = time.perf_counter()

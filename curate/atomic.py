@@ -61,13 +61,28 @@ def disk_error(e: BaseException, where: str | os.PathLike[str] | None = None) ->
     return CurateError(f"{where if where is not None else (path or 'output')}: cannot write ({cause})")
 
 
+def os_error(e: OSError, where: str | os.PathLike[str] | None = None) -> CurateError:
+    """One CurateError line for any OSError: the path it names (else `where`) and its cause."""
+    disk = disk_error(e, where)
+    if disk is not None:
+        return disk
+    path = e.filename if e.filename is not None else where
+    cause = e.strerror or str(e) or type(e).__name__
+    if path is None:
+        return CurateError(cause)
+    hint = "; a folder on the way is a file" if e.errno in (errno.EEXIST, errno.ENOTDIR) and path == e.filename else ""
+    return CurateError(f"{path}: {cause}{hint}")
+
+
 @contextlib.contextmanager
 def _disk_errors(where: Path) -> Iterator[None]:
-    """Re-raise a full / read-only / forbidden write under `where` as one CurateError line."""
+    """Re-raise a full / read-only / forbidden write under `where`, and any other OSError, as one CurateError line."""
     try:
         yield
     except CurateError:
         raise
+    except OSError as e:
+        raise os_error(e, where) from None
     except Exception as e:
         err = disk_error(e, where)
         if err is None:
@@ -83,7 +98,8 @@ def _temp_prefix(final: Path) -> str:
     return f".{final.name}.{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -109,7 +125,7 @@ def clean_stale_temps(final: str | os.PathLike[str]) -> list[Path]:
             continue
         pid = m.group(1) or m.group(2)
         try:
-            stale = not _pid_alive(int(pid)) if pid else entry.stat(follow_symlinks=False).st_mtime < _STARTED
+            stale = not pid_alive(int(pid)) if pid else entry.stat(follow_symlinks=False).st_mtime < _STARTED
             if not stale:
                 continue
             path = Path(entry.path)

@@ -19,6 +19,7 @@ from curate.outputs import CORPUS, check_output_folder
 from curate.corpus import METADATA_FILE
 from curate.errors import CurateError
 from curate.ingest import ingest_documents
+from curate.locks import hold
 from curate.minipile import MixtureConfig, copy_pieces, generate_documents
 from curate.tokenize import TextTokenizer
 from curate.tokenize import train_tokenizer as train_bpe
@@ -155,7 +156,13 @@ def build_default_corpus(
     progress: bool = True,
     spec: DefaultCorpusSpec | None = None,
 ) -> Path:
-    """Build (or reuse) the default corpus folder of `workspace`; returns its path."""
+    """Build (or reuse) the default corpus folder of `workspace`, holding its lock (one writer); returns its path."""
+    with hold(default_corpus_dir(Path(workspace)), what="default corpus"):
+        return _build_default_corpus(workspace, seed, force, progress, spec)
+
+
+def _build_default_corpus(workspace: Path, seed: int, force: bool, progress: bool, spec: DefaultCorpusSpec | None) -> Path:
+
     spec = spec or default_spec()
     out = default_corpus_dir(Path(workspace))
     wanted = spec.to_json(seed)

@@ -1,8 +1,13 @@
 """Option fields: a dataclass field carries its CLI flag(s) and help as plain metadata, so an options dataclass
 is both the library's input and the command line (the CLI builds its commands from it; no typer here).
 
+A command whose work is a library spec composes it: `mix: MixSpec = composed(MixSpec, remove=spec_flag("--remove",
+help=...), ...)` puts each named field of the spec on the command line (default: the spec's own), and the command
+gets the spec object whole (no fields mirrored and copied by name).
+
 `opt(default, "--batch-rows", help=...)` declares an option, `arg(default, help=...)` a positional argument
-(`...` as the default = required). `flag(options, "batch_rows")` is the name a message uses for the field, and
+(`...` as the default = required); `deprecated=("--old",)` keeps old spellings working (hidden from the help, one
+warning line on stderr when used). `flag(options, "batch_rows")` is the name a message uses for the field, and
 `named(options, "window")` prefixes a plain error from a parser with it. `to_json` / `from_json` save and
 load the values (paths as given) for a replayable config."""
 from __future__ import annotations
@@ -16,25 +21,96 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from curate.errors import CurateError
+from curate.workspace import WORKSPACE_HELP
 
 CLI = "cli"  # the metadata key of a field's CLI declaration
+COMPOSED = "composed"  # the metadata key of a field holding a library spec: {"cls": spec class, "flags": {field: cli}}
 
 
-def opt(default: Any = ..., *flags: str, help: str, show_default: bool = True, **extra: Any) -> Any:
-    """A dataclass field that is a CLI option `flags[0]` (aliases after it); `...` = required."""
-    return _field(default, {"flags": tuple(flags), "help": help, "show_default": show_default, "argument": False, "extra": extra})
+def opt(default: Any = ..., *flags: str, help: str, show_default: bool = True, deprecated: tuple[str, ...] = (),
+        **extra: Any) -> Any:
+    """A dataclass field that is a CLI option `flags[0]` (aliases after it); `...` = required; `deprecated`: old
+    spellings that still work for one release."""
+    return _field(default, {"flags": tuple(flags), "help": help, "show_default": show_default, "argument": False,
+                            "deprecated": tuple(deprecated), "extra": extra})
 
 
 def arg(default: Any = ..., *, help: str, show_default: bool = False, **extra: Any) -> Any:
     """A dataclass field that is a positional CLI argument; `...` = required."""
-    return _field(default, {"flags": (), "help": help, "show_default": show_default, "argument": True, "extra": extra})
+    return _field(default, {"flags": (), "help": help, "show_default": show_default, "argument": True, "deprecated": (),
+                            "extra": extra})
 
 
-def workspace_opt() -> Any:
+def workspace_opt(help: str = WORKSPACE_HELP) -> Any:
     """The `--workspace` option field (None: $CURATE_WORKSPACE, else ./curate-workspace)."""
-    from curate.workspace import WORKSPACE_HELP
+    return opt(None, "--workspace", help=help, show_default=False)
 
-    return opt(None, "--workspace", help=WORKSPACE_HELP, show_default=False)
+
+def spec_flag(*flags: str, help: str, show_default: bool = True, deprecated: tuple[str, ...] = (), **extra: Any) -> dict:
+    """The CLI declaration of one field of a composed spec (its default is the spec's)."""
+    return {"flags": tuple(flags), "help": help, "show_default": show_default, "argument": False,
+            "deprecated": tuple(deprecated), "extra": extra}
+
+
+def composed(spec_cls: type, **flags: dict) -> Any:
+    """A field holding the library's `spec_cls`; `flags` (field name -> `spec_flag(...)`) put those of its fields on
+    the command line, the others keep the spec's defaults."""
+    unknown = sorted(set(flags) - {f.name for f in dataclasses.fields(spec_cls)})
+    if unknown:
+        raise TypeError(f"{spec_cls.__name__} has no field {', '.join(unknown)}")
+    return dataclasses.field(default_factory=spec_cls, metadata={COMPOSED: {"cls": spec_cls, "flags": flags}})
+
+
+@dataclasses.dataclass(frozen=True)
+class CliParam:
+    """One command-line parameter of an options class: `owner` is the composed spec field holding it (or None)."""
+
+    name: str
+    cli: dict
+    default: Any  # dataclasses.MISSING: required
+    hint: Any
+    owner: str | None = None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def cli_params(cls: type) -> list[CliParam]:
+    """Every command-line parameter of an options class, in declaration order, composed specs' fields in place."""
+    hints = typing.get_type_hints(cls)
+    out: list[CliParam] = []
+    for f in dataclasses.fields(cls):
+        if CLI in f.metadata:
+            out.append(CliParam(f.name, f.metadata[CLI], _default(f), hints[f.name]))
+        elif COMPOSED in f.metadata:
+            spec_cls, flags = f.metadata[COMPOSED]["cls"], f.metadata[COMPOSED]["flags"]
+            spec_hints = typing.get_type_hints(spec_cls)
+            by_name = {g.name: g for g in dataclasses.fields(spec_cls)}
+            for name, cli in flags.items():
+                out.append(CliParam(name, cli, _default(by_name[name]), spec_hints[name], owner=f.name))
+    return out
+
+
+def build_options(cls: type, values: dict) -> Any:
+    """An options object from command-line values by parameter name (composed specs built from theirs)."""
+    params = {p.name: p for p in cli_params(cls)}
+    top: dict = {}
+    parts: dict[str, dict] = {}
+    for name, value in values.items():
+        owner = params[name].owner if name in params else None
+        if owner is None:
+            top[name] = value
+        else:
+            parts.setdefault(owner, {})[name] = value
+    for f in dataclasses.fields(cls):
+        if COMPOSED in f.metadata and f.name not in top:
+            top[f.name] = f.metadata[COMPOSED]["cls"](**parts.get(f.name, {}))
+    return cls(**top)
 
 
 def _field(default: Any, cli: dict) -> Any:
@@ -49,16 +125,16 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def flag(options: Any, name: str) -> str:
-    """How messages name field `name`: its first flag, or its argument name in capitals."""
-    for f in dataclasses.fields(options):
-        if f.name == name:
-            cli = f.metadata.get(CLI)
-            if cli is None:
-                return name
-            extra = cli.get("extra", {})
-            if cli["argument"]:
+    """How messages name field `name` (of the options or of a spec they compose): its first flag, or its argument
+    name in capitals."""
+    for p in cli_params(options if isinstance(options, type) else type(options)):
+        if p.name == name:
+            extra = p.cli.get("extra", {})
+            if p.cli["argument"]:
                 return str(extra.get("metavar") or name.upper())
-            return cli["flags"][0]
+            return p.cli["flags"][0]
+    if any(f.name == name for f in dataclasses.fields(options)):
+        return name
     raise KeyError(name)
 
 
@@ -87,11 +163,13 @@ def check_positive(options: Any, *names: str, minimum: int = 1) -> None:
 
 
 def to_json(options: Any) -> dict:
-    """The field values as JSON data (paths as given, enums by value)."""
+    """The field values as JSON data (paths as given, enums by value, a composed spec as an object)."""
     out = {}
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
-        if isinstance(value, enum.Enum):
+        if COMPOSED in f.metadata:
+            value = to_json(value)
+        elif isinstance(value, enum.Enum):
             value = value.value
         elif isinstance(value, Path):
             value = str(value)
@@ -102,12 +180,20 @@ def to_json(options: Any) -> dict:
 def from_json(cls: type, data: dict) -> Any:
     """An options object from `to_json` data (unknown keys are an error; paths and enums restored)."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = dict(data)
+    for f in fields.values():  # a config saved before the spec was composed holds its fields flat
+        if COMPOSED in f.metadata and f.name not in data:
+            spec_names = {g.name for g in dataclasses.fields(f.metadata[COMPOSED]["cls"])}
+            data[f.name] = {k: data.pop(k) for k in list(data) if k in spec_names and k not in fields}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise CurateError(f"the saved config has options this command does not know: {', '.join(unknown)}")
     values = {}
     for name, value in data.items():
+        if COMPOSED in fields[name].metadata and isinstance(value, dict):
+            values[name] = from_json(fields[name].metadata[COMPOSED]["cls"], value)
+            continue
         base = plain_type(hints[name])
         if value is not None and isinstance(base, type) and issubclass(base, (Path, enum.Enum)):
             value = base(value)

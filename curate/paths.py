@@ -20,6 +20,11 @@ def portable(path: str | Path, folder: str | Path) -> str:
     return os.path.relpath(p, f)
 
 
+def portable_if_local(value: str, folder: str | Path) -> str:
+    """`portable(value, folder)` when `value` is a path on this machine; a hub name (or name@revision) as it is."""
+    return portable(value, folder) if Path(value).expanduser().exists() else value
+
+
 def _present(p: Path) -> bool:
     return p.exists() or p.with_name(p.name + ".idx").is_file()
 

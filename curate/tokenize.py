@@ -6,6 +6,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from curate.hub import hub_offline, offline_message
 from curate.errors import CurateError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -104,11 +105,14 @@ def load_tokenizer(spec: str | Path) -> TextTokenizer:
             return TextTokenizer(Tokenizer.from_file(str(p)), str(p))
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise CurateError(f"{p}: not a tokenizers JSON file ({str(e).splitlines()[0][:120]})") from None
+    offline = hub_offline()
     try:
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(str(spec))
+        hf = AutoTokenizer.from_pretrained(str(spec), local_files_only=offline)  # offline: the cache only, no retries
     except Exception as e:
+        if offline:
+            raise CurateError(f"tokenizer {offline_message(str(spec))}") from None
         raise CurateError(f"tokenizer {spec!r}: not a file and not loadable by transformers ({type(e).__name__})") from None
     if not getattr(hf, "is_fast", False):
         raise CurateError(f"tokenizer {spec!r}: only fast (tokenizers-backed) tokenizers are supported")

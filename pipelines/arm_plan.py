@@ -208,5 +208,5 @@ def mix_command(scores: Path, folder: Path, spec) -> str:
         args += ["--control", spec.control]
     if spec.pool:
         args += ["--pool", str(Path(spec.pool).resolve())]
-    args += ["--top", str(spec.top), "--seed", str(spec.seed), "--out", str(folder.resolve())]
+    args += ["--motif-rows", str(spec.top), "--seed", str(spec.seed), "--out", str(folder.resolve())]
     return shlex.join(args)

@@ -27,6 +27,7 @@ from typing import Callable
 
 from curate.atomic import write_json
 from curate.augment.explain import explain_scores
+from curate.attribution.scores_folder import open_scores
 from curate.errors import CurateError
 from curate.outputs import EXPERIMENT, check_output_folder
 from curate.pipelines.arms import arm_defs, dedupe, discard, is_finished, parse_arms, train_runs
@@ -137,7 +138,7 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
         "baseline": baseline_info,
         "window": {"start": window.start_step, "end": window.end_step, "rows": (window.end_step - window.start_step) * s.baseline.batch_size,
                    "reason": choice.reason},
-        "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": score_summary.get("checkpoint"),
+        "scores": {"folder": str(scores.resolve()), "heads": score_summary["heads"], "checkpoint": open_scores(scores).checkpoint,
                    "mode": score_summary.get("mode"), "rows": score_summary.get("rows"),
                    "command": score_command(s, window, score_summary)},
         "targeted_heads": score_summary["heads"],

@@ -31,7 +31,7 @@ class ExperimentOptions:
 
     circuit: str = opt("induction", "--circuit", help="Circuit to validate: induction or previous-token.")
     quick: bool = opt(False, "--quick", help="Reduced run for smoke tests: one seed, a short own baseline, all arms.")
-    k: str = opt("10%", "--k", help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")
+    k: str = opt("10%", "--remove", deprecated=("--k",), help="Rows removed: a share of the window (10%), a fraction (0.1) or a count.")
     augment: str = opt("2%", "--augment", help="Rows added: a share of the window (2%), a fraction or a count.")
     seeds: int | None = opt(None, "--seeds", help=f"Seeds per arm (default {DEFAULT_SEEDS}; --quick: 1).", show_default=False)
     first_seed: int = opt(0, "--first-seed", help="The seeds are FIRST..FIRST+N-1 (e.g. 100 with --seeds 3 for development seeds 100-102, kept apart from the reported seeds 0-5). Seed 0 is the scored run's own initialisation.")

@@ -363,7 +363,7 @@ def build_doc(results: dict, figures: list[tuple[str, str]]) -> Doc:
         ["baseline emergence step", fmt_step(b.get("emergence_step"))],
         ["scores", f"{results['scores']['folder']} (checkpoint {results['scores']['checkpoint']})"],
         ["targeted heads", ", ".join(results["targeted_heads"])],
-        ["removed (--k)", f"{results['k']} = {results['k_rows']:,} rows"],
+        ["removed (--remove)", f"{results['k']} = {results['k_rows']:,} rows"],
         ["added (--augment)", f"{results['augment']} = {results['augment_rows']:,} rows"],
         ["seeds", ", ".join(str(s) for s in results["seeds"])],
         ["what a seed varies", results["seed_varies"]],

@@ -28,8 +28,10 @@ from curate.attribution.scores_folder import (
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
+from curate.corpus import Corpus
 from curate.corpus_digest import content_digest
-from curate.paths import portable
+from curate.errors import CurateError
+from curate.paths import portable, portable_if_local
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash
 from curate.pipelines.ray_executor import RayExecutor
@@ -140,7 +142,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         corpus_digest=content_digest(job.corpus), out=str(out.resolve()),
         circuit=job.circuit.name, heads=[str(h) for h in job.heads], head_metrics=head_metrics(job),
         localization=job.localization.to_json(), mode=req.mode, window=list(job.window), row_range=list(job.rows),
-        batch_size=int(job.corpus.batch_size), rows=job.num_rows, rows_scored=rows_todo, checkpoint=job.checkpoint,
+        batch_size=int(job.corpus.batch_size), rows=job.num_rows, rows_scored=rows_todo, checkpoint=portable_if_local(job.checkpoint, out), checkpoint_absolute=job.checkpoint,
         checkpoint_step=job.checkpoint_step, model_fingerprint=job.model_fp, factors=fitted, fit_rows=int(len(job.fit_ids)),
         seed=req.seed, top_k=job.top_k, top_positive=positive, top_negative=negative,
         top_files={"positive": TOP_POSITIVE_FILE, "negative": TOP_NEGATIVE_FILE}, shards_dir=SHARDS_DIR,
@@ -202,7 +204,8 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
     summary = replace(
         ScoreSummary.from_json(subs[-1]),
         corpus=portable(job.corpus_spec, out), out=str(out.resolve()), head_metrics=head_metrics(job),
-        localization=job.localization.to_json(), checkpoint=job.checkpoint, checkpoint_step=job.checkpoint_step,
+        localization=job.localization.to_json(), checkpoint=portable_if_local(job.checkpoint, out), checkpoint_absolute=job.checkpoint,
+        checkpoint_step=job.checkpoint_step,
         model_fingerprint=job.model_fp, factors=f"one fit per checkpoint ({', '.join(s['factors'] for s in subs)})",
         rows_scored=sum(int(s["rows_scored"]) for s in subs), shards_scored=sum(int(s["shards_scored"]) for s in subs),
         shards_skipped=sum(int(s["shards_skipped"]) for s in subs), seconds=round(time.perf_counter() - t0, 3),
@@ -215,7 +218,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
             "checkpoints": steps,
             "aggregate": req.aggregate,
             "folders": [str(sj.out.relative_to(out)) for sj in job.trajectory],
-            "checkpoint_paths": [s["checkpoint"] for s in subs],
+            "checkpoint_paths": [s.get("checkpoint_absolute", s["checkpoint"]) for s in subs],
             "fingerprint_hashes": [s["fingerprint_hash"] for s in subs],
         },
     ).to_json()

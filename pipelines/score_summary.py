@@ -34,7 +34,8 @@ class ScoreSummary:
     batch_size: int
     rows: int
     rows_scored: int
-    checkpoint: str
+    checkpoint: str  # relative to the scores folder when local (`paths.portable_if_local`)
+    checkpoint_absolute: str
     checkpoint_step: int | None
     model_fingerprint: str
     factors: str

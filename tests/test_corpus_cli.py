@@ -49,16 +49,18 @@ def test_ingest_saves_its_options_and_replays_them(corpus_dir: Path, tmp_path: P
     saved = json.loads((corpus_dir / "command.json").read_text())
     assert saved["command"] == "ingest"
     opts = saved["options"]
-    assert (opts["seq_len"], opts["seed"], opts["batch_size"], opts["out"]) == (31, 5, 8, str(corpus_dir))
+    assert (opts["seq_len"], opts["seed"], opts["batch_size"], opts["out"]) == (31, 5, 8, ".")  # paths folder-relative
+    assert {"out", "input_path", "workspace"} <= set(saved["paths"])
+    absolute = {k: str((corpus_dir / v).resolve()) if k in saved["paths"] else v for k, v in opts.items()}
     again = tmp_path / "again"
     (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "command.json").write_text(json.dumps({**saved, "options": {**opts, "out": str(again)}}))
+    (tmp_path / "cfg" / "command.json").write_text(json.dumps({"command": "ingest", "options": {**absolute, "out": str(again)}}))
     assert folder_kind(tmp_path / "cfg") == CORPUS  # a folder holding only ingest's options counts as a corpus
     code, _, err = run_cli(["replay", tmp_path / "cfg"], monkeypatch, capsys)
     assert code == 0, err
     for name in ("corpus.bin", "corpus.idx", "rows.parquet"):
         assert (again / name).read_bytes() == (corpus_dir / name).read_bytes()
-    assert json.loads((again / "command.json").read_text())["options"]["out"] == str(again)
+    assert json.loads((again / "command.json").read_text())["options"]["out"] == "."
 
 
 def one_error_line(err: str) -> str:

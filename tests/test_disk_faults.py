@@ -65,7 +65,7 @@ def _commands(setup, out: Path, tmp: Path) -> dict[str, list]:
     docs.write_text("".join(json.dumps({"text": f"document {i} " + "word " * 200}) + "\n" for i in range(40)))
     return {
         "build-mix": ["build-mix", setup.scores, "--remove", "10%", "--out", out],
-        "synth": ["synth", "--from", setup.scores, "--rows", "64", "--top", "20", "--out", out],
+        "synth": ["synth", "--scores", setup.scores, "--rows", "64", "--motif-rows", "20", "--out", out],
         "index": ["index", setup.scores, "--out", out],
         "ingest": ["corpus", "ingest", docs, "--tokenizer", setup.corpus / "tokenizer.json", "--seq-len", "31", "--out", out],
         "tokenizer": ["tokenizer", "train", Path(__file__).parent / "fixtures" / "raw_text", "--vocab", "2000", "--out", out],

@@ -435,7 +435,7 @@ def test_other_settings_in_the_same_folder_are_refused(tiny, quick, monkeypatch,
     before = (quick["out"] / "experiment.json").read_text()
     args = quick_args(tiny, quick["out"])
     args[args.index("--threshold") + 1] = "0.2"
-    code, _, stderr = run_cli(args + ["--k", "20%"], monkeypatch, capsys)
+    code, _, stderr = run_cli(args + ["--remove", "20%"], monkeypatch, capsys)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "holds an experiment with other settings (changed: k, threshold)" in lines[0]
@@ -627,8 +627,8 @@ def test_curve_metrics_split_targeted_and_other_heads():
 
 
 BAD = [
-    (["--k", "0%"], "--k '0%'"),
-    (["--k", "150%"], "--k '150%'"),
+    (["--remove", "0%"], "--remove '0%'"),
+    (["--remove", "150%"], "--remove '150%'"),
     (["--augment", "ten"], "--augment 'ten'"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--arms", "remove-top,bogus"], "unknown arm 'bogus'"),

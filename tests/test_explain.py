@@ -130,7 +130,7 @@ def test_expected_share_by_bins() -> None:
 def test_cli_by_column_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     corpus, folder = known_counts(tmp_path)
     monkeypatch.setenv("COLUMNS", "300")
-    code, out, err = run_cli(["explain", folder, "--by", "source", "--tail-share", "10"], monkeypatch, capsys)
+    code, out, err = run_cli(["explain", folder, "--by", "source", "--tail-rows", "10"], monkeypatch, capsys)
     assert code == 0, err
     assert "sidecar column 'source'" in out and "the 10 highest (top) and 10 lowest (bottom) rows" in out
     assert "tokens-matched" in out and "size: row length only" in out

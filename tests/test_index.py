@@ -304,13 +304,13 @@ def one_error_line(err: str) -> str:
 
 def test_cli_explain_json_matches_function(scores_dir: Path, monkeypatch, capsys) -> None:
     args = ["--base-sample", "800", "--seed", "2"]
-    code, out, err = run_cli(["explain", scores_dir, "--top", "5%", "--json", *args], monkeypatch, capsys)
+    code, out, err = run_cli(["explain", scores_dir, "--tail-rows", "5%", "--json", *args], monkeypatch, capsys)
     assert code == 0, err
     got = json.loads(out)
     want = explain_scores(scores_dir, top="5%", base_sample=800, seed=2).to_json()
     assert got == json.loads(json.dumps(want))
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps to the terminal width
-    code, out, err = run_cli(["explain", scores_dir, "--top", "5%", *args], monkeypatch, capsys)
+    code, out, err = run_cli(["explain", scores_dir, "--tail-rows", "5%", *args], monkeypatch, capsys)
     assert code == 0, err
     assert "the 160 highest (top) and 160 lowest (bottom) rows by score of 3,200" in out and "a seeded sample of 800" in out
     assert "10% highest rows carry" in out and "10% lowest rows carry" in out
@@ -319,13 +319,13 @@ def test_cli_explain_json_matches_function(scores_dir: Path, monkeypatch, capsys
     assert f"{c['top']['count']:,}" in repeat_line and f"{c['top']['ratio']:.2f}" in repeat_line
     assert "size: row length only" in out
     # --tail bottom: the bottom tail's table first, each table titled by its own tail
-    code, out, err = run_cli(["explain", scores_dir, "--tail-share", "5%", "--tail", "bottom", *args], monkeypatch, capsys)
+    code, out, err = run_cli(["explain", scores_dir, "--tail-rows", "5%", "--tail", "bottom", *args], monkeypatch, capsys)
     assert code == 0, err
     titles = [line.strip() for line in out.splitlines() if line.strip() in ("top tail", "bottom tail")]
     assert titles == ["bottom tail", "top tail"]
     # an 80-column terminal folds cells but keeps every class and every column
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, err = run_cli(["explain", scores_dir, "--top", "5%", *args], monkeypatch, capsys)
+    code, out, err = run_cli(["explain", scores_dir, "--tail-rows", "5%", *args], monkeypatch, capsys)
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
     for label in {c["label"] for c in want["classes"]}:
@@ -353,13 +353,13 @@ def test_cli_index_and_neighbors(scores_dir: Path, corpus_dir: Path, labels: lis
         assert code == 0, err
         nearest += [labels[nb["row_id"]] for nb in json.loads(out)["queries"][0]["neighbors"]]
     assert len(nearest) == 12 and nearest.count("latex") >= 9, " ".join(nearest)
-    code, out, err = run_cli(["neighbors", "--top", "3", "--scores", scores_dir, "--json"], monkeypatch, capsys)
+    code, out, err = run_cli(["neighbors", "--query-rows", "3", "--scores", scores_dir, "--json"], monkeypatch, capsys)
     assert code == 0, err
     res = json.loads(out)
     best = open_scores(scores_dir).top_rows(3)
     assert [q["row_id"] for q in res["queries"]] == best.row_ids.tolist()
     assert all(len(q["neighbors"]) == 10 for q in res["queries"])
-    code, out, err = run_cli(["neighbors", "--top", "2", "--scores", scores_dir, "--k", "2"], monkeypatch, capsys)
+    code, out, err = run_cli(["neighbors", "--query-rows", "2", "--scores", scores_dir, "--k", "2"], monkeypatch, capsys)
     assert code == 0, err
     assert out.count("similarity") == 2
 
@@ -370,7 +370,9 @@ def test_cli_neighbors_in_another_corpus(scores_dir: Path, tmp_path: Path, monke
     code, out, err = run_cli(["index", scores_dir, "--corpus", other, "--out", tmp_path / "idx"], monkeypatch, capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "idx" / "command.json").read_text())  # the resolved options, for `curate replay`
-    assert saved["command"] == "index" and saved["options"]["corpus"] == str(other) and saved["options"]["out"] == str(tmp_path / "idx")
+    folder = tmp_path / "idx"  # paths are stored relative to the folder (`paths` names them)
+    assert saved["command"] == "index" and {"corpus", "out"} <= set(saved["paths"])
+    assert (folder / saved["options"]["corpus"]).resolve() == other.resolve() and saved["options"]["out"] == "."
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     code, out, err = run_cli(["replay", tmp_path / "idx"], monkeypatch, capsys)  # the same index again, in place
     assert code == 0, err
@@ -393,19 +395,19 @@ def test_cli_bad_inputs(scores_dir: Path, tmp_path: Path, monkeypatch, capsys) -
     cases = [
         (["explain", tmp_path / "missing"], "scores folder not found"),
         (["explain", tmp_path], "no summary.json"),
-        (["explain", scores_dir, "--top", "abc"], "--tail-share 'abc'"),
-        (["explain", scores_dir, "--tail-share", "0%"], "--tail-share '0%'"),
+        (["explain", scores_dir, "--tail-rows", "abc"], "--tail-rows 'abc'"),
+        (["explain", scores_dir, "--tail-rows", "0%"], "--tail-rows '0%'"),
         (["explain", scores_dir, "--by", "domain"], "no label column 'domain' in the row sidecar (label columns: none"),
-        (["explain", scores_dir, "--top", "999999"], "more rows than"),
+        (["explain", scores_dir, "--tail-rows", "999999"], "more rows than"),
         (["explain", scores_dir, "--head", "9.9"], "no scores for head 9.9"),
         (["explain", scores_dir, "--tail", "middle"], "tail 'middle'"),
         (["index", tmp_path / "missing"], "scores folder not found"),
         (["index", scores_dir, "--kind", "lsh"], "index kind"),
-        (["neighbors", "--scores", scores_dir], "either ROW_ID or --top"),
-        (["neighbors", "3", "--top", "2", "--scores", scores_dir], "either ROW_ID or --top"),
+        (["neighbors", "--scores", scores_dir], "either ROW_ID or --query-rows"),
+        (["neighbors", "3", "--query-rows", "2", "--scores", scores_dir], "either ROW_ID or --query-rows"),
         (["neighbors", "3", "--scores", scores_dir, "--index", tmp_path], "no structure index"),
         (["neighbors", "99999999", "--scores", scores_dir], "outside the scored corpus"),
-        (["neighbors", "--top", "x", "--scores", scores_dir], "top 'x'"),
+        (["neighbors", "--query-rows", "x", "--scores", scores_dir], "--query-rows 'x'"),
         (["neighbors", "3", "--scores", scores_dir, "--k", "0"], "k 0"),
     ]
     (tmp_path / "junk.txt").write_text("x")

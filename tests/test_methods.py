@@ -202,7 +202,7 @@ def test_copy_share_scores_then_build_mix_and_explain(ray_address, tiny, tmp_pat
     plan = json.loads((mix / "plan.json").read_text())
     assert plan["drop"] == sorted(int(r) for r in table.row_id[top_indices(table.score, table.row_id, 7)])
 
-    code, stdout, err = run_cli(["explain", out, "--top", "10%", "--json"], monkeypatch, capsys)
+    code, stdout, err = run_cli(["explain", out, "--tail-rows", "10%", "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(stdout)
     code, _, err = run_cli(["explain", out, "--head", "1.0"], monkeypatch, capsys)  # no head columns: one error line

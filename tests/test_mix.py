@@ -291,8 +291,9 @@ def test_build_mix_saves_its_config_and_a_replay_gives_the_same_bytes(setup, tmp
     assert code == 0, err
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["command"] == "build-mix"
-    assert saved["options"] == {**saved["options"], "scores": str(setup.scores), "remove": "10%", "augment": "3%", "seed": 2,
-                                "out": str(out), "source": "top", "top": 2000}
+    options, spec = saved["options"], saved["options"]["mix"]  # the composed MixSpec; paths relative to the folder
+    assert (out / options["scores"]).resolve() == Path(setup.scores).resolve() and options["out"] == "."
+    assert spec == {**spec, "remove": "10%", "augment": "3%", "seed": 2, "source": "top", "top": 2000}
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     code, _, err = run_cli(["replay", out], monkeypatch, capsys)
     assert code == 0, err

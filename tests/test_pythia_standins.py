@@ -76,9 +76,9 @@ def test_score_and_train_the_70m_stand_in(tmp_path):
 
 
 def train_two_steps(ckpt: Path, corpus: Path, out: Path, memory_gib: float) -> None:
-    """`curate train --from CKPT` for two steps of 2 rows, each in micro-batches of 1 row (gradients accumulated),
+    """`curate train --model CKPT` for two steps of 2 rows, each in micro-batches of 1 row (gradients accumulated),
     under `memory_gib`."""
-    result, peak = curate_cli("train", "--from", ckpt, "--corpus", corpus, "--start-step", 0, "--steps", 2,
+    result, peak = curate_cli("train", "--model", ckpt, "--corpus", corpus, "--start-step", 0, "--steps", 2,
                               "--micro-batch", 1, "--checkpoints", "none", "--eval-every", 1, "--out", out)
     assert result["complete"] is True and result["step"] == 2
     assert peak < memory_gib, f"train peaked at {peak:.2f} GiB"

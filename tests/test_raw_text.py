@@ -20,7 +20,7 @@ DOMAINS = {"latex", "python", "prose", "troff", "xml"}
 BATCH = 8
 EPOCHS = 2
 HELDOUT = 40
-SHAPE = ["--layers", "2", "--hidden", "32", "--heads", "2", "--context", "32"]
+SHAPE = ["--layers", "2", "--hidden", "32", "--attention-heads", "2", "--context", "32"]
 
 
 def cli(args: list, monkeypatch, capsys) -> str:

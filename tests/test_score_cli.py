@@ -49,10 +49,10 @@ BAD_INPUTS = [
     (["--model", "{small_vocab_model}"], "outside the model's vocabulary (size 100)"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot reach a Ray cluster"),
     (["--ray-address", "nowhere"], "expected HOST:PORT"),
-    (["--top", "0"], "--top '0': must be at least 1 row"),
-    (["--top", "150%"], "--top '150%': expected a percentage in (0, 100]"),
-    (["--top", "ten"], "expected a percentage"),
-    (["--top", "65"], "more rows than the 64 there are"),
+    (["--tail-rows", "0"], "--tail-rows '0': must be at least 1 row"),
+    (["--tail-rows", "150%"], "--tail-rows '150%': expected a percentage in (0, 100]"),
+    (["--tail-rows", "ten"], "expected a percentage"),
+    (["--tail-rows", "65"], "more rows than the 64 there are"),
     (["--mode", "qv"], "unknown head subspace mode"),
     (["--batch-rows", "4", "--shard-rows", "6"], "must be a multiple of --batch-rows"),
     (["--model", "{base}/missing-model"], "model folder not found"),
@@ -238,11 +238,12 @@ def test_score_saves_its_config_and_a_replay_resolves_the_same_job(tiny, tmp_pat
     jobs = []
     monkeypatch.setattr(score_run, "run_job", lambda job, log: jobs.append(job) or {"out": str(job.out)})
     out = tmp_path / "scores"
-    code, _, stderr = run_cli([*base_args(tiny, out), "--top", "5", "--seed", "3", "--json"], monkeypatch, capsys)
+    code, _, stderr = run_cli([*base_args(tiny, out), "--tail-rows", "5", "--seed", "3", "--json"], monkeypatch, capsys)
     assert code == 0, stderr
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["command"] == "score" and saved["options"]["top"] == "5" and saved["options"]["seed"] == 3
-    assert saved["options"]["out"] == str(out) and saved["options"]["heads"] == "1.0" and "curate_version" in saved
+    assert saved["options"]["out"] == "." and "out" in saved["paths"]  # stored relative to the folder
+    assert saved["options"]["heads"] == "1.0" and "curate_version" in saved
     code, _, stderr = run_cli(["replay", out], monkeypatch, capsys)
     assert code == 0, stderr
     assert len(jobs) == 2 and jobs[0].fingerprint == jobs[1].fingerprint and jobs[1].top_k == 5
@@ -256,7 +257,7 @@ def test_replay_of_a_folder_without_config_is_one_error_line(tmp_path, monkeypat
 def test_score_help_keeps_brackets_and_lists_the_flags(monkeypatch, capsys):
     code, out, _ = run_cli(["score", "--help"], monkeypatch, capsys)
     assert code == 0
-    for flag in ("--circuit", "--corpus", "--model", "--checkpoint", "--revision", "--heads", "--mode", "--window", "--top",
+    for flag in ("--circuit", "--corpus", "--model", "--revision", "--heads", "--mode", "--window", "--tail-rows",
                  "--out", "--workers", "--ray-address", "--device", "--batch-rows", "--shard-rows", "--fit-rows", "--seed",
                  "--force", "--json", "--quiet", "--workspace"):
         assert flag in out

@@ -114,7 +114,7 @@ def test_synthesis_is_deterministic_by_seed_and_prefix_stable(planted) -> None:
 
 def test_synth_command_writes_a_corpus_with_provenance(setup, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "synth"
-    code, stdout, err = run_cli(["synth", "--from", setup.scores, "--rows", 40, "--top", 12, "--seed", 3, "--out", out], monkeypatch, capsys)
+    code, stdout, err = run_cli(["synth", "--scores", setup.scores, "--rows", 40, "--motif-rows", 12, "--seed", 3, "--out", out], monkeypatch, capsys)
     assert code == 0, err
     assert "mined 12 motifs" in stdout
     corpus = open_corpus(out)
@@ -136,19 +136,19 @@ def test_synth_command_writes_a_corpus_with_provenance(setup, tmp_path, monkeypa
     assert not any(np.array_equal(r, source.take([mid])[0]) for r, mid in zip(rows, side["motif_row_id"]))
     # same seed, same bytes; the folder verifies
     again = tmp_path / "again"
-    assert run_cli(["synth", "--from", setup.scores, "--rows", 40, "--top", 12, "--seed", 3, "--out", again], monkeypatch, capsys)[0] == 0
+    assert run_cli(["synth", "--scores", setup.scores, "--rows", 40, "--motif-rows", 12, "--seed", 3, "--out", again], monkeypatch, capsys)[0] == 0
     assert (again / "synthetic.bin").read_bytes() == (out / "synthetic.bin").read_bytes()
     code, stdout, err = run_cli(["verify", out], monkeypatch, capsys)
     assert code == 0 and stdout.startswith("ok:"), err
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rows", "0"], "rows 0: must be at least 1"),
-    (["--rows", "5", "--top", "0"], "top 0: must be at least 1"),
+    (["--rows", "0"], "--rows must be at least 1 (got 0)"),
+    (["--rows", "5", "--motif-rows", "0"], "--motif-rows must be at least 1 (got 0)"),
 ])
 def test_synth_bad_options_are_one_line(setup, tmp_path, monkeypatch, capsys, args, message) -> None:
     out = tmp_path / "s"
-    code, _, err = run_cli(["synth", "--from", setup.scores, "--out", out, *args], monkeypatch, capsys)
+    code, _, err = run_cli(["synth", "--scores", setup.scores, "--out", out, *args], monkeypatch, capsys)
     assert code == 2 and err.strip().splitlines() == [f"error: {message}"]
     assert not out.exists()
 
@@ -162,6 +162,6 @@ def test_synth_needs_a_tokenizer(setup, tmp_path, monkeypatch, capsys) -> None:
     (folder / "corpus.json").write_text(json.dumps(meta))
     scores = tmp_path / "scores"
     write_scores(scores, folder, np.arange(64, dtype=float), np.arange(64), batch_size=BATCH)
-    code, _, err = run_cli(["synth", "--from", scores, "--rows", 3, "--out", tmp_path / "o"], monkeypatch, capsys)
+    code, _, err = run_cli(["synth", "--scores", scores, "--rows", 3, "--out", tmp_path / "o"], monkeypatch, capsys)
     assert code == 2 and "no tokenizer recorded" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

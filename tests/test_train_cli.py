@@ -22,7 +22,7 @@ def train_args(corpus: Path, out: Path, *extra) -> list:
 
 def test_architecture_flags_shape_the_fresh_model(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli(train_args(corpus, out, "--layers", "1", "--hidden", "32", "--heads", "2",
+    code, stdout, stderr = run_cli(train_args(corpus, out, "--layers", "1", "--hidden", "32", "--attention-heads", "2",
                                               "--context", "32", "--micro-batch", "3"), monkeypatch, capsys)
     assert code == 0, stderr
     assert json.loads(stdout)["complete"] is True
@@ -46,7 +46,7 @@ def test_rows_longer_than_the_context_are_refused_before_writing(corpus, tmp_pat
 @pytest.mark.parametrize("extra,needle", [
     (["--preset", "pythia-14m", "--layers", "2"], "--preset fixes the architecture"),
     (["--preset", "gpt-9"], "--preset"),
-    (["--hidden", "30", "--heads", "4"], "not a multiple"),
+    (["--hidden", "30", "--attention-heads", "4"], "not a multiple"),
     (["--micro-batch", "0"], "--micro-batch must be at least 1"),
     (["--precision", "fp8"], "--precision 'fp8'"),
 ])

@@ -442,7 +442,7 @@ def test_cli_trains_and_rejects_bad_input(monkeypatch, capsys, corpus_dir, tmp_p
         ([*common, "--out", str(tmp_path / "run")], "already holds a run"),
         (["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "9"], "continues a run as it was"),
         ([*common, "--out", str(tmp_path / "b2"), "--checkpoints", "often"], "checkpoint steps 'often'"),
-        (["train", "--corpus", str(corpus_dir), "--steps", "3", "--out", str(tmp_path / "b3"), "--from", str(tmp_path / "nope")], "model folder not found"),
+        (["train", "--corpus", str(corpus_dir), "--steps", "3", "--out", str(tmp_path / "b3"), "--model", str(tmp_path / "nope")], "model folder not found"),
         (["train", "--corpus", str(tmp_path / "nothing.idx"), "--config", str(config), "--out", str(tmp_path / "b4")], "index file not found"),
         (["train", "--corpus", str(corpus_dir), "--config", str(config)], "--out is required"),
     ]

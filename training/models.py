@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from curate.hub import hub_offline, offline_message
 from curate.errors import CurateError
 
 EAGER = "eager"
@@ -146,12 +147,17 @@ def load_model(
         kwargs["revision"] = revision
     if folder is not None:
         _check_gpt_neox(folder)
+    offline = folder is None and hub_offline()
+    if offline:
+        kwargs["local_files_only"] = True  # the cache only: no retries against an unreachable hub
     try:
         with quiet_transformers():
             model = GPTNeoXForCausalLM.from_pretrained(source, **kwargs)
     except Exception as e:  # hub/network/format errors come in many types; one line for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"{spec}" + (f" (revision {revision})" if revision else "")
+        if offline:
+            raise CurateError(offline_message(str(spec), revision)) from None
         if folder is None:
             raise CurateError(f"{where}: not a local folder and could not be loaded from the Hugging Face hub: {reason}") from None
         raise CurateError(f"{folder}: could not load the model: {reason}") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.default_corpus import ensure_default_corpus
+from curate.locks import hold
 from curate.training.curves import SUMMARY_JSON
 from curate.training.recipes import recipe_fields
 from curate.training.trainer import TrainResult, TrainSpec, saved_spec, train
@@ -24,8 +25,9 @@ def train_reference_run(ws: Path, progress: bool = True, overrides: dict | None 
         fields["corpus"] = str(ensure_default_corpus(ws, progress, log))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     out = Path(out) if out is not None else reference_run_dir(ws)
-    spec = saved_spec(out, fields) or TrainSpec(**fields)
-    return train(spec, out, progress=progress, resume=True)
+    with hold(out, what="reference run"):  # one writer of the workspace's reference run
+        spec = saved_spec(out, fields) or TrainSpec(**fields)
+        return train(spec, out, progress=progress, resume=True)
 
 
 def ensure_reference_run(ws: Path, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:

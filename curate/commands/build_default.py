@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from curate.commands.corpus import corpus_app
 from curate.commands.options import command
 from curate.options import opt, workspace_opt
 from curate.workspace import resolve_workspace
@@ -23,7 +24,7 @@ class BuildDefaultOptions:
 
 def build_default_command(o: BuildDefaultOptions) -> None:
     """Build the default corpus (generated locally, no download) into WORKSPACE/default/corpus."""
-    from curate.default_corpus import build_default_corpus
+    from curate.default_corpus import build_default_corpus  # the generator and BPE trainer: ~0.8 s to import (measured)
 
     out = build_default_corpus(resolve_workspace(o.workspace), seed=o.seed, force=o.force, progress=not o.quiet)
     typer.echo(str(out))
@@ -31,6 +32,5 @@ def build_default_command(o: BuildDefaultOptions) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add `build-default` to `curate corpus` (the corpus command group lives in curate.commands.corpus)."""
-    from curate.commands.corpus import corpus_app
-
-    command(corpus_app, "build-default", BuildDefaultOptions, build_default_command)
+    command(corpus_app, "build-default", BuildDefaultOptions, build_default_command,
+            example="curate corpus build-default --workspace curate-workspace")

@@ -6,10 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from curate.commands.feedback import heartbeat
 from curate.commands.options import command
 from curate.errors import CurateError
-from curate.options import arg, opt, workspace_opt
+from curate.options import arg, flag, opt, workspace_opt
+from curate.tokenize import load_tokenizer
 
 
 def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | None]:
@@ -17,14 +22,13 @@ def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[int | None, int | Non
     tokenizer_file = checkpoint / "tokenizer.json" if checkpoint is not None else None
     if tokenizer_file is None or not tokenizer_file.is_file():
         return None, None
-    from curate.tokenize import load_tokenizer
-
     tok = load_tokenizer(tokenizer_file)
     return tok.vocab_size, tok.eot_id
 
 
 def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | None, revision: str | None) -> tuple[dict, object]:
     """Load the checkpoint, score every head and localize each registered circuit: (report dict, HeadScores)."""
+    # torch, the attribution modules and the model loader take seconds to import: only where a model is scored
     import torch
 
     from curate.attribution.circuits import CIRCUITS
@@ -69,10 +73,6 @@ def circuits_report(checkpoint: str, probes: int, seed: int, half_len: int | Non
 
 def print_table(report: dict) -> None:
     """The per-head table and the localization notes, with rich."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     probes = report["probes"]
     table = Table(title=escape(f"Head scores: {report['checkpoint']} ({probes['n']} probes [r, r], L={probes['half_len']}, seed {probes['seed']})"))
@@ -97,7 +97,8 @@ def print_table(report: dict) -> None:
 class CircuitsOptions:
     """`curate circuits`."""
 
-    checkpoint: str = arg(help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.")
+    checkpoint: str | None = arg(None, help="Shorthand for --model MODEL.", metavar="MODEL")
+    model: str | None = opt(None, "--model", help="Model checkpoint: an HF model folder, a run folder (+ --revision stepK) or a hub name.", show_default=False)
     probes: int = opt(32, "--probes", help="Number of random repeated-token probes [r, r].")
     seed: int = opt(0, "--seed", help="Seed of the probe tokens.")
     half_len: int | None = opt(None, "--half-len", help="Length L of r (probes are 2L tokens; default: min(32, context / 2)).", show_default=False)
@@ -106,9 +107,21 @@ class CircuitsOptions:
     workspace: Path | None = workspace_opt()
 
 
+    def validate(self) -> None:
+        if (self.model is None) == (self.checkpoint is None):
+            raise CurateError(f"give the model as {flag(self, 'model')} MODEL (or MODEL alone)"
+                              + (", not both" if self.model is not None else ""))
+
+    @property
+    def model_path(self) -> str:
+        """The model to score: --model, or the positional shorthand."""
+        return str(self.model if self.model is not None else self.checkpoint)
+
+
 def circuits_command(o: CircuitsOptions) -> None:
     """Score every head's induction and previous-token attention and flag the localized heads."""
-    report, _ = circuits_report(o.checkpoint, o.probes, o.seed, o.half_len, o.revision)
+    with heartbeat("circuits: loading the model and scoring every head", quiet=o.as_json):
+        report, _ = circuits_report(o.model_path, o.probes, o.seed, o.half_len, o.revision)
     if o.as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -116,4 +129,5 @@ def circuits_command(o: CircuitsOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "circuits", CircuitsOptions, circuits_command)
+    command(app, "circuits", CircuitsOptions, circuits_command,
+            example="curate circuits --model curate-workspace/default/runs/reference --revision step2000")

@@ -19,13 +19,15 @@ from rich.table import Table
 
 from curate.corpus import Corpus, MegatronCorpus, check_token_ids, open_corpus
 from curate.errors import CurateError
-from curate.commands.options import command, save_config
+from curate.locks import hold
+from curate.commands.options import HELP_OPTIONS, command, save_config
 from curate.export import ExportFormat, export_rows
+from curate.ingest import ingest_path
 from curate.labels import read_row_labels
 from curate.megatron_order import (MEGATRON_DEFAULT_SEED, NULL_TOKENIZER, TRAIN_SPLIT, flags_line, megatron_job_flags,
                                    tokenizer_identifiers, write_megatron_order)
 from curate.options import arg, check_positive, flag, named, opt, workspace_opt
-from curate.tokenize import MIN_VOCAB
+from curate.tokenize import MIN_VOCAB, load_tokenizer
 from curate.training.recipes import REFERENCE_RUN
 from curate.workspace import default_corpus_dir, resolve_workspace
 
@@ -36,6 +38,7 @@ corpus_app = typer.Typer(
     help="Inspect, view, ingest and export token corpora (Megatron .bin/.idx, .npy, Parquet).",
     no_args_is_help=True,
     rich_markup_mode=None,  # help texts are plain, as in the top-level app
+    context_settings=HELP_OPTIONS,
 )
 
 EXACT_SCAN_MAX_TOKENS = 1 << 28  # above this, `info` samples the vocabulary range unless --exact
@@ -44,10 +47,12 @@ SAMPLED_STEPS = 64
 
 def register(app: typer.Typer) -> None:
     """Attach `corpus_app` to the top-level CLI as `curate corpus`."""
-    command(corpus_app, "info", InfoOptions, info_command)
-    command(corpus_app, "show", ShowOptions, show_command)
-    command(corpus_app, "ingest", IngestOptions, ingest_command)
-    command(corpus_app, "export", ExportOptions, export_command)
+    command(corpus_app, "info", InfoOptions, info_command, example="curate corpus info curate-workspace/default/corpus")
+    command(corpus_app, "show", ShowOptions, show_command, example="curate corpus show --step 100 --rows 0:4")
+    command(corpus_app, "ingest", IngestOptions, ingest_command,
+            example="curate corpus ingest texts.jsonl --vocab 4096 --seq-len 256 --out my-corpus")
+    command(corpus_app, "export", ExportOptions, export_command,
+            example="curate corpus export my-corpus --to parquet --steps 0:10 --out first-steps.parquet")
     app.add_typer(corpus_app, name="corpus")
 
 
@@ -150,6 +155,7 @@ def check_vocab_with_progress(corpus: Corpus, vocab_size: int) -> None:
 # -- info -------------------------------------------------------------------------------------------
 
 BATCH_SIZE_HELP = "Rows per step (default: recorded, else 1024)."
+OUT_ONLY_WORKSPACE_HELP = "Workspace folder (taken by every command; this one writes only --out)."
 
 
 @dataclass
@@ -242,8 +248,6 @@ class ShowOptions:
 
 def show_command(o: ShowOptions) -> None:
     """The rows of step N's batch, decoded when a tokenizer is known (like Pythia's batch viewer)."""
-    from curate.tokenize import load_tokenizer
-
     step = o.step
     corpus = _load(o.path, o.workspace, o.batch_size)
     b = corpus.batch_size
@@ -291,6 +295,7 @@ class IngestOptions:
     seed: int = opt(0, "--seed", help="Seed of the row shuffle (training order).")
     batch_size: int = opt(REFERENCE_BATCH_SIZE, "--batch-size", help="Rows per training step recorded in corpus.json (default: the default recipe's).")
     heldout_rows: int = opt(0, "--heldout-rows", help="Hold out the last N rows (a random sample, after the shuffle): training never reads them and reports its held-out loss and ICL score on them.")
+    workspace: Path | None = workspace_opt(OUT_ONLY_WORKSPACE_HELP)
 
     def validate(self) -> None:
         check_positive(self, "seq_len", "batch_size")
@@ -313,9 +318,7 @@ def skipped_note(skipped: int) -> str:
 
 def ingest_command(o: IngestOptions) -> None:
     """Tokenize text, pack rows with end-of-text separators, shuffle, write a Megatron corpus folder."""
-    from curate.ingest import ingest_path
-
-    with progress_bar() as bar:
+    with hold(o.out, what="corpus"), progress_bar() as bar:
         tasks: dict[str, int] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -325,7 +328,7 @@ def ingest_command(o: IngestOptions) -> None:
 
         result = ingest_path(o.input_path, o.tokenizer, o.seq_len, o.out, o.seed, o.batch_size, progress=report,
                              vocab_size=o.vocab, heldout_rows=o.heldout_rows)
-    save_config(result.out_dir, "ingest", o)
+        save_config(result.out_dir, "ingest", o)
     steps = (result.num_rows - o.heldout_rows) // o.batch_size
     held = f"; the last {o.heldout_rows:,} rows held out" if o.heldout_rows else ""
     trained = f"; tokenizer: BPE of {o.vocab:,} trained on INPUT" if o.vocab is not None else ""
@@ -398,7 +401,7 @@ def export_command(o: ExportOptions) -> None:
         start, stop = parse_span(o.rows, flag(o, "rows"), corpus.num_rows)
     else:
         start, stop = 0, corpus.num_rows
-    with progress_bar() as bar:
+    with hold(o.out, what="export"), progress_bar() as bar:
         task = bar.add_task(f"export {o.to.value}", total=stop - start)
         written = export_rows(corpus, o.to, o.out, start, stop, progress=lambda n: bar.advance(task, n))
     print(f"wrote rows {start}..{stop} ({stop - start:,} rows) to {', '.join(map(str, written))}")

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.options import flag, opt
-from curate.workspace import resolve_workspace
 from curate.pipelines.experiment_options import DEFAULT_SEEDS, QUICK_BASELINE_STEPS, ExperimentOptions
+from curate.workspace import resolve_workspace
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",
@@ -41,9 +42,10 @@ class ExperimentCommandOptions(ExperimentOptions):
 
 
 def experiment_command(opts: ExperimentCommandOptions) -> None:
-    # the pipelines import torch: loaded here, not when the command line is built (start-up cost)
+    # the experiment pipelines import torch, transformers and Ray (~10 s measured): kept out of every command's start-up
     from curate.pipelines.experiment import run_experiment
     from curate.pipelines.experiment_setting import default_out
+    from curate.pipelines.scales import run_scales
 
     quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
     err = Console(stderr=True)
@@ -57,15 +59,15 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
         else:
             print_dry_run(plan)
         return
-    if scales:
-        from curate.pipelines.scales import run_scales  # torch: see above
-
-        results = run_scales(opts, log)
-        summary = {"scales": results["table"], "report": results["report"]}
-    else:
-        results = run_experiment(opts, log)
-        summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
-    save_config(opts.out if opts.out is not None else default_out(opts, resolve_workspace(opts.workspace)), "experiment", opts)
+    out = opts.out if opts.out is not None else default_out(opts, resolve_workspace(opts.workspace))
+    with hold(out, what="experiment"):
+        if scales:
+            results = run_scales(opts, log)
+            summary = {"scales": results["table"], "report": results["report"]}
+        else:
+            results = run_experiment(opts, log)
+            summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
+        save_config(out, "experiment", opts, resolved={"out": out})
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
@@ -127,4 +129,5 @@ def _print(results: dict, scales: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "experiment", ExperimentCommandOptions, experiment_command, help=HELP)
+    command(app, "experiment", ExperimentCommandOptions, experiment_command, help=HELP,
+            example="curate experiment --quick --workers 2")

@@ -2,7 +2,6 @@
 synthetic motif rows, and the checksum check of either."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import sys
@@ -12,15 +11,18 @@ from pathlib import Path
 import typer
 
 from curate.augment.checksums import verify_folder
-from curate.augment.mix_spec import MixSpec, default_slug
+from curate.augment.mix_spec import DEFAULT_TOP, MixSpec, default_slug
+from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
-from curate.commands.train import ARCHITECTURE_OPTIONS
+from curate.commands.train import ARCHITECTURE_OPTIONS, TrainOptions
 from curate.corpus import open_corpus
 from curate.errors import CurateError
-from curate.options import arg, opt, workspace_opt
+from curate.locks import hold
+from curate.options import arg, check_positive, composed, flag, opt, spec_flag, workspace_opt
 from curate.training.plan import epoch_steps, load_plan, with_epochs
 from curate.workspace import mixes_dir, resolve_workspace
 
+MOTIF_ROWS_HELP = "Top rows mined for motifs (synthetic) or queried for neighbours."
 # Imported inside the functions that use them: curate.attribution.scores_folder, curate.augment.mix/.synth and
 # curate.pipelines.arm_plan load torch and faiss (measured 3-6 s on the 2-core machine), which every `curate`
 # start would otherwise pay for, `curate --help` included.
@@ -28,27 +30,25 @@ from curate.workspace import mixes_dir, resolve_workspace
 
 @dataclass
 class BuildMixOptions:
-    """`curate build-mix`: the scores folder, the MixSpec options (same names) and where to write."""
+    """`curate build-mix`: the scores folder, the library's MixSpec (composed, its CLI flags below) and where to write."""
 
     scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
-    remove: str | None = opt(None, "--remove", help="Drop the top rows of the window: 10%, 0.1 or a row count.")
-    augment: str | None = opt(None, "--augment", help="Add rows: 2%, 0.02 or a row count (of the window).")
-    source: str = opt("top", "--source", help="Added rows: top (duplicates of the top rows), neighbors (structural neighbours from --pool) or synthetic (motif rows).")
-    pool: str | None = opt(None, "--pool", help="neighbors: a corpus or structure index folder (default: SCORES/index, else the scored corpus); synthetic: a `curate synth` corpus (default: generate).")
-    at_step: int | None = opt(None, "--at-step", help="Insert all added rows at this step (default: spread evenly over the window).")
-    control: str | None = opt(None, "--control", help="random: same sizes with random window rows (the control arm).")
-    top: int = opt(2000, "--top", help="Top rows mined for motifs (synthetic) or queried for neighbours.")
-    seed: int = opt(0, "--seed", help="Seed of every random choice.")
+    mix: MixSpec = composed(
+        MixSpec,
+        remove=spec_flag("--remove", help="Drop the top rows of the window: 10%, 0.1 or a row count."),
+        augment=spec_flag("--augment", help="Add rows: 2%, 0.02 or a row count (of the window)."),
+        source=spec_flag("--source", help="Added rows: top (duplicates of the top rows), neighbors (structural neighbours from --pool) or synthetic (motif rows)."),
+        pool=spec_flag("--pool", help="neighbors: a corpus or structure index folder (default: SCORES/index, else the scored corpus); synthetic: a `curate synth` corpus (default: generate)."),
+        at_step=spec_flag("--at-step", help="Insert all added rows at this step (default: spread evenly over the window)."),
+        control=spec_flag("--control", help="random: same sizes with random window rows (the control arm)."),
+        top=spec_flag("--motif-rows", help=MOTIF_ROWS_HELP, deprecated=("--top",)),
+        seed=spec_flag("--seed", help="Seed of every random choice."),
+    )
     out: Path | None = opt(None, "--out", help="Mix folder (default: WORKSPACE/mixes/CIRCUIT-<options>).")
     workspace: Path | None = workspace_opt()
 
-    def spec(self):
-        """The MixSpec of these options (its fields by name)."""
-        names = {f.name for f in dataclasses.fields(MixSpec)}
-        return MixSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names})
-
     def validate(self) -> None:
-        self.spec().validate()
+        self.mix.validate()
 
 
 def build_mix_command(o: BuildMixOptions) -> None:
@@ -60,13 +60,14 @@ def build_mix_command(o: BuildMixOptions) -> None:
     from curate.attribution.scores_folder import open_scores
     from curate.augment.mix import build_mix
 
-    spec = o.spec()
     out = o.out
     if out is None:
         circuit = open_scores(o.scores).summary.get("circuit") or "scores"
-        out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(spec)}"
+        out = mixes_dir(resolve_workspace(o.workspace)) / f"{circuit}-{default_slug(o.mix)}"
     # command.json is written into the folder before its manifest, so the manifest lists it and `curate verify` checks it
-    result = build_mix(o.scores, out, spec, before_manifest=lambda folder: save_config(folder, "build-mix", o))
+    with hold(out, what="mix"), heartbeat("build-mix: writing the mix"):
+        result = build_mix(o.scores, out, o.mix,
+                           before_manifest=lambda folder: save_config(folder, "build-mix", o, resolved={"out": folder}))
     c = result.counts
     reasons = ", ".join(f"{k} {v:,}" for k, v in c["by_reason"].items())
     typer.echo(
@@ -87,7 +88,8 @@ def retrain_command(scores: Path, result) -> str:
     from curate.pipelines.arm_plan import default_arm_steps
     from curate.training.trainer import TrainSpec
 
-    summary = open_scores(scores).summary
+    folder = open_scores(scores)
+    summary = folder.summary
     window = result.manifest.get("window", {}) if isinstance(result.manifest, dict) else {}
     batch = int(summary.get("batch_size") or window.get("batch_size") or 0)
     start = int(window.get("start_step", (summary.get("window") or [0])[0]))
@@ -96,7 +98,7 @@ def retrain_command(scores: Path, result) -> str:
     plan_file = result.out / "plan.json"
     args = ["curate", "train", "--plan", str(plan_file)]
     spec: dict = {}
-    checkpoint = summary.get("checkpoint")
+    checkpoint = folder.checkpoint
     if checkpoint:
         run_file = Path(checkpoint).parent.parent / "run.json"
         try:
@@ -106,7 +108,7 @@ def retrain_command(scores: Path, result) -> str:
     for option, field in ARCHITECTURE_OPTIONS.items():
         value = (spec.get("architecture") or {}).get(field)
         if value is not None:
-            args += [f"--{option}", str(value)]
+            args += [flag(TrainOptions, option), str(value)]
     if batch:
         args += ["--batch-size", str(batch)]
     epochs = int(spec.get("epochs") or 1)
@@ -131,19 +133,24 @@ def retrain_command(scores: Path, result) -> str:
 class SynthOptions:
     """`curate synth`."""
 
-    scores: Path = opt(..., "--from", help="Scores folder whose top rows give the motifs.", show_default=False)
+    scores: Path = opt(..., "--scores", help="Scores folder whose top rows give the motifs.", show_default=False,
+                       deprecated=("--from",))
     rows: int = opt(..., "--rows", help="Synthetic rows to write.", show_default=False)
     out: Path = opt(..., "--out", help="Output corpus folder.", show_default=False)
-    top: int = opt(2000, "--top", help="Top rows to mine motifs from.")
+    top: int = opt(DEFAULT_TOP, "--motif-rows", help=MOTIF_ROWS_HELP, deprecated=("--top",))
     seed: int = opt(0, "--seed", help="Seed of the fresh content.")
     workspace: Path | None = workspace_opt()
+
+    def validate(self) -> None:
+        check_positive(self, "rows", "top")
 
 
 def synth_command(o: SynthOptions) -> None:
     """Mine the top rows' structural motifs and write new rows that repeat them with fresh content (a corpus folder)."""
     from curate.augment.synth import synthesize_from_scores
 
-    summary = synthesize_from_scores(o.scores, o.out, rows=o.rows, top=o.top, seed=o.seed)
+    with hold(o.out, what="synthetic corpus"), heartbeat("synth: mining motifs and writing rows"):
+        summary = synthesize_from_scores(o.scores, o.out, rows=o.rows, top=o.top, seed=o.seed)
     mined, gen = summary["mined"], summary["generated"]
     labels = ", ".join(f"{k} {v}" for k, v in mined["labels"].items())
     typer.echo(f"mined {mined['motifs']} motifs ({labels}); {mined['spans']} long repeats, mean length {mined['mean_span_length']:.1f}")
@@ -173,6 +180,8 @@ def verify_command(o: VerifyOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "build-mix", BuildMixOptions, build_mix_command)
-    command(app, "synth", SynthOptions, synth_command)
-    command(app, "verify", VerifyOptions, verify_command)
+    command(app, "build-mix", BuildMixOptions, build_mix_command,
+            example="curate build-mix curate-workspace/default/scores/induction --remove 10% --out mixes/remove-top")
+    command(app, "synth", SynthOptions, synth_command,
+            example="curate synth --scores curate-workspace/default/scores/induction --rows 2000 --out synthetic")
+    command(app, "verify", VerifyOptions, verify_command, example="curate verify mixes/remove-top")

@@ -2,12 +2,17 @@
 on Ray actors."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from curate.commands.options import command, save_config
+from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.score_request import ScoreRequest
 
@@ -26,10 +31,7 @@ class ScoreOptions(ScoreRequest):
 
 def score_command(options: ScoreOptions) -> None:
     """Score every row of the attribution window by its influence on the circuit's heads (sharded, resumable)."""
-    import json
-
-    from rich.console import Console
-
+    # the scoring pipelines import torch, transformers and Ray (seconds, measured): only when a command scores
     from curate.pipelines.score_job import resolve_job
     from curate.pipelines.score_run import run_job
 
@@ -52,14 +54,25 @@ def score_command(options: ScoreOptions) -> None:
         else:
             print_plan(plan)
         return
-    save_config(job.out, "score", options)
-    for note in job.notes + job.localization.notes:
-        log(f"note: {note}")
-    summary = run_job(job, log)
+    with hold(job.out, what="scores folder"):
+        save_config(job.out, "score", options, resolved=resolved_defaults(options, job))
+        for note in job.notes + job.localization.notes:
+            log(f"note: {note}")
+        summary = run_job(job, log)
     if options.as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     print_summary(summary, job.out)
+
+
+def resolved_defaults(options: ScoreOptions, job) -> dict:
+    """What the job resolved for options left to their defaults (saved in command.json): the output folder and the
+    head subspace. The corpus, model and window stay as given: their defaults depend on the run folder (its
+    checkpoint after formation, its epochs), which a replay resolves again the same way."""
+    resolved: dict = {"out": job.out}
+    if options.mode is None:
+        resolved["mode"] = job.request.mode
+    return resolved
 
 
 def _duration(seconds: float) -> str:
@@ -117,10 +130,6 @@ def build_plan_lines(plan: dict) -> list[str]:
 
 def print_summary(summary: dict, out: Path) -> None:
     """Heads and their metrics, rows scored, time, where the scores are, and the top rows decoded."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     console = Console()
     metrics = summary.get("head_metrics", {})
     heads = ", ".join(
@@ -155,4 +164,4 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "score", ScoreOptions, score_command)
+    command(app, "score", ScoreOptions, score_command, example="curate score --circuit induction --method mda")

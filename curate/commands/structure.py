@@ -7,10 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from curate.amounts import check_amount
+from curate.augment.index import KINDS, IndexParams, build_index
+from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
+from curate.locks import hold
 from curate.options import arg, check_positive, flag, opt, workspace_opt
 from curate.workspace import resolve_workspace, scores_dir
 
@@ -25,10 +31,6 @@ def _fmt_ci(lo: float | None, hi: float | None) -> str:
 
 def print_explain(report) -> None:
     """The enrichment of both tails side by side (raw and size-adjusted), and the tails' weight, with rich."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     heads = " ".join(str(h) for h in report.heads) or "-"
     window = f"steps {report.window[0]}-{report.window[1]}" if report.window else "window ?"
@@ -83,7 +85,7 @@ class ExplainOptions:
     """`curate explain`."""
 
     scores: Path = arg(help="Scores folder (summary.json + shards/*.parquet).")
-    top: str = opt("10%", "--tail-share", "--top", help="Rows in each tail (top and bottom): a percentage of the window (10%) or a count (500).")
+    top: str = opt("10%", "--tail-rows", deprecated=("--top", "--tail-share"), help="Rows in each tail (top and bottom): a percentage of the window (10%) or a count (500).")
     head: str | None = opt(None, "--head", help="Rank by one head's column (LAYER.HEAD) instead of the aggregate score.")
     tail: str = opt("top", "--tail", help="The tail shown first and ordered by: top (builders, highest scores) or bottom (suppressors, lowest).")
     by: str | None = opt(None, "--by", help="Classes: a label column of the corpus sidecar (domain, source, ...); default: the structure tagger.")
@@ -95,7 +97,7 @@ class ExplainOptions:
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
-        from curate.augment.explain import TAG_PER, TAILS
+        from curate.augment.explain import TAG_PER, TAILS  # explain imports torch via the scores folder (seconds)
 
         check_amount(self.top, flag(self, "top"))
         if self.tail not in TAILS:
@@ -110,8 +112,9 @@ def explain_command(o: ExplainOptions) -> None:
     rate, raw and size-adjusted, and how heavy the tails are."""
     from curate.augment.explain import explain_scores
 
-    report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
-                            seed=o.seed, by=o.by, tag_per=o.tag_per)
+    with heartbeat("explain: tagging the tails and the base rows", quiet=o.as_json):
+        report = explain_scores(o.scores, top=o.top, head=o.head, tail=o.tail, corpus=o.corpus, base_sample=o.base_sample,
+                                seed=o.seed, by=o.by, tag_per=o.tag_per)
     if o.as_json:
         typer.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -133,8 +136,6 @@ class IndexOptions:
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
-        from curate.augment.index import KINDS
-
         if self.kind not in KINDS:
             raise CurateError(f"{flag(self, 'kind')} {self.kind!r}: the index kind must be one of {', '.join(KINDS)}")
         check_positive(self, "nlist", "nprobe")
@@ -142,6 +143,7 @@ class IndexOptions:
 
 def index_command(o: IndexOptions) -> None:
     """Build and persist a FAISS index of row structure vectors next to the scores; print recall@10."""
+    # the scores folder and the neighbour search import torch (seconds, measured): only where a command runs
     from curate.attribution.scores_folder import open_checked_corpus, open_scores
     from curate.augment.index import IndexParams, build_index
     from curate.augment.neighbors import INDEX_SUBDIR
@@ -152,8 +154,9 @@ def index_command(o: IndexOptions) -> None:
     target = o.corpus if o.corpus is not None else folder.corpus_path
     params = IndexParams(kind=o.kind, exact_max_rows=o.exact_max_rows, nlist=o.nlist, nprobe=o.nprobe, seed=o.seed)
     dest = o.out if o.out is not None else folder.path / INDEX_SUBDIR
-    info = build_index(target, dest, params=params).info
-    save_config(dest, "index", o)
+    with hold(dest, what="structure index"), heartbeat("index: building the structure index"):
+        info = build_index(target, dest, params=params).info
+        save_config(dest, "index", o, resolved={"out": dest})
     detail = "exact inner product" if info["kind"] == "flat" else f"IVF, nlist {info['nlist']}, nprobe {info['nprobe']}"
     typer.echo(f"indexed {info['num_rows']:,} rows of {info['corpus']} ({detail}, dim {info['dim']}) in {info['build_seconds']:.1f} s -> {dest}")
     typer.echo(f"recall@{info['recall_k']}: {info['recall']:.3f} on {info['recall_queries']} seeded query rows")
@@ -164,7 +167,7 @@ class NeighborsOptions:
     """`curate neighbors`."""
 
     row_id: int | None = arg(None, help="Row id in the scored corpus.")
-    top: str | None = opt(None, "--top", help="Instead of ROW_ID: the top K rows by score (a count or a percentage).")
+    top: str | None = opt(None, "--query-rows", deprecated=("--top",), help="Instead of ROW_ID: query with the top rows by score (a count or a percentage).")
     k: int = opt(10, "--k", help="Neighbours per row.")
     scores: Path | None = opt(None, "--scores", help="Scores folder (default: the workspace's scores of --circuit).")
     circuit: str = opt("induction", "--circuit", help="Circuit whose workspace scores to use when --scores is not given.")
@@ -189,7 +192,8 @@ def neighbors_command(o: NeighborsOptions) -> None:
     from curate.augment.neighbors import find_neighbors
 
     folder = o.scores if o.scores is not None else scores_dir(resolve_workspace(o.workspace), o.circuit)
-    result = find_neighbors(folder, row_id=o.row_id, top=o.top, k=o.k, index=o.index, chars=o.chars)
+    with heartbeat("neighbors: searching the index", quiet=o.as_json):
+        result = find_neighbors(folder, row_id=o.row_id, top=o.top, k=o.k, index=o.index, chars=o.chars)
     if o.as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -197,16 +201,13 @@ def neighbors_command(o: NeighborsOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "explain", ExplainOptions, explain_command)
-    command(app, "index", IndexOptions, index_command)
-    command(app, "neighbors", NeighborsOptions, neighbors_command)
+    command(app, "explain", ExplainOptions, explain_command,
+            example="curate explain curate-workspace/default/scores/induction --tail-rows 10% --by domain")
+    command(app, "index", IndexOptions, index_command, example="curate index curate-workspace/default/scores/induction")
+    command(app, "neighbors", NeighborsOptions, neighbors_command, example="curate neighbors --query-rows 5 --circuit induction")
 
 
 def print_neighbors(result: dict) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     console = Console()
     for q in result["queries"]:
         title = f"row {q['row_id']} [{q['tag']}]"

@@ -6,15 +6,18 @@ from pathlib import Path
 
 import typer
 
-from curate.commands.corpus import check_vocab, skipped_note
-from curate.commands.options import command, save_config
-from curate.options import arg, flag, opt
+from curate.commands.corpus import OUT_ONLY_WORKSPACE_HELP, check_vocab, skipped_note
+from curate.commands.options import HELP_OPTIONS, command, save_config
+from curate.ingest import train_tokenizer_path
+from curate.locks import hold
+from curate.options import arg, flag, opt, workspace_opt
 
 tokenizer_app = typer.Typer(
     name="tokenizer",
     help="Train tokenizers on your own text.",
     no_args_is_help=True,
     rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
 )
 
 
@@ -25,6 +28,7 @@ class TokenizerTrainOptions:
     input_path: Path = arg(help="JSONL ({\"text\": ...} per line, .gz ok), a folder of raw text files (recursive; any extension, .gz decompressed, UTF-8; binary files skipped) or one text file.", metavar="INPUT")
     vocab: int = opt(..., "--vocab", help="Vocabulary size, <|endoftext|> and the 256 byte symbols included (at least 257).", show_default=False)
     out: Path = opt(..., "--out", help="Output folder: tokenizer.json and tokenizer_config.json (created; replaced if it is a tokenizer folder).", show_default=False)
+    workspace: Path | None = workspace_opt(OUT_ONLY_WORKSPACE_HELP)
 
     def validate(self) -> None:
         check_vocab(self, "vocab")
@@ -33,10 +37,9 @@ class TokenizerTrainOptions:
 def train_command(o: TokenizerTrainOptions) -> None:
     """A deterministic byte-level BPE (the same input and --vocab give the same tokenizer.json), with the
     default corpus's special token <|endoftext|> as id 0 (also the pad token in tokenizer_config.json)."""
-    from curate.ingest import train_tokenizer_path
-
-    tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
-    save_config(o.out, "tokenizer-train", o)
+    with hold(o.out, what="tokenizer folder"):
+        tok, docs = train_tokenizer_path(o.input_path, o.vocab, o.out)
+        save_config(o.out, "tokenizer-train", o)
     chars = sum(len(t) for t in docs.texts)
     short = (f"; fewer than {flag(o, 'vocab')} {o.vocab:,}: no other pair of tokens occurs twice in the text"
              if tok.vocab_size < o.vocab else "")
@@ -45,5 +48,6 @@ def train_command(o: TokenizerTrainOptions) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(tokenizer_app, "tokenizer-train", TokenizerTrainOptions, train_command, cli_name="train")
+    command(tokenizer_app, "tokenizer-train", TokenizerTrainOptions, train_command, cli_name="train",
+            example="curate tokenizer train texts.jsonl --vocab 4096 --out my-tokenizer")
     app.add_typer(tokenizer_app, name="tokenizer")

@@ -7,8 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from curate.errors import CurateError
+from curate.locks import hold
+from curate.training.presets import find_preset, preset_for
 from curate.options import flag, named, opt, workspace_opt
 from curate.commands.options import command, save_config
 from curate.training.recipes import autocast_of
@@ -22,8 +26,8 @@ class TrainOptions:
     default: bool = opt(False, "--default", help="The reference run: default corpus (built if missing) and model, into the workspace.")
     corpus: str | None = opt(None, "--corpus", help="Training corpus (Megatron prefix/.idx, .npy, .parquet or corpus folder).")
     config: Path | None = opt(None, "--config", help="GPT-NeoX config JSON for a fresh model (default: the embedded default model).")
-    init_from: str | None = opt(None, "--from", help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
-    revision: str | None = opt(None, "--revision", help="Checkpoint of --from (stepK), as on the hub.")
+    init_from: str | None = opt(None, "--model", deprecated=("--from",), help="Start from these weights: HF folder, run folder, checkpoint, or hub name.")
+    revision: str | None = opt(None, "--revision", help="Checkpoint of --model (stepK), as on the hub.")
     plan: str | None = opt(None, "--plan", help="Training plan JSON (drops/insertions) or a corpus whose row order is the stream.")
     steps: int | None = opt(None, "--steps", help="Train until this step (default 1000, or the whole steps of --epochs; --default: the reference length).")
     epochs: int | None = opt(None, "--epochs", help="Passes over the corpus's rows (or the plan's); the first in the corpus's order, each later one in a fresh permutation seeded by --seed, recorded in the run's plan.json. Without --steps the run trains every whole step of them.")
@@ -31,21 +35,21 @@ class TrainOptions:
     eval_every: int | None = opt(None, "--eval-every", help="Evaluate every K steps (default 100).")
     checkpoints: str | None = opt(None, "--checkpoints", help="Checkpoint steps: log, log:K, every:N, step numbers, none (comma-separated; default log,every:1000; --default: log,every:100). The final step is always saved.")
     seed: int | None = opt(None, "--seed", help="Seed for the initialisation and the RNG (default 0).")
-    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --from weights.")
+    lr: float | None = opt(None, "--lr", help="Peak learning rate (default 1e-3); linear warm-up, then constant for a fresh model (the default recipe), cosine decay to 10% from --model weights.")
     warmup_steps: int | None = opt(None, "--warmup-steps", help="Linear warm-up steps (default 100).")
-    start_step: int | None = opt(None, "--start-step", help="Data/schedule position of the first update (default: from --from).")
+    start_step: int | None = opt(None, "--start-step", help="Data/schedule position of the first update (default: from --model).")
     heldout: str | None = opt(None, "--heldout", help="Held-out corpus for held-out loss and ICL.")
     threads: int | None = opt(None, "--threads", help="CPU threads (1 keeps runs bit-reproducible).")
     device: str | None = opt(None, "--device", help="cpu or cuda.")
     preset: str | None = opt(None, "--preset", help="A published architecture and its training settings for a fresh model: pythia-14m, pythia-31m, pythia-70m, pythia-160m, pythia-410m.")
     layers: int | None = opt(None, "--layers", help="Layers of a fresh default model (default 2).")
     hidden: int | None = opt(None, "--hidden", help="Hidden width of a fresh default model (default 64; the MLP is 4x).")
-    heads: int | None = opt(None, "--heads", help="Attention heads of a fresh default model (default 4; must divide --hidden).")
+    heads: int | None = opt(None, "--attention-heads", deprecated=("--heads",), help="Attention heads of a fresh default model (default 4; must divide --hidden).")
     context: int | None = opt(None, "--context", help="Context of a fresh default model in tokens (default 64; corpus rows hold one more).")
     micro_batch: int | None = opt(None, "--micro-batch", help="Rows per forward/backward; gradients are accumulated over the step (default: the whole batch).")
     precision: str | None = opt(None, "--precision", help="Forward precision: bf16 (autocast, fp32 master weights) or fp32 (default: bf16 on cuda, fp32 on cpu).")
     out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
-    resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")
+    resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --model, continue that checkpoint's state into --out.")
     as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress bar.")
     workspace: Path | None = workspace_opt()
@@ -66,8 +70,6 @@ class TrainOptions:
         if shape and self.preset:
             raise CurateError(f"{flag(self, 'preset')} fixes the architecture: drop {', '.join(flag(self, n) for n in shape)}")
         if self.preset is not None:
-            from curate.training.presets import preset_for
-
             with named(self, "preset"):
                 preset_for(self.preset)
         if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
@@ -86,8 +88,6 @@ class TrainOptions:
         """TrainSpec fields for the model's shape and numerics: a preset, the architecture flags, precision."""
         out: dict = {}
         if self.preset is not None:
-            from curate.training.presets import preset_for
-
             preset = preset_for(self.preset)
             out.update(preset.training.spec_fields())
             out["model_config"] = preset.architecture.config_fields()
@@ -113,6 +113,7 @@ ARCHITECTURE_OPTIONS = {"layers": "num_hidden_layers", "hidden": "hidden_size", 
 def train_command(options: TrainOptions) -> None:
     """Train GPT-NeoX on a corpus in its exact row order, evaluating circuits and saving checkpoints."""
     o = options
+    # the trainer imports torch and transformers (seconds, measured): only when a command trains
     from curate.training.presets import weights_training_fields
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
@@ -121,8 +122,10 @@ def train_command(options: TrainOptions) -> None:
     given = o.spec_fields()
     ws = resolve_workspace(o.workspace)
     if o.default:
-        # `curate train --default` is idempotent: it continues or confirms the reference run
+        # `curate train --default` is idempotent: it continues or confirms the reference run (which it locks)
         result = train_reference_run(ws, progress=not o.quiet, overrides=given, out=o.out)
+        with hold(result.out_dir, what="training run"):
+            save_config(result.out_dir, "train", options, resolved={"out": result.out_dir})
     else:
         assert o.out is not None  # validate() requires it
         start = recipe_fields("fresh") if o.init_from is None else weights_training_fields(o.init_from)
@@ -140,8 +143,9 @@ def train_command(options: TrainOptions) -> None:
             spec = TrainSpec(**fields)
             if o.epochs is not None and o.steps is None:
                 spec = dataclasses.replace(spec, steps=steps_of_epochs(spec))
-        result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
-    save_config(result.out_dir, "train", options)
+        with hold(o.out, what="training run"):
+            result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
+            save_config(result.out_dir, "train", options)
     if o.as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
@@ -149,9 +153,6 @@ def train_command(options: TrainOptions) -> None:
 
 
 def _print_summary(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     emergence = result.summary.get("emergence", {})
     table = Table(title=f"run {result.out_dir}", show_header=True)
     table.add_column("circuit")
@@ -183,4 +184,5 @@ def _print_summary(result) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "train", TrainOptions, train_command)
+    command(app, "train", TrainOptions, train_command,
+            example="curate train --corpus my-corpus --steps 3000 --out runs/mine")

@@ -1,0 +1,55 @@
+"""Feedback while a command works: a spinner with the elapsed time on a terminal, and off a terminal (a log, nohup,
+a scheduler) a plain heartbeat line on stderr every HEARTBEAT_SECONDS, so a log shows the command is alive."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from typing import Iterator
+
+from rich.console import Console
+
+HEARTBEAT_ENV = "CURATE_HEARTBEAT_SECONDS"
+HEARTBEAT_SECONDS = 30.0  # the default interval of the plain heartbeat lines
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeat lines ($CURATE_HEARTBEAT_SECONDS, else 30)."""
+    try:
+        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_SECONDS)))
+    except ValueError:
+        return HEARTBEAT_SECONDS
+
+
+def _elapsed(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@contextlib.contextmanager
+def heartbeat(label: str, quiet: bool = False) -> Iterator[None]:
+    """Show that `label` is in progress for the block (nothing when `quiet`)."""
+    if quiet:
+        yield
+        return
+    console = Console(stderr=True)
+    if console.is_terminal:
+        with console.status(f"{label} ...", spinner="dots"):
+            yield
+        return
+    done = threading.Event()
+    start = time.monotonic()
+    interval = heartbeat_interval()
+
+    def beat() -> None:
+        while not done.wait(interval):
+            print(f"{label}: working, {_elapsed(time.monotonic() - start)} so far", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, name="curate-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
