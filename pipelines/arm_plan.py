@@ -115,7 +115,7 @@ def seed_varies(s: Setting, window: Window) -> str:
 def arm_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict, mixes: dict[tuple[str, int], Path | None]):
     """The TrainSpec of every (arm, seed), with absolute paths (Ray workers may run elsewhere)."""
     from curate.pipelines.arms import ArmRun, run_folder, run_key
-    from curate.training.trainer import TrainSpec, stored_spec
+    from curate.training.spec import TrainSpec, stored_spec
 
     runs = []
     for arm in s.arms:

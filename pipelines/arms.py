@@ -109,7 +109,7 @@ class ArmRun:
     arm: str
     seed: int
     out_dir: Path
-    spec: "object"  # training.trainer.TrainSpec
+    spec: "object"  # training.spec.TrainSpec
     key: str  # identifies the trajectory: runs with equal keys are the same run (trained once)
     same_as: Path | None = None  # the folder of the identical run trained for another (arm, seed)
 
@@ -119,9 +119,9 @@ class ArmRun:
 
 
 def run_key(spec) -> str:
-    """Hash of the trajectory-defining spec (as `training.trainer.spec_hash` computes it, plan by content)."""
+    """Hash of the trajectory-defining spec (as `training.spec.spec_hash` computes it, plan by content)."""
     from curate.training.plan import TrainingPlan, load_plan
-    from curate.training.trainer import spec_hash
+    from curate.training.spec import spec_hash
 
     plan = load_plan(spec.plan) if spec.plan is not None else TrainingPlan()
     return spec_hash(spec, plan)
@@ -180,7 +180,8 @@ class ArmWorker:
         torch.set_num_threads(1)
 
     def train(self, spec_json: dict, out_dir: str) -> dict:
-        from curate.training.trainer import TrainSpec, train
+        from curate.training.spec import TrainSpec
+        from curate.training.trainer import train
 
         import ray
 

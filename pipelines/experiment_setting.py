@@ -122,7 +122,7 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
     from curate.workspace import default_corpus_dir, resolve_workspace
     from curate.pipelines.arms import parse_arms
     from curate.training.recipes import recipe_fields
-    from curate.training.trainer import TrainSpec
+    from curate.training.spec import TrainSpec
 
     check_options(opts)
     circuit = get_circuit(opts.circuit)

@@ -357,7 +357,8 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
 
     from curate.workspace import reference_run_dir, scores_dir
     from curate.pipelines.effects import emergence_step
-    from curate.training.trainer import TrainSpec, train
+    from curate.training.spec import TrainSpec
+    from curate.training.trainer import train
 
     ws = tiny["base"] / "ws-reference"
     corpus = ws / "default" / "corpus"

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers.utils import logging as hf_logging
 
+from curate.atomic import read_json
+from curate.corpus import Corpus
 from curate.errors import CurateError
 
 EAGER = "eager"
@@ -26,8 +30,6 @@ HUB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' per-file progress bars (checkpoint save/load) for the duration of the block."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -39,8 +41,6 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_config_file(path: str | Path) -> dict:
     """A model config JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
-    from curate.atomic import read_json
-
     p = Path(path).expanduser()
     raw = read_json(p, "model config file")
     if not isinstance(raw, dict):
@@ -71,6 +71,13 @@ def build_model(config: GPTNeoXConfig, seed: int) -> GPTNeoXForCausalLM:
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(config)
     return model.float()
+
+
+def corpus_vocab_size(corpus: Corpus) -> int:
+    """The corpus's recorded vocabulary size, else (max token id + 1) by streaming it."""
+    if corpus.meta is not None and corpus.meta.vocab_size:
+        return int(corpus.meta.vocab_size)
+    return corpus.vocab_range()[1] + 1
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -158,8 +165,6 @@ def load_model(
 
 
 def _check_gpt_neox(folder: Path) -> None:
-    import json
-
     try:
         raw = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as e:

@@ -9,7 +9,8 @@ from typing import Callable
 from curate.default_corpus import ensure_default_corpus
 from curate.training.curves import SUMMARY_JSON
 from curate.training.recipes import recipe_fields
-from curate.training.trainer import TrainResult, TrainSpec, saved_spec, train
+from curate.training.spec import TrainSpec, saved_spec
+from curate.training.trainer import TrainResult, train
 from curate.workspace import reference_run_dir
 
 

@@ -98,7 +98,7 @@ class TrainOptions:
 
     def spec_fields(self) -> dict:
         """The given options that are TrainSpec fields of the same name."""
-        from curate.training.trainer import TrainSpec
+        from curate.training.spec import TrainSpec
 
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name in TrainSpec.__dataclass_fields__ and getattr(self, f.name) is not None}
@@ -114,7 +114,8 @@ def train_command(options: TrainOptions) -> None:
     o = options
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
-    from curate.training.trainer import TrainSpec, saved_spec, steps_of_epochs, train
+    from curate.training.spec import TrainSpec, saved_spec, steps_of_epochs
+    from curate.training.trainer import train
 
     given = o.spec_fields()
     ws = resolve_workspace(o.workspace)
