@@ -77,6 +77,12 @@ def hf_tokenizer_config(context: int | None = None) -> dict:
     return config
 
 
+def end_of_text_id(tokenizer_file: str | Path) -> int | None:
+    """The id of `<|endoftext|>` in a `tokenizer.json` file (None when it has none)."""
+    eot = Tokenizer.from_file(str(tokenizer_file)).token_to_id(EOT_TOKEN)
+    return None if eot is None else int(eot)
+
+
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 

@@ -11,10 +11,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
 from curate.atomic import atomic_dir, write_json
-from curate.tokenize import EOT_TOKEN, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, hf_tokenizer_config
+from curate.tokenize import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, hf_tokenizer_config
 from curate.errors import CurateError
 from curate.training.models import CHECKPOINTS_DIR, list_checkpoints, quiet_transformers
 
@@ -31,12 +30,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
                     tokenizer_file: Path | None = None) -> Path:
     """Write `checkpoints/step{step}` atomically: model weights + trainer state (`extra` adds plain fields),
     plus a copy of the corpus's `tokenizer.json` when there is one, so the folder is a complete HF model: its
-    tokenizer config truncates to the model's context and pads on the left (`hf_tokenizer_config`), and the
-    model's bos/eos/pad ids are the tokenizer's end-of-text id (`use_tokenizer_ids`).
+    tokenizer config truncates to the model's context and pads on the left (`hf_tokenizer_config`); the trainer
+    gives the model the tokenizer's bos/eos/pad ids when the run starts (`models.use_tokenizer_ids`).
     """
     final = checkpoint_dir(run_dir, step)
-    if tokenizer_file is not None:
-        use_tokenizer_ids(model, Tokenizer.from_file(str(tokenizer_file)).token_to_id(EOT_TOKEN))
     with atomic_dir(final) as tmp:
         with quiet_transformers():
             model.save_pretrained(tmp)
@@ -52,15 +49,6 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         }
         torch.save(state, tmp / STATE_FILE)
     return final
-
-
-def use_tokenizer_ids(model: torch.nn.Module, eot_id: int | None) -> None:
-    """Set the model's bos/eos/pad token ids (its config and generation config) to the tokenizer's end-of-text id,
-    the token its `tokenizer_config.json` names for all three; a tokenizer without one leaves them as they are."""
-    if eot_id is None:
-        return
-    for config in (model.config, model.generation_config):
-        config.bos_token_id = config.eos_token_id = config.pad_token_id = int(eot_id)
 
 
 def load_trainer_state(folder: Path) -> dict:

@@ -73,6 +73,16 @@ def build_model(config: GPTNeoXConfig, seed: int) -> GPTNeoXForCausalLM:
     return model.float()
 
 
+def use_tokenizer_ids(model: GPTNeoXForCausalLM, eot_id: int | None) -> None:
+    """Set the model's bos/eos/pad token ids (its config and generation config) to the tokenizer's end-of-text id,
+    the token a checkpoint's `tokenizer_config.json` names for all three (`tokenize.hf_tokenizer_config`); a
+    tokenizer without one leaves them as they are. The ids also leave the evaluation probes (`probes.special_token_ids`)."""
+    if eot_id is None:
+        return
+    for config in (model.config, model.generation_config):
+        config.bos_token_id = config.eos_token_id = config.pad_token_id = int(eot_id)
+
+
 def corpus_vocab_size(corpus: Corpus) -> int:
     """The corpus's recorded vocabulary size, else (max token id + 1) by streaming it."""
     if corpus.meta is not None and corpus.meta.vocab_size:

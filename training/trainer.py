@@ -31,7 +31,8 @@ from curate.corpus import Corpus, open_corpus
 from curate.errors import CurateError
 from curate.outputs import RUN, check_output_folder
 from curate.paths import portable
-from curate.progress import TrainProgress
+from curate.progress import TrainProgress, heartbeat_seconds
+from curate.tokenize import end_of_text_id
 from curate.training.checkpoints import STATE_FILE, latest_resumable, load_trainer_state, save_checkpoint
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON, best_head, summarize_curves, write_curves
 from curate.training.default_model import default_model_config
@@ -39,7 +40,7 @@ from curate.training.evaluate import Evaluator
 from curate.training.gradients import backward_batch
 from curate.training.heldout import heldout_rows
 from curate.training.models import (CHECKPOINTS_DIR, RUN_FILE, build_model, config_from_dict, corpus_vocab_size, load_model,
-                                    resolve_checkpoint_dir)
+                                    resolve_checkpoint_dir, use_tokenizer_ids)
 from curate.training.plan import RowStream, TrainingPlan, resolve_stream
 from curate.training.run_stream import STREAM_FILE, check_parent_prefix, check_stream_vocab, write_stream
 from curate.training.schedule import lr_at, parse_checkpoint_steps
@@ -107,6 +108,7 @@ def train(run: TrainSpec, out_dir: Path, progress: bool = True, resume: bool = F
           on_batch: BatchHook | None = None) -> TrainResult:
     """Train as `run` says into `out_dir` (checkpoints/, curves, summary); `resume` continues the latest
     checkpoint of a run already in `out_dir` (same spec required) and is bit-identical to not stopping.
+    `progress`: a bar on stderr when it is a terminal, else a heartbeat line at a fixed interval (`curate.progress`).
     """
     check_spec(run)
     out_dir = Path(out_dir)
@@ -120,6 +122,7 @@ def train(run: TrainSpec, out_dir: Path, progress: bool = True, resume: bool = F
 
 
 def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch: BatchHook | None) -> TrainResult:
+    heartbeat_s = heartbeat_seconds() if progress else 0.0  # a bad setting fails before anything is written
     plan = resolved_plan(run)
     run = normalized(run, plan)
     if plan.corpus is None and run.corpus is None:
@@ -142,7 +145,9 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
         done = json.loads((out_dir / SUMMARY_JSON).read_text())
         if done.get("complete"):
             return _finished(run, out_dir, start_step, done)
-    model = _start_model(run, resume_dir, init_folder, train_corpus or base)
+    tokenizer_spec = (train_corpus or base).tokenizer_spec()
+    tokenizer_file = Path(tokenizer_spec) if tokenizer_spec and Path(tokenizer_spec).is_file() else None
+    model = _start_model(run, resume_dir, init_folder, train_corpus or base, tokenizer_file)
 
     # the checks before anything is written
     vocab_size = int(model.config.vocab_size)
@@ -157,20 +162,20 @@ def _train(run: TrainSpec, out_dir: Path, progress: bool, resume: bool, on_batch
     heldout, heldout_where = heldout_rows(run, train_corpus, base, stream, vocab_size)
     probes = corpus_probes(model.config, base, n=run.eval_probes, half_len=run.probe_half_len or None, seed=run.probe_seed)
     evaluator = Evaluator(probes, heldout, run.device)
-    tokenizer_spec = (train_corpus or base).tokenizer_spec()
     r = _Run(
         spec=run, out_dir=out_dir, spec_hash=this_hash, plan_hash=plan_hash, start_step=start_step,
         schedule_steps=run.schedule_steps or run.steps, batch_size=batch_size, context=context, stream=stream,
         model=model, optimizer=_optimizer(model, run), evaluator=evaluator, eval_key=evaluator.key(),
-        heldout_where=heldout_where,
-        tokenizer_file=Path(tokenizer_spec) if tokenizer_spec and Path(tokenizer_spec).is_file() else None,
+        heldout_where=heldout_where, tokenizer_file=tokenizer_file,
         checkpoint_steps=set(parse_checkpoint_steps(run.checkpoints, run.steps, start_step + (1 if start_step > 0 else 0))),
     )
     history, loop_start = _restore(r, state, resume_dir)
     if resume_dir is None:
         _write_run_files(r, plan, base)
 
-    display = TrainProgress(progress, loop_start.first_step, run.steps)
+    display = TrainProgress(progress, loop_start.first_step, run.steps, heartbeat_s)
+    if history.curves:
+        display.metrics(best_head(history.curves[-1], "induction")[1])
     t0 = time.perf_counter()
     _loop(r, history, loop_start, display, on_batch)
     wall = time.perf_counter() - t0
@@ -237,19 +242,26 @@ def _start_step_from(spec: TrainSpec, folder: Path | None, state: dict | None) -
     return 0
 
 
-def _start_model(run: TrainSpec, resume_dir: Path | None, init_folder: Path | None, vocab_corpus: Corpus) -> torch.nn.Module:
+def _start_model(run: TrainSpec, resume_dir: Path | None, init_folder: Path | None, vocab_corpus: Corpus,
+                 tokenizer_file: Path | None) -> torch.nn.Module:
     """The model the run starts with: the resumed checkpoint's, the start checkpoint's, or fresh weights (the given
-    config, else the default model for `vocab_corpus`'s vocabulary) from the seed."""
+    config, else the default model for `vocab_corpus`'s vocabulary) from the seed. A new run's model takes the
+    bos/eos/pad ids of the tokenizer its checkpoints will carry, before its evaluation probes are drawn, so the
+    probes stay the same when the run resumes from a checkpoint."""
     if resume_dir is not None:
-        return load_model(resume_dir, device=run.device)
+        return load_model(resume_dir, device=run.device)  # its ids as the run started with them
     if run.init_from is not None:
-        return load_model(init_folder if init_folder is not None else run.init_from,
-                          revision=None if init_folder else run.revision, device=run.device)
-    if run.model_config is not None:
-        config = config_from_dict(run.model_config)
+        model = load_model(init_folder if init_folder is not None else run.init_from,
+                           revision=None if init_folder else run.revision, device=run.device)
     else:
-        config = default_model_config(corpus_vocab_size(vocab_corpus), **dict(run.architecture or {}))
-    return build_model(config, run.seed).to(run.device)
+        if run.model_config is not None:
+            config = config_from_dict(run.model_config)
+        else:
+            config = default_model_config(corpus_vocab_size(vocab_corpus), **dict(run.architecture or {}))
+        model = build_model(config, run.seed).to(run.device)
+    if tokenizer_file is not None:
+        use_tokenizer_ids(model, end_of_text_id(tokenizer_file))
+    return model
 
 
 def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:

@@ -10,6 +10,7 @@ import typer
 
 from curate.errors import CurateError
 from curate.options import flag, named, opt, workspace_opt
+from curate.progress import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV
 from curate.commands.options import command, save_config
 from curate.workspace import resolve_workspace
 
@@ -46,7 +47,7 @@ class TrainOptions:
     out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
     resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --from, continue that checkpoint's state into --out.")
     as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
-    quiet: bool = opt(False, "--quiet", help="No progress bar.")
+    quiet: bool = opt(False, "--quiet", help=f"No progress: neither the bar (on a terminal) nor, off a terminal (a log, nohup, a scheduler), the heartbeat line on stderr every {DEFAULT_HEARTBEAT_S:g} s (step, loss, induction score, steps/s, ETA; the environment variable {HEARTBEAT_ENV} sets the seconds).")
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
