@@ -50,8 +50,7 @@ def parameter_count(config: dict) -> int:
 def _base_config(opts, ws: Path, log: Log) -> tuple[dict, str | None]:
     """(base config dict, corpus path) for the sizes: --config, else the default model for the corpus's vocabulary."""
     from curate.corpus import open_corpus
-    from curate.training.models import load_config_file
-    from curate.training.models import corpus_vocab_size
+    from curate.training.models import corpus_vocab_size, load_config_file
 
     if opts.config is not None:
         return load_config_file(opts.config), opts.corpus
