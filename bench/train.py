@@ -20,7 +20,8 @@ from curate.atomic import write_json
 from curate.corpus import CorpusMeta, open_corpus
 from curate.megatron import write_megatron
 from curate.training.models import build_model
-from curate.training.trainer import TrainSpec, train
+from curate.training.spec import TrainSpec
+from curate.training.trainer import train
 
 VOCAB = 512
 

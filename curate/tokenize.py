@@ -5,8 +5,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from curate.hub import hub_offline, offline_message
+from curate.atomic import atomic_dir, write_json
 from curate.errors import CurateError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -39,8 +41,6 @@ MIN_VOCAB = 257  # a byte-level BPE over all 256 bytes, plus the end-of-text tok
 
 def byte_alphabet() -> list[str]:
     """The 256 byte-level symbols: a tokenizer trained over them encodes any text."""
-    from tokenizers import pre_tokenizers
-
     return sorted(pre_tokenizers.ByteLevel.alphabet())
 
 
@@ -48,8 +48,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, alphabet: Sequence[st
                     spec: str = "bpe") -> TextTokenizer:
     """A deterministic byte-level BPE with `<|endoftext|>` (id 0): the same texts and vocabulary size give the
     same tokenizer.json. `alphabet`: the byte-level symbols it starts from (default: all 256 bytes)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     alphabet = list(byte_alphabet() if alphabet is None else alphabet)
     if vocab_size < len(alphabet) + 1:
         raise CurateError(f"tokenizer vocabulary {vocab_size} is below the alphabet size {len(alphabet) + 1}")
@@ -67,12 +65,23 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, alphabet: Sequence[st
     return TextTokenizer(tok, spec)
 
 
-def hf_tokenizer_config() -> dict:
+def hf_tokenizer_config(context: int | None = None) -> dict:
     """`tokenizer_config.json` beside a copied `tokenizer.json`: `AutoTokenizer` then loads the file as it is, with
     the end-of-text token (in the vocabulary) as pad/eos/bos, instead of a GPT-NeoX tokenizer that appends
-    `<|padding|>` past the model's embeddings."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN,
-            "pad_token": EOT_TOKEN, "clean_up_tokenization_spaces": False}
+    `<|padding|>` past the model's embeddings. With a model's `context` (its folder's tokenizer): `model_max_length`
+    = the context, so truncation cuts a text to what the model reads, and left padding, so every row of a padded
+    batch generates from its own last token."""
+    config: dict = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN,
+                    "pad_token": EOT_TOKEN, "clean_up_tokenization_spaces": False}
+    if context is not None:
+        config.update(model_max_length=int(context), padding_side="left")
+    return config
+
+
+def end_of_text_id(tokenizer_file: str | Path) -> int | None:
+    """The id of `<|endoftext|>` in a `tokenizer.json` file (None when it has none)."""
+    eot = Tokenizer.from_file(str(tokenizer_file)).token_to_id(EOT_TOKEN)
+    return None if eot is None else int(eot)
 
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -83,8 +92,6 @@ def save_tokenizer_folder(tok: TextTokenizer, out_dir: str | Path) -> Path:
     """A tokenizer folder, written atomically: `tokenizer.json` and `tokenizer_config.json` (`hf_tokenizer_config`:
     the end-of-text token as pad, in the vocabulary, as checkpoints have it), loadable by `load_tokenizer` and
     transformers' `AutoTokenizer`."""
-    from curate.atomic import atomic_dir, write_json
-
     with atomic_dir(out_dir) as tmp:
         tok.tok.save(str(tmp / TOKENIZER_FILE))
         write_json(tmp / TOKENIZER_CONFIG_FILE, hf_tokenizer_config())
@@ -93,8 +100,6 @@ def save_tokenizer_folder(tok: TextTokenizer, out_dir: str | Path) -> Path:
 
 def load_tokenizer(spec: str | Path) -> TextTokenizer:
     """A `tokenizer.json` path, a folder holding one, or a transformers name (local cache only at run time)."""
-    from tokenizers import Tokenizer
-
     p = Path(spec)
     if p.is_dir() and (p / "tokenizer.json").is_file():
         p = p / "tokenizer.json"
@@ -107,7 +112,7 @@ def load_tokenizer(spec: str | Path) -> TextTokenizer:
             raise CurateError(f"{p}: not a tokenizers JSON file ({str(e).splitlines()[0][:120]})") from None
     offline = hub_offline()
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # here, not at the top: importing transformers takes ~3.5 s
 
         hf = AutoTokenizer.from_pretrained(str(spec), local_files_only=offline)  # offline: the cache only, no retries
     except Exception as e:

@@ -19,7 +19,7 @@ from curate.pipelines.arms import ArmRun, arm_defs, mix_folder, run_folder, run_
 from curate.pipelines.experiment_setting import Setting, abs_path, run_numerics
 from curate.pipelines.methods import PRIMARY
 from curate.training.presets import weights_training_fields
-from curate.training.trainer import TrainSpec, stored_spec
+from curate.training.spec import TrainSpec, stored_spec
 
 Log = Callable[[str], None]
 

@@ -23,7 +23,8 @@ from curate.pipelines.ray_pool import ActorPool, Task, ray_session
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import RUN_FILE
 from curate.training.plan import TrainingPlan, load_plan
-from curate.training.trainer import TrainSpec, spec_hash, train
+from curate.training.spec import TrainSpec, spec_hash
+from curate.training.trainer import train
 
 Log = Callable[[str], None]
 
@@ -160,7 +161,7 @@ class ArmRun:
 
 
 def run_key(spec) -> str:
-    """Hash of the trajectory-defining spec (as `training.trainer.spec_hash` computes it, plan by content)."""
+    """Hash of the trajectory-defining spec (as `training.spec.spec_hash` computes it, plan by content)."""
     plan = load_plan(spec.plan) if spec.plan is not None else TrainingPlan()
     return spec_hash(spec, plan)
 

@@ -34,6 +34,7 @@ from curate.errors import CurateError
 from curate.pipelines.evaluate_options import EvaluateOptions, parse_extra_scores, parse_lds_methods
 from curate.pipelines.lds import BOOTSTRAP_SEED, CONFIDENCE, LdsResult, lds, predicted_effects, subset_seeds
 from curate.pipelines.lds_outcomes import AREA, EMERGENCE, RetrainOutcome, read_outcome
+from curate.progress import heartbeat_seconds
 
 Log = Callable[[str], None]
 
@@ -42,7 +43,6 @@ SUBSETS_DIR = "subsets"
 RETRAINS_DIR = "retrains"
 EVALUATIONS_DIR = "evaluations"
 RETRAIN_ARM = "remove-random"  # a subset's retrain is this arm of the experiment with the subset's mix
-HEARTBEAT_S = 60.0
 
 
 def default_out(opts: EvaluateOptions) -> Path:
@@ -97,8 +97,9 @@ def check_evaluation_folder(out: Path, identity: dict) -> None:
 class Heartbeat:
     """Logs every `every` seconds how many retrains are finished, until stopped."""
 
-    def __init__(self, runs: list, log: Log, every: float = HEARTBEAT_S) -> None:
-        self.runs, self.log, self.every = runs, log, every
+    def __init__(self, runs: list, log: Log, every: float | None = None) -> None:
+        self.runs, self.log = runs, log
+        self.every = max(0.1, heartbeat_seconds()) if every is None else every  # one setting: $CURATE_HEARTBEAT_S
         self.stop_event = threading.Event()
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._beat, daemon=True)
@@ -120,7 +121,7 @@ class Heartbeat:
         self.thread.join()
 
 
-def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s: float = HEARTBEAT_S) -> dict:
+def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s: float | None = None) -> dict:
     """Run (or resume) the evaluation and write its report; returns lds.json's content."""
     from curate.atomic import write_json
     from curate.pipelines.arm_plan import plan_arms

@@ -38,8 +38,8 @@ from curate.pipelines.score_estimate import dry_run as score_dry_run
 from curate.pipelines.score_estimate import makespan
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import build_model, config_from_dict, load_model
-from curate.training.trainer import TrainSpec, backward_batch
-from curate.training.trainer import _use_autocast as use_autocast  # the trainer's rule: bf16 by default on cuda
+from curate.training.gradients import backward_batch
+from curate.training.spec import TrainSpec
 from curate.workspace import reference_run_dir
 
 MIN_STEPS = 2
@@ -121,7 +121,7 @@ def time_training(spec: TrainSpec, start_step: int, log: Log = lambda m: None) -
         model = _start_model(spec, spec.device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
                                       weight_decay=spec.weight_decay)  # the cost of the trainer's AdamW (decay groups aside)
-        autocast = use_autocast(spec)
+        autocast = spec.use_autocast()  # the trainer's rule: bf16 by default on cuda
         log(f"calibrating: training steps of {batch} rows (micro-batch {spec.micro_batch or batch}) on {spec.device}")
 
         def step(k: int) -> None:

@@ -21,7 +21,7 @@ from curate.training.curves import SUMMARY_JSON
 from curate.training.models import CHECKPOINTS_DIR, HUB_NAME_RE, RUN_FILE, load_config_file
 from curate.training.plan import corpus_key
 from curate.training.recipes import autocast_of, recipe_fields
-from curate.training.trainer import TrainSpec
+from curate.training.spec import TrainSpec
 from curate.workspace import default_corpus_dir, experiments_dir, resolve_workspace
 
 Log = Callable[[str], None]

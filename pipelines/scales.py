@@ -30,7 +30,7 @@ from curate.pipelines.experiment_setting import EXPERIMENT_FILE, default_out
 from curate.pipelines.report import Doc, _plt, _save, arm_colors, render_html, render_md
 from curate.training.default_model import default_model_config
 from curate.training.models import config_from_dict, load_config_file
-from curate.training.trainer import corpus_vocab_size
+from curate.training.models import corpus_vocab_size
 from curate.workspace import resolve_workspace
 
 Log = Callable[[str], None]

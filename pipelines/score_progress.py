@@ -7,8 +7,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
+from curate.progress import heartbeat_seconds
 
-HEARTBEAT_S = 60.0
 """Without progress bars (`--quiet`), a phase still prints one line at most this often: shards and rows done."""
 
 
@@ -22,7 +22,7 @@ class RowsPerSecond(ProgressColumn):
 
 class JobProgress:
     """A rich progress bar per phase (rows done, rows/s, ETA) on stderr; when disabled, a one-line heartbeat on
-    stderr at most every `HEARTBEAT_S` seconds (shards and rows done of the total), so a long quiet run shows it is alive."""
+    stderr at most every `curate.progress.heartbeat_seconds()` seconds (shards and rows done of the total), so a long quiet run shows it is alive."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -30,6 +30,7 @@ class JobProgress:
         self._task = None
         self._name, self._rows, self._rows_total, self._shards, self._shards_total = "", 0, 0, 0, 0
         self._t0 = self._last = time.monotonic()
+        self._every = heartbeat_seconds()  # one setting for every command's heartbeat ($CURATE_HEARTBEAT_S)
 
     def __enter__(self) -> "JobProgress":
         if self.enabled:
@@ -54,7 +55,7 @@ class JobProgress:
         self._rows += rows
         self._shards += 1
         now = time.monotonic()
-        if not self.enabled and now - self._last >= HEARTBEAT_S:
+        if not self.enabled and now - self._last >= self._every:
             self._last = now
             shards = f"{self._shards:,}/{self._shards_total:,} shards, " if self._shards_total else ""
             print(f"{self._name}: {shards}{self._rows:,}/{self._rows_total:,} rows done "

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from curate.training.models import build_model, config_from_dict
-from curate.training.trainer import TrainSpec, backward_batch, train
+from curate.training.gradients import backward_batch
+from curate.training.spec import TrainSpec
+from curate.training.trainer import train
 from tests.test_training import TINY, spec, write_corpus, copy_rows
 
 

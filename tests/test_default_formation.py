@@ -11,7 +11,8 @@ import pytest
 from curate.default_corpus import build_default_corpus
 from curate.training.curves import CURVES_JSON, SUMMARY_JSON
 from curate.training.recipes import recipe_fields
-from curate.training.trainer import TrainSpec, train
+from curate.training.spec import TrainSpec
+from curate.training.trainer import train
 
 STOP = 2000  # seed 0 forms at step 1,700 (bench/RESULTS.md); the reference run goes on to 4,000
 

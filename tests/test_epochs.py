@@ -13,7 +13,8 @@ import pytest
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.training.plan import TrainingPlan, epoch_steps, plan_from_json, resolve_stream, with_epochs
-from curate.training.trainer import TrainSpec, steps_of_epochs, train
+from curate.training.spec import TrainSpec, steps_of_epochs
+from curate.training.trainer import train
 from tests.corpus_helpers import run_cli
 from tests.test_training import TINY, VOCAB, copy_rows, write_corpus
 

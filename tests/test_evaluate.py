@@ -90,7 +90,8 @@ def test_curve_area_and_interpolated_emergence_by_hand():
 def tiny_eval(tmp_path_factory) -> dict:
     """A 40-step tiny run, then `curate evaluate` (3 subsets) as a subprocess, plus a hand-written scores folder."""
     from curate.training.default_model import default_model_config
-    from curate.training.trainer import TrainSpec, train
+    from curate.training.spec import TrainSpec
+    from curate.training.trainer import train
 
     base = tmp_path_factory.mktemp("evaluate")
     corpus = build_tiny_corpus(base / "corpus", docs=400, seq_len=31, batch_size=8)

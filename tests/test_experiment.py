@@ -364,7 +364,8 @@ def test_dry_run_on_a_run_folder_counts_the_distinct_runs_and_writes_nothing(tin
     """`--dry-run` on a finished run folder, window 20:40: the arms branch from step20, so the seed-independent arms
     (baseline, remove-top) train once and remove-random once per seed; the training steps are timed with the
     micro-batch; nothing is written (not even the experiment folder)."""
-    from curate.training.trainer import TrainSpec, train
+    from curate.training.spec import TrainSpec
+    from curate.training.trainer import train
 
     run = tiny["base"] / "dry-run-baseline"
     config = json.loads(tiny["config"].read_text())
@@ -395,7 +396,8 @@ def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, cap
     import numpy as np
 
     from curate.workspace import reference_run_dir, scores_dir
-    from curate.training.trainer import TrainSpec, train
+    from curate.training.spec import TrainSpec
+    from curate.training.trainer import train
 
     ws = tiny["base"] / "ws-reference"
     corpus = ws / "default" / "corpus"

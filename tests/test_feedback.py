@@ -6,7 +6,8 @@ import time
 import pytest
 
 from curate import hub
-from curate.commands.feedback import HEARTBEAT_ENV, heartbeat
+from curate.commands.feedback import heartbeat
+from curate.progress import HEARTBEAT_ENV
 from tests.corpus_helpers import run_cli
 
 

@@ -212,7 +212,7 @@ def test_driver_killed_then_rerun_against_the_cluster_resumes(reference, cluster
 def arm_runs(tiny: dict, arms_dir: Path) -> list:
     from curate.pipelines.arms import ArmRun, run_folder, run_key
     from curate.training.default_model import default_model_config
-    from curate.training.trainer import TrainSpec
+    from curate.training.spec import TrainSpec
 
     config = default_model_config(300, hidden_size=32, max_position_embeddings=32).to_dict()
     runs = []

@@ -25,7 +25,7 @@ def old_make_repeat_probes(vocab_size: int, n: int, half_len: int, seed: int, ex
 
 
 def old_trainer_probes(config, corpus, n: int = 32, half_len: int | None = None, seed: int = 0) -> torch.Tensor:
-    """The former training-run evaluation probes (`trainer._Evaluator` and its caller)."""
+    """The former training-run evaluation probes (the trainer's former evaluator and its caller)."""
     vocab_size = int(config.vocab_size)
     exclude = sorted(set(special_token_ids(config)) | ({int(corpus.meta.eot_id)} if corpus.meta.eot_id is not None else set()))
     vocab = min(vocab_size, int(corpus.meta.vocab_size)) if corpus.meta.vocab_size else vocab_size

@@ -22,6 +22,7 @@ from curate.pipelines.score_job import resolve_job
 from curate.pipelines.score_request import ScoreRequest
 from curate.pipelines import score_progress
 from curate.pipelines.score_run import run_job
+from curate.progress import heartbeat_seconds
 from tests.score_helpers import build_tiny_corpus, build_tiny_model, kill_score_after_first_shard
 
 WINDOW = "0:8"  # 8 steps x 8 rows = 64 rows
@@ -214,13 +215,13 @@ def test_one_driver_two_executors_same_factors_and_scores(reference, tiny, monke
 
 
 def test_quiet_progress_keeps_a_heartbeat(monkeypatch, capsys):
-    """Without progress bars a long phase still prints one line at most every HEARTBEAT_S seconds (shards done/total)."""
+    """Without progress bars a long phase still prints one line at most every heartbeat_seconds() seconds (shards done/total)."""
     clock = [1000.0]
     monkeypatch.setattr(score_progress.time, "monotonic", lambda: clock[0])
     with score_progress.JobProgress(False) as progress:
         progress.phase("score", 4096, 1024, shards=4, shards_done=1)
         progress.advance(1024)  # at once: no line
-        clock[0] += score_progress.HEARTBEAT_S
+        clock[0] += heartbeat_seconds()
         progress.advance(1024)  # a minute on: one line
         clock[0] += 5
         progress.advance(1024)  # 5 s later: none
@@ -228,6 +229,6 @@ def test_quiet_progress_keeps_a_heartbeat(monkeypatch, capsys):
     assert err == ["score: 3/4 shards, 3,072/4,096 rows done (1 min elapsed)"]
     with score_progress.JobProgress(True) as bars:  # with bars: no heartbeat lines
         bars.phase("score", 10, shards=1)
-        clock[0] += 2 * score_progress.HEARTBEAT_S
+        clock[0] += 2 * heartbeat_seconds()
         bars.advance(10)
     assert "rows done" not in capsys.readouterr().err

@@ -22,7 +22,8 @@ from curate.attribution.fingerprint import model_fingerprint
 from curate.training.models import build_model, config_from_dict, load_model
 from curate.training.plan import TrainingPlan, load_plan, plan_from_json, resolve_stream
 from curate.training.schedule import lr_at, parse_checkpoint_steps
-from curate.training.trainer import TrainSpec, train
+from curate.training.spec import TrainSpec
+from curate.training.trainer import train
 
 VOCAB = 32
 ROW_LEN = 33
@@ -460,7 +461,7 @@ def test_in_memory_plan_and_config_are_recorded_as_json(corpus_dir, tmp_path):
     plan = {"drop": np.array([0, 1, 2]), "insert": [{"step": 1, "corpus": str(corpus_dir), "rows": np.array([7])}]}
     first = train(spec(corpus_dir, plan=plan, model_config=config_from_dict(TINY), steps=4, eval_every=4, checkpoints="none"),
                   tmp_path / "run", progress=False)
-    from curate.training.trainer import stored_spec
+    from curate.training.spec import stored_spec
 
     saved = stored_spec(json.loads((tmp_path / "run" / "run.json").read_text()), tmp_path / "run")  # paths relative to the run
     assert saved.plan["drop"] == [0, 1, 2] and isinstance(saved.model_config, dict)

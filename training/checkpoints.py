@@ -1,4 +1,5 @@
-"""Run checkpoints: `checkpoints/stepK/` = HF weights (safetensors, `save_pretrained`) + `trainer_state.pt`.
+"""Run checkpoints: `checkpoints/stepK/` = HF weights (safetensors, `save_pretrained`) + `trainer_state.pt`, and with
+the corpus's tokenizer an ordinary Hugging Face model folder (`AutoTokenizer` + `AutoModelForCausalLM`).
 
 `trainer_state.pt` holds what a bit-identical resume needs beyond the weights: the optimizer state,
 the torch RNG state, the data position (the step), the plan and spec hashes, and the evaluation
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from curate.atomic import atomic_dir, write_json
-from curate.tokenize import hf_tokenizer_config
+from curate.tokenize import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, hf_tokenizer_config
 from curate.errors import CurateError
 from curate.training.models import CHECKPOINTS_DIR, list_checkpoints, quiet_transformers
 
@@ -28,15 +29,17 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
                     tokenizer_file: Path | None = None) -> Path:
     """Write `checkpoints/step{step}` atomically: model weights + trainer state (`extra` adds plain fields),
-    plus a copy of the corpus's `tokenizer.json` when there is one (so the folder is a complete HF model).
+    plus a copy of the corpus's `tokenizer.json` when there is one, so the folder is a complete HF model: its
+    tokenizer config truncates to the model's context and pads on the left (`hf_tokenizer_config`); the trainer
+    gives the model the tokenizer's bos/eos/pad ids when the run starts (`models.use_tokenizer_ids`).
     """
     final = checkpoint_dir(run_dir, step)
     with atomic_dir(final) as tmp:
         with quiet_transformers():
             model.save_pretrained(tmp)
         if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-            write_json(tmp / "tokenizer_config.json", hf_tokenizer_config())
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+            write_json(tmp / TOKENIZER_CONFIG_FILE, hf_tokenizer_config(context=model.config.max_position_embeddings))
         state = {
             "version": STATE_VERSION,
             "step": int(step),

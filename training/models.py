@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers.utils import logging as hf_logging
 
 from curate.hub import hub_offline, offline_message
+from curate.atomic import read_json
+from curate.corpus import Corpus
 from curate.errors import CurateError
 
 EAGER = "eager"
@@ -27,8 +31,6 @@ HUB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' per-file progress bars (checkpoint save/load) for the duration of the block."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -40,8 +42,6 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_config_file(path: str | Path) -> dict:
     """A model config JSON file of GPTNeoXConfig fields, validated (one CurateError line on failure)."""
-    from curate.atomic import read_json
-
     p = Path(path).expanduser()
     raw = read_json(p, "model config file")
     if not isinstance(raw, dict):
@@ -72,6 +72,23 @@ def build_model(config: GPTNeoXConfig, seed: int) -> GPTNeoXForCausalLM:
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(config)
     return model.float()
+
+
+def use_tokenizer_ids(model: GPTNeoXForCausalLM, eot_id: int | None) -> None:
+    """Set the model's bos/eos/pad token ids (its config and generation config) to the tokenizer's end-of-text id,
+    the token a checkpoint's `tokenizer_config.json` names for all three (`tokenize.hf_tokenizer_config`); a
+    tokenizer without one leaves them as they are. The ids also leave the evaluation probes (`probes.special_token_ids`)."""
+    if eot_id is None:
+        return
+    for config in (model.config, model.generation_config):
+        config.bos_token_id = config.eos_token_id = config.pad_token_id = int(eot_id)
+
+
+def corpus_vocab_size(corpus: Corpus) -> int:
+    """The corpus's recorded vocabulary size, else (max token id + 1) by streaming it."""
+    if corpus.meta is not None and corpus.meta.vocab_size:
+        return int(corpus.meta.vocab_size)
+    return corpus.vocab_range()[1] + 1
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -166,8 +183,6 @@ def load_model(
 
 
 def _check_gpt_neox(folder: Path) -> None:
-    import json
-
     try:
         raw = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as e:

@@ -10,7 +10,8 @@ from curate.default_corpus import ensure_default_corpus
 from curate.locks import hold
 from curate.training.curves import SUMMARY_JSON
 from curate.training.recipes import recipe_fields
-from curate.training.trainer import TrainResult, TrainSpec, saved_spec, train
+from curate.training.spec import TrainSpec, saved_spec
+from curate.training.trainer import TrainResult, train
 from curate.workspace import reference_run_dir
 
 

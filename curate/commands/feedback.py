@@ -1,9 +1,8 @@
 """Feedback while a command works: a spinner with the elapsed time on a terminal, and off a terminal (a log, nohup,
-a scheduler) a plain heartbeat line on stderr every HEARTBEAT_SECONDS, so a log shows the command is alive."""
+a scheduler) a plain heartbeat line on stderr every `curate.progress.heartbeat_seconds()` ($CURATE_HEARTBEAT_S), so a log shows the command is alive."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -11,17 +10,7 @@ from typing import Iterator
 
 from rich.console import Console
 
-HEARTBEAT_ENV = "CURATE_HEARTBEAT_SECONDS"
-HEARTBEAT_SECONDS = 30.0  # the default interval of the plain heartbeat lines
-
-
-def heartbeat_interval() -> float:
-    """Seconds between heartbeat lines ($CURATE_HEARTBEAT_SECONDS, else 30)."""
-    try:
-        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_SECONDS)))
-    except ValueError:
-        return HEARTBEAT_SECONDS
-
+from curate.progress import heartbeat_seconds
 
 def _elapsed(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
@@ -40,7 +29,7 @@ def heartbeat(label: str, quiet: bool = False) -> Iterator[None]:
         return
     done = threading.Event()
     start = time.monotonic()
-    interval = heartbeat_interval()
+    interval = max(0.1, heartbeat_seconds())  # one setting for every command's heartbeat (curate.progress)
 
     def beat() -> None:
         while not done.wait(interval):

@@ -86,7 +86,7 @@ def retrain_command(scores: Path, result) -> str:
     beside the mix."""
     from curate.attribution.scores_folder import open_scores
     from curate.pipelines.arm_plan import default_arm_steps
-    from curate.training.trainer import TrainSpec
+    from curate.training.spec import TrainSpec
 
     folder = open_scores(scores)
     summary = folder.summary

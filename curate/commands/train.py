@@ -14,6 +14,7 @@ from curate.errors import CurateError
 from curate.locks import hold
 from curate.training.presets import find_preset, preset_for
 from curate.options import flag, named, opt, workspace_opt
+from curate.progress import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV
 from curate.commands.options import command, save_config
 from curate.training.recipes import autocast_of
 from curate.workspace import resolve_workspace
@@ -51,7 +52,7 @@ class TrainOptions:
     out: Path | None = opt(None, "--out", help="Run folder (checkpoints, curves, summary).")
     resume: bool = opt(False, "--resume", help="Continue the run in --out from its latest checkpoint; with --model, continue that checkpoint's state into --out.")
     as_json: bool = opt(False, "--json", help="Print the run summary as JSON.")
-    quiet: bool = opt(False, "--quiet", help="No progress bar.")
+    quiet: bool = opt(False, "--quiet", help=f"No progress: neither the bar (on a terminal) nor, off a terminal (a log, nohup, a scheduler), the heartbeat line on stderr every {DEFAULT_HEARTBEAT_S:g} s (step, loss, induction score, steps/s, ETA; the environment variable {HEARTBEAT_ENV} sets the seconds).")
     workspace: Path | None = workspace_opt()
 
     def validate(self) -> None:
@@ -99,7 +100,7 @@ class TrainOptions:
 
     def spec_fields(self) -> dict:
         """The given options that are TrainSpec fields of the same name."""
-        from curate.training.trainer import TrainSpec
+        from curate.training.spec import TrainSpec
 
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name in TrainSpec.__dataclass_fields__ and getattr(self, f.name) is not None}
@@ -117,7 +118,8 @@ def train_command(options: TrainOptions) -> None:
     from curate.training.presets import weights_training_fields
     from curate.training.recipes import recipe_fields
     from curate.training.reference import train_reference_run
-    from curate.training.trainer import TrainSpec, saved_spec, steps_of_epochs, train
+    from curate.training.spec import TrainSpec, saved_spec, steps_of_epochs
+    from curate.training.trainer import train
 
     given = o.spec_fields()
     ws = resolve_workspace(o.workspace)
