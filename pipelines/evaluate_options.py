@@ -48,8 +48,10 @@ class EvaluateOptions(ExperimentOptions):
 
 
 def parse_lds_methods(text: str) -> list[str]:
-    """`mda,copy-share` -> the scoring methods in canonical order (`score_request.METHODS`)."""
-    from curate.pipelines.score_request import METHODS
+    """`mda,copy-share` -> the scoring methods in canonical order (the registry, `pipelines.methods`)."""
+    from curate.pipelines.methods import method_names
+
+    METHODS = method_names()
 
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:

@@ -100,6 +100,7 @@ def collect_results(s: Setting, choice: WindowChoice, scores: Path, score_summar
                     mix_commands: list[dict], counts: dict, notes: list[str], run_json: dict,
                     method_scores: dict[str, Path] | None = None) -> dict:
     """Every number of the experiment (results.json)."""
+    window = choice.window
     targeted = parse_head_names(score_summary["heads"])
     metric = s.circuit.metric  # type: ignore[attr-defined]
     by_arm: dict[str, dict] = {}

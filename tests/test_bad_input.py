@@ -335,7 +335,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("experiment-zero-row-corpus", EXPERIMENT + ["--corpus", "{zero}", "--out", NEW], "0 sequences"),
     ("experiment-missing-model", EXPERIMENT[:1] + ["--model", "{missing}", "--out", NEW], "does-not-exist"),
     ("experiment-remove-0", EXPERIMENT + ["--corpus", "{corpus}", "--remove", "0%", "--out", NEW], "0%"),
-    ("experiment-k-150", EXPERIMENT + ["--corpus", "{corpus}", "--k", "150%", "--out", NEW], "150%"),
+    ("experiment-k-150", EXPERIMENT + ["--corpus", "{corpus}", "--remove", "150%", "--out", NEW], "150%"),
     ("experiment-augment-abc", EXPERIMENT + ["--corpus", "{corpus}", "--augment", "abc", "--out", NEW], "abc"),
     ("experiment-arm-unknown", EXPERIMENT + ["--corpus", "{corpus}", "--arms", "nope", "--out", NEW], "nope"),
     ("experiment-circuit-unknown", EXPERIMENT + ["--corpus", "{corpus}", "--circuit", "nope", "--out", NEW], "nope"),

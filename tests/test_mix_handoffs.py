@@ -90,7 +90,7 @@ def test_the_arm_length_rule_gives_the_defaults_3400() -> None:
 @pytest.mark.slow
 def test_the_printed_train_command_runs_as_printed_to_the_experiments_arm_length(setup, tmp_path) -> None:
     run = tmp_path / "run"
-    r = curate(["train", "--corpus", setup.corpus, "--layers", 1, "--hidden", 16, "--heads", 2, "--context", 128,
+    r = curate(["train", "--corpus", setup.corpus, "--layers", 1, "--hidden", 16, "--attention-heads", 2, "--context", 128,
                 "--steps", 45, "--eval-every", 10, "--checkpoints", 20, "--seed", 3, "--out", run, "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr
     # scores of that run's window, steps 2-20, recording the checkpoint they were computed at
@@ -107,7 +107,7 @@ def test_the_printed_train_command_runs_as_printed_to_the_experiments_arm_length
     assert steps == 40 and command[:2] == ["curate", "train"]
     options = dict(zip(command[2::2], command[3::2]))
     assert options == {**options, "--plan": "mixes/remove-top/plan.json", "--steps": str(steps), "--eval-every": "10",
-                       "--seed": "3", "--batch-size": str(BATCH), "--layers": "1", "--hidden": "16", "--heads": "2",
+                       "--seed": "3", "--batch-size": str(BATCH), "--layers": "1", "--hidden": "16", "--attention-heads": "2",
                        "--context": "128"}
     r = subprocess.run(command + ["--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
@@ -129,7 +129,7 @@ def test_held_out_rows_never_enter_an_index_pool_or_a_neighbour_mix(setup, tmp_p
     assert (info["row_start"], info["num_rows"]) == (0, HELDOUT_START)
 
     for name, pool in (("from-index", []), ("from-corpus", ["--pool", tmp_path / "h" / "corpus"])):
-        r = curate(["build-mix", scores, "--augment", "5%", "--source", "neighbors", "--top", 20, *pool, "--out", name],
+        r = curate(["build-mix", scores, "--augment", "5%", "--source", "neighbors", "--motif-rows", 20, *pool, "--out", name],
                    tmp_path)
         assert r.returncode == 0, r.stderr
         prov = pq.read_table(tmp_path / name / "provenance.parquet").to_pydict()
@@ -155,7 +155,7 @@ def test_an_index_that_holds_held_out_rows_is_refused(setup, tmp_path) -> None:
 def test_a_window_or_motif_rows_in_the_held_out_rows_are_refused(setup, tmp_path) -> None:
     scores = with_heldout(setup, tmp_path / "h", 700)  # inside the scored window [32, 800)
     for args in (["build-mix", scores, "--remove", "10%", "--out", "m"],
-                 ["synth", "--from", scores, "--rows", 8, "--top", 768, "--out", "m"]):
+                 ["synth", "--scores", scores, "--rows", 8, "--motif-rows", 768, "--out", "m"]):
         r = curate(args, tmp_path)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and "held-out row" in lines[0], r.stderr

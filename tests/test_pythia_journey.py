@@ -95,7 +95,7 @@ def journey(tmp_path_factory) -> dict:
     order = curate(work, "corpus", "export", "mix", "--to", "megatron-order", "--global-batch", BATCH, "--train-iters",
                    END - START, "--tokenizer", "null", "--out", "megatron-cache").stdout
     experiment = ["experiment", "--model", model, "--corpus", corpus, "--window", f"{START}:{END}", "--steps", ARM_STEPS,
-                  "--eval-every", 2, "--arms", "remove-top,augment-top", "--methods", "mda", "--seeds", 1, "--k", "25%",
+                  "--eval-every", 2, "--arms", "remove-top,augment-top", "--methods", "mda", "--seeds", 1, "--remove", "25%",
                   "--augment", "25%", "--fit-rows", 8, "--micro-batch", 2, "--workers", 1, "--out", "exp"]
     before = tree(root)
     dry_json = json.loads(curate(work, *experiment, "--dry-run", "--quiet", "--json").stdout)
@@ -152,7 +152,7 @@ def test_an_arm_with_micro_batches_matches_curate_train_on_the_whole_batch(journ
     """`curate train --from MODEL/stepSTART` (Pythia's settings again, the whole batch at once) ends where the
     experiment's baseline arm (2-row micro-batches) ends, to float tolerance."""
     work = journey["work"]
-    curate(work, "train", "--from", journey["model"] / f"step{START}", "--corpus", journey["corpus"], "--start-step", START,
+    curate(work, "train", "--model", journey["model"] / f"step{START}", "--corpus", journey["corpus"], "--start-step", START,
            "--steps", ARM_STEPS, "--eval-every", 2, "--checkpoints", "none", "--out", "full", "--quiet")
     assert json.loads((work / "full" / "run.json").read_text())["spec"]["weight_decay"] == 0.1  # Pythia's, as the arms'
     whole = load_model(work / "full", f"step{ARM_STEPS}")

@@ -132,7 +132,7 @@ def test_readers_refuse_another_corpus_at_the_recorded_path(tmp_path: Path) -> N
         ["build-mix", scores, "--remove", "10%", "--out", tmp_path / "mix"],
         ["index", scores, "--out", tmp_path / "index2"],
         ["neighbors", 0, "--scores", scores],
-        ["synth", "--from", scores, "--rows", 4, "--top", 8, "--out", tmp_path / "synth"],
+        ["synth", "--scores", scores, "--rows", 4, "--motif-rows", 8, "--out", tmp_path / "synth"],
     ]
     for args in commands:
         proc = _curate(cwd, *args)

@@ -83,7 +83,7 @@ def run_train_process(corpus: Path, out: Path, cwd: Path, *extra, heartbeat: str
     if heartbeat is not None:
         env[HEARTBEAT_ENV] = heartbeat
     args = ["train", "--corpus", corpus, "--out", out, "--steps", "12", "--eval-every", "4", "--checkpoints", "none",
-            "--layers", "1", "--hidden", "32", "--heads", "2", "--context", "32", *extra]
+            "--layers", "1", "--hidden", "32", "--attention-heads", "2", "--context", "32", *extra]
     return subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -109,7 +109,7 @@ def test_off_a_terminal_train_prints_a_heartbeat_line_at_the_interval(corpus, tm
 
 def heartbeat_args(corpus: Path, out: Path, *extra) -> list:
     return ["train", "--corpus", corpus, "--out", out, "--steps", "3", "--eval-every", "3", "--checkpoints", "none",
-            "--layers", "1", "--hidden", "32", "--heads", "2", "--context", "32", *extra]
+            "--layers", "1", "--hidden", "32", "--attention-heads", "2", "--context", "32", *extra]
 
 
 def test_the_heartbeat_waits_its_interval_and_quiet_silences_it(corpus, tmp_path, monkeypatch, capsys):
