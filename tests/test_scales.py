@@ -16,10 +16,10 @@ def test_scales_reports_acceleration_per_size(tiny, ray_session_for_module, monk
     out = tiny["base"] / "scales"
     args = quick_args(tiny, out)
     args[args.index("--seeds") + 1] = "1"
-    code, stdout, stderr = run_cli(args + ["--scales", "--sizes", "16x1,32x2,48x2", "--workers", "1", "--json"], monkeypatch, capsys)
+    code, stdout, stderr = run_cli(args + ["--scales", "--sizes", "16x1,24x2,32x2", "--workers", "1", "--json"], monkeypatch, capsys)
     assert code == 0, stderr
     res = json.loads((out / "report" / "results.json").read_text())
-    assert res["sizes"] == ["16x1", "32x2", "48x2"]
+    assert res["sizes"] == ["16x1", "24x2", "32x2"]
     rows = res["table"]
     assert [(r["size"], r["arm"]) for r in rows] == [(s, a) for s in res["sizes"] for a in ("augment-top", "augment-random", "augment-synthetic")]
     params = [r["params"] for r in rows[::3]]
@@ -37,6 +37,7 @@ def test_scales_reports_acceleration_per_size(tiny, ray_session_for_module, monk
         assert f"{cfg['hidden_size']}x{cfg['num_hidden_layers']}" == size and cfg["intermediate_size"] == 4 * cfg["hidden_size"]
     assert "never formed" in res["per_size"]["16x1"]["window"]["reason"]  # the no-emergence path
     assert all(r["acceleration_steps"] is None for r in rows[:3])
+    assert any(r["acceleration_steps"] is not None for r in rows[3:])  # the acceleration path on a size that formed
     md = (out / "report" / "report.md").read_text()
     assert "](scales.png)" in md and (out / "report" / "scales.png").is_file()
     assert json.loads(stdout)["scales"] == rows
