@@ -69,9 +69,10 @@ class User:
         return done
 
 
-def printed(stdout: str, label: str) -> str:
-    """The command printed after `label: `."""
-    lines = [ln.strip()[len(label) + 2:] for ln in stdout.splitlines() if ln.strip().startswith(f"{label}: curate ")]
+def printed(stdout: str, command: str) -> str:
+    """The one next command `stdout` hands on that runs `curate COMMAND` (whatever its label)."""
+    lines = [m.group(1) for m in map(PRINTED.match, (ln.strip() for ln in stdout.splitlines()))
+             if m and m.group(1).split()[1] == command]
     assert len(lines) == 1, stdout
     return lines[0]
 

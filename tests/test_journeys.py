@@ -63,10 +63,10 @@ def test_your_own_text_to_a_retrained_arm(own_text) -> None:
     assert "copy" in out and "prose" in out and "top tail" in out and "bottom tail" in out
 
     out = user("curate build-mix my_scores --remove 10% --out my_mix")
-    train_line = printed(out, "train on it")
-    assert printed(out, "check it") == "curate verify my_mix"
+    train_line = printed(out, "train")
+    assert printed(out, "verify") == "curate verify my_mix"
     ran = user.follow(out)
-    assert set(ran) == {train_line, "curate verify my_mix"}
+    assert {train_line, "curate verify my_mix"} <= set(ran)
     arm = cwd / option(train_line, "--out")
     assert summary(arm)["complete"]
     # the arm trains past the step where the scored head formed, so the mix's effect on it can show

@@ -59,10 +59,10 @@ def test_quick_start_mixes_verify_and_their_printed_arms_train(quick_start) -> N
     }
     for name, line in mixes.items():
         out = user(line)
-        train_line = printed(out, "train on it")
-        assert printed(out, "check it") == f"curate verify mixes/{name}", out
+        train_line = printed(out, "train")
+        assert printed(out, "verify") == f"curate verify mixes/{name}", out
         ran = user.follow(out)  # `curate verify` then the arm's `curate train`, as printed
-        assert set(ran) == {train_line, f"curate verify mixes/{name}"}
+        assert {train_line, f"curate verify mixes/{name}"} <= set(ran)
         arm = cwd / option(train_line, "--out")
         assert summary(arm)["complete"], name
         # the arm trains past the scored checkpoint (where the head had formed), so the mix's effect can show
