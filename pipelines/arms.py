@@ -202,7 +202,7 @@ class ArmWorker:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def _holder(folder: Path, out_dir: Path, at_step: int, node: str):
+def _holder(folder: Path, out_dir: Path, at_step: int, node: str) -> Callable[..., None]:
     """The `CURATE_FAULT_ARM_HOLD` batch hook (module docstring): hold before step `at_step` until released."""
     name = "-".join(out_dir.parts[-2:])
     release_all = folder / "all.go"
