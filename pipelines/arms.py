@@ -2,13 +2,21 @@
 training spec of every (arm, seed) run, and running them (in-process, or on Ray actors with one torch thread
 each), skipping every run whose folder already holds a finished run of the same spec.
 
+Test hook (read by the DRIVER from its environment and passed to the Ray workers, like `pipelines.actors`'s):
+`CURATE_FAULT_ARM_HOLD=<folder>`: a Ray arm worker holds each run just before the batch of step `steps // 2`
+(its checkpoints up to there saved), writes `<folder>/<run>.held` (JSON: out_dir, node) and waits until
+`<folder>/<run>.go` or `<folder>/all.go` exists; a run resumed after `all.go` is not held again. It lets a test
+remove a node while a run is known to be unfinished on it.
+
 Every arm retrains from the window's first checkpoint, with the baseline's settings (learning-rate schedule
 included) and the baseline's row order; only the plan differs (rows dropped or inserted inside the window).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +35,9 @@ from curate.training.spec import TrainSpec, spec_hash
 from curate.training.trainer import train
 
 Log = Callable[[str], None]
+
+ARM_HOLD_ENV = "CURATE_FAULT_ARM_HOLD"
+ARM_HOLD_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -210,10 +221,30 @@ class ArmWorker:
     def __init__(self) -> None:
         torch.set_num_threads(1)
 
-    def train(self, spec_json: dict, out_dir: str) -> dict:
-        result = train(TrainSpec.from_json(spec_json), Path(out_dir), progress=False, resume=True)
+    def train(self, spec_json: dict, out_dir: str, hold: str | None = None) -> dict:
+        spec = TrainSpec.from_json(spec_json)
+        on_batch = _holder(Path(hold), Path(out_dir), spec.steps // 2, ray.get_runtime_context().get_node_id()) if hold else None
+        result = train(spec, Path(out_dir), progress=False, resume=True, on_batch=on_batch)
         return {"out_dir": out_dir, "wall_s": (result.summary.get("timing") or {}).get("wall_s"),
                 "node": ray.get_runtime_context().get_node_id()}
+
+
+def _holder(folder: Path, out_dir: Path, at_step: int, node: str) -> Callable[..., None]:
+    """The `CURATE_FAULT_ARM_HOLD` batch hook (module docstring): hold before step `at_step` until released."""
+    name = "-".join(out_dir.parts[-2:])
+    release_all = folder / "all.go"
+
+    def hold(step: int, *_batch) -> None:
+        if step != at_step or release_all.exists():
+            return
+        (folder / f"{name}.held").write_text(json.dumps({"out_dir": str(out_dir), "node": node}))
+        deadline = time.monotonic() + ARM_HOLD_TIMEOUT_S
+        while not (release_all.exists() or (folder / f"{name}.go").exists()):
+            if time.monotonic() > deadline:
+                raise CurateError(f"${ARM_HOLD_ENV}: {name} held for {ARM_HOLD_TIMEOUT_S:.0f} s, never released")
+            time.sleep(0.05)
+
+    return hold
 
 
 def train_runs(runs: list[ArmRun], workers: int, log: Log, progress: bool = False, device: str = "cpu") -> dict:
@@ -269,7 +300,8 @@ def _train_on_ray(todo: list[ArmRun], workers: int, log: Log, device: str) -> li
             log(f"arms: finished {r.label} ({done['n']}/{len(todo)})" + (f" in {wall:.0f} s" if wall else "") + node)
 
         try:
-            pool.run("train", [Task(i, (r.spec.to_json(), str(r.out_dir))) for i, r in enumerate(todo)], finished, phase="arms")  # type: ignore[attr-defined]
+            hold = os.environ.get(ARM_HOLD_ENV) or None  # test hook (module docstring)
+            pool.run("train", [Task(i, (r.spec.to_json(), str(r.out_dir), hold)) for i, r in enumerate(todo)], finished, phase="arms")  # type: ignore[attr-defined]
         finally:
             pool.shutdown()
         return retried

@@ -390,49 +390,6 @@ def test_dry_run_on_a_run_folder_counts_the_distinct_runs_and_writes_nothing(tin
         4 * 40 * plan["train_calibration"]["seconds_per_step"])  # one worker: the runs one after another
 
 
-def test_reference_mode_reuses_the_scores_of_curate_score(tiny, monkeypatch, capsys):
-    """No --model/--corpus: the workspace's reference run is the baseline, and `curate score`'s results for the
-    same job (same checkpoints, window, heads) are reused instead of scoring again."""
-    import numpy as np
-
-    from curate.workspace import reference_run_dir, scores_dir
-    from curate.training.spec import TrainSpec
-    from curate.training.trainer import train
-
-    ws = tiny["base"] / "ws-reference"
-    corpus = ws / "default" / "corpus"
-    import shutil
-
-    shutil.copytree(tiny["corpus"], corpus)
-    config = json.loads(tiny["config"].read_text())
-    run = reference_run_dir(ws)
-    train(TrainSpec(corpus=str(corpus), model_config=config, steps=100, batch_size=8, eval_every=10, lr=3e-3, warmup_steps=20,
-                    checkpoints="log,every:10"), run, progress=False)
-    points = json.loads((run / "curves.json").read_text())["points"]
-    formed = emergence_step([p["step"] for p in points], [float(np.max(p["previous_token"])) for p in points], 0.12)
-    assert formed is not None
-    values = np.asarray(next(p for p in points if p["step"] == formed)["previous_token"])
-    head = "{}.{}".format(*np.unravel_index(int(np.argmax(values)), values.shape))  # the best candidate, as the experiment picks it
-    code, _, stderr = run_cli(["score", "--circuit", "previous-token", "--workspace", ws, "--model", run, "--revision", f"step{formed}",
-                               "--window", f"0:{formed}", "--heads", head, "--checkpoints", "auto", "--workers", "1", "--quiet"],
-                              monkeypatch, capsys)  # the experiment's default MDA variant: trajectory scores (auto, sum)
-    assert code == 0, stderr
-    shared = scores_dir(ws, "previous-token", trajectory=True)
-    before = (shared / "summary.json").stat().st_mtime_ns
-
-    out = tiny["base"] / "reference-exp"
-    code, _, stderr = run_cli(["experiment", "--workspace", ws, "--circuit", "previous-token", "--threshold", "0.12",
-                               "--seeds", "1", "--arms", "remove-top", "--workers", "1", "--out", out], monkeypatch, capsys)
-    assert code == 0, stderr
-    assert f"scores (mda): reusing {shared}" in stderr.replace("\n", "")
-    res = json.loads((out / "report" / "results.json").read_text())
-    assert res["baseline"]["mode"] == "reference" and res["baseline"]["run"] == str(run.resolve())
-    assert res["scores"]["folder"] == str(shared.resolve()) and res["targeted_heads"] == [head]
-    assert res["window"]["end"] == formed and not (out / "scores").exists()
-    assert (shared / "summary.json").stat().st_mtime_ns == before
-
-
-@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(tiny, quick, monkeypatch, capsys):
     before = (quick["out"] / "experiment.json").read_text()
     args = quick_args(tiny, quick["out"])
@@ -442,40 +399,6 @@ def test_other_settings_in_the_same_folder_are_refused(tiny, quick, monkeypatch,
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "holds an experiment with other settings (changed: k, threshold)" in lines[0]
     assert (quick["out"] / "experiment.json").read_text() == before
-
-
-# --------------------------------------------------------------------------- --scales
-
-
-@pytest.mark.slow
-def test_scales_reports_acceleration_per_size(tiny, ray_session_for_module, monkeypatch, capsys):
-    out = tiny["base"] / "scales"
-    args = quick_args(tiny, out)
-    args[args.index("--seeds") + 1] = "1"
-    code, stdout, stderr = run_cli(args + ["--scales", "--sizes", "16x1,32x2,48x2", "--workers", "1", "--json"], monkeypatch, capsys)
-    assert code == 0, stderr
-    res = json.loads((out / "report" / "results.json").read_text())
-    assert res["sizes"] == ["16x1", "32x2", "48x2"]
-    rows = res["table"]
-    assert [(r["size"], r["arm"]) for r in rows] == [(s, a) for s in res["sizes"] for a in ("augment-top", "augment-random", "augment-synthetic")]
-    params = [r["params"] for r in rows[::3]]
-    assert params == sorted(params) and len(set(params)) == 3
-    for r in rows:
-        e = next(e for e in res["per_size"][r["size"]]["effects"] if e["arm"] == r["arm"])
-        if e["emergence_delta"] is None:
-            assert r["acceleration_steps"] is None and r["acceleration"] == "n/a"
-        else:
-            assert r["acceleration_steps"] == -e["emergence_delta"]
-    for size in res["sizes"]:
-        sub = json.loads((out / "scales" / size / "report" / "results.json").read_text())
-        assert sub["arm_names"] == ["baseline", "augment-top", "augment-random", "augment-synthetic"]
-        cfg = json.loads((out / "scales" / size / "model-config.json").read_text())
-        assert f"{cfg['hidden_size']}x{cfg['num_hidden_layers']}" == size and cfg["intermediate_size"] == 4 * cfg["hidden_size"]
-    assert "never formed" in res["per_size"]["16x1"]["window"]["reason"]  # the no-emergence path
-    assert all(r["acceleration_steps"] is None for r in rows[:3])
-    md = (out / "report" / "report.md").read_text()
-    assert "](scales.png)" in md and (out / "report" / "scales.png").is_file()
-    assert json.loads(stdout)["scales"] == rows
 
 
 # --------------------------------------------------------------------------- statistics on hand-made numbers

@@ -229,36 +229,77 @@ def finished_runs(runs: list) -> list:
     return [r for r in runs if is_finished(r.out_dir, r.key)]
 
 
-def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(cluster, tiny):
-    from curate.pipelines.arms import is_finished, train_runs
+def wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_arm_runs_lost_with_their_node_are_trained_again_and_finished_ones_kept(cluster, tiny, monkeypatch):
+    """Deterministic: every run is held at a barrier halfway (`CURATE_FAULT_ARM_HOLD`, `pipelines.arms`); the
+    head's first run is released and finishes, the third run starts on the head and is held, and the worker node
+    is removed while its run is held there (unfinished, checkpoints up to the barrier saved)."""
+    from curate.pipelines.arms import ARM_HOLD_ENV, is_finished, train_runs
     from tests.corpus_helpers import digest
 
     c = cluster["cluster"]
     runs = arm_runs(tiny, tiny["base"] / "arms")
-    kept: dict[str, dict] = {}
+    hold = tiny["base"] / "hold"
+    hold.mkdir()
+    monkeypatch.setenv(ARM_HOLD_ENV, str(hold))
     wait_until_idle()  # both nodes free (the killed driver's actors gone): one arm worker on each
+    ids = node_ids()
+    kept: dict[str, dict] = {}
+    on_node: dict[str, str] = {}  # 'head' / 'worker' -> label of the first run held there
+    errors: list[BaseException] = []
 
-    def remove() -> None:
-        for r in finished_runs(runs):
-            kept[r.label] = digest(r.out_dir)
-        c.remove_node(cluster["worker"])
+    def held() -> dict[str, str]:
+        """label -> Ray node id of every run held so far."""
+        by_dir = {str(r.out_dir): r.label for r in runs}
+        out = {}
+        for p in hold.glob("*.held"):
+            try:
+                rec = json.loads(p.read_text())
+            except ValueError:  # being written
+                continue
+            out[by_dir[rec["out_dir"]]] = rec["node"]
+        return out
 
-    # the node goes once a run has finished and every run has started: then each node is training one
-    started = lambda: all((r.out_dir / "run.json").is_file() for r in runs)  # noqa: E731
-    watcher = when(lambda: len(finished_runs(runs)) >= 1 and started(), remove)
+    def script() -> None:
+        try:
+            wait_for(lambda: len(held()) == 2, "a run held on each node")
+            for label, node in held().items():
+                on_node["head" if node == ids["head"] else "worker"] = label
+            assert set(on_node) == {"head", "worker"}, held()
+            first = next(r for r in runs if r.label == on_node["head"])
+            (hold / ("-".join(first.out_dir.parts[-2:]) + ".go")).touch()
+            wait_for(lambda: is_finished(first.out_dir, first.key) and len(held()) == 3, "the head's run finished, the third held")
+            for r in finished_runs(runs):
+                kept[r.label] = digest(r.out_dir)
+            c.remove_node(cluster["worker"])  # the worker's run is held there, unfinished
+        except BaseException as e:  # noqa: BLE001 (reported by the test)
+            errors.append(e)
+        finally:
+            (hold / "all.go").touch()
+
+    thread = threading.Thread(target=script, daemon=True)
+    thread.start()
     lines: list[str] = []
     try:
         counts = train_runs(runs, 2, lines.append)
     finally:
-        watcher.stop()
+        (hold / "all.go").touch()
+        thread.join(timeout=120)
         cluster["worker"] = add_worker(c)
-    assert kept, "no run had finished when the node was removed"
+    assert not errors, errors
+    assert list(kept) == [on_node["head"]]  # the head's first run had finished when the node went
     assert all(is_finished(r.out_dir, r.key) for r in runs)
     assert (counts["trained"], counts["skipped"], counts["workers"]) == (3, 0, 2)
-    assert counts["retried"], f"no arm run was lost with the node: {lines}"
-    assert not set(counts["retried"]) & set(kept)  # a run finished before the loss is never trained again
+    assert counts["retried"] == [on_node["worker"]], lines  # the run lost with its node, and only it, trained again
     retry_lines = [ln for ln in lines if "died" in ln and "training it again" in ln]
-    assert len(retry_lines) == len(counts["retried"])
+    assert len(retry_lines) == 1 and on_node["worker"] in retry_lines[0]
     for label, files in kept.items():  # finished runs untouched
         r = next(r for r in runs if r.label == label)
         assert digest(r.out_dir) == files
