@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import lzma
 import os
 import stat
@@ -97,9 +98,12 @@ def test_recipe_rules_on_the_fixture_are_deterministic_and_within_budget(rtc, tm
 
 def test_digest_mismatch_and_unknown_package_are_one_line_errors(rtc, tmp_path, capsys):
     raw = RECIPE.read_text()
+    spec = json.loads(raw)
+    spec["digest"] = "0" * 64
+    for d in spec["domains"]:
+        d["chars"] = 5000
     bad = tmp_path / "bad.json"
-    bad.write_text(raw.replace('"digest": null', '"digest": "' + "0" * 64 + '"').replace('"chars": 24000000', '"chars": 5000')
-                   .replace('"chars": 16000000', '"chars": 5000').replace('"chars": 13000000', '"chars": 5000'))
+    bad.write_text(json.dumps(spec))
     out = tmp_path / "out"
     assert rtc.main(["--recipe", str(bad), "--trees", str(FIXTURE), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
