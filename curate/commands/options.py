@@ -169,6 +169,10 @@ def replay(path: Path, workspace: Path | None = None) -> None:
         if not hasattr(options, "workspace"):
             raise CurateError(f"--workspace: `{name}` does not use a workspace; drop it")
         options = dataclasses.replace(options, workspace=workspace)
+    if name == "train" and getattr(options, "init_from", None) is None and getattr(options, "out", None) is not None \
+            and (Path(options.out) / "run.json").is_file():
+        # the run is there: replaying it continues it with its saved spec (a finished run is left as it is)
+        options = dataclasses.replace(options, resume=True)
     dispatch(options, COMMANDS[name][1])
 
 
