@@ -147,7 +147,8 @@ def train_command(options: TrainOptions) -> None:
                 spec = dataclasses.replace(spec, steps=steps_of_epochs(spec))
         with hold(o.out, what="training run"):
             result = train(spec, o.out, progress=not o.quiet, resume=o.resume)
-            save_config(result.out_dir, "train", options)
+            if result.resumed_from != result.final_step:  # a finished run resumed trains nothing: its folder stays as it was
+                save_config(result.out_dir, "train", options)
     if o.as_json:
         print(json.dumps(result.summary, indent=2, sort_keys=True, default=str))
         return
