@@ -149,3 +149,36 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# --------------------------------------------------------------------------- rank correlation (the LDS of `curate evaluate`)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties by average rank); None when either side is constant or n < 2."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) != len(b):
+        raise ValueError(f"spearman: {len(a)} values vs {len(b)}")
+    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return None
+    rho = float(stats.spearmanr(a, b).statistic)
+    return None if math.isnan(rho) else rho
+
+
+def bootstrap_interval(x: Sequence[float], y: Sequence[float], resamples: int, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float | None, float | None, int]:
+    """Percentile bootstrap interval of Spearman's rho over subsets (pairs resampled with replacement, seeded);
+    (low, high, resamples where rho was defined). A resample with a constant side has no rho and is left out."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(a), len(a))
+        rho = spearman(a[idx], b[idx])
+        if rho is not None:
+            rhos.append(rho)
+    if not rhos:
+        return None, None, 0
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(rhos, [tail, 100.0 - tail])
+    return float(low), float(high), len(rhos)

@@ -20,7 +20,7 @@ import numpy as np
 from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
 from curate.pipelines.arms import arm_defs
-from curate.pipelines.report import fmt
+from curate.pipelines.report_format import fmt
 from curate.pipelines.run_metrics import RunMetrics, distinct_runs, eligible_heads
 from curate.stats import TTest, apply_holm, mean_std, paired_t_test
 

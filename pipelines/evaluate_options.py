@@ -11,10 +11,17 @@ from curate.amounts import check_amount
 from curate.errors import CurateError
 from curate.options import check_positive, opt, option_error
 from curate.pipelines.experiment_options import ExperimentOptions, check_options
-from curate.pipelines.lds import MAX_SUBSETS, SPLITS
+from curate.pipelines.methods import method_names
 
-DEFAULT_METHODS = "mda,gradient-dot,copy-share,loss"
+DEFAULT_METHODS = ",".join(method_names())  # every registered scoring method
 DEFAULT_BOOTSTRAP = 2000
+
+
+SPLITS = ("dev", "report")
+SPLIT_FIRST_SEED = {"dev": 10_000, "report": 20_000}
+"""Subset i of a split is drawn with seed SPLIT_FIRST_SEED[split] + i: the two splits never share a subset, so the
+subsets a variant is chosen on are never the ones it is reported on."""
+MAX_SUBSETS = 10_000  # the width of each split's seed range
 
 
 @dataclass
@@ -49,8 +56,6 @@ class EvaluateOptions(ExperimentOptions):
 
 def parse_lds_methods(text: str) -> list[str]:
     """`mda,copy-share` -> the scoring methods in canonical order (the registry, `pipelines.methods`)."""
-    from curate.pipelines.methods import method_names
-
     METHODS = method_names()
 
     names = [t.strip() for t in str(text).split(",") if t.strip()]

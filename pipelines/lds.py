@@ -8,20 +8,15 @@ The statistics here (`spearman`, `bootstrap_interval`) are the evaluation's own 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 from curate.errors import CurateError
+from curate.stats import bootstrap_interval, spearman
+from curate.pipelines.evaluate_options import MAX_SUBSETS, SPLIT_FIRST_SEED, SPLITS
 
-SPLITS = ("dev", "report")
-SPLIT_FIRST_SEED = {"dev": 10_000, "report": 20_000}
-"""Subset i of a split is drawn with seed SPLIT_FIRST_SEED[split] + i: the two splits never share a subset, so the
-subsets a variant is chosen on are never the ones it is reported on."""
-MAX_SUBSETS = 10_000  # the width of each split's seed range
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 
@@ -50,36 +45,6 @@ def predicted_effects(values: np.ndarray, subsets: Sequence[np.ndarray], where: 
             raise CurateError(f"{where}: {missing} dropped row(s) of subset {i} are unscored; the LDS needs every window row scored")
         out[i] = float(picked.sum())
     return out
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (ties by average rank); None when either side is constant or n < 2."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(a) != len(b):
-        raise CurateError(f"spearman: {len(a)} predicted vs {len(b)} measured values")
-    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
-        return None
-    rho = float(stats.spearmanr(a, b).statistic)
-    return None if math.isnan(rho) else rho
-
-
-def bootstrap_interval(x: Sequence[float], y: Sequence[float], resamples: int, seed: int = BOOTSTRAP_SEED,
-                       confidence: float = CONFIDENCE) -> tuple[float | None, float | None, int]:
-    """Percentile bootstrap interval of Spearman's rho over subsets (pairs resampled with replacement, seeded);
-    (low, high, resamples where rho was defined). A resample with a constant side has no rho and is left out."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    rhos = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(a), len(a))
-        rho = spearman(a[idx], b[idx])
-        if rho is not None:
-            rhos.append(rho)
-    if not rhos:
-        return None, None, 0
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(rhos, [tail, 100.0 - tail])
-    return float(low), float(high), len(rhos)
 
 
 @dataclass

@@ -3,9 +3,8 @@
 - `curve_area`: the area under the targeted heads' mean circuit score from the window's start to a fixed step
   (the horizon), divided by the span: the curve's mean over [start, horizon], trapezoids between evaluations,
   linearly interpolated at a horizon between two evaluations. A head that forms later has a smaller area.
-- `interpolated_emergence`: the step where the best targeted head's score crosses the threshold for good, linearly
-  interpolated between the last evaluation below and the first at/above it (the sustained crossing of
-  `training.curves.emergence_step`); None (censored: "> last step") when it never stays above.
+- the emergence step of the best targeted head, interpolated as the experiment reads it
+  (`run_metrics.interpolated_emergence`); None (censored: "> last step") when it never stays above.
 """
 from __future__ import annotations
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
-from curate.training.curves import CURVES_JSON, emergence_step
+from curate.pipelines.run_metrics import area_mean, interpolated_emergence
+from curate.training.curves import CURVES_JSON
 
 AREA = "area"
 EMERGENCE = "emergence"
@@ -26,31 +26,15 @@ OUTCOMES = (AREA, EMERGENCE)
 
 
 def curve_area(steps: Sequence[int], values: Sequence[float], start: int, stop: int) -> float:
-    """Mean of the piecewise-linear curve through (steps, values) over [start, stop]; the curve must cover it."""
-    s = np.asarray(steps, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
+    """Mean of the piecewise-linear curve through (steps, values) over [start, stop] (`run_metrics.area_mean`, the
+    experiment's rule); the curve must cover it."""
     if stop <= start:
         raise CurateError(f"the area's span {start}:{stop} is empty")
-    if len(s) == 0 or s[0] > start or s[-1] < stop:
-        have = f"{int(s[0])}-{int(s[-1])}" if len(s) else "none"
+    area = area_mean(steps, values, start, stop)
+    if area is None:
+        have = f"{int(steps[0])}-{int(steps[-1])}" if len(steps) else "none"
         raise CurateError(f"the curve's evaluations (steps {have}) do not cover steps {start}-{stop}")
-    inside = (s > start) & (s < stop)
-    xs = np.concatenate([[start], s[inside], [stop]])
-    ys = np.concatenate([[np.interp(start, s, v)], v[inside], [np.interp(stop, s, v)]])
-    return float(np.sum((ys[1:] + ys[:-1]) / 2.0 * np.diff(xs)) / (stop - start))
-
-
-def interpolated_emergence(steps: Sequence[int], values: Sequence[float], threshold: float) -> float | None:
-    """The sustained threshold crossing, linearly interpolated between the two evaluations bracketing it."""
-    steps_l, values_l = [int(x) for x in steps], [float(x) for x in values]
-    at = emergence_step(steps_l, values_l, threshold)
-    if at is None:
-        return None
-    i = steps_l.index(at)
-    if i == 0:
-        return float(at)
-    s0, s1, v0, v1 = steps_l[i - 1], steps_l[i], values_l[i - 1], values_l[i]  # v0 < threshold <= v1
-    return float(s0 + (threshold - v0) / (v1 - v0) * (s1 - s0))
+    return area
 
 
 @dataclass

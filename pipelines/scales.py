@@ -27,7 +27,8 @@ from curate.pipelines.ray_holder import ray_holder
 from curate.pipelines.experiment import run_experiment
 from curate.pipelines.experiment_options import command_line, parse_sizes
 from curate.pipelines.experiment_setting import EXPERIMENT_FILE, default_out
-from curate.pipelines.report import Doc, _plt, _save, arm_colors, render_html, render_md
+from curate.pipelines.report import Doc, render_html, render_md
+from curate.pipelines.report_figures import arm_colors, plt_agg, save_figure
 from curate.training.default_model import default_model_config
 from curate.training.models import config_from_dict, load_config_file
 from curate.training.models import corpus_vocab_size
@@ -193,7 +194,7 @@ def write_scales_report(folder: Path, results: dict, per_size: dict[str, dict], 
 
 
 def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
-    plt = _plt()
+    plt = plt_agg()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     arms = ["baseline"] + sorted({r["arm"] for r in table})
     params = {r["size"]: r["params"] for r in table}
@@ -216,4 +217,4 @@ def _figure(path: Path, table: list[dict], per_size: dict[str, dict]) -> None:
         ax.set_xlabel("parameters")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -28,9 +28,7 @@ from curate.attribution.scores_folder import (
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scoring import FactorFit, ScoringDriver
 from curate.outputs import SCORES, check_output_folder
-from curate.corpus import Corpus
 from curate.corpus_digest import content_digest
-from curate.errors import CurateError
 from curate.paths import portable, portable_if_local
 from curate.pipelines.actors import FaultPlan, ScoreWorker, WorkerSetup
 from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord, fingerprint_hash

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from curate.pipelines.effects import (
     ALPHA, EQUIVALENCE_SHARE, Comparison, Effect, Paired, compare_to_control, paired_outcome, untestable_reason,
 )
-from curate.pipelines.report import fmt, fmt_diffs
+from curate.pipelines.report_format import fmt, fmt_diffs
 from curate.pipelines.run_metrics import RunMetrics
 from curate.stats import Equivalence, apply_holm, mean_std, tost_paired
 

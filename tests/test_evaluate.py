@@ -19,7 +19,9 @@ from scipy import stats
 
 from curate.attribution.heads import HeadRef
 from curate.errors import CurateError
-from curate.pipelines.lds import SPLIT_FIRST_SEED, bootstrap_interval, lds, predicted_effects, spearman, subset_seeds
+from curate.pipelines.evaluate_options import SPLIT_FIRST_SEED
+from curate.pipelines.lds import lds, predicted_effects, subset_seeds
+from curate.stats import bootstrap_interval, spearman
 from curate.pipelines.lds_outcomes import curve_area, interpolated_emergence, outcome_of_points
 from tests.score_helpers import build_tiny_corpus
 

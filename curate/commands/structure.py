@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from curate.amounts import check_amount
-from curate.augment.index import KINDS, IndexParams, build_index
+from curate.augment.index import KINDS
 from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
 from curate.errors import CurateError

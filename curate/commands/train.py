@@ -12,7 +12,7 @@ from rich.table import Table
 
 from curate.errors import CurateError
 from curate.locks import hold
-from curate.training.presets import find_preset, preset_for
+from curate.training.presets import preset_for
 from curate.options import flag, named, opt, workspace_opt
 from curate.progress import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV
 from curate.commands.options import command, save_config
