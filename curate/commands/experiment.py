@@ -14,13 +14,14 @@ from curate.locks import hold
 from curate.options import flag, opt
 from curate.pipelines.experiment_options import DEFAULT_SEEDS, QUICK_BASELINE_STEPS, ExperimentOptions
 from curate.workspace import resolve_workspace
+from curate.progress import duration_text
 
 HELP = "\n\n".join([
     "Prove an attribution causally: retrain from the window's first checkpoint with the top rows removed or duplicated (and random controls of the same size), for several seeds, and report whether the circuit forms later / sooner.",
     "Arms: baseline, remove-top, remove-random, augment-top, augment-random, augment-neighbors (FAISS neighbours of the top rows, from rows no arm trains on), augment-synthetic (rows built from the top rows' motifs), and a remove-top / augment-top pair per compared scoring method (--methods). Finished runs are skipped on a rerun; --rerun ARM trains one arm again. Output: EXP/report/ (report.md, report.html, figures, results.json), EXP/arms/ARM/seedS/ (run folders), EXP/mixes/, EXP/scores/.",
     f"Default: the workspace's reference run (trained first if missing), the window from step 0 to the first checkpoint after the head formed (no formation: to the last checkpoint at 2/3 of the run, said so in the report), {DEFAULT_SEEDS} seeds, arms trained to twice the window end (the window's length again after it, so a delayed head still forms inside the run). --quick: one seed, an own {QUICK_BASELINE_STEPS}-step baseline at half the corpus's batch size: a smoke test of the pipeline, in which the head does not form, so the report says the effects are not testable. --scales: baseline + augmentation arms on three or more model sizes (--sizes).",
     "--dry-run prints the plan (arms x seeds x steps, the distinct runs to train, rows scored per method, tokens trained) and the estimated time, from scoring batches and training steps timed on --device with the runs' own batch, --micro-batch and --precision; it writes nothing. The baseline must be trained already (or an external --model).",
-    "Pythia (a machine with the hub and a GPU): curate experiment --model EleutherAI/pythia-70m --revision step1000 --corpus PILE_PREFIX --window 0:1000 --batch-size 1024 --micro-batch M --precision bf16 --device cuda --workers 1 --dry-run (then again without --dry-run). The arms start from the hub's stepSTART weights with a fresh optimizer and the model's own published optimiser settings and schedule, as curate train --from applies them (--lr / --warmup-steps / --schedule-steps override them). --micro-batch M runs each step's rows M at a time with gradients accumulated over the step, so a step still sees all 1,024 rows in Pythia's order; pick M so that M rows fit the GPU.",
+    "Pythia (a machine with the hub and a GPU): curate experiment --model EleutherAI/pythia-70m --revision step1000 --corpus PILE_PREFIX --window 0:1000 --batch-size 1024 --micro-batch M --precision bf16 --device cuda --workers 1 --dry-run (then again without --dry-run). The arms start from the hub's stepSTART weights with a fresh optimizer and the model's own published optimiser settings and schedule, as curate train --model applies them (--lr / --warmup-steps / --schedule-steps override them). --micro-batch M runs each step's rows M at a time with gradients accumulated over the step, so a step still sees all 1,024 rows in Pythia's order; pick M so that M rows fit the GPU.",
 ])
 
 
@@ -74,12 +75,6 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
     _print(results, scales)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h ({seconds:,.0f} s)"
-
-
 def print_dry_run(plan: dict) -> None:
     """The dry run: the plan, the calibration and the estimated time."""
     w, steps = plan["window"], plan["arm_steps"]
@@ -95,15 +90,15 @@ def print_dry_run(plan: dict) -> None:
     ]
     for m in plan["scoring"]:
         lines.append(f"scoring {m['method']}: {m['rows_to_score']:,} of {m['rows']:,} rows to score ({m['rows_passed']:,} rows passed "
-                     f"with the fit) at {m['checkpoint']} on {m['workers']} worker(s): {_duration(m['seconds'])}")
+                     f"with the fit) at {m['checkpoint']} on {m['workers']} worker(s): {duration_text(m['seconds'])}")
     lines.append(f"rows scored: {plan['rows_scored']:,}; tokens trained: {plan['tokens_trained']:,} ({plan['tokens_per_run']:,} per run)")
     cal = plan["train_calibration"]
     if cal is not None:
         lines.append(f"training calibration on {plan['device']}: {cal['steps']} steps of {cal['rows_per_step']:,} rows timed, "
                      f"{cal['seconds_per_step']:.3f} s per step")
     est = plan["estimate"]
-    lines.append(f"estimate: scoring {_duration(est['seconds_score'])} + training {_duration(est['seconds_train'])} on "
-                 f"{plan['train_workers']} worker(s) = {_duration(est['seconds'])}; not included: {est['excludes']}")
+    lines.append(f"estimate: scoring {duration_text(est['seconds_score'])} + training {duration_text(est['seconds_train'])} on "
+                 f"{plan['train_workers']} worker(s) = {duration_text(est['seconds'])}; not included: {est['excludes']}")
     for note in plan["notes"]:
         lines.append(f"note: {note}")
     print("\n".join(lines))

@@ -15,6 +15,7 @@ from curate.commands.options import command, save_config
 from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.score_request import ScoreRequest
+from curate.progress import duration_text
 
 
 @dataclass
@@ -75,14 +76,6 @@ def resolved_defaults(options: ScoreOptions, job) -> dict:
     return resolved
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _per_row(seconds: float) -> str:
     return f"{seconds:,.2f} s/row" if seconds >= 1 else f"{seconds * 1000:,.2f} ms/row"
 
@@ -104,8 +97,8 @@ def print_plan(plan: dict) -> None:
         + "; ".join(f"{p['name']} {p['batches']} batch{'es' if p['batches'] != 1 else ''} ({p['rows']} rows) in {p['seconds']:.2f} s = {_per_row(p['seconds_per_row'])}"
                     for p in cal["passes"])
         + f"; probe gradients {cal['seconds_precondition']:.2f} s",
-        f"estimated time: {_duration(est['seconds'])} (fit {_duration(est['seconds_fit'])}, probe {_duration(est['seconds_precondition'])}, "
-        f"score {_duration(est['seconds_score'])}; without {est['excludes']})",
+        f"estimated time: {duration_text(est['seconds'])} (fit {duration_text(est['seconds_fit'])}, probe {duration_text(est['seconds_precondition'])}, "
+        f"score {duration_text(est['seconds_score'])}; without {est['excludes']})",
     ]
     for line in lines:
         print(line)
@@ -118,12 +111,12 @@ def build_plan_lines(plan: dict) -> list[str]:
     for b in plan["builds"]:
         if b["build"] == "default corpus":
             lines.append(f"would build the default corpus: {b['rows']:,} rows of {b['row_len']} tokens (vocabulary {b['vocab_size']}) "
-                         f"-> {b['folder']}; estimated {_duration(b['seconds'])} (timed on {b['sample_docs']} documents; without {b['excludes']})")
+                         f"-> {b['folder']}; estimated {duration_text(b['seconds'])} (timed on {b['sample_docs']} documents; without {b['excludes']})")
         else:
             lines.append(f"would train the reference run: {b['steps']:,} steps of {b['batch_size']} rows, {b['parameters']:,} parameters "
-                         f"-> {b['folder']}; estimated {_duration(b['seconds'])} ({b['seconds_per_step'] * 1000:,.1f} ms/step over "
+                         f"-> {b['folder']}; estimated {duration_text(b['seconds'])} ({b['seconds_per_step'] * 1000:,.1f} ms/step over "
                          f"{b['steps_timed']} timed steps on {b['threads']} thread; without {b['excludes']})")
-    lines.append(f"estimated time before scoring: {_duration(plan['estimate']['seconds'])}; then scoring, whose window ends where "
+    lines.append(f"estimated time before scoring: {duration_text(plan['estimate']['seconds'])}; then scoring, whose window ends where "
                  f"the head forms in the reference run: run this dry run again once it is trained to estimate it")
     return lines
 
