@@ -5,10 +5,13 @@ The interval is `DEFAULT_HEARTBEAT_S` seconds unless the environment variable `C
 (`heartbeat_seconds`; 0 = a line at every step)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 import time
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -56,6 +59,26 @@ class Heartbeat:
     @staticmethod
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def beating(message: Callable[[float], str], seconds: float, say: Callable[[str], None] = Heartbeat.say) -> Iterator[None]:
+    """While the block runs, a background thread says `message(seconds elapsed)` every `seconds` (at least 0.1)."""
+    done = threading.Event()
+    start = time.monotonic()
+    every = max(0.1, seconds)
+
+    def beat() -> None:
+        while not done.wait(every):
+            say(message(time.monotonic() - start))
+
+    thread = threading.Thread(target=beat, name="curate-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 class TrainProgress:

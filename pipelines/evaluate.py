@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -31,10 +29,11 @@ from typing import Callable
 import numpy as np
 
 from curate.errors import CurateError
+from curate.pipelines.arms import is_finished
 from curate.pipelines.evaluate_options import EvaluateOptions, parse_extra_scores, parse_lds_methods
 from curate.pipelines.lds import BOOTSTRAP_SEED, CONFIDENCE, LdsResult, lds, predicted_effects, subset_seeds
 from curate.pipelines.lds_outcomes import AREA, EMERGENCE, RetrainOutcome, read_outcome
-from curate.progress import heartbeat_seconds
+from curate.progress import beating, heartbeat_seconds
 
 Log = Callable[[str], None]
 
@@ -94,38 +93,21 @@ def check_evaluation_folder(out: Path, identity: dict) -> None:
                           "use another output folder")
 
 
-class Heartbeat:
-    """Logs every `every` seconds how many retrains are finished, until stopped."""
+def retrain_heartbeat(runs: list, log: Log, every: float | None = None):
+    """While the retrains train, log every `every` seconds ($CURATE_HEARTBEAT_S) how many are finished."""
+    def message(elapsed: float) -> str:
+        done = sum(is_finished(r.out_dir, r.key) for r in runs)
+        minutes, seconds = divmod(int(elapsed), 60)
+        return f"evaluate: {done}/{len(runs)} retrains finished ({minutes}:{seconds:02d} elapsed)"
 
-    def __init__(self, runs: list, log: Log, every: float | None = None) -> None:
-        self.runs, self.log = runs, log
-        self.every = max(0.1, heartbeat_seconds()) if every is None else every  # one setting: $CURATE_HEARTBEAT_S
-        self.stop_event = threading.Event()
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        from curate.pipelines.arms import is_finished
-
-        while not self.stop_event.wait(self.every):
-            done = sum(is_finished(r.out_dir, r.key) for r in self.runs)
-            minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
-            self.log(f"evaluate: {done}/{len(self.runs)} retrains finished ({minutes}:{seconds:02d} elapsed)")
-
-    def __enter__(self) -> "Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join()
+    return beating(message, heartbeat_seconds() if every is None else every, log)
 
 
 def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s: float | None = None) -> dict:
     """Run (or resume) the evaluation and write its report; returns lds.json's content."""
     from curate.atomic import write_json
     from curate.pipelines.arm_plan import plan_arms
-    from curate.pipelines.arms import is_finished, train_runs
+    from curate.pipelines.arms import train_runs
     from curate.pipelines.baseline_run import prepare_baseline
     from curate.pipelines.ray_holder import ray_holder
     from curate.pipelines.window_choice import choose_window
@@ -165,7 +147,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
             f"each drops {len(subsets[0].rows)} of {values[methods[0]].shape[0]} rows")
         if pending and workers > 1 and len(pending) > 1:
             holder.ensure()
-        with Heartbeat(runs, log, heartbeat_s):
+        with retrain_heartbeat(runs, log, heartbeat_s):
             counts = train_runs(runs, workers, log, device=s.opts.device)  # type: ignore[arg-type]
 
     from curate.pipelines.run_metrics import parse_head_names

@@ -3,14 +3,11 @@ a scheduler) a plain heartbeat line on stderr every `curate.progress.heartbeat_s
 from __future__ import annotations
 
 import contextlib
-import sys
-import threading
-import time
 from typing import Iterator
 
 from rich.console import Console
 
-from curate.progress import heartbeat_seconds
+from curate.progress import beating, heartbeat_seconds
 
 def _elapsed(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
@@ -27,18 +24,5 @@ def heartbeat(label: str, quiet: bool = False) -> Iterator[None]:
         with console.status(f"{label} ...", spinner="dots"):
             yield
         return
-    done = threading.Event()
-    start = time.monotonic()
-    interval = max(0.1, heartbeat_seconds())  # one setting for every command's heartbeat (curate.progress)
-
-    def beat() -> None:
-        while not done.wait(interval):
-            print(f"{label}: working, {_elapsed(time.monotonic() - start)} so far", file=sys.stderr, flush=True)
-
-    thread = threading.Thread(target=beat, name="curate-heartbeat", daemon=True)
-    thread.start()
-    try:
+    with beating(lambda elapsed: f"{label}: working, {_elapsed(elapsed)} so far", heartbeat_seconds()):
         yield
-    finally:
-        done.set()
-        thread.join()
