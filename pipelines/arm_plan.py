@@ -45,6 +45,7 @@ class ArmPlan:
     n_remove: int
     n_add: int
     pool: tuple[int, int] | None  # rows no arm trains on (neighbour pool)
+    row_limit: int  # the first row of the corpus no arm may read (its held-out rows, or the end)
     notes: list[str] = field(default_factory=list)
 
 
@@ -55,15 +56,7 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     uses_remove = any(a.startswith("remove-") for a in s.arms)
     n_remove = parse_amount(s.opts.k, window_rows, "rows removed")
     n_add = parse_amount(s.opts.augment, window_rows, "rows added")
-    corpus = open_corpus(b.corpus)
-    heldout = run_json.get("spec", {}).get("heldout") if run_json else None
-    start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None and not heldout else None
-    if start is not None:
-        limit = int(start)
-    elif heldout:
-        limit = training_rows(corpus)  # a separate held-out corpus: every row but the corpus's own held-out rows, if any
-    else:
-        limit = corpus.num_rows - int(run_json.get("spec", {}).get("heldout_rows", 64) if run_json else 64)
+    limit = row_limit(b.corpus, run_json)
     extra = n_remove if uses_remove else 0
     cap = (limit - extra) // b.batch_size
     notes: list[str] = []
@@ -85,7 +78,20 @@ def plan_arms(s: Setting, window: Window, run_json: dict) -> ArmPlan:
     if "augment-neighbors" in s.arms and pool is None:
         raise CurateError(f"augment-neighbors: only {max(0, limit - first_free)} rows of {b.corpus} lie outside every arm's "
                           f"training rows, fewer than the {n_add} to add; train the arms fewer steps or leave this arm out")
-    return ArmPlan(steps, n_remove, n_add, pool, notes)
+    return ArmPlan(steps, n_remove, n_add, pool, limit, notes)
+
+
+def row_limit(corpus_path: str, run_json: dict) -> int:
+    """The first row of the corpus no arm may read: its held-out rows (`heldout_start`), or, when the scored run held
+    out a separate corpus, the corpus's own training rows; else the run's trailing `heldout_rows` (default 64)."""
+    corpus = open_corpus(corpus_path)
+    heldout = run_json.get("spec", {}).get("heldout") if run_json else None
+    start = corpus.meta.extra.get("heldout_start") if corpus.meta is not None and not heldout else None
+    if start is not None:
+        return int(start)
+    if heldout:
+        return training_rows(corpus)  # a separate held-out corpus: every row but the corpus's own held-out rows, if any
+    return corpus.num_rows - int(run_json.get("spec", {}).get("heldout_rows", 64) if run_json else 64)
 
 
 def ensure_pool_index(s: Setting, plan: ArmPlan, log: Log) -> Path | None:

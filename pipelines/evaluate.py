@@ -5,7 +5,10 @@
    scores are reused), plus any extra scores folders of the same window (--scores NAME=FOLDER).
 2. Subsets: subset i of the split (`pipelines.lds.subset_seeds`) drops --drop random rows of the window; it is the
    experiment's remove-random mix with the subset's seed (`build-mix --remove DROP --control random --seed S`),
-   so the rows a retrain drops are exactly its plan's `drop` list (EVAL/subsets/subset-S/).
+   so the rows a retrain drops are exactly its plan's `drop` list (EVAL/subsets/subset-S/). --design
+   (`pipelines.lds_design`): replace (default) trains the baseline's stream with a filler row, one the retrains never
+   train otherwise, at each dropped row's position (the mix folder's replace-plan.json, filler.json); compact trains
+   the mix's plan.json, where the later rows move up into the freed positions.
 3. Retrains: each subset's mix trained like the experiment's arms (`pipelines.arm_plan.arm_specs`, arm seed 0:
    from the window's first checkpoint, or at a window from step 0 from the scored run's own initialisation),
    in-process or on Ray (`pipelines.arms.train_runs`); finished retrains are skipped, a killed one resumes from
@@ -32,6 +35,8 @@ from curate.errors import CurateError
 from curate.pipelines.arms import is_finished
 from curate.pipelines.evaluate_options import EvaluateOptions, parse_extra_scores, parse_lds_methods
 from curate.pipelines.lds import BOOTSTRAP_SEED, CONFIDENCE, LdsResult, lds, predicted_effects, subset_seeds
+from curate.pipelines.lds_design import (REPLACE, REPLACE_PLAN, FillerRange, check_filler, design_identity, filler_range,
+                                         read_filler, write_replace_plan)
 from curate.pipelines.lds_outcomes import AREA, EMERGENCE, RetrainOutcome, read_outcome
 from curate.progress import beating, heartbeat_seconds
 
@@ -62,12 +67,14 @@ def retrain_folder(out: Path, seed: int) -> Path:
 
 @dataclass
 class Subset:
-    """One subset: its seed, the window-relative rows it drops, its mix and its retrain."""
+    """One subset: its seed, the window-relative rows it drops, its mix, its retrain and (design replace) the base-corpus
+    rows that take the dropped rows' positions, one per dropped row."""
 
     seed: int
     rows: np.ndarray
     mix: Path
     run: object  # pipelines.arms.ArmRun
+    filler: np.ndarray | None = None
 
 
 def check_evaluation_folder(out: Path, identity: dict) -> None:
@@ -120,7 +127,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
     out = Path(abs_path(opts.out if opts.out is not None else default_out(opts)))
     exp_opts = replace(opts, out=out, arms=RETRAIN_ARM, k=opts.drop, seeds=1, first_seed=0, methods="mda")
     s = resolve_setting(exp_opts, log)
-    identity = {**s.identity, "drop": opts.drop, "split": opts.split}
+    identity = {**s.identity, "drop": opts.drop, "split": opts.split, **design_identity(opts.design)}
     check_evaluation_folder(out, identity)
     for name, folder in extra.items():
         if not folder.is_dir():
@@ -135,12 +142,15 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         if not window.start_step < horizon <= plan.steps:
             raise CurateError(f"--horizon {horizon}: must lie after the window's start (step {window.start_step}) and at most "
                               f"at the retrains' last step {plan.steps}")
+        fill = filler_range(plan.steps, s.baseline.batch_size, plan.row_limit) if opts.design == REPLACE else None
+        if fill is not None:
+            check_filler(plan.n_remove, fill)
         out.mkdir(parents=True, exist_ok=True)  # the first byte written into the folder: every input checked
         write_json(out / EVALUATION_FILE, {"identity": identity})
         folders, summary = score_methods(s, window, methods, holder, log)
         folders.update(extra)
         values = window_values(folders, window, s.baseline.batch_size, s.baseline.corpus)
-        subsets = build_subsets(s, window, plan, run_json, folders[methods[0]], out, opts.split, opts.subsets, log)
+        subsets = build_subsets(s, window, plan, run_json, folders[methods[0]], out, opts.split, opts.subsets, log, fill)
         runs = [sub.run for sub in subsets]
         pending = [r for r in runs if not is_finished(r.out_dir, r.key)]  # type: ignore[attr-defined]
         log(f"evaluate: {len(runs)} subsets of the window ({len(runs) - len(pending)} retrained already), "
@@ -165,6 +175,8 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         "threshold": s.threshold,
         "split": opts.split,
         "drop": opts.drop,
+        "design": opts.design,
+        "filler_rows": fill.to_json() if fill is not None else None,
         "window": {"start": window.start_step, "end": window.end_step, "rows": int(values[methods[0]].shape[0]),
                    "batch_size": s.baseline.batch_size},
         "horizon": horizon,
@@ -174,6 +186,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         "methods": list(folders),
         "baseline": baseline.to_json() if baseline is not None else None,
         "subsets": [{"seed": sub.seed, "dropped": int(len(sub.rows)), "mix": str(sub.mix), "run": str(sub.run.out_dir),  # type: ignore[attr-defined]
+                     "plan": str(sub.run.spec.plan),  # type: ignore[attr-defined]
                      "outcome": o.to_json(),
                      "predicted": {name: float(p[i]) for name, p in predicted.items()}}
                     for i, (sub, o) in enumerate(zip(subsets, outcomes))],
@@ -222,25 +235,38 @@ def window_values(folders: dict[str, Path], window, batch_size: int, corpus: str
     return out
 
 
-def build_subsets(s, window, plan, run_json: dict, mix_source: Path, out: Path, split: str, count: int, log: Log) -> list[Subset]:
-    """Every subset's mix (built once, atomically) and retrain spec."""
+def build_subsets(s, window, plan, run_json: dict, mix_source: Path, out: Path, split: str, count: int, log: Log,
+                  fill: FillerRange | None = None) -> list[Subset]:
+    """Every subset's mix (built once, atomically) and retrain spec; with `fill` (design replace) the mix folder also
+    holds the replace plan, whose filler rows come from `fill`, and the retrain trains that plan."""
     from curate.augment.mix import MixSpec, build_mix
     from curate.pipelines.arm_plan import arm_specs
-    from curate.pipelines.arms import ArmRun
+    from curate.pipelines.arms import ArmRun, run_key
 
     one = replace(s, arms=[RETRAIN_ARM], seeds=[0])
+    first_row = window.start_step * s.baseline.batch_size
+    corpus = str(Path(s.baseline.corpus).resolve())
     subsets = []
     for seed in subset_seeds(split, count):
         mix = subset_folder(out, seed)
         if not (mix / "plan.json").is_file():
             log(f"evaluate: subset {seed} -> {mix}")
-            build_mix(mix_source, mix, MixSpec(remove=s.opts.k, control="random", seed=seed))
+            add = None if fill is None else replace_plan_writer(mix, corpus, fill, seed, first_row)
+            build_mix(mix_source, mix, MixSpec(remove=s.opts.k, control="random", seed=seed), before_manifest=add)
         dropped = np.asarray(json.loads((mix / "plan.json").read_text()).get("drop", []), dtype=np.int64)
-        first_row = window.start_step * s.baseline.batch_size
         template = arm_specs(one, window, plan, run_json, {(RETRAIN_ARM, 0): mix})[0]
-        run = ArmRun("subset", seed, retrain_folder(out, seed), template.spec, template.key)
-        subsets.append(Subset(seed, dropped - first_row, mix, run))
+        spec, key, filler = template.spec, template.key, None
+        if fill is not None:
+            spec = replace(spec, plan=str((mix / REPLACE_PLAN).resolve()))
+            key, filler = run_key(spec), read_filler(mix)
+        run = ArmRun("subset", seed, retrain_folder(out, seed), spec, key)
+        subsets.append(Subset(seed, dropped - first_row, mix, run, filler))
     return subsets
+
+
+def replace_plan_writer(mix: Path, corpus: str, fill: FillerRange, seed: int, first_row: int) -> Callable[[Path], None]:
+    """build-mix's hook that writes the replace design's plan into the mix's temporary folder (before its manifest)."""
+    return lambda tmp: write_replace_plan(tmp, mix, corpus, fill, seed, first_row)
 
 
 def baseline_outcome(s, metric: str, targeted, start: int, horizon: int) -> RetrainOutcome | None:

@@ -23,6 +23,11 @@ SPLIT_FIRST_SEED = {"dev": 10_000, "report": 20_000}
 subsets a variant is chosen on are never the ones it is reported on."""
 MAX_SUBSETS = 10_000  # the width of each split's seed range
 
+DESIGNS = ("replace", "compact")
+"""How a subset's retrain leaves its dropped rows out (`pipelines.lds_design`): replace = each dropped row's stream
+position holds a filler row the retrains never train otherwise (every other row keeps its step); compact = the
+dropped rows are removed and every later row moves up (the experiment's remove-random mix, the first design)."""
+
 
 @dataclass
 class EvaluateOptions(ExperimentOptions):
@@ -31,6 +36,7 @@ class EvaluateOptions(ExperimentOptions):
     subsets: int = opt(24, "--subsets", help=f"Random subsets of the window, one retrain each (at most {MAX_SUBSETS}; a larger count later adds retrains, the first ones are kept).")
     drop: str = opt("10%", "--drop", help="Rows each subset drops: a share of the window (10%), a fraction (0.1) or a count.")
     split: str = opt("dev", "--split", help="dev (choose variants on these subsets) or report (report on these): disjoint seed ranges, never the same subset.")
+    design: str = opt(DESIGNS[0], "--design", help="replace: each dropped row's position holds a filler row the retrains never train otherwise (rows after their last, before the held-out rows), every other row keeps its step; compact: the dropped rows are removed and the later rows move up.")
     horizon: int | None = opt(None, "--horizon", help="The area outcome integrates the targeted heads' score from the window's start to this step (default: the retrains' last step).", show_default=False)
     lds_methods: str = opt(DEFAULT_METHODS, "--methods", help="Scoring methods whose scores of the window are evaluated (each scored like the experiment's; finished scores are reused).")
     extra_scores: str | None = opt(None, "--scores", help="More scores folders of the same window to evaluate on the same retrains, NAME=FOLDER[,NAME=FOLDER] (a variant costs its scoring only).", show_default=False)
@@ -94,6 +100,8 @@ def check_evaluate_options(opts: EvaluateOptions) -> None:
         parse_extra_scores(opts.extra_scores, methods)
     if opts.split not in SPLITS:
         raise option_error(opts, "split", f"{opts.split!r}: expected one of {', '.join(SPLITS)}")
+    if opts.design not in DESIGNS:
+        raise option_error(opts, "design", f"{opts.design!r}: expected one of {', '.join(DESIGNS)}")
     if not 1 <= opts.subsets <= MAX_SUBSETS:
         raise option_error(opts, "subsets", f"must be 1 to {MAX_SUBSETS} (got {opts.subsets})")
     check_positive(opts, "horizon", "bootstrap")

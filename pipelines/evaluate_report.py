@@ -33,6 +33,17 @@ def _emergence(v: float | None, last: int) -> str:
     return f"> {last}" if v is None else f"{v:.0f}"
 
 
+def design_text(r: dict) -> str:
+    """One sentence: how the retrains leave the dropped rows out (`pipelines.lds_design`)."""
+    if r.get("design", "compact") == "compact":
+        return ("Design compact: the dropped rows are removed from the retrain's row stream and every later row moves up "
+                "into the freed positions (so every later row trains earlier than in the baseline).")
+    start, stop = r["filler_rows"]
+    return (f"Design {r['design']}: each dropped row's position in the retrain's row stream holds a filler row instead, drawn "
+            f"with the subset's seed from rows {start:,}-{stop:,} of the corpus (rows the retrains never train otherwise, "
+            "before the held-out rows); every other row trains at its baseline step.")
+
+
 def markdown(r: dict) -> str:
     w = r["window"]
     lines = [
@@ -41,6 +52,8 @@ def markdown(r: dict) -> str:
         f"{len(r['subsets'])} random subsets of the window (steps {w['start']}-{w['end']}, {w['rows']:,} rows), each dropping "
         f"{r['drop']} ({r['subsets'][0]['dropped']:,} rows); one retrain per subset to step {r['retrain_steps']}. "
         f"Targeted heads {', '.join(r['targeted_heads'])}.",
+        "",
+        design_text(r),
         "",
         "Predicted effect of a subset: the sum of its dropped rows' scores. Measured: the area the targeted heads' mean "
         f"{r['metric']} score loses (minus its mean from step {w['start']} to the horizon, step {r['horizon']}), and the "

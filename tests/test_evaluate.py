@@ -202,3 +202,114 @@ def test_bad_input_is_one_error_line(tiny_eval, tmp_path):
     with pytest.raises(CurateError, match="--horizon 50"):
         run_evaluation(EvaluateOptions(**{**opts.__dict__, "out": tmp_path / "h", "horizon": 50}))
     assert not (tmp_path / "h").exists()
+
+
+# --------------------------------------------------------------------------- the design (replace / compact)
+
+
+def _streams(plan_path: str | None, corpus, steps: int = 40, batch: int = 8) -> np.ndarray:
+    """The (source, row) stream a plan trains on the corpus: base rows only, so the row ids."""
+    from curate.training.plan import load_plan, resolve_stream
+
+    stream = resolve_stream(load_plan(plan_path), corpus, batch, steps)
+    assert (stream.source == 0).all()
+    return stream.row
+
+
+def _trained_plan(run: Path) -> Path:
+    """The plan a retrain folder's run.json says it trained."""
+    return (run / json.loads((run / "run.json").read_text())["spec"]["plan"]).resolve()
+
+
+def test_replace_keeps_every_position_but_the_dropped_ones(tiny_eval):
+    """The default design: each retrain trains the baseline's 320 rows position for position, except at its 16
+    dropped positions, which hold distinct rows after the retrain's last (never held-out ones), as filler.json says;
+    and the retrain really trained that plan."""
+    from curate.corpus import open_corpus
+    from curate.pipelines.arm_plan import row_limit
+
+    r = json.loads((tiny_eval["out"] / "lds.json").read_text())
+    corpus = open_corpus(tiny_eval["base"] / "corpus")
+    limit = row_limit(corpus.path, json.loads((tiny_eval["base"] / "run" / "run.json").read_text()))
+    assert limit == corpus.num_rows - 64 and limit > 320 + 16  # the run's 64 held-out rows are the corpus's last
+    assert r["design"] == "replace" and r["filler_rows"] == [320, limit]
+    assert "Design replace" in (tiny_eval["out"] / "report.md").read_text()
+    baseline = _streams(None, corpus)
+    assert baseline.tolist() == list(range(320))
+    fillers = []
+    for s in r["subsets"]:
+        mix = Path(s["mix"])
+        dropped = _drops(mix, 0)
+        assert s["plan"] == str((mix / "replace-plan.json").resolve())
+        assert _trained_plan(Path(s["run"])) == Path(s["plan"])
+        stream = _streams(s["plan"], corpus)
+        assert len(stream) == len(baseline) == 320
+        kept = np.setdiff1d(np.arange(320), dropped)
+        assert np.array_equal(stream[kept], baseline[kept])
+        filler = stream[dropped]
+        assert ((filler >= 320) & (filler < limit)).all() and len(set(filler.tolist())) == 16
+        record = json.loads((mix / "filler.json").read_text())
+        assert record["filler"] == filler.tolist() and record["dropped_window_rows"] == dropped.tolist()
+        assert "filler.json" in json.loads((mix / "manifest.json").read_text())["outputs"]
+        fillers.append(tuple(filler))
+    assert len(set(fillers)) == len(r["subsets"]) >= 3  # each subset's seed draws its own fillers
+
+
+def test_compact_is_todays_stream_and_a_folder_refuses_the_other_design(tiny_eval, tmp_path):
+    """--design compact: the retrain trains the mix's plan.json (the rows after a dropped one move up), the identity is
+    today's (no design key), and each design's folder refuses the other with the one-line settings error."""
+    from curate.corpus import open_corpus
+    from curate.pipelines.evaluate import run_evaluation
+    from curate.pipelines.evaluate_options import EvaluateOptions
+
+    base = tiny_eval["base"]
+    opts = EvaluateOptions(circuit="previous-token", threshold=0.104, model=str(base / "run"), window="0:20", steps=40,
+                           drop="10%", lds_methods="copy-share", workers=1, bootstrap=50, out=tmp_path / "compact",
+                           workspace=base / "ws", subsets=1, design="compact", progress=False)
+    with pytest.raises(CurateError, match=r"other settings \(changed: design\)"):
+        run_evaluation(EvaluateOptions(**{**opts.__dict__, "out": tiny_eval["out"]}))
+    r = run_evaluation(opts)
+    assert r["design"] == "compact" and r["filler_rows"] is None and "Design compact" in (opts.out / "report.md").read_text()
+    assert "design" not in json.loads((opts.out / "evaluation.json").read_text())["identity"]
+    mix = Path(r["subsets"][0]["mix"])
+    assert r["subsets"][0]["plan"] == str((mix / "plan.json").resolve()) and not (mix / "filler.json").exists()
+    assert _trained_plan(Path(r["subsets"][0]["run"])) == (mix / "plan.json").resolve()
+    corpus = open_corpus(tiny_eval["base"] / "corpus")
+    dropped = _drops(mix, 0)
+    today = np.setdiff1d(np.arange(320 + 16), dropped)[:320]  # the dropped rows removed, the later ones moved up
+    assert np.array_equal(_streams(r["subsets"][0]["plan"], corpus), today)
+    # the same seed drops the same rows in both designs
+    replace_first = json.loads((tiny_eval["out"] / "lds.json").read_text())["subsets"][0]
+    assert replace_first["seed"] == r["subsets"][0]["seed"] and np.array_equal(_drops(Path(replace_first["mix"]), 0), dropped)
+    with pytest.raises(CurateError, match=r"other settings \(changed: design\)"):
+        run_evaluation(EvaluateOptions(**{**opts.__dict__, "design": "replace"}))
+
+
+def test_the_filler_rule_and_its_refusal():
+    from curate.pipelines.lds_design import check_filler, filler_range, filler_rows, replace_order
+
+    fill = filler_range(10, 4, 50)  # 40 trained rows, rows 40-49 never trained
+    assert (fill.start, fill.stop, fill.rows) == (40, 50, 10)
+    a = filler_rows(10, fill, seed=7)
+    assert sorted(a.tolist()) == list(range(40, 50)) and np.array_equal(a, filler_rows(10, fill, seed=7))
+    assert not np.array_equal(filler_rows(5, fill, seed=7), filler_rows(5, fill, seed=8))
+    order = replace_order(np.array([3, 17, 39]), np.array([45, 41, 48]), 40)
+    expected = np.arange(40)
+    expected[[3, 17, 39]] = [45, 41, 48]
+    assert np.array_equal(order, expected)
+    with pytest.raises(CurateError, match="need as many filler rows") as e:
+        check_filler(11, fill)
+    assert str(e.value) == ("--design replace: each subset's 11 dropped rows need as many filler rows the retrains never "
+                            "train (rows 40 to 50 of the corpus, before its held-out rows), but only 10 exist; use fewer "
+                            "--steps, a smaller --drop or --design compact")
+    with pytest.raises(CurateError, match="only 0 exist"):
+        filler_rows(1, filler_range(10, 4, 40), seed=0)
+    with pytest.raises(CurateError, match="outside"):
+        replace_order(np.array([40]), np.array([45]), 40)
+
+
+def test_the_cli_takes_design_and_extra_scores(tmp_path):
+    proc = curate_cli(["evaluate", "--design", "shift"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: --design 'shift': expected one of replace, compact"]
+    proc = curate_cli(["evaluate", "--scores", "mda"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: --scores 'mda': expected NAME=FOLDER"]
