@@ -308,8 +308,15 @@ def test_the_filler_rule_and_its_refusal():
         replace_order(np.array([40]), np.array([45]), 40)
 
 
-def test_the_cli_takes_design_and_extra_scores(tmp_path):
-    proc = curate_cli(["evaluate", "--design", "shift"], cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: --design 'shift': expected one of replace, compact"]
-    proc = curate_cli(["evaluate", "--scores", "mda"], cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["error: --scores 'mda': expected NAME=FOLDER"]
+def test_the_cli_takes_design_and_extra_scores(tmp_path, monkeypatch):
+    """--design and --scores NAME=FOLDER reach their checks (in process: the one-line exit is `cli.main`'s)."""
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for args, message in ((["--design", "shift"], "--design 'shift': expected one of replace, compact"),
+                          (["--scores", "mda"], "--scores 'mda': expected NAME=FOLDER"),
+                          (["--scores", "copy-share=x"], "--scores 'copy-share': named twice")):
+        result = CliRunner().invoke(app, ["evaluate", *args])
+        assert isinstance(result.exception, CurateError) and str(result.exception).startswith(message), result.output
