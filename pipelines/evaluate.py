@@ -154,7 +154,7 @@ def run_evaluation(opts: EvaluateOptions, log: Log = lambda m: None, heartbeat_s
         runs = [sub.run for sub in subsets]
         pending = [r for r in runs if not is_finished(r.out_dir, r.key)]  # type: ignore[attr-defined]
         log(f"evaluate: {len(runs)} subsets of the window ({len(runs) - len(pending)} retrained already), "
-            f"each drops {len(subsets[0].rows)} of {values[methods[0]].shape[0]} rows")
+            f"each drops {len(subsets[0].rows)} of {values[methods[0]].shape[0]} rows (design {opts.design})")
         if pending and workers > 1 and len(pending) > 1:
             holder.ensure()
         with retrain_heartbeat(runs, log, heartbeat_s):
