@@ -1,15 +1,21 @@
 """Option fields: a dataclass field carries its CLI flag(s) and help as plain metadata, so an options dataclass
 is both the library's input and the command line (the CLI builds its commands from it; no typer here).
 
-A command whose work is a library spec composes it: `mix: MixSpec = composed(MixSpec, remove=spec_flag("--remove",
-help=...), ...)` puts each named field of the spec on the command line (default: the spec's own), and the command
-gets the spec object whole (no fields mirrored and copied by name).
+One pattern ties a command's options to the library: the command's options class COMPOSES the library's spec or
+request (a field `composed(Spec, ...)`), never inherits it nor mirrors its fields to copy them by name. The
+composed object's fields are on the command line in place: those it declares with `opt(...)` itself
+(`ScoreRequest`, `ExperimentOptions`, `TrainRequest`: the library holds their flags and help) and those the command
+names with `spec_flag(...)` (`mix: MixSpec = composed(MixSpec, remove=spec_flag("--remove", help=...), ...)`). The
+command's own fields are only how it prints and where it writes (`--json`, `--quiet`, `--out`, ...), and it hands
+the library the composed object whole (`options.request`, `options.mix`). `flat=True` keeps the spec's fields among
+the command's own in `command.json`, as saved before the spec was composed (a config is read back either way).
 
 `opt(default, "--batch-rows", help=...)` declares an option, `arg(default, help=...)` a positional argument
 (`...` as the default = required); `deprecated=("--old",)` keeps old spellings working (hidden from the help, one
 warning line on stderr when used). `flag(options, "batch_rows")` is the name a message uses for the field, and
-`named(options, "window")` prefixes a plain error from a parser with it. `to_json` / `from_json` save and
-load the values (paths as given) for a replayable config."""
+`named(options, "window")` prefixes a plain error from a parser with it. `option_value` / `replaced` read and set a
+field wherever it lives (the options or a spec they compose). `to_json` / `from_json` save and load the values
+(paths as given) for a replayable config."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +30,7 @@ from curate.errors import CurateError
 from curate.workspace import WORKSPACE_HELP
 
 CLI = "cli"  # the metadata key of a field's CLI declaration
-COMPOSED = "composed"  # the metadata key of a field holding a library spec: {"cls": spec class, "flags": {field: cli}}
+COMPOSED = "composed"  # the metadata key of a field holding a library spec: {"cls": spec class, "flags": {field: cli}, "flat": bool}
 
 
 def opt(default: Any = ..., *flags: str, help: str, show_default: bool = True, deprecated: tuple[str, ...] = (),
@@ -52,13 +58,22 @@ def spec_flag(*flags: str, help: str, show_default: bool = True, deprecated: tup
             "deprecated": tuple(deprecated), "extra": extra}
 
 
-def composed(spec_cls: type, **flags: dict) -> Any:
-    """A field holding the library's `spec_cls`; `flags` (field name -> `spec_flag(...)`) put those of its fields on
-    the command line, the others keep the spec's defaults."""
+def composed(spec_cls: type, *, flat: bool = False, **flags: dict) -> Any:
+    """A field holding the library's `spec_cls`: its fields declared with `opt(...)` and those named in `flags`
+    (field name -> `spec_flag(...)`, which overrides a field's own declaration) are on the command line, the others
+    keep the spec's defaults. `flat`: `to_json` stores the spec's fields among the command's own (as a command that
+    inherited the spec stored them), else as one object under the field's name."""
     unknown = sorted(set(flags) - {f.name for f in dataclasses.fields(spec_cls)})
     if unknown:
         raise TypeError(f"{spec_cls.__name__} has no field {', '.join(unknown)}")
-    return dataclasses.field(default_factory=spec_cls, metadata={COMPOSED: {"cls": spec_cls, "flags": flags}})
+    return dataclasses.field(default_factory=spec_cls, metadata={COMPOSED: {"cls": spec_cls, "flags": flags, "flat": flat}})
+
+
+def composed_flags(spec_cls: type, flags: dict) -> dict[str, dict]:
+    """The CLI declarations of a composed spec's fields: `flags` (in their order), then the fields the spec declares
+    itself with `opt`/`arg` (in its order)."""
+    own = {f.name: f.metadata[CLI] for f in dataclasses.fields(spec_cls) if CLI in f.metadata and f.name not in flags}
+    return {**flags, **own}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +106,55 @@ def cli_params(cls: type) -> list[CliParam]:
             spec_cls, flags = f.metadata[COMPOSED]["cls"], f.metadata[COMPOSED]["flags"]
             spec_hints = typing.get_type_hints(spec_cls)
             by_name = {g.name: g for g in dataclasses.fields(spec_cls)}
-            for name, cli in flags.items():
+            for name, cli in composed_flags(spec_cls, flags).items():
                 out.append(CliParam(name, cli, _default(by_name[name]), spec_hints[name], owner=f.name))
+    seen: set[str] = set()
+    for p in out:
+        if p.name in seen:
+            raise TypeError(f"{cls.__name__}: two command-line parameters named {p.name!r}")
+        seen.add(p.name)
     return out
+
+
+def _owner(cls: type, name: str) -> str | None:
+    """The field of `cls` that holds field `name`: None for its own field, else the composed spec's field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if name in names:
+        return None
+    for f in dataclasses.fields(cls):
+        if COMPOSED in f.metadata and name in {g.name for g in dataclasses.fields(f.metadata[COMPOSED]["cls"])}:
+            return f.name
+    raise KeyError(name)
+
+
+def has_option(options: Any, name: str) -> bool:
+    """Whether the options (or a spec they compose) have field `name`."""
+    try:
+        _owner(options if isinstance(options, type) else type(options), name)
+    except KeyError:
+        return False
+    return True
+
+
+def option_value(options: Any, name: str) -> Any:
+    """The value of field `name` of the options or of a spec they compose (KeyError: neither has it)."""
+    owner = _owner(type(options), name)
+    return getattr(options if owner is None else getattr(options, owner), name)
+
+
+def replaced(options: Any, **changes: Any) -> Any:
+    """The options with each changed field replaced where it lives (the options or a spec they compose)."""
+    top: dict = {}
+    parts: dict[str, dict] = {}
+    for name, value in changes.items():
+        owner = _owner(type(options), name)
+        if owner is None:
+            top[name] = value
+        else:
+            parts.setdefault(owner, {})[name] = value
+    for owner, part in parts.items():
+        top[owner] = dataclasses.replace(top.get(owner, getattr(options, owner)), **part)
+    return dataclasses.replace(options, **top)
 
 
 def build_options(cls: type, values: dict) -> Any:
@@ -163,10 +224,14 @@ def check_positive(options: Any, *names: str, minimum: int = 1) -> None:
 
 
 def to_json(options: Any) -> dict:
-    """The field values as JSON data (paths as given, enums by value, a composed spec as an object)."""
+    """The field values as JSON data (paths as given, enums by value, a composed spec as an object, or its fields
+    among the others when it is composed `flat`)."""
     out = {}
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
+        if COMPOSED in f.metadata and f.metadata[COMPOSED]["flat"]:
+            out.update(to_json(value))
+            continue
         if COMPOSED in f.metadata:
             value = to_json(value)
         elif isinstance(value, enum.Enum):
@@ -182,7 +247,7 @@ def from_json(cls: type, data: dict) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     data = dict(data)
-    for f in fields.values():  # a config saved before the spec was composed holds its fields flat
+    for f in fields.values():  # a spec composed `flat`, or saved before it was composed, has its fields among the others
         if COMPOSED in f.metadata and f.name not in data:
             spec_names = {g.name for g in dataclasses.fields(f.metadata[COMPOSED]["cls"])}
             data[f.name] = {k: data.pop(k) for k in list(data) if k in spec_names and k not in fields}

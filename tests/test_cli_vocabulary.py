@@ -112,3 +112,47 @@ def test_an_old_spelling_works_with_one_warning_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(lines) == 2, proc.stderr
     assert lines[0].startswith("warning: --top is deprecated") and "--query-rows" in lines[0]
     assert lines[1].startswith("error: --query-rows '0'"), lines[1]
+
+
+def test_every_command_composes_the_library_spec_whole() -> None:
+    """One pattern (`curate/options.py`): a command's options compose the library's spec, never inherit it nor mirror
+    its fields; a spec composed `flat` keeps command.json flat and reads back equal; fields are read and replaced
+    wherever they live."""
+    import dataclasses
+
+    from curate.augment.mix_spec import MixSpec
+    from curate.commands.evaluate import EvaluateCommandOptions
+    from curate.commands.experiment import ExperimentCommandOptions
+    from curate.commands.mix import BuildMixOptions
+    from curate.commands.options import COMMANDS
+    from curate.commands.score import ScoreOptions
+    from curate.commands.train import TrainOptions
+    from curate.options import CLI, build_options, cli_params, from_json, option_value, replaced, to_json
+    from curate.pipelines.evaluate_options import EvaluateOptions
+    from curate.pipelines.experiment_options import ExperimentOptions
+    from curate.pipelines.score_request import ScoreRequest
+    from curate.training.train_request import TrainRequest
+
+    pairs = [(ScoreOptions, ScoreRequest), (ExperimentCommandOptions, ExperimentOptions),
+             (EvaluateCommandOptions, EvaluateOptions), (TrainOptions, TrainRequest), (BuildMixOptions, MixSpec)]
+    for options_cls, spec_cls in pairs:
+        assert spec_cls not in options_cls.__mro__
+        own = {f.name for f in dataclasses.fields(options_cls)}
+        assert not own & {f.name for f in dataclasses.fields(spec_cls)}, options_cls  # nothing mirrored
+        if spec_cls is not MixSpec:  # the spec's own flags, in its order, all of them on the command line
+            assert [p.name for p in cli_params(options_cls) if p.owner is not None] == \
+                [f.name for f in dataclasses.fields(spec_cls) if CLI in f.metadata]
+    for name in ("score", "experiment", "evaluate", "train", "build-mix"):
+        options_cls = COMMANDS[name][0]
+        assert not any(issubclass(options_cls, spec) for _, spec in pairs), name
+
+    o = build_options(ScoreOptions, {"circuit": "previous-token", "top": "5%", "quiet": True})
+    assert (o.request.circuit, o.request.top, o.request.progress, o.quiet) == ("previous-token", "5%", False, True)
+    saved = to_json(o)
+    assert saved["circuit"] == "previous-token" and saved["progress"] is False and "request" not in saved  # flat
+    assert from_json(ScoreOptions, saved) == o
+    moved = replaced(o, out=Path("x"), as_json=True)
+    assert (moved.request.out, moved.as_json, moved.request.circuit, o.request.out) == (Path("x"), True, "previous-token", None)
+    assert option_value(moved, "out") == Path("x") and option_value(moved, "quiet") is True
+    mix = build_options(BuildMixOptions, {"scores": Path("s"), "remove": "20%"})
+    assert to_json(mix)["mix"]["remove"] == "20%" and from_json(BuildMixOptions, to_json(mix)) == mix  # nested

@@ -68,7 +68,7 @@ def test_replay_from_another_folder(kind, inputs, tmp_path, monkeypatch, capsys)
     if kind == "run":  # the saved options found their corpus; replaying a finished run continues it: nothing to do
         assert code == 0, err
         _, options = load_config(Path(_rel(folder, elsewhere)))
-        assert Path(options.corpus).resolve() == inputs["tiny"].resolve() and Path(options.out).resolve() == folder.resolve()
+        assert Path(options.request.corpus).resolve() == inputs["tiny"].resolve() and Path(options.out).resolve() == folder.resolve()
         assert digest(folder) == before
         return
     assert code == 0, err

@@ -77,6 +77,27 @@ def test_a_preset_brings_its_architecture_and_training_settings(corpus, tmp_path
     assert (spec["weight_decay"], spec["beta2"], spec["batch_size"]) == (0.1, 0.95, 2)
 
 
+def test_the_train_flags_are_the_library_train_request_composed_whole():
+    """`curate train` composes `TrainRequest` (no field of the command copied to TrainSpec by name): every request field
+    but the shape flags is a TrainSpec field, given ones pass as they are, the shape flags map explicitly."""
+    from dataclasses import fields
+
+    from curate.commands.train import TrainOptions
+    from curate.options import cli_params, flag
+    from curate.training.spec import TrainSpec
+    from curate.training.train_request import SHAPE_FLAGS, TrainRequest
+
+    names = {f.name for f in fields(TrainRequest)}
+    assert names - set(SHAPE_FLAGS) <= {f.name for f in fields(TrainSpec)} and set(SHAPE_FLAGS) <= names
+    assert not {f.name for f in fields(TrainOptions)} & {f.name for f in fields(TrainSpec)}  # nothing mirrored
+    assert [p.name for p in cli_params(TrainOptions) if p.owner == "request"] == [f.name for f in fields(TrainRequest)]
+    assert flag(TrainOptions, "heads") == "--attention-heads" and flag(TrainOptions, "init_from") == "--model"
+    request = TrainRequest(lr=0.002, seed=3, steps=7, hidden=32, layers=1, precision="fp32")
+    assert request.overrides() == {"lr": 0.002, "seed": 3, "steps": 7}
+    assert request.shape_fields() == {"architecture": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 128},
+                                      "autocast": False}
+
+
 def run_train_process(corpus: Path, out: Path, cwd: Path, *extra, heartbeat: str | None = None) -> subprocess.CompletedProcess:
     """`curate train` as its own process, stdout and stderr pipes (off a terminal, as under nohup or a scheduler)."""
     env = {k: v for k, v in os.environ.items() if k not in (HEARTBEAT_ENV, "FORCE_COLOR", "FORCE_TERMINAL", "TTY_COMPATIBLE")}

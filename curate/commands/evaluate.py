@@ -1,12 +1,13 @@
 """`curate evaluate`: the leave-subset-out score (LDS) of the scoring methods for circuit formation."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import typer
 
 from curate.commands.options import command, save_config
-from curate.options import opt
+from curate.options import composed, opt
 from curate.pipelines.evaluate_options import EvaluateOptions
 
 HELP = "\n\n".join([
@@ -19,17 +20,22 @@ HELP = "\n\n".join([
 
 
 @dataclass
-class EvaluateCommandOptions(EvaluateOptions):
-    """`curate evaluate`: the evaluation's options plus how to print."""
+class EvaluateCommandOptions:
+    """`curate evaluate`: the library's EvaluateOptions (composed: its flags are its fields') plus how to print (the
+    evaluation's progress follows --quiet)."""
 
+    evaluation: EvaluateOptions = composed(EvaluateOptions, flat=True)
     as_json: bool = opt(False, "--json", help="Print the LDS table as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress output.")
 
     def __post_init__(self) -> None:
-        self.progress = not self.quiet
+        self.evaluation = dataclasses.replace(self.evaluation, progress=not self.quiet)
+
+    def validate(self) -> None:
+        self.evaluation.validate()
 
 
-def evaluate_command(opts: EvaluateCommandOptions) -> None:
+def evaluate_command(options: EvaluateCommandOptions) -> None:
     import json
 
     from rich.console import Console
@@ -37,11 +43,12 @@ def evaluate_command(opts: EvaluateCommandOptions) -> None:
     from curate.pipelines.evaluate import default_out, run_evaluation
 
     err = Console(stderr=True)
-    log = (lambda m: None) if opts.quiet else (lambda m: err.print(m, markup=False, highlight=False))
+    opts = options.evaluation
+    log = (lambda m: None) if options.quiet else (lambda m: err.print(m, markup=False, highlight=False))
     results = run_evaluation(opts, log)
     out = opts.out if opts.out is not None else default_out(opts)
-    save_config(out, "evaluate", opts)
-    if opts.as_json:
+    save_config(out, "evaluate", options)
+    if options.as_json:
         print(json.dumps({"lds": results["lds"], "report": str(out)}, indent=2, sort_keys=True))
         return
     _print(results, out)

@@ -1,6 +1,7 @@
 """`curate experiment`: the causal validation, end to end: baseline, scores, retrained arms, report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from curate.commands.options import command, save_config
 from curate.errors import CurateError
 from curate.locks import hold
-from curate.options import flag, opt
+from curate.options import composed, flag, opt
 from curate.pipelines.experiment_options import DEFAULT_SEEDS, QUICK_BASELINE_STEPS, ExperimentOptions
 from curate.workspace import resolve_workspace
 from curate.progress import duration_text
@@ -26,32 +27,35 @@ HELP = "\n\n".join([
 
 
 @dataclass
-class ExperimentCommandOptions(ExperimentOptions):
-    """`curate experiment`: the experiment's options plus how to print (progress follows --quiet)."""
+class ExperimentCommandOptions:
+    """`curate experiment`: the library's ExperimentOptions (composed: its flags are its fields') plus how to print
+    (the experiment's progress follows --quiet)."""
 
+    experiment: ExperimentOptions = composed(ExperimentOptions, flat=True)
     dry_run: bool = opt(False, "--dry-run", help="Validate, print the plan (arms x seeds x steps, runs, rows scored, tokens trained) and the estimated time from batches timed on the device; write nothing.")
     as_json: bool = opt(False, "--json", help="Print the verdicts and effects (with --dry-run: the plan) as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress output.")
 
     def __post_init__(self) -> None:
-        self.progress = not self.quiet
+        self.experiment = dataclasses.replace(self.experiment, progress=not self.quiet)
 
     def validate(self) -> None:
-        super().validate()
-        if self.dry_run and self.scales:
+        self.experiment.validate()
+        if self.dry_run and self.experiment.scales:
             raise CurateError(f"{flag(self, 'dry_run')} estimates one experiment; drop {flag(self, 'scales')}")
 
 
-def experiment_command(opts: ExperimentCommandOptions) -> None:
+def experiment_command(options: ExperimentCommandOptions) -> None:
     # the experiment pipelines import torch, transformers and Ray (~10 s measured): kept out of every command's start-up
     from curate.pipelines.experiment import run_experiment
     from curate.pipelines.experiment_setting import default_out
     from curate.pipelines.scales import run_scales
 
-    quiet, scales, as_json = opts.quiet, opts.scales, opts.as_json
+    opts = options.experiment
+    quiet, scales, as_json = options.quiet, opts.scales, options.as_json
     err = Console(stderr=True)
     log = (lambda m: None) if quiet else (lambda m: err.print(m, markup=False, highlight=False))
-    if opts.dry_run:
+    if options.dry_run:
         from curate.pipelines.experiment_estimate import experiment_dry_run  # torch: see above
 
         plan = experiment_dry_run(opts, log)
@@ -68,7 +72,7 @@ def experiment_command(opts: ExperimentCommandOptions) -> None:
         else:
             results = run_experiment(opts, log)
             summary = {"verdicts": results["verdicts"], "effects": results["effects"], "report": results["report"]}
-        save_config(out, "experiment", opts, resolved={"out": out})
+        save_config(out, "experiment", options, resolved={"out": out})
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return

@@ -14,12 +14,13 @@ from curate.augment.checksums import verify_folder
 from curate.augment.mix_spec import DEFAULT_TOP, MixSpec, default_slug
 from curate.commands.feedback import heartbeat
 from curate.commands.options import command, save_config
-from curate.commands.train import ARCHITECTURE_OPTIONS, TrainOptions
+from curate.commands.train import TrainOptions
 from curate.corpus import open_corpus
 from curate.errors import CurateError
 from curate.locks import hold
 from curate.options import arg, check_positive, composed, flag, opt, spec_flag, workspace_opt
 from curate.training.plan import epoch_steps, load_plan, with_epochs
+from curate.training.train_request import ARCHITECTURE_OPTIONS
 from curate.workspace import mixes_dir, resolve_workspace
 
 MOTIF_ROWS_HELP = "Top rows mined for motifs (synthetic) or queried for neighbours."

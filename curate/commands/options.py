@@ -18,7 +18,8 @@ import typer
 
 from curate.atomic import read_json, write_json
 from curate.errors import CurateError
-from curate.options import COMPOSED, arg, build_options, cli_params, from_json, plain_type, to_json, workspace_opt
+from curate.options import (COMPOSED, arg, build_options, cli_params, from_json, has_option, option_value, plain_type, replaced,
+                            to_json, workspace_opt)
 from curate.paths import portable, resolve_stored
 from curate.workspace import resolve_workspace
 
@@ -122,17 +123,22 @@ def save_config(folder: Path, name: str, options: Any, resolved: dict | None = N
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hints = typing.get_type_hints(type(options))
-    if "workspace" in hints and getattr(options, "workspace", None) is None:
+    if has_option(options, "workspace") and option_value(options, "workspace") is None:
         resolved = {"workspace": resolve_workspace(None), **(resolved or {})}
-    values = to_json(dataclasses.replace(options, **(resolved or {})) if resolved else options)
+    values = to_json(replaced(options, **resolved) if resolved else options)
     paths = []
     for f in dataclasses.fields(options):
-        if COMPOSED in f.metadata and isinstance(values.get(f.name), dict):  # a composed spec's paths: "mix.pool"
-            inner, spec_hints = values[f.name], typing.get_type_hints(f.metadata[COMPOSED]["cls"])
-            for key, value in inner.items():
-                if _is_local_path(key, value, spec_hints.get(key)):
-                    inner[key] = portable(value, folder)
-                    paths.append(f"{f.name}.{key}")
+        if COMPOSED in f.metadata:  # a composed spec's paths: "mix.pool", or "corpus" when it is saved flat
+            spec_cls = f.metadata[COMPOSED]["cls"]
+            spec_hints = typing.get_type_hints(spec_cls)
+            flat = f.metadata[COMPOSED]["flat"]
+            inner = values if flat else values.get(f.name)
+            if not isinstance(inner, dict):
+                continue
+            for key in [g.name for g in dataclasses.fields(spec_cls)] if flat else list(inner):
+                if _is_local_path(key, inner.get(key), spec_hints.get(key)):
+                    inner[key] = portable(inner[key], folder)
+                    paths.append(key if flat else f"{f.name}.{key}")
         elif _is_local_path(f.name, values.get(f.name), hints[f.name]):
             values[f.name] = portable(values[f.name], folder)
             paths.append(f.name)
@@ -166,10 +172,10 @@ def replay(path: Path, workspace: Path | None = None) -> None:
     """Run the command saved in `path` again with the same options (in `workspace` when given)."""
     name, options = load_config(path)
     if workspace is not None:
-        if not hasattr(options, "workspace"):
+        if not has_option(options, "workspace"):
             raise CurateError(f"--workspace: `{name}` does not use a workspace; drop it")
-        options = dataclasses.replace(options, workspace=workspace)
-    if name == "train" and getattr(options, "init_from", None) is None and getattr(options, "out", None) is not None \
+        options = replaced(options, workspace=workspace)
+    if name == "train" and option_value(options, "init_from") is None and options.out is not None \
             and (Path(options.out) / "run.json").is_file():
         # the run is there: replaying it continues it with its saved spec (a finished run is left as it is)
         options = dataclasses.replace(options, resume=True)

@@ -2,6 +2,7 @@
 on Ray actors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,21 +14,26 @@ from rich.text import Text
 
 from curate.commands.options import command, save_config
 from curate.locks import hold
-from curate.options import opt
+from curate.options import composed, opt
 from curate.pipelines.score_request import ScoreRequest
 from curate.progress import duration_text
 
 
 @dataclass
-class ScoreOptions(ScoreRequest):
-    """`curate score`: the request plus how to print (progress follows --quiet)."""
+class ScoreOptions:
+    """`curate score`: the library's ScoreRequest (composed: its flags are its fields') plus how to print (the
+    request's progress follows --quiet)."""
 
+    request: ScoreRequest = composed(ScoreRequest, flat=True)
     as_json: bool = opt(False, "--json", help="Print the summary as JSON.")
     quiet: bool = opt(False, "--quiet", help="No progress bars.")
     dry_run: bool = opt(False, "--dry-run", help="Validate, count rows, tokens, heads and passes, time a few batches of each pass on the device and print the estimated time; write nothing.")
 
     def __post_init__(self) -> None:
-        self.progress = not self.quiet
+        self.request = dataclasses.replace(self.request, progress=not self.quiet)
+
+    def validate(self) -> None:
+        self.request.validate()
 
 
 def score_command(options: ScoreOptions) -> None:
@@ -41,11 +47,11 @@ def score_command(options: ScoreOptions) -> None:
     if options.dry_run:
         from curate.pipelines.score_build_plan import default_build_plan
 
-        builds = default_build_plan(options)  # the defaults not built yet: say what would be, and how long (builds nothing)
+        builds = default_build_plan(options.request)  # the defaults not built yet: say what would be, and how long (builds nothing)
         if builds is not None:
             print(json.dumps(builds, indent=2, sort_keys=True, default=str) if options.as_json else "\n".join(build_plan_lines(builds)))
             return
-    job = resolve_job(options, log)
+    job = resolve_job(options.request, log)
     if options.dry_run:
         from curate.pipelines.score_estimate import dry_run
 
@@ -71,7 +77,7 @@ def resolved_defaults(options: ScoreOptions, job) -> dict:
     head subspace. The corpus, model and window stay as given: their defaults depend on the run folder (its
     checkpoint after formation, its epochs), which a replay resolves again the same way."""
     resolved: dict = {"out": job.out}
-    if options.mode is None:
+    if options.request.mode is None:
         resolved["mode"] = job.request.mode
     return resolved
 
