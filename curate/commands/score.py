@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from curate.commands.options import command, save_config
+from curate.errors import CurateError
 from curate.locks import hold
 from curate.options import opt
 from curate.pipelines.score_request import ScoreRequest
@@ -38,6 +39,9 @@ def score_command(options: ScoreOptions) -> None:
 
     err = Console(stderr=True)
     log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
+    if options.dry_run and options.ensemble is not None:
+        raise CurateError("--dry-run estimates one model, not an --ensemble: dry-run one member with --model RUN "
+                          "(the ensemble costs about that times its members)")
     if options.dry_run:
         from curate.pipelines.score_build_plan import default_build_plan
 
@@ -135,6 +139,12 @@ def print_summary(summary: dict, out: Path) -> None:
     if summary.get("trajectory"):
         t = summary["trajectory"]
         console.print(f"trajectory: checkpoints {', '.join(f'step{c}' for c in t['checkpoints'])}; aggregate {t['aggregate']}",
+                      highlight=False)
+    if summary.get("ensemble"):
+        e = summary["ensemble"]
+        console.print(f"ensemble of {len(e['members'])} runs (scores divided by each member's standard deviation over the window, "
+                      f"then averaged): " + "; ".join(f"{Path(m['run']).name} (heads {', '.join(m['heads'])}, checkpoint "
+                                                      f"step{m['checkpoint_step']}, sd {m['score_sd']:.4g})" for m in e["members"]),
                       highlight=False)
     w = summary["window"]
     rate = f", {summary['rows_per_s']:,.0f} rows/s" if summary.get("rows_per_s") else ""
