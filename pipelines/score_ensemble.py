@@ -23,6 +23,9 @@ shards: a killed job rescores only the unfinished members, a finished member is 
 holds the combined rows (recombined on every run), `<out>/summary.json` records `ensemble` {members, combine}; the
 summary's heads, checkpoint and head metrics are the first member's. The manifest's fingerprint is the members'
 result hashes.
+
+`curate score` resolves and runs every job through `resolve_scoring` / `run_scoring` (an ensemble here, one model by
+`score_job.resolve_job` / `score_run.run_job`, which this module calls for each member).
 """
 from __future__ import annotations
 
@@ -59,6 +62,19 @@ from curate.workspace import resolve_workspace, scores_dir
 ENSEMBLE_VERSION = 1
 MEMBERS_DIR = "members"
 COMBINE = "mean over the members of score / sd, sd = the member's sample standard deviation of score over the window"
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def resolve_scoring(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
+    """`curate score`'s job: the ensemble's (`--ensemble`) or the one model's (`score_job.resolve_job`); writes nothing."""
+    return resolve_ensemble(req, log) if req.ensemble is not None else resolve_job(req, log)
+
+
+def run_scoring(job: ScoreJob, log: Log = lambda s: None) -> dict:
+    """Run a job of `resolve_scoring`; returns its summary."""
+    return run_ensemble(job, log) if job.ensemble else run_job(job, log)
 
 
 # --------------------------------------------------------------------------- the rules

@@ -234,10 +234,7 @@ def corpus_identity(corpus: Corpus, rows: tuple[int, int], by_path: bool = False
 
 def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     """Validate the request and load what the job needs; writes nothing to the output folder."""
-    if req.ensemble is not None:
-        from curate.pipelines.score_ensemble import resolve_ensemble  # inside: it resolves each member with this function
-
-        return resolve_ensemble(req, log)
+    assert req.ensemble is None, "an --ensemble request resolves with pipelines.score_ensemble.resolve_scoring"
     circuit = get_circuit(req.circuit)
     if req.mode is None:
         req = replace(req, mode=circuit.default_mode)

@@ -16,9 +16,8 @@ import pytest
 from curate.attribution.score_table import ScoreTable
 from curate.attribution.scores_folder import Window
 from curate.errors import CurateError
-from curate.pipelines.score_job import ScoreRequest, resolve_job
-from curate.pipelines.score_request import parse_ensemble
-from curate.pipelines.score_run import run_job
+from curate.pipelines.score_ensemble import resolve_scoring, run_scoring
+from curate.pipelines.score_request import ScoreRequest, parse_ensemble
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
@@ -71,7 +70,7 @@ def test_ensemble_is_the_mean_of_the_members_standardised_scores(ray_address, ru
 
     monkeypatch.setattr(score_ensemble, "run_job", dies_on_the_second)
     with pytest.raises(RuntimeError, match="killed"):
-        run_job(resolve_job(request(members, out, ray_address=ray_address)))
+        run_scoring(resolve_scoring(request(members, out, ray_address=ray_address)))
     monkeypatch.setattr(score_ensemble, "run_job", real)
     first = out / "members" / "0-seed0"
     assert (first / "summary.json").is_file() and not (out / "members" / "1-seed1" / "summary.json").exists()
@@ -108,7 +107,7 @@ def test_ensemble_is_the_mean_of_the_members_standardised_scores(ray_address, ru
     assert summary["top_positive"][0]["row_id"] == int(combined.row_id[np.argmax(combined.score)])
 
     # a rerun scores nothing and recombines the same bytes
-    again = run_job(resolve_job(request(members, out, ray_address=ray_address)))
+    again = run_scoring(resolve_scoring(request(members, out, ray_address=ray_address)))
     assert again["rows_scored"] == 0 and again["fingerprint_hash"] == summary["fingerprint_hash"]
     np.testing.assert_array_equal(table(out).score, combined.score)
 
@@ -129,10 +128,10 @@ def test_members_of_another_corpus_or_other_rows_are_refused(runs, tmp_path) -> 
     seed0 = runs["members"][0]
     other = fake_run(base / "other-corpus", build_tiny_corpus(base / "corpus2", seed=1), 3, 5)
     with pytest.raises(CurateError, match=r"other-corpus scores another corpus.*same corpus in the same row order"):
-        resolve_job(request([seed0, other], tmp_path / "a", window="0:4"))
+        resolve_scoring(request([seed0, other], tmp_path / "a", window="0:4"))
     batch4 = fake_run(base / "batch4", runs["corpus"], 4, 5, batch_size=4)  # the same corpus at 4 rows a step: other rows
     with pytest.raises(CurateError, match=r"batch4 scores rows 0:16 \(window 0:4 at batch 4\), not the first member's rows 0:32"):
-        resolve_job(request([seed0, batch4], tmp_path / "b", window="0:4"))
+        resolve_scoring(request([seed0, batch4], tmp_path / "b", window="0:4"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -152,7 +151,17 @@ def test_ensemble_options_are_checked_before_anything_runs(runs, tmp_path, monke
         code, _, err = run_cli(["score", *args, "--out", tmp_path / "x"], monkeypatch, capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
     assert not (tmp_path / "x").exists()
-    job = resolve_job(request([a, b], None, workspace=tmp_path / "ws", window="0:4"))
+    job = resolve_scoring(request([a, b], None, workspace=tmp_path / "ws", window="0:4"))
     assert job.out == (tmp_path / "ws" / "default" / "scores" / "induction-ensemble2").absolute()
     assert [m.out.name for m in job.ensemble] == ["0-seed0", "1-seed1"] and {m.window for m in job.ensemble} == {(0, 4)}
     assert not job.out.exists()
+
+
+def test_ensemble_k_takes_the_seeded_reference_runs(runs, tmp_path) -> None:
+    """`--ensemble 2` on a workspace: the reference run and the reference run of seed 1 (finished ones are used as they are)."""
+    ws = tmp_path / "ws"
+    for seed, name in ((0, "reference"), (1, "reference-seed1")):
+        fake_run(ws / "default" / "runs" / name, runs["corpus"], seed, 5)
+    job = resolve_scoring(request([], None, ensemble="2", workspace=ws, window="0:4"))
+    assert [Path(m.request.model).name for m in job.ensemble] == ["reference", "reference-seed1"]
+    assert [m.out.name for m in job.ensemble] == ["0-reference", "1-reference-seed1"] and job.out.name == "induction-ensemble2"

@@ -34,8 +34,7 @@ class ScoreOptions(ScoreRequest):
 def score_command(options: ScoreOptions) -> None:
     """Score every row of the attribution window by its influence on the circuit's heads (sharded, resumable)."""
     # the scoring pipelines import torch, transformers and Ray (seconds, measured): only when a command scores
-    from curate.pipelines.score_job import resolve_job
-    from curate.pipelines.score_run import run_job
+    from curate.pipelines.score_ensemble import resolve_scoring, run_scoring  # one model's job, or an --ensemble's
 
     err = Console(stderr=True)
     log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
@@ -49,7 +48,7 @@ def score_command(options: ScoreOptions) -> None:
         if builds is not None:
             print(json.dumps(builds, indent=2, sort_keys=True, default=str) if options.as_json else "\n".join(build_plan_lines(builds)))
             return
-    job = resolve_job(options, log)
+    job = resolve_scoring(options, log)
     if options.dry_run:
         from curate.pipelines.score_estimate import dry_run
 
@@ -63,7 +62,7 @@ def score_command(options: ScoreOptions) -> None:
         save_config(job.out, "score", options, resolved=resolved_defaults(options, job))
         for note in job.notes + job.localization.notes:
             log(f"note: {note}")
-        summary = run_job(job, log)
+        summary = run_scoring(job, log)
     if options.as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
