@@ -53,7 +53,7 @@ from curate.pipelines.ray_pool import ray_session
 from curate.pipelines.ray_resources import local_cpus
 from curate.pipelines.score_job import Log, ScoreJob, resolve_job
 from curate.pipelines.score_request import ScoreRequest, check_request, parse_ensemble
-from curate.pipelines.score_run import run_job
+from curate.pipelines import score_run  # its run_job read at call time: what a test stubs there is what runs
 from curate.pipelines.score_summary import ScoreSummary, head_metrics, top_described
 from curate.stats import mean_std
 from curate.training.reference import ensure_reference_run
@@ -74,7 +74,7 @@ def resolve_scoring(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
 
 def run_scoring(job: ScoreJob, log: Log = lambda s: None) -> dict:
     """Run a job of `resolve_scoring`; returns its summary."""
-    return run_ensemble(job, log) if job.ensemble else run_job(job, log)
+    return run_ensemble(job, log) if job.ensemble else score_run.run_job(job, log)
 
 
 # --------------------------------------------------------------------------- the rules
@@ -224,7 +224,7 @@ def run_ensemble(job: ScoreJob, log: Log = lambda s: None) -> dict:
     with session:
         for i, (m, d) in enumerate(zip(members, done)):
             log(f"ensemble: member {i + 1}/{len(members)} ({m.request.model}): {'done, reused' if d else 'scoring'} -> {m.out}")
-            subs.append(_reused(d) if d is not None else run_job(m, log))
+            subs.append(_reused(d) if d is not None else score_run.run_job(m, log))
 
     # -- combine, shard by shard (cheap: every shard is recombined on every run)
     sds = [score_sd(m.out) for m in members]

@@ -56,22 +56,22 @@ def table(folder: Path) -> ScoreTable:
 
 
 def test_ensemble_is_the_mean_of_the_members_standardised_scores(ray_address, runs, monkeypatch, capsys) -> None:
-    import curate.pipelines.score_ensemble as score_ensemble
+    import curate.pipelines.score_run as score_run
 
     out = runs["base"] / "ens"
     members = runs["members"]
     # killed while scoring the second member: the first is finished, the second has no summary
-    real = score_ensemble.run_job
+    real = score_run.run_job
 
     def dies_on_the_second(job, log=lambda s: None):
         if job.out.name.startswith("1-"):
             raise RuntimeError("killed")
         return real(job, log)
 
-    monkeypatch.setattr(score_ensemble, "run_job", dies_on_the_second)
+    monkeypatch.setattr(score_run, "run_job", dies_on_the_second)
     with pytest.raises(RuntimeError, match="killed"):
         run_scoring(resolve_scoring(request(members, out, ray_address=ray_address)))
-    monkeypatch.setattr(score_ensemble, "run_job", real)
+    monkeypatch.setattr(score_run, "run_job", real)
     first = out / "members" / "0-seed0"
     assert (first / "summary.json").is_file() and not (out / "members" / "1-seed1" / "summary.json").exists()
     kept = (first / "summary.json").read_bytes(), (first / "summary.json").stat().st_mtime_ns
