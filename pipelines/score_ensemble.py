@@ -258,6 +258,7 @@ def run_ensemble(job: ScoreJob, log: Log = lambda s: None) -> dict:
                          "checkpoint_step": s.get("checkpoint_step"), "score_sd": sd, "fingerprint_hash": s["fingerprint_hash"]}
                         for m, s, sd in zip(members, subs, sds)],
             "combine": COMBINE,
+            "heads_option": req.heads,  # --heads as given: auto localizes each member's own heads
         },
     ).to_json()
     write_summary(out, summary)
