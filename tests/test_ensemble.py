@@ -165,3 +165,26 @@ def test_ensemble_k_takes_the_seeded_reference_runs(runs, tmp_path) -> None:
     job = resolve_scoring(request([], None, ensemble="2", workspace=ws, window="0:4"))
     assert [Path(m.request.model).name for m in job.ensemble] == ["reference", "reference-seed1"]
     assert [m.out.name for m in job.ensemble] == ["0-reference", "1-reference-seed1"] and job.out.name == "induction-ensemble2"
+
+
+def test_the_experiment_scores_mda_with_the_baseline_run_first_in_the_ensemble(runs, tmp_path) -> None:
+    """`curate experiment --model RUN --ensemble RUN2,RUN3`: the MDA job is curate score's ensemble of the baseline run
+    and the others, each at its own checkpoint after formation, on the experiment's window; the other methods score
+    the baseline alone; the identity records the ensemble."""
+    from curate.pipelines.experiment_options import ExperimentOptions
+    from curate.pipelines.experiment_scores import score_job
+    from curate.pipelines.experiment_setting import resolve_setting
+
+    seed0, seed1, seed2 = runs["members"]
+    opts = ExperimentOptions(model=str(seed0), ensemble=f"{seed1},{seed2}", heads=HEADS, fit_rows=32, out=tmp_path / "exp",
+                             workspace=tmp_path / "ws", progress=False, checkpoints="step6")
+    opts.validate()
+    s = resolve_setting(opts, lambda m: None)
+    assert s.identity["score_ensemble"] == f"{seed1},{seed2}"
+    job, _ = score_job(s, Window(0, 4, 8), lambda m: None)
+    assert [Path(str(m.request.model)) for m in job.ensemble] == [Path(seed0).resolve(), seed1, seed2]
+    assert [m.checkpoint_step for m in job.ensemble] == [6, 4, 6] and {m.window for m in job.ensemble} == {(0, 4)}
+    assert [[t.checkpoint_step for t in m.trajectory] for m in job.ensemble] == [[6]] * 3  # the experiment's --checkpoints
+    assert job.out == tmp_path / "exp" / "scores" and not job.out.exists()
+    other, _ = score_job(s, Window(0, 4, 8), lambda m: None, method="gradient-dot", heads=HEADS)
+    assert not other.ensemble and Path(other.checkpoint).name == "step4"
