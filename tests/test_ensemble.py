@@ -116,6 +116,11 @@ def test_ensemble_is_the_mean_of_the_members_standardised_scores(ray_address, ru
     assert code == 0, err
     top = combined.row_id[np.lexsort((combined.row_id, -combined.score))][:4]
     assert json.loads((runs["base"] / "mix" / "plan.json").read_text())["drop"] == sorted(int(r) for r in top)
+    # ... explain reads it (per-head scores are the members': a head is one error line) ...
+    code, stdout, err = run_cli(["explain", out, "--by", "domain"], monkeypatch, capsys)
+    assert code == 0 and "top tail" in stdout, err
+    code, _, err = run_cli(["explain", out, "--by", "domain", "--head", "1.0"], monkeypatch, capsys)
+    assert code == 2 and "no scores for head 1.0" in err and len(err.strip().splitlines()) == 1, err
     # ... and the evaluation reads its window's values (`curate evaluate --scores NAME=FOLDER`)
     from curate.pipelines.evaluate import window_values
 
