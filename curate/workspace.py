@@ -34,6 +34,11 @@ def reference_run_dir(ws: Path) -> Path:
     return ws / "default" / "runs" / "reference"
 
 
+def seeded_reference_run_dir(ws: Path, seed: int) -> Path:
+    """The reference run trained with initialisation seed `seed` (`curate score --ensemble K`); seed 0 is the reference run."""
+    return reference_run_dir(ws) if seed == 0 else reference_run_dir(ws).with_name(f"reference-seed{seed}")
+
+
 def scores_dir(ws: Path, circuit: str, method: str = "mda", trajectory: bool = False) -> Path:
     """Where `curate score --circuit C [--method M] [--checkpoints ...]` writes on the default setup (`C`, or `C-M`
     for a method other than mda; `-trajectory` appended for trajectory scores)."""

@@ -204,9 +204,14 @@ def score_command(s: Setting, window: Window, summary: dict) -> str:
         model, revision = b.checkpoint(s.opts.revision or f"step{window.end_step}")
     else:
         model, revision = str(Path(b.run_dir).resolve()), f"step{window.end_step}"  # type: ignore[arg-type]
-    args = ["curate", "score", "--circuit", s.circuit.name, "--model", str(model)]  # type: ignore[attr-defined]
-    args += ["--revision", revision] if revision else []
-    args += ["--window", f"{window.start_step}:{window.end_step}", "--heads", ",".join(summary["heads"]), "--corpus", b.corpus,
+    ensemble = summary.get("ensemble")
+    if ensemble:  # the members' runs (each scored with the heads option as given: auto localizes each member's own)
+        args = ["curate", "score", "--circuit", s.circuit.name, "--ensemble", ",".join(m["run"] for m in ensemble["members"])]  # type: ignore[attr-defined]
+    else:
+        args = ["curate", "score", "--circuit", s.circuit.name, "--model", str(model)]  # type: ignore[attr-defined]
+    heads = ensemble["heads_option"] if ensemble else ",".join(summary["heads"])
+    args += ["--revision", revision] if revision and not ensemble else []  # an ensemble's members: each its own checkpoint
+    args += ["--window", f"{window.start_step}:{window.end_step}", "--heads", heads, "--corpus", b.corpus,
              "--out", str(Path(summary.get("out") or s.out / "scores").resolve())]
     if s.opts.fit_rows:
         args += ["--fit-rows", str(s.opts.fit_rows)]
@@ -214,6 +219,8 @@ def score_command(s: Setting, window: Window, summary: dict) -> str:
         args += ["--method", str(summary["method"])]
     if summary.get("mode"):
         args += ["--mode", str(summary["mode"])]
+    if ensemble and s.score_checkpoints is not None:  # every member's trajectory, as the experiment asked for it
+        args += ["--checkpoints", s.score_checkpoints, "--aggregate", s.opts.aggregate]
     if summary.get("trajectory"):
         t = summary["trajectory"]
         args += ["--checkpoints", ",".join(f"step{c}" for c in t["checkpoints"]), "--aggregate", t["aggregate"]]

@@ -13,7 +13,7 @@ from curate.errors import CurateError
 from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
 from curate.pipelines.methods import PRIMARY, compared_methods
-from curate.pipelines.score_request import AGGREGATES, parse_checkpoints, parse_window
+from curate.pipelines.score_request import AGGREGATES, parse_checkpoints, parse_ensemble, parse_window
 from curate.training.schedule import parse_checkpoint_steps
 
 DEFAULT_ARM_CHECKPOINTS = "every:1000"
@@ -56,6 +56,7 @@ class ExperimentOptions:
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
     checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum or segment (curate score --aggregate).")
+    ensemble: str | None = opt(None, "--ensemble", help="MDA scores of an ensemble (curate score --ensemble): K (the reference run and reference runs of seeds 1..K-1, trained if missing; the reference baseline only) or the other members' run folders RUN,RUN (the baseline run is the first member); each member's scores divided by their sd over the window, averaged.", show_default=False)
     motif_rows: int = opt(2000, "--motif-rows", help="Top rows mined for motifs (synthetic) and queried for neighbours.")
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)
     workers: int | None = opt(None, "--workers", help="Parallel runs (Ray workers, one torch thread each; default: one per CPU).", show_default=False)
@@ -155,6 +156,15 @@ def check_options(opts: ExperimentOptions) -> None:
             parse_checkpoints(opts.checkpoints)
     if opts.aggregate not in AGGREGATES:
         raise option_error(opts, "aggregate", f"{opts.aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+    if opts.ensemble is not None:  # K, or the members besides the baseline run (the whole list is checked with it)
+        if opts.ensemble.strip().isdigit():
+            with named(opts, "ensemble"):
+                parse_ensemble(opts.ensemble)
+            if opts.model is not None or opts.corpus is not None:
+                raise option_error(opts, "ensemble", f"{opts.ensemble} takes the seeded reference runs: it needs the reference "
+                                   f"baseline (no {f('model')} or {f('corpus')}); give the other members' run folders RUN,RUN")
+        elif any(not part.strip() for part in opts.ensemble.split(",")):
+            raise option_error(opts, "ensemble", f"{opts.ensemble!r}: expected K or the other members' run folders RUN,RUN")
     if opts.rerun is not None:
         with named(opts, "rerun"):
             rerun = parse_arms(opts.rerun, include_baseline=False)

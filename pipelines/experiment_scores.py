@@ -2,6 +2,7 @@
 window's scores by each method, by `curate score`'s job (reusing its folder when it holds the same job)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,9 +14,8 @@ from curate.corpus import open_corpus
 from curate.pipelines.run_metrics import eligible_heads
 from curate.pipelines.experiment_setting import Setting
 from curate.pipelines.ray_holder import RayHolder
-from curate.pipelines.score_job import resolve_job
+from curate.pipelines.score_ensemble import resolve_scoring, run_scoring
 from curate.pipelines.score_request import DEFAULT_FIT_ROWS, ScoreRequest
-from curate.pipelines.score_run import run_job
 from curate.training.models import load_model
 from curate.workspace import scores_dir
 
@@ -56,6 +56,7 @@ def score_job(s: Setting, window: Window, log: Log, method: str = "mda", heads: 
     if heads is None:
         heads, notes = choose_heads(s, window, b.corpus, model_spec, revision)
     mda = method == "mda"
+    ensemble = ensemble_members(s, model_spec) if mda else None
     req = ScoreRequest(
         circuit=s.circuit.name, method=method, corpus=b.corpus, model=model_spec, revision=revision, heads=heads,  # type: ignore[attr-defined]
         window=f"{window.start_step}:{window.end_step}", out=s.out / ("scores" if mda else f"scores-{method}"), workers=s.opts.workers,
@@ -63,7 +64,21 @@ def score_job(s: Setting, window: Window, log: Log, method: str = "mda", heads: 
         progress=s.opts.progress, mode=s.opts.score_mode,
         checkpoints=s.score_checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
     )
-    return resolve_job(req, log), notes
+    if ensemble is not None:  # the members' runs in place of the baseline's, each at its own checkpoint after formation
+        req = replace(req, ensemble=ensemble, model=None, revision=None, corpus=None if ensemble.isdigit() else req.corpus)
+    return resolve_scoring(req, log), notes
+
+
+def ensemble_members(s: Setting, baseline_run: str) -> str | None:
+    """`curate score --ensemble` for the MDA scores: K as given (the reference baseline), or the baseline run then the
+    other members given; None without --ensemble."""
+    text = s.opts.ensemble
+    if text is None:
+        return None
+    assert s.baseline.mode != "external", "the setting refuses --ensemble with an external model"
+    if text.strip().isdigit():
+        return text.strip()
+    return ",".join([baseline_run, *(part.strip() for part in text.split(","))])
 
 
 def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str = "mda",
@@ -82,7 +97,7 @@ def run_scores(s: Setting, window: Window, ray: RayHolder, log: Log, method: str
             return folder, summary, notes + job.notes
     log(f"scores ({method}): window steps {window.start_step}-{window.end_step} ({job.num_rows} rows) at {job.checkpoint} -> {job.out}")
     ray.ensure()
-    summary = run_job(job, log)
+    summary = run_scoring(job, log)
     return job.out, summary, notes + job.notes
 
 

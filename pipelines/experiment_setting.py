@@ -181,6 +181,9 @@ def resolve_setting(opts: ExperimentOptions, log: Log) -> Setting:
             raise CurateError(f"window {opts.window}: give the window's end step with an external model")
         if opts.baseline_steps is not None:
             raise CurateError(f"{opts.model}: an external model is its own baseline (nothing is trained before the arms): give no baseline steps")
+        if opts.ensemble is not None:
+            raise CurateError(f"{opts.model}: an external model has no seeds of its own to ensemble: --ensemble averages curate "
+                              f"training runs (give --model a run folder)")
 
         local = Path(opts.model).expanduser()
         if not local.exists() and (opts.model.startswith((".", "/", "~")) or not HUB_NAME_RE.match(opts.model)):
@@ -235,6 +238,8 @@ def identity_of(s: Setting) -> dict:
     scoring = {}  # the MDA scores' trajectory options, recorded when scoring uses them (one-checkpoint folders keep their identity)
     if s.score_checkpoints is not None:
         scoring.update(score_checkpoints=s.score_checkpoints, score_aggregate=o.aggregate)
+    if o.ensemble is not None:  # recorded when given (experiments without it keep their identity)
+        scoring.update(score_ensemble=o.ensemble)
     numerics = {name: getattr(o, name) for name in ("micro_batch", "precision") if getattr(o, name) is not None}  # recorded when given
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     if own is not None:

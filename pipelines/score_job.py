@@ -89,6 +89,8 @@ class ScoreJob:
     notes: list[str] = field(default_factory=list)
     trajectory: list["ScoreJob"] = field(default_factory=list)
     """`--checkpoints`: one job per checkpoint (`pipelines.score_trajectory`); empty for a one-checkpoint job."""
+    ensemble: list["ScoreJob"] = field(default_factory=list)
+    """`--ensemble`: one job per member run (`pipelines.score_ensemble`); empty for a one-model job."""
 
     @property
     def result_hash(self) -> str:
@@ -232,6 +234,7 @@ def corpus_identity(corpus: Corpus, rows: tuple[int, int], by_path: bool = False
 
 def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     """Validate the request and load what the job needs; writes nothing to the output folder."""
+    assert req.ensemble is None, "an --ensemble request resolves with pipelines.score_ensemble.resolve_scoring"
     circuit = get_circuit(req.circuit)
     if req.mode is None:
         req = replace(req, mode=circuit.default_mode)

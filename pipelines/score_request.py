@@ -51,6 +51,7 @@ class ScoreRequest:
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
     progress: bool = True
+    ensemble: str | None = opt(None, "--ensemble", help="Ensemble scores: RUN,RUN,... (training run folders on the same corpus and row order, e.g. other seeds) or K (the reference run and reference runs of seeds 1..K-1, trained if missing); each member is scored like --model RUN into <out>/members/, then each member's scores are divided by their standard deviation over the window and averaged (without --window: the members' common window).", show_default=False)
 
     def validate(self) -> None:
         """Cheap checks of the options alone (no file is opened); an error names the flag."""
@@ -82,6 +83,39 @@ def parse_checkpoints(text: str) -> str | list[int]:
     return sorted(steps)
 
 
+MIN_ENSEMBLE = 2
+
+
+def parse_ensemble(text: str) -> int | list[str]:
+    """`--ensemble`: K (a count, at least 2) or RUN,RUN,... (at least 2 distinct run folders, as given)."""
+    t = str(text).strip()
+    if re.fullmatch(r"\d+", t):
+        if int(t) < MIN_ENSEMBLE:
+            raise CurateError(f"{t}: an ensemble needs at least {MIN_ENSEMBLE} members")
+        return int(t)
+    runs = [part.strip() for part in t.split(",")]
+    if any(not r for r in runs) or len(runs) < MIN_ENSEMBLE:
+        raise CurateError(f"{text!r}: expected a count K >= {MIN_ENSEMBLE} or at least {MIN_ENSEMBLE} run folders RUN,RUN,...")
+    seen: set[Path] = set()
+    for r in runs:
+        key = Path(r).expanduser().resolve()
+        if key in seen:
+            raise CurateError(f"{r}: named twice (every member is another run)")
+        seen.add(key)
+    return runs
+
+
+def check_ensemble(req: ScoreRequest) -> None:
+    """`--ensemble` against the other options (no file opened)."""
+    with named(req, "ensemble"):
+        members = parse_ensemble(req.ensemble)  # type: ignore[arg-type]
+    if req.model is not None:
+        raise CurateError(f"{flag(req, 'ensemble')} names the models: drop {flag(req, 'model')}")
+    if isinstance(members, int) and req.corpus is not None:
+        raise CurateError(f"{flag(req, 'ensemble')} {members} trains reference runs on the default corpus: drop "
+                          f"{flag(req, 'corpus')}, or give the run folders RUN,RUN,...")
+
+
 def check_request(req: ScoreRequest) -> None:
     """Cheap checks of the options alone (no file is opened); an error names the flag."""
     from curate.attribution.heads import check_mode  # inside: this module stays free of torch (the CLI's start-up)
@@ -97,8 +131,10 @@ def check_request(req: ScoreRequest) -> None:
             parse_checkpoints(req.checkpoints)
         if not get_method(req.method).runs_model:
             raise CurateError(f"{flag(req, 'checkpoints')}: {req.method} does not run the model, one score serves every checkpoint")
-    if req.corpus is not None and req.model is None:
+    if req.corpus is not None and req.model is None and req.ensemble is None:
         raise CurateError(f"{flag(req, 'corpus')} needs {flag(req, 'model')} (the reference run was trained on the default corpus)")
+    if req.ensemble is not None:
+        check_ensemble(req)
     check_amount(req.top, flag(req, "top"))
     if req.window is not None:
         with named(req, "window"):

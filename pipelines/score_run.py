@@ -52,6 +52,7 @@ def run_job(job: ScoreJob, log: Log = lambda s: None) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(DRIVER_THREADS)
     try:
+        assert not job.ensemble, "an --ensemble job runs with pipelines.score_ensemble.run_scoring"
         if job.trajectory:
             return run_trajectory(job, log)
         return _run_job(job, log)

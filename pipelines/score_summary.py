@@ -63,11 +63,13 @@ class ScoreSummary:
     notes: list[str]
     fingerprint_hash: str
     trajectory: dict | None = None  # trajectory scores: checkpoints, aggregate, the per-checkpoint folders
+    ensemble: dict | None = None  # ensemble scores: the members (run, folder, heads, score sd), how they were combined
 
     def to_json(self) -> dict:
         out = asdict(self)
-        if out["trajectory"] is None:
-            del out["trajectory"]
+        for optional in ("trajectory", "ensemble"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod

@@ -567,6 +567,9 @@ BAD = [
     (["--scales", "--sizes", "30x1,32x2,48x2"], "hidden size 30 is not a multiple of the 4 attention heads"),
     (["--config", "{base}/missing.json"], "missing.json: model config file not found"),
     (["--corpus", "{base}/missing-corpus"], "no such file or folder"),
+    (["--ensemble", "1"], "--ensemble 1: an ensemble needs at least 2 members"),
+    (["--ensemble", "2"], "--ensemble 2 takes the seeded reference runs: it needs the reference baseline"),
+    (["--ensemble", "a,,b"], "--ensemble 'a,,b': expected K or the other members' run folders"),
 ]
 
 
@@ -595,6 +598,7 @@ MODEL_BAD = [
     (["--model", "{base}", "--corpus", "{corpus}", "--window", "0:10"], "no step0/ checkpoint folder inside"),
     (["--model", "EleutherAI/pythia-70m", "--config", "{config}"], "give one of them"),
     (["--scales", "--model", "EleutherAI/pythia-70m"], "--scales trains its own baseline per model size"),
+    (["--model", "EleutherAI/pythia-70m", "--corpus", "{corpus}", "--window", "0:10", "--ensemble", "a"], "an external model has no seeds"),
 ]
 
 

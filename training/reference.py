@@ -12,7 +12,7 @@ from curate.training.curves import SUMMARY_JSON
 from curate.training.recipes import recipe_fields
 from curate.training.spec import TrainSpec, saved_spec
 from curate.training.trainer import TrainResult, train
-from curate.workspace import reference_run_dir
+from curate.workspace import reference_run_dir, seeded_reference_run_dir
 
 
 def train_reference_run(ws: Path, progress: bool = True, overrides: dict | None = None, out: Path | None = None,
@@ -31,13 +31,14 @@ def train_reference_run(ws: Path, progress: bool = True, overrides: dict | None 
         return train(spec, out, progress=progress, resume=True)
 
 
-def ensure_reference_run(ws: Path, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
-    """The workspace's reference run folder, trained (or finished) first when it is not complete."""
-    run_dir = reference_run_dir(ws)
+def ensure_reference_run(ws: Path, progress: bool = True, log: Callable[[str], None] | None = None, seed: int = 0) -> Path:
+    """The workspace's reference run folder (of initialisation seed `seed`: `curate train --default --seed S` into
+    `seeded_reference_run_dir`), trained (or finished) first when it is not complete."""
+    run_dir = seeded_reference_run_dir(ws, seed)
     summary = run_dir / SUMMARY_JSON
     complete = summary.is_file() and json.loads(summary.read_text()).get("complete") is True
     if not complete:
         if log is not None:
-            log(f"training the reference run in {run_dir} ...")
-        train_reference_run(ws, progress, log=log)
+            log(f"training the reference run{f' of seed {seed}' if seed else ''} in {run_dir} ...")
+        train_reference_run(ws, progress, overrides={"seed": seed} if seed else None, out=run_dir, log=log)
     return run_dir

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from curate.commands.options import command, save_config
+from curate.errors import CurateError
 from curate.locks import hold
 from curate.options import composed, opt
 from curate.pipelines.score_request import ScoreRequest
@@ -39,11 +40,13 @@ class ScoreOptions:
 def score_command(options: ScoreOptions) -> None:
     """Score every row of the attribution window by its influence on the circuit's heads (sharded, resumable)."""
     # the scoring pipelines import torch, transformers and Ray (seconds, measured): only when a command scores
-    from curate.pipelines.score_job import resolve_job
-    from curate.pipelines.score_run import run_job
+    from curate.pipelines.score_ensemble import resolve_scoring, run_scoring  # one model's job, or an --ensemble's
 
     err = Console(stderr=True)
     log = (lambda s: None) if options.quiet else (lambda s: err.print(s, markup=False, highlight=False))
+    if options.dry_run and options.request.ensemble is not None:
+        raise CurateError("--dry-run estimates one model, not an --ensemble: dry-run one member with --model RUN "
+                          "(the ensemble costs about that times its members)")
     if options.dry_run:
         from curate.pipelines.score_build_plan import default_build_plan
 
@@ -51,7 +54,7 @@ def score_command(options: ScoreOptions) -> None:
         if builds is not None:
             print(json.dumps(builds, indent=2, sort_keys=True, default=str) if options.as_json else "\n".join(build_plan_lines(builds)))
             return
-    job = resolve_job(options.request, log)
+    job = resolve_scoring(options.request, log)
     if options.dry_run:
         from curate.pipelines.score_estimate import dry_run
 
@@ -65,7 +68,7 @@ def score_command(options: ScoreOptions) -> None:
         save_config(job.out, "score", options, resolved=resolved_defaults(options, job))
         for note in job.notes + job.localization.notes:
             log(f"note: {note}")
-        summary = run_job(job, log)
+        summary = run_scoring(job, log)
     if options.as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
@@ -141,6 +144,12 @@ def print_summary(summary: dict, out: Path) -> None:
     if summary.get("trajectory"):
         t = summary["trajectory"]
         console.print(f"trajectory: checkpoints {', '.join(f'step{c}' for c in t['checkpoints'])}; aggregate {t['aggregate']}",
+                      highlight=False)
+    if summary.get("ensemble"):
+        e = summary["ensemble"]
+        console.print(f"ensemble of {len(e['members'])} runs (scores divided by each member's standard deviation over the window, "
+                      f"then averaged): " + "; ".join(f"{Path(m['run']).name} (heads {', '.join(m['heads'])}, checkpoint "
+                                                      f"step{m['checkpoint_step']}, sd {m['score_sd']:.4g})" for m in e["members"]),
                       highlight=False)
     w = summary["window"]
     rate = f", {summary['rows_per_s']:,.0f} rows/s" if summary.get("rows_per_s") else ""
