@@ -20,7 +20,7 @@ BATCH_TOKENS = 8192
 MAX_BATCH_ROWS = 64
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
-AGGREGATES = ("sum", "segment")
+AGGREGATES = ("sum", "segment", "lr-sum")
 """How trajectory scores (`--checkpoints`) combine the checkpoints (`pipelines.score_trajectory`)."""
 
 
@@ -47,7 +47,7 @@ class ScoreRequest:
     damping: float = opt(DEFAULT_DAMPING, "--damping", help="EK-FAC damping factor: each eigenvalue is divided as max(Lambda + F * mean(Lambda), 1e-5) (mda only; a different F is a different job, with its own factors and scores).")
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
     checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
-    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style) or segment (each row at the first checkpoint after the step that consumed it).")
+    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style), lr-sum (the sum with each checkpoint weighted by the learning rate of the update that produced it, TracIn; needs a curate training run folder, whose schedule it reads) or segment (each row at the first checkpoint after the step that consumed it).")
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
     progress: bool = True

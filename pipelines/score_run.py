@@ -190,7 +190,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
     remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
     for a, b in shards:
         tables = [ScoreTable.from_parquet(sj.out / shard_file(a, b)) for sj in job.trajectory]
-        combined = aggregate_tables(tables, steps, req.aggregate)
+        combined = aggregate_tables(tables, steps, req.aggregate, job.weights)
         path = combined.to_parquet(out / shard_file(a, b))
         rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
         manifest.shards[rec.key] = rec
@@ -215,6 +215,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
         trajectory={
             "checkpoints": steps,
             "aggregate": req.aggregate,
+            **({} if job.weights is None else {"weights": job.weights}),
             "folders": [str(sj.out.relative_to(out)) for sj in job.trajectory],
             "checkpoint_paths": [s.get("checkpoint_absolute", s["checkpoint"]) for s in subs],
             "fingerprint_hashes": [s["fingerprint_hash"] for s in subs],

@@ -1,4 +1,4 @@
-"""Trajectory scores (`curate score --checkpoints auto|stepK,... --aggregate sum|segment`): the window scored at
+"""Trajectory scores (`curate score --checkpoints auto|stepK,... --aggregate sum|lr-sum|segment`): the window scored at
 several checkpoints of the run, each by an ordinary scoring job with its own EK-FAC fit (one fit per checkpoint,
 shared by all heads; `pipelines.score_job` / `score_run`, the one scoring driver and its factor cache), then
 combined row by row into the same scores folder format (`attribution.scores_folder`).
@@ -9,6 +9,11 @@ combined row by row into the same scores folder format (`attribution.scores_fold
   so on the reference run (window 0-1,700, checkpoints every 100) `auto` is step400, step900, step1300, step1700.
 - `sum`: every column summed over the checkpoints (TracIn-CP with EK-FAC curvature): head_c and score = the sum
   of the per-checkpoint values; `loss` = the loss at the last checkpoint.
+- `lr-sum` (TracIn, Pruthi et al. 2020): the sum with checkpoint stepK's values weighted by the learning rate of
+  the update that produced it (`training.spec.checkpoint_lr`: the step size between the previous checkpoint and
+  this one; warm-up checkpoints weigh less), read from the scored run's `run.json` (`checkpoint_weights`): head_c
+  and score = sum_i lr_i * value_i; `loss` = the loss at the last checkpoint. A model without a curate run folder
+  (its schedule unknown) is refused.
 - `segment` (the segment idea of SOURCE, Bae et al. 2024): each row takes every column from the first checkpoint
   whose model has taken the row's step, i.e. the first checkpoint c > step (c >= step + 1: checkpoint stepK holds
   the weights after K optimizer steps, the row of step s goes into the update that yields step s + 1); rows
@@ -20,17 +25,20 @@ Layout: `<out>/checkpoints/step<K>/` is each checkpoint's complete scores folder
 and shards: a killed job redoes only the unfinished checkpoints and shards); `<out>/shards/` holds the combined
 rows, `<out>/summary.json` records `trajectory` {checkpoints, aggregate, folders}. The manifest's fingerprint
 names the checkpoint jobs but not the aggregation (changing `--aggregate` recombines the same checkpoint scores);
-the summary's `fingerprint_hash` includes the aggregation (`ScoreJob.result_hash`). The rules live here; the job
+the summary's `fingerprint_hash` includes the aggregation and lr-sum's weights (`ScoreJob.result_hash`). The rules live here; the job
 is resolved by `pipelines.score_job` and run by `pipelines.score_run.run_trajectory`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from curate.attribution.score_table import ScoreTable
 from curate.errors import CurateError
+from curate.training.models import RUN_FILE, list_checkpoints
+from curate.training.spec import checkpoint_lr, stored_spec
 
 AUTO_MAX_CHECKPOINTS = 4
 CHECKPOINTS_DIR = "checkpoints"
@@ -62,10 +70,28 @@ def segment_index(steps: np.ndarray, checkpoints: list[int]) -> np.ndarray:
     return np.minimum(np.searchsorted(cks, np.asarray(steps, dtype=np.int64), side="right"), len(cks) - 1)
 
 
-def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str) -> ScoreTable:
-    """The checkpoints' score tables of the same rows (in `checkpoints` order) combined by `how` (sum / segment)."""
+def checkpoint_weights(run_dir: Path | None, checkpoints: list[int], where: str) -> list[float]:
+    """`lr-sum`'s weights: per checkpoint, the learning rate of the update that produced it under the schedule of the
+    run in `run_dir` (its run.json spec). A model without a curate run folder has no known schedule: one line."""
+    path = None if run_dir is None else Path(run_dir) / RUN_FILE
+    if path is None or not path.is_file():
+        what = "the model" if run_dir is None else str(run_dir)
+        raise CurateError(f"{where}: lr-sum weights each checkpoint by the learning rate its run used, and {what} is not a curate "
+                          f"training run folder with a {RUN_FILE} (its schedule is unknown): use --aggregate sum or segment")
+    try:
+        spec = stored_spec(json.loads(path.read_text()), Path(run_dir))  # type: ignore[arg-type]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CurateError(f"{path}: cannot read the run's schedule ({e})") from None
+    return [checkpoint_lr(spec, c) for c in checkpoints]
+
+
+def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str, weights: list[float] | None = None) -> ScoreTable:
+    """The checkpoints' score tables of the same rows (in `checkpoints` order) combined by `how` (sum / lr-sum with
+    `weights`, one per checkpoint / segment)."""
     if not tables or len(tables) != len(checkpoints):
         raise CurateError("one score table per checkpoint is needed")
+    if (how == "lr-sum") != (weights is not None) or (weights is not None and len(weights) != len(tables)):
+        raise CurateError("lr-sum takes one weight per checkpoint (and only lr-sum takes weights)")
     first = tables[0]
     for t in tables[1:]:
         if t.heads != first.heads or not np.array_equal(t.row_id, first.row_id) or not np.array_equal(t.step, first.step):
@@ -75,13 +101,17 @@ def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str)
     losses = np.stack([t.loss for t in tables])
     if how == "sum":
         combined, loss = values.sum(axis=0), losses[-1]
+    elif how == "lr-sum":
+        combined, loss = (values * np.asarray(weights, dtype=np.float64)[:, None, None]).sum(axis=0), losses[-1]
     elif how == "segment":
         idx = segment_index(first.step, checkpoints)
         rows = np.arange(len(first))
         combined, loss = values[idx, rows], losses[idx, rows]
     else:
-        raise CurateError(f"aggregate {how!r}: expected sum or segment")
+        raise CurateError(f"aggregate {how!r}: expected sum, lr-sum or segment")
     meta = {**first.meta, "checkpoints": list(checkpoints), "aggregate": how}
+    if weights is not None:
+        meta["weights"] = [float(w) for w in weights]
     if per_head:
         return ScoreTable(first.row_id, first.step, loss, combined, list(first.heads), meta)
     return ScoreTable(first.row_id, first.step, loss, np.zeros((len(first), 0)), [], meta, combined[:, 0])
@@ -96,6 +126,4 @@ def resolve_steps(spec: str, run_dir: Path | None, formed: int | None, start: in
         return list(parsed)  # type: ignore[arg-type]
     if run_dir is None:
         raise CurateError(f"{where}: auto checkpoints need a training run folder (its saved checkpoints); list them as stepK,stepK")
-    from curate.training.models import list_checkpoints
-
     return auto_checkpoints(sorted(list_checkpoints(run_dir)), start, end, formed)

@@ -1,4 +1,4 @@
-"""`curate score --checkpoints ... --aggregate sum|segment` (`pipelines.score_trajectory`): the choice of checkpoints,
+"""`curate score --checkpoints ... --aggregate sum|lr-sum|segment` (`pipelines.score_trajectory`): the choice of checkpoints,
 the per-row aggregation, and the pipeline against scoring each checkpoint on its own (exact to float tolerance),
 resume per checkpoint, and a change of aggregation that rescoring nothing.
 
@@ -19,12 +19,14 @@ from curate.errors import CurateError
 from curate.pipelines.score_job import ScoreRequest, resolve_job
 from curate.pipelines.score_request import parse_checkpoints
 from curate.pipelines.score_run import run_job
-from curate.pipelines.score_trajectory import aggregate_tables, auto_checkpoints, segment_index
+from curate.pipelines.score_trajectory import aggregate_tables, auto_checkpoints, checkpoint_weights, segment_index
+from curate.training.schedule import lr_at
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
 STEPS = [2, 4, 6]
 HEADS = "1.0,1.2"
+LR, WARMUP = 1e-3, 4  # the fake run's schedule: warm-up over updates 0-3, cosine to step 10
 
 
 # --------------------------------------------------------------------------- the rules
@@ -52,7 +54,7 @@ def test_parse_checkpoints_and_cheap_checks() -> None:
     for bad in ("step", "1k", ""):
         with pytest.raises(CurateError):
             parse_checkpoints(bad)
-    with pytest.raises(CurateError, match="--aggregate 'mean': expected one of sum, segment"):
+    with pytest.raises(CurateError, match="--aggregate 'mean': expected one of sum, segment, lr-sum"):
         ScoreRequest(aggregate="mean").validate()
     with pytest.raises(CurateError, match="--checkpoints 'x': expected auto"):
         ScoreRequest(checkpoints="x").validate()
@@ -81,6 +83,39 @@ def test_aggregate_sum_and_segment_by_hand() -> None:
         aggregate_tables([a, _table(a.head_scores, [0, 3, 4], 1.0)], [2, 4], "sum")
 
 
+def test_lr_sum_weights_each_checkpoint_by_its_learning_rate() -> None:
+    steps = [0, 3, 5]
+    a = _table(np.array([[1.0, -2.0], [3.0, 4.5], [5.0, 6.0]]), steps, 1.0)
+    b = _table(np.array([[10.0, 20.0], [-30.0, 40.0], [50.0, 0.25]]), steps, 2.0)
+    w = [0.3, 0.7]
+    got = aggregate_tables([a, b], [2, 4], "lr-sum", w)
+    np.testing.assert_array_equal(got.head_scores, 0.3 * a.head_scores + 0.7 * b.head_scores)  # exactly
+    np.testing.assert_array_equal(got.score, got.head_scores.sum(axis=1))
+    assert got.loss.tolist() == [2.0, 2.0, 2.0] and got.meta["aggregate"] == "lr-sum" and got.meta["weights"] == w
+    with pytest.raises(CurateError, match="one weight per checkpoint"):
+        aggregate_tables([a, b], [2, 4], "lr-sum")
+    with pytest.raises(CurateError, match="one weight per checkpoint"):
+        aggregate_tables([a, b], [2, 4], "sum", w)
+
+
+def test_lr_sum_weights_are_the_runs_schedule(run, tmp_path) -> None:
+    # checkpoint stepK: the learning rate of update K - 1 (the curves' lr at step K); step0: the first update's
+    weights = checkpoint_weights(run["run"], [0, 2, 4, 6, 10], "--aggregate lr-sum")
+    assert weights == [lr_at(0, LR, WARMUP, 10), lr_at(1, LR, WARMUP, 10), lr_at(3, LR, WARMUP, 10), lr_at(5, LR, WARMUP, 10),
+                       lr_at(9, LR, WARMUP, 10)]
+    assert weights[:3] == pytest.approx([LR / 4, LR / 2, LR])  # warm-up checkpoints weigh less
+    assert weights[3] == pytest.approx(0.1 * LR + 0.9 * LR * 0.5 * (1 + np.cos(np.pi / 6)))  # cosine decay after
+    with pytest.raises(CurateError, match="^--aggregate lr-sum: .*not a curate training run folder"):
+        checkpoint_weights(None, [2], "--aggregate lr-sum")
+    # checkpoints without the run's run.json (its schedule unknown): refused before anything is written
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "checkpoints").symlink_to(run["run"] / "checkpoints")
+    with pytest.raises(CurateError, match="^--aggregate lr-sum: .*model is not a curate training run folder.*schedule is unknown"):
+        resolve_job(request(run, tmp_path / "out", model=str(tmp_path / "model"), revision="step6", corpus=str(run["corpus"]),
+                            window="0:6", checkpoints="step2,step4", aggregate="lr-sum"))
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -92,7 +127,8 @@ def run(tmp_path_factory) -> dict:
     run_dir = base / "run"
     for i, s in enumerate(STEPS):
         build_tiny_model(run_dir / "checkpoints" / f"step{s}", seed=10 + i)
-    (run_dir / "run.json").write_text(json.dumps({"spec": {"corpus": str(corpus), "plan": None}, "batch_size": 8}))
+    spec = {"corpus": str(corpus), "plan": None, "lr": LR, "warmup_steps": WARMUP, "steps": 10, "min_lr_ratio": 0.1}
+    (run_dir / "run.json").write_text(json.dumps({"spec": spec, "batch_size": 8}))
     emergence = {"induction": {"threshold": 0.3, "emergence_step": 5, "max": 0.6},
                  "previous_token": {"threshold": 0.3, "emergence_step": 2, "max": 0.8}}
     (run_dir / "summary.json").write_text(json.dumps({"complete": True, "emergence": emergence}))
@@ -152,6 +188,17 @@ def test_trajectory_equals_each_checkpoint_scored_alone(ray_address, run, monkey
         rows = idx == i
         np.testing.assert_allclose(picked.head_scores[rows], alone[i].head_scores[rows], rtol=1e-9, atol=tol)
         np.testing.assert_array_equal(picked.loss[rows], alone[i].loss[rows])
+
+    # lr-sum: the same checkpoints reused, each weighted by its learning rate (warm-up step2 and step4 weigh less)
+    lr = run_job(resolve_job(request(run, out, checkpoints="auto", aggregate="lr-sum")))
+    weights = [lr_at(s - 1, LR, WARMUP, 10) for s in STEPS]
+    assert lr["rows_scored"] == 0 and lr["trajectory"]["aggregate"] == "lr-sum" and lr["trajectory"]["weights"] == weights
+    assert len({lr["fingerprint_hash"], seg["fingerprint_hash"], summary["fingerprint_hash"]}) == 3
+    weighted = scores(out)
+    np.testing.assert_allclose(weighted.head_scores, sum(w * t.head_scores for w, t in zip(weights, alone)), rtol=1e-9, atol=LR * tol)
+    np.testing.assert_array_equal(weighted.loss, alone[-1].loss)
+    seg = run_job(resolve_job(request(run, out, checkpoints="auto", aggregate="segment")))
+    picked = scores(out)
 
     # the same scores folder format: build-mix takes it unchanged (the top rows by the combined score)
     code, _, err = run_cli(["build-mix", out, "--remove", "10%", "--out", run["base"] / "mix"], monkeypatch, capsys)
