@@ -346,6 +346,8 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
     weights = None
     if trajectory and req.aggregate == "lr-sum":
         weights = checkpoint_weights(run_dir, [int(j.checkpoint_step) for j in trajectory], flag(req, "aggregate") + " lr-sum")  # type: ignore[arg-type]
+    if req.token_aggregate != "sum":  # recorded when not the plain sum: the folders written before keep their fingerprint
+        fingerprint["token_aggregate"] = req.token_aggregate
     if req.method != "mda":  # an MDA job's fingerprint stays what it was before there were methods
         fingerprint["method"] = req.method
         if not score_method(req.method).fits_factors:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from curate.amounts import check_amount
 from curate.attribution.damping import DEFAULT_DAMPING
+from curate.attribution.token_aggregation import TOKEN_AGGREGATES
 from curate.errors import CurateError
 from curate.options import check_positive, flag, named, opt, workspace_opt
 from curate.pipelines.methods import get_method, method_names, methods_help
@@ -48,6 +49,7 @@ class ScoreRequest:
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
     checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style), lr-sum (the sum with each checkpoint weighted by the learning rate of the update that produced it, TracIn; needs a curate training run folder, whose schedule it reads) or segment (each row at the first checkpoint after the step that consumed it).")
+    token_aggregate: str = opt("sum", "--token-aggregate", help="How a row's per-position contributions to a head form its score: sum (the plain influence) or positive (only the positions that build the head: the positive terms of sum_t -<P, g_t x_t^T>); mda and gradient-dot only.")
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
     progress: bool = True
@@ -92,6 +94,11 @@ def check_request(req: ScoreRequest) -> None:
         check_mode(req.mode)
     if req.aggregate not in AGGREGATES:
         raise CurateError(f"{flag(req, 'aggregate')} {req.aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+    if req.token_aggregate not in TOKEN_AGGREGATES:
+        raise CurateError(f"{flag(req, 'token_aggregate')} {req.token_aggregate!r}: expected one of {', '.join(TOKEN_AGGREGATES)}")
+    if req.token_aggregate != "sum" and get_method(req.method).curvature is None:
+        raise CurateError(f"{flag(req, 'token_aggregate')} {req.token_aggregate}: {req.method} is a row statistic, with no per-position "
+                          f"gradient contributions (gradient methods only: mda, gradient-dot)")
     if req.checkpoints is not None:
         with named(req, "checkpoints"):
             parse_checkpoints(req.checkpoints)

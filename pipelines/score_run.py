@@ -92,8 +92,9 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
                 corpus=job.corpus_spec, batch_size=job.corpus.batch_size, heads=list(job.heads), mode=req.mode,
                 seed=req.seed, batch_rows=req.batch_rows, device=req.device, vocab_size=int(job.model.config.vocab_size),
                 shard_meta={"circuit": job.circuit.name, "mode": req.mode, "heads": [str(h) for h in job.heads],
-                            "job": fingerprint_hash(job.fingerprint), **({} if method.name == "mda" else {"method": method.name})},
-                faults=faults, statistic=method.statistic,
+                            "job": fingerprint_hash(job.fingerprint), **({} if method.name == "mda" else {"method": method.name}),
+                            **({} if req.token_aggregate == "sum" else {"token_aggregate": req.token_aggregate})},
+                faults=faults, statistic=method.statistic, token_aggregate=req.token_aggregate,
             )
             model_ref = ray.put(job.model.cpu())
             workers_used = worker_count(req, session.cpus, session.gpus, len(todo))
@@ -150,6 +151,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         cpu_seconds_score=round(cpu_score, 3), retries=[r.to_json() for r in retries],
         retried_shards=len({tuple(r.key) for r in retries if r.phase == "score"}), nodes=nodes,
         notes=job.notes + list(job.localization.notes), fingerprint_hash=job.result_hash,
+        token_aggregate=None if req.token_aggregate == "sum" else req.token_aggregate,
     ).to_json()
     write_summary(out, summary)  # last: the folder is complete
     return summary

@@ -63,11 +63,13 @@ class ScoreSummary:
     notes: list[str]
     fingerprint_hash: str
     trajectory: dict | None = None  # trajectory scores: checkpoints, aggregate, the per-checkpoint folders
+    token_aggregate: str | None = None  # `--token-aggregate` other than the plain sum (None: sum)
 
     def to_json(self) -> dict:
         out = asdict(self)
-        if out["trajectory"] is None:
-            del out["trajectory"]
+        for name in ("trajectory", "token_aggregate"):  # left out when unset: folders keep the summary they had
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
