@@ -1,4 +1,4 @@
-"""Trajectory scores (`curate score --checkpoints auto|stepK,... --aggregate sum|lr-sum|segment`): the window scored at
+"""Trajectory scores (`curate score --checkpoints auto|transition[:N]|stepK,... --aggregate sum|lr-sum|segment`): the window scored at
 several checkpoints of the run, each by an ordinary scoring job with its own EK-FAC fit (one fit per checkpoint,
 shared by all heads; `pipelines.score_job` / `score_run`, the one scoring driver and its factor cache), then
 combined row by row into the same scores folder format (`attribution.scores_folder`).
@@ -7,6 +7,9 @@ combined row by row into the same scores folder format (`attribution.scores_fold
   its end) plus the first checkpoint at/after the circuit formed, thinned to at most `AUTO_MAX_CHECKPOINTS`
   spread evenly over the steps (the last always kept). By default the window ends at that formation checkpoint,
   so on the reference run (window 0-1,700, checkpoints every 100) `auto` is step400, step900, step1300, step1700.
+- Checkpoints `transition[:N]` (`transition_checkpoints`): the N (default 4) saved checkpoints that end at the first
+  checkpoint at/after the circuit formed, consecutive (dense around the transition, where influence peaks and can
+  change sign, Lee et al. 2025), after the window's start; on the reference run step1400, 1500, 1600, 1700.
 - `sum`: every column summed over the checkpoints (TracIn-CP with EK-FAC curvature): head_c and score = the sum
   of the per-checkpoint values; `loss` = the loss at the last checkpoint.
 - `lr-sum` (TracIn, Pruthi et al. 2020): the sum with checkpoint stepK's values weighted by the learning rate of
@@ -64,6 +67,18 @@ def auto_checkpoints(saved: list[int], start: int, end: int, formed: int | None,
     return sorted(picks)
 
 
+def transition_checkpoints(saved: list[int], start: int, formed: int | None, n: int, where: str) -> list[int]:
+    """`--checkpoints transition:N`: the last `n` saved checkpoints c with start < c <= `formed` (the first checkpoint
+    at/after formation), i.e. consecutive saved checkpoints ending there (fewer when the window holds fewer)."""
+    if formed is None:
+        raise CurateError(f"{where}: transition needs the step where the circuit formed, and it never formed in the run "
+                          f"(or the run records no curve): list the checkpoints as stepK,stepK")
+    chosen = sorted(c for c in saved if start < c <= formed)
+    if not chosen:
+        raise CurateError(f"{where}: no saved checkpoint of the run lies in ({start}, {formed}]")
+    return chosen[-n:]
+
+
 def segment_index(steps: np.ndarray, checkpoints: list[int]) -> np.ndarray:
     """Per row, the index of its checkpoint under `segment`: the first checkpoint c > step, else the last."""
     cks = np.asarray(checkpoints, dtype=np.int64)
@@ -118,12 +133,16 @@ def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str,
 
 
 def resolve_steps(spec: str, run_dir: Path | None, formed: int | None, start: int, end: int, where: str) -> list[int]:
-    """The checkpoint steps of `--checkpoints` (already parsed-checked): `auto` needs a training run folder."""
+    """The checkpoint steps of `--checkpoints` (already parsed-checked): `auto` and `transition` need a training run folder."""
     from curate.pipelines.score_request import parse_checkpoints
 
     parsed = parse_checkpoints(spec)
-    if parsed != "auto":
-        return list(parsed)  # type: ignore[arg-type]
+    if isinstance(parsed, list):
+        return parsed
+    name = parsed if isinstance(parsed, str) else parsed[0]
     if run_dir is None:
-        raise CurateError(f"{where}: auto checkpoints need a training run folder (its saved checkpoints); list them as stepK,stepK")
-    return auto_checkpoints(sorted(list_checkpoints(run_dir)), start, end, formed)
+        raise CurateError(f"{where}: {name} checkpoints need a training run folder (its saved checkpoints); list them as stepK,stepK")
+    saved = sorted(list_checkpoints(run_dir))
+    if isinstance(parsed, tuple):
+        return transition_checkpoints(saved, start, formed, parsed[1], where)
+    return auto_checkpoints(saved, start, end, formed)

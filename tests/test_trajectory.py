@@ -19,7 +19,8 @@ from curate.errors import CurateError
 from curate.pipelines.score_job import ScoreRequest, resolve_job
 from curate.pipelines.score_request import parse_checkpoints
 from curate.pipelines.score_run import run_job
-from curate.pipelines.score_trajectory import aggregate_tables, auto_checkpoints, checkpoint_weights, segment_index
+from curate.pipelines.score_trajectory import (aggregate_tables, auto_checkpoints, checkpoint_weights, segment_index,
+                                              transition_checkpoints)
 from curate.training.schedule import lr_at
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
@@ -43,6 +44,18 @@ def test_auto_checkpoints_spread_over_the_window_and_end_at_formation() -> None:
         auto_checkpoints([0, 1000], 0, 500, None)
 
 
+def test_transition_checkpoints_are_consecutive_and_end_at_formation() -> None:
+    saved = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512} | set(range(0, 2100, 100)))
+    # the reference run: formation checkpoint 1700 -> the 4 saved checkpoints before it, dense (auto spreads them)
+    assert transition_checkpoints(saved, 0, 1700, 4, "w") == [1400, 1500, 1600, 1700]
+    assert transition_checkpoints(saved, 0, 1700, 2, "w") == [1600, 1700]
+    assert transition_checkpoints(saved, 0, 600, 4, "w") == [400, 500, 512, 600]  # every saved checkpoint counts
+    assert transition_checkpoints([0, 100, 200, 300], 0, 200, 4, "w") == [100, 200]  # fewer in the window
+    assert transition_checkpoints(saved, 1550, 1700, 4, "w") == [1600, 1700]  # after the window's start
+    with pytest.raises(CurateError, match="^w: transition needs the step where the circuit formed"):
+        transition_checkpoints(saved, 0, None, 4, "w")
+
+
 def test_segment_takes_the_first_checkpoint_after_the_consuming_step() -> None:
     # checkpoint stepK = weights after K updates: the row of step s is in checkpoints c >= s + 1
     steps = np.array([0, 1, 2, 3, 5, 6, 9])
@@ -51,12 +64,13 @@ def test_segment_takes_the_first_checkpoint_after_the_consuming_step() -> None:
 
 def test_parse_checkpoints_and_cheap_checks() -> None:
     assert parse_checkpoints("auto") == "auto" and parse_checkpoints("step1000, step500,500") == [500, 1000]
-    for bad in ("step", "1k", ""):
+    assert parse_checkpoints("transition") == ("transition", 4) and parse_checkpoints(" Transition:2 ") == ("transition", 2)
+    for bad in ("step", "1k", "", "transition:0", "transition:", "transition:x"):
         with pytest.raises(CurateError):
             parse_checkpoints(bad)
     with pytest.raises(CurateError, match="--aggregate 'mean': expected one of sum, segment, lr-sum"):
         ScoreRequest(aggregate="mean").validate()
-    with pytest.raises(CurateError, match="--checkpoints 'x': expected auto"):
+    with pytest.raises(CurateError, match="--checkpoints 'x': expected auto, transition"):
         ScoreRequest(checkpoints="x").validate()
     with pytest.raises(CurateError, match="--checkpoints: copy-share does not run the model"):
         ScoreRequest(checkpoints="auto", method="copy-share").validate()
@@ -217,6 +231,15 @@ def test_trajectory_equals_each_checkpoint_scored_alone(ray_address, run, monkey
 def test_trajectory_checks_before_writing(run, tmp_path) -> None:
     with pytest.raises(CurateError, match="no checkpoint 'step3'"):
         resolve_job(request(run, tmp_path / "x", checkpoints="step2,step3"))
+    # transition: the run's saved checkpoints up to the first after formation (step6), consecutive
+    job = resolve_job(request(run, tmp_path / "x", checkpoints="transition:2"))
+    assert [j.checkpoint_step for j in job.trajectory] == [4, 6] and job.window == (0, 6)
+    assert [j.checkpoint_step for j in resolve_job(request(run, tmp_path / "x", checkpoints="transition")).trajectory] == STEPS
+    early = resolve_job(request(run, tmp_path / "x", checkpoints="transition:1", circuit="previous-token"))  # formed at 2
+    assert [j.checkpoint_step for j in early.trajectory] == [2]
+    with pytest.raises(CurateError, match="transition checkpoints need a training run folder"):
+        resolve_job(request(run, tmp_path / "x", model=str(run["run"] / "checkpoints" / "step6"), corpus=str(run["corpus"]),
+                            window="0:6", checkpoints="transition"))
     assert not (tmp_path / "x").exists()
     job = resolve_job(request(run, None, checkpoints="step2,step6", workspace=tmp_path / "ws"))
     assert job.out.name == "induction-trajectory" and [j.checkpoint_step for j in job.trajectory] == [2, 6]
