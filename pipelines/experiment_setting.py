@@ -235,6 +235,8 @@ def identity_of(s: Setting) -> dict:
     scoring = {}  # the MDA scores' trajectory options, recorded when scoring uses them (one-checkpoint folders keep their identity)
     if s.score_checkpoints is not None:
         scoring.update(score_checkpoints=s.score_checkpoints, score_aggregate=o.aggregate)
+    if o.token_aggregate != "sum":  # recorded when not the plain sum (experiments run before keep their identity)
+        scoring["score_token_aggregate"] = o.token_aggregate
     numerics = {name: getattr(o, name) for name in ("micro_batch", "precision") if getattr(o, name) is not None}  # recorded when given
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     if own is not None:
