@@ -268,3 +268,23 @@ def test_a_trajectory_killed_inside_a_checkpoint_resumes_in_its_folder(ray_addre
     assert (out / "checkpoints" / f"step{STEPS[0]}" / "summary.json").is_file()
     done = run_job(resolve_job(request(run, out, checkpoints="auto", ray_address=ray_address)))
     assert (done["shards_skipped"], done["rows_scored"]) == (3, 2 * 48)  # the first checkpoint kept (3 shards of 16 rows)
+
+
+def test_the_levers_together_are_one_score_command(ray_address, run, monkeypatch, capsys) -> None:
+    """A variant is one `curate score ... --out FOLDER`: transition checkpoints, lr-sum and positive token aggregation
+    recorded in the summary and command.json; its scores are the lr-weighted sum of the checkpoints' positive scores."""
+    out = run["base"] / "levers"
+    code, _, err = run_cli(["score", "--model", run["run"], "--heads", HEADS, "--checkpoints", "transition:2", "--aggregate", "lr-sum",
+                            "--token-aggregate", "positive", "--out", out, "--workers", "1", "--batch-rows", "4", "--shard-rows", "16",
+                            "--fit-rows", "32", "--ray-address", ray_address, "--quiet", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    weights = [lr_at(3, LR, WARMUP, 10), lr_at(5, LR, WARMUP, 10)]
+    assert summary["trajectory"]["checkpoints"] == [4, 6] and summary["trajectory"]["weights"] == weights
+    assert summary["token_aggregate"] == "positive"
+    options = json.loads((out / "command.json").read_text())["options"]
+    assert (options["checkpoints"], options["aggregate"], options["token_aggregate"]) == ("transition:2", "lr-sum", "positive")
+    per_checkpoint = [scores(out / "checkpoints" / f"step{s}") for s in (4, 6)]
+    assert all((t.head_scores >= 0).all() for t in per_checkpoint)
+    np.testing.assert_allclose(scores(out).head_scores, weights[0] * per_checkpoint[0].head_scores + weights[1] * per_checkpoint[1].head_scores,
+                               rtol=1e-12)
