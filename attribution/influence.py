@@ -5,6 +5,8 @@ Pieces: `probe_gradients` (grad of f_probe w.r.t. each target head's blocks), `E
 forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t). The driver that
 runs them end to end (fit -> precondition -> score) is `attribution.scoring`.
 Sign: positive = a gradient-descent step on the row increases f_probe (the row builds the head).
+`token_aggregate="positive"` (`attribution.token_aggregation`): each row's score sums only its positive
+per-position contributions, from the same x and g (no per-token backward).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from curate.attribution.ekfac import EKFACFactors, TargetHeads
 from curate.attribution.heads import HeadBlocks, HeadGeometry, HeadRef, attention_of, check_mode, slice_head_grads
+from curate.attribution.token_aggregation import TOKEN_AGGREGATES
 from curate.attribution.trace import HeadTracer, frozen
 from curate.errors import CurateError
 
@@ -86,7 +89,11 @@ class HeadInfluenceScorer:
         mode: str,
         autocast: bool | None = None,
         dtype: torch.dtype = torch.float32,
+        token_aggregate: str = "sum",
     ) -> None:
+        if token_aggregate not in TOKEN_AGGREGATES:
+            raise CurateError(f"token aggregate {token_aggregate!r}: expected one of {', '.join(TOKEN_AGGREGATES)}")
+        self.token_aggregate = token_aggregate
         self.model = model
         self.targets = TargetHeads(HeadGeometry.of(model), heads, mode)
         self.heads = self.targets.heads
@@ -118,7 +125,8 @@ class HeadInfluenceScorer:
             self._p_qkv[layer] = torch.cat(rows, 0).to(device=dev, dtype=dtype)
             if self.targets.need_dense:
                 self._p_o[layer] = torch.cat([preconditioned_probe_grads[h]["o"] for h in group], 1).to(device=dev, dtype=dtype)
-        self._scores: torch.Tensor | None = None
+        self._scores: torch.Tensor | None = None  # (n, heads): `sum`'s running scores
+        self._positions: torch.Tensor | None = None  # (n, T, heads): `positive`'s per-position contributions
 
     # TraceConsumer
     def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -127,28 +135,51 @@ class HeadInfluenceScorer:
         p = self._p_qkv[layer]
         y = (x.to(self.dtype) @ p.T).view(*x.shape[:-1], -1, c)  # (n, T, k, c): P x_t per head
         gs = self.targets.qkv_heads(layer, g, "qkv" if self.targets.need_dense else "qk").to(self.dtype)
-        self._add(layer, torch.einsum("ntkc,ntkc->nk", y, gs))
+        self._add(layer, y, gs)
 
     def on_dense(self, layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
         hd = self.targets.geo.head_dim
         z = (g.to(self.dtype) @ self._p_o[layer]).view(*g.shape[:-1], -1, hd)  # (n, T, k, hd): P^T g_t per head
         ah = self.targets.dense_heads(layer, a).to(self.dtype)
-        self._add(layer, torch.einsum("ntkc,ntkc->nk", z, ah))
+        self._add(layer, z, ah)
 
-    def _add(self, layer: int, dots: torch.Tensor) -> None:
-        assert self._scores is not None
-        self._scores[:, self._col[layer]] -= dots
+    def _add(self, layer: int, u: torch.Tensor, v: torch.Tensor) -> None:
+        """Subtract the per-head dots of (n, T, k, c) `u` and `v`: summed over positions (`sum`), or kept per position
+        (`positive`, clamped once every block of the position is in)."""
+        if self._positions is not None:
+            self._positions[:, :, self._col[layer]] -= torch.einsum("ntkc,ntkc->ntk", u, v)
+        else:
+            assert self._scores is not None
+            self._scores[:, self._col[layer]] -= torch.einsum("ntkc,ntkc->nk", u, v)
+
+    def _trace(self, rows: "np.ndarray | torch.Tensor", per_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean token loss (n,), scores (n, heads), or per position (n, T, heads)) of one forward/backward."""
+        n, positions = len(rows), int(rows.shape[1]) - 1  # the inputs are row[:-1]
+        shape = (n, positions, len(self.heads)) if per_position else (n, len(self.heads))
+        acc = torch.zeros(shape, dtype=self.dtype, device=self.tracer.device)
+        if per_position:
+            self._positions = acc
+        else:
+            self._scores = acc
+        try:
+            loss = self.tracer.run(rows, self, labels="true")
+        finally:
+            self._scores = self._positions = None
+        return loss, acc
+
+    def contributions(self, rows: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """Per-position contributions of each row to each head's score (n, T, n_heads): a row's `sum` score is their
+        sum over positions, its `positive` score the sum of the positive ones."""
+        return self._trace(rows, per_position=True)[1].double().cpu().numpy()
 
     def score_batch(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
         """(mean token loss per row (n,), score per row and target head (n, n_heads)) for one batch."""
-        n = len(rows)
-        self._scores = torch.zeros(n, len(self.heads), dtype=self.dtype, device=self.tracer.device)
-        try:
-            loss = self.tracer.run(rows, self, labels="true")
-            scores = self._scores.double().cpu().numpy()
-        finally:
-            self._scores = None
-        return loss.float().cpu().numpy(), scores
+        if self.token_aggregate == "positive":
+            loss, positions = self._trace(rows, per_position=True)
+            scores = positions.clamp(min=0).sum(dim=1)
+        else:
+            loss, scores = self._trace(rows, per_position=False)
+        return loss.float().cpu().numpy(), scores.double().cpu().numpy()
 
 
 # --------------------------------------------------------------------------- fit rows and probes

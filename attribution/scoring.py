@@ -102,6 +102,7 @@ class ScoringWorker:
         vocab_size: int | None = None,
         shard_meta: dict | None = None,
         statistic: RowStatistic | None = None,
+        token_aggregate: str = "sum",
     ) -> None:
         self.model = model
         self.corpus = corpus
@@ -115,6 +116,7 @@ class ScoringWorker:
         self._fitters: dict[tuple[HeadRef, ...], EKFACFitter] = {}
         self.scorer: HeadInfluenceScorer | None = None
         self.statistic = statistic  # set: rows are scored by it, with no probe and no head columns
+        self.token_aggregate = token_aggregate  # how a row's per-position contributions form its score
 
     def batches(self, ids: np.ndarray):
         """(row ids, rows) batches of `ids`; a token id outside the vocabulary (when known) is an error."""
@@ -156,7 +158,8 @@ class ScoringWorker:
     def load_probe(self, preconditioned: dict[HeadRef, HeadBlocks] | None) -> None:
         """Build the scorer from the preconditioned probe gradients (once per worker; None: a `statistic` scores)."""
         if self.scorer is None and preconditioned is not None:
-            self.scorer = HeadInfluenceScorer(self.model, None, preconditioned, self.heads, self.mode, dtype=self.dtype)
+            self.scorer = HeadInfluenceScorer(self.model, None, preconditioned, self.heads, self.mode, dtype=self.dtype,
+                                              token_aggregate=self.token_aggregate)
 
     def score_rows(self, start: int, stop: int, on_rows: OnRows | None = None) -> ScoreTable:
         """Scores of rows [start, stop) (batches of `batch_rows` from `start`)."""
@@ -354,12 +357,14 @@ def score_corpus(
     shard_rows: int | None = None,
     curvature: str = "ekfac",
     statistic: RowStatistic | None = None,
+    token_aggregate: str = "sum",
 ) -> ScoreTable:
     """Fit EK-FAC on the window (or `fit_rows` rows sampled from it with `seed`), precondition the circuit's
     probe gradients once per head, and score every row of `row_range` (default: whole corpus), in this process.
 
     `curvature="identity"`: no fit, the raw probe gradients (the gradient-dot baseline). `statistic`: no fit and
-    no probe, every row scored by it (a table without head columns).
+    no probe, every row scored by it (a table without head columns). `token_aggregate`: how a row's per-position
+    contributions form its score (`attribution.token_aggregation`: sum or positive).
 
     The model is moved to `device`. Heads default to every head of layers >= 1 (induction) or all heads.
     `shard_rows` (a multiple of `batch_rows`): fit rows per partial sum and rows per scored shard, as the Ray
@@ -389,7 +394,7 @@ def score_corpus(
         raise CurateError(f"rows per shard ({shard_rows}) must be a positive multiple of the rows per batch ({batch_rows})")
     fit_ids = fit_row_ids((start, stop), fit_rows, seed)
 
-    worker = ScoringWorker(model, corpus, heads, mode, seed, batch_rows, statistic=statistic)
+    worker = ScoringWorker(model, corpus, heads, mode, seed, batch_rows, statistic=statistic, token_aggregate=token_aggregate)
     fit = FactorFit(fit_ids, fit_data_key(corpus, fit_ids, seed), damping, damping_floor, shard_rows)
     driver = ScoringDriver(InProcessExecutor(worker, progress), model, heads, mode, fit, factor_cache, curvature=curvature)
     if probes is None:
@@ -413,6 +418,7 @@ def score_corpus(
         "damping_floor": float(damping_floor),
         "probes": list(probes.shape),
         "curvature": curvature if statistic is None else None,
+        **({"token_aggregate": token_aggregate} if token_aggregate != "sum" else {}),
         "batch_size": int(corpus.batch_size),
         "seconds_fit": round(driver.seconds_fit, 3),
         "seconds_score": round(t_score, 3),

@@ -87,6 +87,7 @@ class WorkerSetup:
     faults: FaultPlan = field(default_factory=FaultPlan)
     threads: int = 1
     statistic: RowStatistic | None = None  # a method without a probe (`pipelines.score_methods`): it scores the rows
+    token_aggregate: str = "sum"  # how a row's per-position contributions form its score (`attribution.token_aggregation`)
 
 
 class ScoreWorker(ScoringWorker):
@@ -101,7 +102,7 @@ class ScoreWorker(ScoringWorker):
         corpus = open_corpus(setup.corpus, batch_size=setup.batch_size)
         heads = list(setup.heads)
         super().__init__(model, corpus, heads, setup.mode, setup.seed, setup.batch_rows, setup.vocab_size, setup.shard_meta,
-                         setup.statistic)
+                         setup.statistic, setup.token_aggregate)
         if preconditioned is not None:
             self.load_probe(preconditioned)
 

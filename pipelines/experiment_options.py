@@ -13,6 +13,7 @@ from curate.errors import CurateError
 from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
 from curate.pipelines.methods import PRIMARY, compared_methods
+from curate.attribution.token_aggregation import TOKEN_AGGREGATES
 from curate.pipelines.score_request import AGGREGATES, parse_checkpoints, parse_ensemble, parse_window
 from curate.training.schedule import parse_checkpoint_steps
 
@@ -54,8 +55,9 @@ class ExperimentOptions:
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
     methods: str | None = opt(None, "--methods", help=f"Scoring methods compared by remove-top / augment-top arms: {PRIMARY} plus any of {', '.join(compared_methods()[1:])} (default: {','.join(compared_methods())}; --quick: {PRIMARY}). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
-    checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
-    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum or segment (curate score --aggregate).")
+    checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto, transition[:N] or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
+    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum, lr-sum or segment (curate score --aggregate).")
+    token_aggregate: str = opt("sum", "--token-aggregate", help="How a row's per-position contributions form its MDA score: sum or positive (curate score --token-aggregate).")
     ensemble: str | None = opt(None, "--ensemble", help="MDA scores of an ensemble (curate score --ensemble): K (the reference run and reference runs of seeds 1..K-1, trained if missing; the reference baseline only) or the other members' run folders RUN,RUN (the baseline run is the first member); each member's scores divided by their sd over the window, averaged.", show_default=False)
     motif_rows: int = opt(2000, "--motif-rows", help="Top rows mined for motifs (synthetic) and queried for neighbours.")
     fit_rows: int | None = opt(None, "--fit-rows", help="Rows for the EK-FAC fit (default: curate score's, 8192).", show_default=False)
@@ -165,6 +167,8 @@ def check_options(opts: ExperimentOptions) -> None:
                                    f"baseline (no {f('model')} or {f('corpus')}); give the other members' run folders RUN,RUN")
         elif any(not part.strip() for part in opts.ensemble.split(",")):
             raise option_error(opts, "ensemble", f"{opts.ensemble!r}: expected K or the other members' run folders RUN,RUN")
+    if opts.token_aggregate not in TOKEN_AGGREGATES:
+        raise option_error(opts, "token_aggregate", f"{opts.token_aggregate!r}: expected one of {', '.join(TOKEN_AGGREGATES)}")
     if opts.rerun is not None:
         with named(opts, "rerun"):
             rerun = parse_arms(opts.rerun, include_baseline=False)

@@ -44,8 +44,8 @@ def choose_heads(s: Setting, window: Window, corpus_path: str, model_spec: str, 
 
 def score_job(s: Setting, window: Window, log: Log, method: str = "mda", heads: str | None = None):
     """`curate score`'s job for the window's scores by `method` (writes nothing); (job, notes). MDA chooses the heads
-    (and takes the experiment's --mode / --checkpoints / --aggregate); another method scores the same window at the
-    same checkpoint for the `heads` MDA used, into EXP/scores-<method>."""
+    (and takes the experiment's --mode / --checkpoints / --aggregate / --token-aggregate); another method scores the same window at the
+    same checkpoint for the `heads` MDA used, into EXP/scores-<method>. --token-aggregate applies to the MDA scores."""
     b = s.baseline
     if b.mode == "external":
         model_spec, revision = b.checkpoint(s.opts.revision or f"step{window.end_step}")
@@ -63,6 +63,7 @@ def score_job(s: Setting, window: Window, log: Log, method: str = "mda", heads: 
         device=s.opts.device, fit_rows=s.opts.fit_rows or DEFAULT_FIT_ROWS, seed=0, workspace=s.opts.workspace,
         progress=s.opts.progress, mode=s.opts.score_mode,
         checkpoints=s.score_checkpoints if mda else None, aggregate=s.opts.aggregate if mda else "sum",
+        token_aggregate=s.opts.token_aggregate if mda else "sum",
     )
     if ensemble is not None:  # the members' runs in place of the baseline's, each at its own checkpoint after formation
         req = replace(req, ensemble=ensemble, model=None, revision=None, corpus=None if ensemble.isdigit() else req.corpus)

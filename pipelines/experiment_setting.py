@@ -240,6 +240,8 @@ def identity_of(s: Setting) -> dict:
         scoring.update(score_checkpoints=s.score_checkpoints, score_aggregate=o.aggregate)
     if o.ensemble is not None:  # recorded when given (experiments without it keep their identity)
         scoring.update(score_ensemble=o.ensemble)
+    if o.token_aggregate != "sum":  # recorded when not the plain sum (experiments run before keep their identity)
+        scoring["score_token_aggregate"] = o.token_aggregate
     numerics = {name: getattr(o, name) for name in ("micro_batch", "precision") if getattr(o, name) is not None}  # recorded when given
     own = s.baseline.own_spec.to_json() if s.baseline.own_spec is not None else None  # type: ignore[attr-defined]
     if own is not None:

@@ -174,7 +174,7 @@ def calibrate(job: ScoreJob, fit: bool, log: Log = lambda s: None) -> tuple[list
     try:
         model = job.model.to(device).eval()
         worker = ScoringWorker(model, job.corpus, job.heads, req.mode, req.seed, req.batch_rows, int(model.config.vocab_size),
-                               statistic=method.statistic)
+                               statistic=method.statistic, token_aggregate=req.token_aggregate)
         timings: list[PassTiming] = []
         factors = IdentityCurvature(req.mode)  # cached factors or gradient-dot: timed with the identity (no fit to use)
         if fit:

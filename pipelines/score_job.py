@@ -46,7 +46,7 @@ from curate.pipelines.manifest import MANIFEST_FILE, Manifest, fingerprint_hash
 from curate.pipelines.ray_pool import check_ray_address
 from curate.pipelines.score_methods import score_method
 from curate.pipelines.score_request import ScoreRequest, auto_batch_rows, check_request, parse_window
-from curate.pipelines.score_trajectory import checkpoint_folder, resolve_steps
+from curate.pipelines.score_trajectory import checkpoint_folder, checkpoint_weights, resolve_steps
 from curate.training.checkpoints import STATE_FILE, load_trainer_state
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import CHECKPOINTS_DIR, RUN_FILE, checkpoint_step, list_checkpoints, load_model, resolve_checkpoint_dir
@@ -91,6 +91,8 @@ class ScoreJob:
     """`--checkpoints`: one job per checkpoint (`pipelines.score_trajectory`); empty for a one-checkpoint job."""
     ensemble: list["ScoreJob"] = field(default_factory=list)
     """`--ensemble`: one job per member run (`pipelines.score_ensemble`); empty for a one-model job."""
+    weights: list[float] | None = None
+    """`--aggregate lr-sum`: each checkpoint's learning rate (`score_trajectory.checkpoint_weights`); else None."""
 
     @property
     def result_hash(self) -> str:
@@ -98,7 +100,8 @@ class ScoreJob:
         fingerprint, plus the aggregation for trajectory scores."""
 
         if self.trajectory:
-            return fingerprint_hash({**self.fingerprint, "aggregate": self.request.aggregate})
+            weights = {} if self.weights is None else {"weights": self.weights}
+            return fingerprint_hash({**self.fingerprint, "aggregate": self.request.aggregate, **weights})
         return fingerprint_hash(self.fingerprint)
 
     @property
@@ -343,6 +346,11 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         trajectory = _resolve_trajectory(req, run_dir, circuit, corpus_path, heads, (start, end), out, formed_checkpoint, log)
         fingerprint["trajectory"] = {"checkpoints": [j.checkpoint_step for j in trajectory],
                                      "jobs": [j.result_hash for j in trajectory]}
+    weights = None
+    if trajectory and req.aggregate == "lr-sum":
+        weights = checkpoint_weights(run_dir, [int(j.checkpoint_step) for j in trajectory], flag(req, "aggregate") + " lr-sum")  # type: ignore[arg-type]
+    if req.token_aggregate != "sum":  # recorded when not the plain sum: the folders written before keep their fingerprint
+        fingerprint["token_aggregate"] = req.token_aggregate
     if req.method != "mda":  # an MDA job's fingerprint stays what it was before there were methods
         fingerprint["method"] = req.method
         if not score_method(req.method).fits_factors:
@@ -358,7 +366,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
-                    fit_ids, data_key, model_fp, fingerprint, notes, trajectory)
+                    fit_ids, data_key, model_fp, fingerprint, notes, trajectory, weights)
 
 
 def _resolve_trajectory(req: ScoreRequest, run_dir: Path | None, circuit: Circuit, corpus_path: str, heads: list[HeadRef],

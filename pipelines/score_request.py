@@ -10,6 +10,7 @@ from pathlib import Path
 
 from curate.amounts import check_amount
 from curate.attribution.damping import DEFAULT_DAMPING
+from curate.attribution.token_aggregation import TOKEN_AGGREGATES
 from curate.errors import CurateError
 from curate.options import check_positive, flag, named, opt, workspace_opt
 from curate.pipelines.methods import get_method, method_names, methods_help
@@ -20,7 +21,9 @@ BATCH_TOKENS = 8192
 MAX_BATCH_ROWS = 64
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_FIT_ROWS = 8192
-AGGREGATES = ("sum", "segment")
+TRANSITION_CHECKPOINTS = 4
+"""`--checkpoints transition`'s default N: the saved checkpoints up to the first after formation (`pipelines.score_trajectory`)."""
+AGGREGATES = ("sum", "segment", "lr-sum")
 """How trajectory scores (`--checkpoints`) combine the checkpoints (`pipelines.score_trajectory`)."""
 
 
@@ -46,8 +49,9 @@ class ScoreRequest:
     fit_rows: int | None = opt(DEFAULT_FIT_ROWS, "--fit-rows", help="Rows sampled (with --seed) from the window for the EK-FAC fit.")  # None: every row of the window
     damping: float = opt(DEFAULT_DAMPING, "--damping", help="EK-FAC damping factor: each eigenvalue is divided as max(Lambda + F * mean(Lambda), 1e-5) (mda only; a different F is a different job, with its own factors and scores).")
     seed: int = opt(0, "--seed", help="Seed of the fit-row sample, the sampled labels and the probes.")
-    checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
-    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style) or segment (each row at the first checkpoint after the step that consumed it).")
+    checkpoints: str | None = opt(None, "--checkpoints", help="Trajectory scores: auto (up to 4 of the run's checkpoints across the window, ending at the first after formation), transition[:N] (the N consecutive saved checkpoints ending at the first after formation, default 4: dense around the transition) or stepK,stepK,...; each checkpoint gets its own EK-FAC fit (default: one checkpoint; `curate experiment` scores with auto + sum, the variant its development study chose).", show_default=False)
+    aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum (over the checkpoints, TracIn-CP style), lr-sum (the sum with each checkpoint weighted by the learning rate of the update that produced it, TracIn; needs a curate training run folder, whose schedule it reads) or segment (each row at the first checkpoint after the step that consumed it).")
+    token_aggregate: str = opt("sum", "--token-aggregate", help="How a row's per-position contributions to a head form its score: sum (the plain influence) or positive (only the positions that build the head: the positive terms of sum_t -<P, g_t x_t^T>); mda and gradient-dot only.")
     force: bool = opt(False, "--force", help="Discard results already in --out (even of another job) and start over.")
     workspace: Path | None = workspace_opt()
     progress: bool = True
@@ -70,15 +74,22 @@ def parse_window(text: str) -> tuple[int | None, int | None]:
     return start, end
 
 
-def parse_checkpoints(text: str) -> str | list[int]:
-    """`auto`, or `stepK,stepK,...` (or bare step numbers) -> sorted distinct steps."""
-    if str(text).strip().lower() == "auto":
+def parse_checkpoints(text: str) -> str | tuple[str, int] | list[int]:
+    """`auto`; `transition[:N]` -> ("transition", N); or `stepK,stepK,...` (or bare step numbers) -> sorted distinct steps."""
+    word = str(text).strip().lower()
+    if word == "auto":
         return "auto"
+    m = re.fullmatch(r"transition(?::(\d+))?", word)
+    if m:
+        n = int(m.group(1)) if m.group(1) else TRANSITION_CHECKPOINTS
+        if n < 1:
+            raise CurateError(f"{text!r}: transition:N needs at least 1 checkpoint")
+        return ("transition", n)
     steps: set[int] = set()
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(?:step)?(\d+)\s*", part)
         if not m:
-            raise CurateError(f"{text!r}: expected auto or a list of checkpoints stepK,stepK (e.g. step500,step1000)")
+            raise CurateError(f"{text!r}: expected auto, transition[:N] or a list of checkpoints stepK,stepK (e.g. step500,step1000)")
         steps.add(int(m.group(1)))
     return sorted(steps)
 
@@ -126,6 +137,11 @@ def check_request(req: ScoreRequest) -> None:
         check_mode(req.mode)
     if req.aggregate not in AGGREGATES:
         raise CurateError(f"{flag(req, 'aggregate')} {req.aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+    if req.token_aggregate not in TOKEN_AGGREGATES:
+        raise CurateError(f"{flag(req, 'token_aggregate')} {req.token_aggregate!r}: expected one of {', '.join(TOKEN_AGGREGATES)}")
+    if req.token_aggregate != "sum" and get_method(req.method).curvature is None:
+        raise CurateError(f"{flag(req, 'token_aggregate')} {req.token_aggregate}: {req.method} is a row statistic, with no per-position "
+                          f"gradient contributions (gradient methods only: mda, gradient-dot)")
     if req.checkpoints is not None:
         with named(req, "checkpoints"):
             parse_checkpoints(req.checkpoints)

@@ -93,8 +93,9 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
                 corpus=job.corpus_spec, batch_size=job.corpus.batch_size, heads=list(job.heads), mode=req.mode,
                 seed=req.seed, batch_rows=req.batch_rows, device=req.device, vocab_size=int(job.model.config.vocab_size),
                 shard_meta={"circuit": job.circuit.name, "mode": req.mode, "heads": [str(h) for h in job.heads],
-                            "job": fingerprint_hash(job.fingerprint), **({} if method.name == "mda" else {"method": method.name})},
-                faults=faults, statistic=method.statistic,
+                            "job": fingerprint_hash(job.fingerprint), **({} if method.name == "mda" else {"method": method.name}),
+                            **({} if req.token_aggregate == "sum" else {"token_aggregate": req.token_aggregate})},
+                faults=faults, statistic=method.statistic, token_aggregate=req.token_aggregate,
             )
             model_ref = ray.put(job.model.cpu())
             workers_used = worker_count(req, session.cpus, session.gpus, len(todo))
@@ -151,6 +152,7 @@ def _run_job(job: ScoreJob, log: Log) -> dict:
         cpu_seconds_score=round(cpu_score, 3), retries=[r.to_json() for r in retries],
         retried_shards=len({tuple(r.key) for r in retries if r.phase == "score"}), nodes=nodes,
         notes=job.notes + list(job.localization.notes), fingerprint_hash=job.result_hash,
+        token_aggregate=None if req.token_aggregate == "sum" else req.token_aggregate,
     ).to_json()
     write_summary(out, summary)  # last: the folder is complete
     return summary
@@ -191,7 +193,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
     remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
     for a, b in shards:
         tables = [ScoreTable.from_parquet(sj.out / shard_file(a, b)) for sj in job.trajectory]
-        combined = aggregate_tables(tables, steps, req.aggregate)
+        combined = aggregate_tables(tables, steps, req.aggregate, job.weights)
         path = combined.to_parquet(out / shard_file(a, b))
         rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
         manifest.shards[rec.key] = rec
@@ -216,6 +218,7 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
         trajectory={
             "checkpoints": steps,
             "aggregate": req.aggregate,
+            **({} if job.weights is None else {"weights": job.weights}),
             "folders": [str(sj.out.relative_to(out)) for sj in job.trajectory],
             "checkpoint_paths": [s.get("checkpoint_absolute", s["checkpoint"]) for s in subs],
             "fingerprint_hashes": [s["fingerprint_hash"] for s in subs],

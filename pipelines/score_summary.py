@@ -64,12 +64,13 @@ class ScoreSummary:
     fingerprint_hash: str
     trajectory: dict | None = None  # trajectory scores: checkpoints, aggregate, the per-checkpoint folders
     ensemble: dict | None = None  # ensemble scores: the members (run, folder, heads, score sd), how they were combined
+    token_aggregate: str | None = None  # `--token-aggregate` other than the plain sum (None: sum)
 
     def to_json(self) -> dict:
         out = asdict(self)
-        for optional in ("trajectory", "ensemble"):
-            if out[optional] is None:
-                del out[optional]
+        for name in ("trajectory", "ensemble", "token_aggregate"):  # left out when unset: folders keep the summary they had
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod

@@ -267,6 +267,70 @@ def test_a_step_on_the_top_row_raises_the_probe_and_on_the_bottom_row_lowers_it(
         assert delta == pytest.approx(eta * agg[i], rel=0.03)
 
 
+def per_position_grads(model, row: torch.Tensor, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the gradient of the row's summed loss w.r.t. per-position copies of its query_key_value and dense
+    weights ((T, 3h, h), (T, h, h)): autograd with position t's linear maps using their own weight copy, so the
+    gradient of copy t is position t's share of the weight gradient."""
+    from curate.attribution.heads import attention_of
+
+    positions = len(row) - 1
+    copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    linears = []
+    for layer in layers:
+        attn = attention_of(model, layer)
+        pair = []
+        for lin in (attn.query_key_value, attn.dense):
+            w = lin.weight.detach().expand(positions, -1, -1).clone().requires_grad_(True)
+            lin.forward = (lambda x, w=w, b=lin.bias: torch.einsum("toi,bti->bto", w, x) + (0 if b is None else b))
+            linears.append(lin)
+            pair.append(w)
+        copies[layer] = (pair[0], pair[1])
+    try:
+        logits = model(row[None, :-1]).logits[0]
+        loss = torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum")
+        flat_copies = [w for pair in copies.values() for w in pair]
+        grads = torch.autograd.grad(loss, flat_copies)
+    finally:
+        for lin in linears:
+            del lin.forward  # the class's forward again
+    return {layer: (grads[2 * i], grads[2 * i + 1]) for i, layer in enumerate(copies)}
+
+
+@pytest.mark.parametrize("mode", ["qk", "qkvo"])
+def test_per_position_contributions_sum_to_the_score_and_positive_keeps_the_positive_ones(trained, mode: str) -> None:
+    """--token-aggregate: each row's per-position contributions -<P, g_t x_t^T> (Q/K/V rows and O columns of a head at
+    position t together) against autograd on per-position weight copies; their sum is today's score, `positive` sums the
+    positive ones."""
+    heads = [HeadRef(0, 1), HeadRef(1, 0), HeadRef(1, 1)]
+    gen = torch.Generator().manual_seed(61)
+    factors = fit(trained, copy_rows(64, gen), heads, mode)
+    precond = factors.precondition(probe_gradients(trained, induction_fn(PROBES), heads, mode, shared=True))
+    rows = copy_rows(4, gen, 13)
+    plain = HeadInfluenceScorer(trained, factors, precond, heads, mode, dtype=torch.float64)
+    positive = HeadInfluenceScorer(trained, factors, precond, heads, mode, dtype=torch.float64, token_aggregate="positive")
+    geo = HeadGeometry.of(trained)
+    want = np.zeros((len(rows), rows.shape[1] - 1, len(heads)))
+    for i, row in enumerate(rows):
+        grads = per_position_grads(trained, row, [0, 1])
+        for j, h in enumerate(heads):
+            qkv, dense = grads[h.layer]
+            for t in range(want.shape[1]):
+                blocks = slice_head_grads(geo, qkv[t], dense[t], h.head, mode)
+                want[i, t, j] = -sum(float((blocks[b] * precond[h][b]).sum()) for b in MODES[mode])
+    assert (want > 1e-6).any() and (want < -1e-6).any()  # both signs: positive differs from the plain sum
+    scale = np.abs(want).max()
+    got = plain.contributions(rows)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * scale)
+    loss, total = plain.score_batch(rows)
+    np.testing.assert_allclose(got.sum(axis=1), total, rtol=1e-9, atol=1e-9 * scale)  # today's row score
+    loss_pos, kept = positive.score_batch(rows)
+    np.testing.assert_allclose(kept, np.clip(want, 0, None).sum(axis=1), rtol=1e-9, atol=1e-9 * scale)
+    assert (kept >= total).all() and (kept > total + 1e-6 * scale).any()
+    np.testing.assert_array_equal(loss_pos, loss)
+    with pytest.raises(CurateError, match="token aggregate 'max'"):
+        HeadInfluenceScorer(trained, factors, precond, heads, mode, token_aggregate="max")
+
+
 # --------------------------------------------------------------------------- structure
 
 

@@ -205,7 +205,9 @@ def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
     assert "| remove-top | 0.2 | - | 0.02 | 0.1 |" in md
 
 
-def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path) -> None:
+def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path, monkeypatch) -> None:
+    from curate.attribution.scores_folder import Window
+    from curate.pipelines import experiment_scores
     from curate.pipelines.arms import ALL_ARMS
     from curate.pipelines.experiment_setting import resolve_setting
     from tests.score_helpers import build_tiny_corpus
@@ -224,6 +226,24 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path)
     assert s.arms == ["baseline", "remove-top-gradient-dot"] and s.methods == ["mda", "gradient-dot"]
     assert s.seeds == [100, 101, 102]
     assert s.identity["score_mode"] == "qk" and s.identity["score_checkpoints"] == "auto" and s.identity["score_aggregate"] == "segment"
+    assert "score_token_aggregate" not in s.identity  # the plain sum: the identity experiments had before the option
+    # the levers of curate score reach the experiment's MDA scores (and its identity); the other methods keep the sum
+    levers = dict(checkpoints="transition:3", aggregate="lr-sum", token_aggregate="positive")
+    s = resolve_setting(ExperimentOptions(**base, methods="mda,gradient-dot", **levers), lambda m: None)
+    assert (s.identity["score_checkpoints"], s.identity["score_aggregate"], s.identity["score_token_aggregate"]) == tuple(levers.values())
+    asked = {}
+    monkeypatch.setattr(experiment_scores, "resolve_job", lambda req, log: asked.setdefault(req.method, req))
+    window = Window(0, 4, 8)
+    for method in s.methods:
+        experiment_scores.score_job(s, window, lambda m: None, method, heads="1.0")
+    mda, dot = asked["mda"], asked["gradient-dot"]
+    assert (mda.checkpoints, mda.aggregate, mda.token_aggregate) == tuple(levers.values())
+    assert (dot.checkpoints, dot.aggregate, dot.token_aggregate) == (None, "sum", "sum")
+    flags = " ".join(ExperimentOptions(**base, **levers).flags())  # what the experiment records to be rerun
+    assert "--checkpoints transition:3 --aggregate lr-sum --token-aggregate positive" in flags
+    from curate.pipelines.evaluate_options import EvaluateOptions
+
+    EvaluateOptions(**base, **levers).validate()  # curate evaluate takes the same levers (its options are the experiment's)
     quick = resolve_setting(ExperimentOptions(**base, quick=True), lambda m: None)
     assert quick.arms == list(ALL_ARMS) and quick.methods == ["mda"]
     assert any(n.startswith("--quick checks that the pipeline runs end to end; it cannot test the effects") for n in quick.notes)

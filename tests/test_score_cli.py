@@ -59,6 +59,8 @@ BAD_INPUTS = [
     (["--corpus", "{base}/missing-corpus"], "no such file or folder"),
     (["--damping", "0"], "--damping 0.0: expected a positive number"),
     (["--damping", "nan"], "--damping nan: expected a positive number"),
+    (["--token-aggregate", "max"], "--token-aggregate 'max': expected one of sum, positive"),
+    (["--token-aggregate", "positive", "--method", "copy-share"], "copy-share is a row statistic"),
 ]
 
 

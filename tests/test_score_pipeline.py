@@ -150,6 +150,28 @@ def test_changed_job_is_refused_then_forced_previous_token_qkvo(reference, tiny)
     assert np.abs(table.head_scores).max() > 0
 
 
+def test_token_aggregate_positive_is_another_job_scored_like_the_in_process_path(reference, tiny):
+    """--token-aggregate positive: refused over the sum's results (another job), then forced: the actors' scores equal
+    the in-process scorer's, each head's score at least the plain sum's, recorded in the summary and shards."""
+    out = tiny["base"] / "positive"
+    shutil.copytree(reference["out"], out)
+    with pytest.raises(CurateError, match="token_aggregate"):
+        resolve_job(request(tiny, out, token_aggregate="positive"))
+    assert shard_bytes(out) == reference["bytes"]
+    job = resolve_job(request(tiny, out, token_aggregate="positive", force=True))
+    s = run_job(job)
+    assert s["token_aggregate"] == "positive" and "token_aggregate" not in reference["summary"]
+    assert s["fingerprint_hash"] != reference["summary"]["fingerprint_hash"]
+    table, plain = all_scores(out), all_scores(reference["out"])
+    assert table.meta.get("token_aggregate") == "positive"
+    inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=BATCH_ROWS, fit_rows=48,
+                          seed=0, probes=job.probes, factor_cache=out / "factors", token_aggregate="positive")
+    np.testing.assert_array_equal(inproc.head_scores, table.head_scores)
+    assert (table.head_scores >= plain.head_scores).all() and (table.head_scores > plain.head_scores).any()
+    assert (table.head_scores >= 0).all()
+    np.testing.assert_array_equal(table.loss, plain.loss)
+
+
 def test_dead_actor_is_retried_with_identical_results(reference, tiny, monkeypatch):
     """One worker (so the fit also checks worker-count independence); it dies at the shard of rows 24..32."""
     out = tiny["base"] / "fault"

@@ -1,4 +1,4 @@
-"""`curate score --checkpoints ... --aggregate sum|segment` (`pipelines.score_trajectory`): the choice of checkpoints,
+"""`curate score --checkpoints ... --aggregate sum|lr-sum|segment` (`pipelines.score_trajectory`): the choice of checkpoints,
 the per-row aggregation, and the pipeline against scoring each checkpoint on its own (exact to float tolerance),
 resume per checkpoint, and a change of aggregation that rescoring nothing.
 
@@ -19,12 +19,15 @@ from curate.errors import CurateError
 from curate.pipelines.score_job import ScoreRequest, resolve_job
 from curate.pipelines.score_request import parse_checkpoints
 from curate.pipelines.score_run import run_job
-from curate.pipelines.score_trajectory import aggregate_tables, auto_checkpoints, segment_index
+from curate.pipelines.score_trajectory import (aggregate_tables, auto_checkpoints, checkpoint_weights, segment_index,
+                                              transition_checkpoints)
+from curate.training.schedule import lr_at
 from tests.corpus_helpers import run_cli
 from tests.score_helpers import build_tiny_corpus, build_tiny_model
 
 STEPS = [2, 4, 6]
 HEADS = "1.0,1.2"
+LR, WARMUP = 1e-3, 4  # the fake run's schedule: warm-up over updates 0-3, cosine to step 10
 
 
 # --------------------------------------------------------------------------- the rules
@@ -41,6 +44,18 @@ def test_auto_checkpoints_spread_over_the_window_and_end_at_formation() -> None:
         auto_checkpoints([0, 1000], 0, 500, None)
 
 
+def test_transition_checkpoints_are_consecutive_and_end_at_formation() -> None:
+    saved = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512} | set(range(0, 2100, 100)))
+    # the reference run: formation checkpoint 1700 -> the 4 saved checkpoints before it, dense (auto spreads them)
+    assert transition_checkpoints(saved, 0, 1700, 4, "w") == [1400, 1500, 1600, 1700]
+    assert transition_checkpoints(saved, 0, 1700, 2, "w") == [1600, 1700]
+    assert transition_checkpoints(saved, 0, 600, 4, "w") == [400, 500, 512, 600]  # every saved checkpoint counts
+    assert transition_checkpoints([0, 100, 200, 300], 0, 200, 4, "w") == [100, 200]  # fewer in the window
+    assert transition_checkpoints(saved, 1550, 1700, 4, "w") == [1600, 1700]  # after the window's start
+    with pytest.raises(CurateError, match="^w: transition needs the step where the circuit formed"):
+        transition_checkpoints(saved, 0, None, 4, "w")
+
+
 def test_segment_takes_the_first_checkpoint_after_the_consuming_step() -> None:
     # checkpoint stepK = weights after K updates: the row of step s is in checkpoints c >= s + 1
     steps = np.array([0, 1, 2, 3, 5, 6, 9])
@@ -49,12 +64,13 @@ def test_segment_takes_the_first_checkpoint_after_the_consuming_step() -> None:
 
 def test_parse_checkpoints_and_cheap_checks() -> None:
     assert parse_checkpoints("auto") == "auto" and parse_checkpoints("step1000, step500,500") == [500, 1000]
-    for bad in ("step", "1k", ""):
+    assert parse_checkpoints("transition") == ("transition", 4) and parse_checkpoints(" Transition:2 ") == ("transition", 2)
+    for bad in ("step", "1k", "", "transition:0", "transition:", "transition:x"):
         with pytest.raises(CurateError):
             parse_checkpoints(bad)
-    with pytest.raises(CurateError, match="--aggregate 'mean': expected one of sum, segment"):
+    with pytest.raises(CurateError, match="--aggregate 'mean': expected one of sum, segment, lr-sum"):
         ScoreRequest(aggregate="mean").validate()
-    with pytest.raises(CurateError, match="--checkpoints 'x': expected auto"):
+    with pytest.raises(CurateError, match="--checkpoints 'x': expected auto, transition"):
         ScoreRequest(checkpoints="x").validate()
     with pytest.raises(CurateError, match="--checkpoints: copy-share does not run the model"):
         ScoreRequest(checkpoints="auto", method="copy-share").validate()
@@ -81,6 +97,39 @@ def test_aggregate_sum_and_segment_by_hand() -> None:
         aggregate_tables([a, _table(a.head_scores, [0, 3, 4], 1.0)], [2, 4], "sum")
 
 
+def test_lr_sum_weights_each_checkpoint_by_its_learning_rate() -> None:
+    steps = [0, 3, 5]
+    a = _table(np.array([[1.0, -2.0], [3.0, 4.5], [5.0, 6.0]]), steps, 1.0)
+    b = _table(np.array([[10.0, 20.0], [-30.0, 40.0], [50.0, 0.25]]), steps, 2.0)
+    w = [0.3, 0.7]
+    got = aggregate_tables([a, b], [2, 4], "lr-sum", w)
+    np.testing.assert_array_equal(got.head_scores, 0.3 * a.head_scores + 0.7 * b.head_scores)  # exactly
+    np.testing.assert_array_equal(got.score, got.head_scores.sum(axis=1))
+    assert got.loss.tolist() == [2.0, 2.0, 2.0] and got.meta["aggregate"] == "lr-sum" and got.meta["weights"] == w
+    with pytest.raises(CurateError, match="one weight per checkpoint"):
+        aggregate_tables([a, b], [2, 4], "lr-sum")
+    with pytest.raises(CurateError, match="one weight per checkpoint"):
+        aggregate_tables([a, b], [2, 4], "sum", w)
+
+
+def test_lr_sum_weights_are_the_runs_schedule(run, tmp_path) -> None:
+    # checkpoint stepK: the learning rate of update K - 1 (the curves' lr at step K); step0: the first update's
+    weights = checkpoint_weights(run["run"], [0, 2, 4, 6, 10], "--aggregate lr-sum")
+    assert weights == [lr_at(0, LR, WARMUP, 10), lr_at(1, LR, WARMUP, 10), lr_at(3, LR, WARMUP, 10), lr_at(5, LR, WARMUP, 10),
+                       lr_at(9, LR, WARMUP, 10)]
+    assert weights[:3] == pytest.approx([LR / 4, LR / 2, LR])  # warm-up checkpoints weigh less
+    assert weights[3] == pytest.approx(0.1 * LR + 0.9 * LR * 0.5 * (1 + np.cos(np.pi / 6)))  # cosine decay after
+    with pytest.raises(CurateError, match="^--aggregate lr-sum: .*not a curate training run folder"):
+        checkpoint_weights(None, [2], "--aggregate lr-sum")
+    # checkpoints without the run's run.json (its schedule unknown): refused before anything is written
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "checkpoints").symlink_to(run["run"] / "checkpoints")
+    with pytest.raises(CurateError, match="^--aggregate lr-sum: .*model is not a curate training run folder.*schedule is unknown"):
+        resolve_job(request(run, tmp_path / "out", model=str(tmp_path / "model"), revision="step6", corpus=str(run["corpus"]),
+                            window="0:6", checkpoints="step2,step4", aggregate="lr-sum"))
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -92,7 +141,8 @@ def run(tmp_path_factory) -> dict:
     run_dir = base / "run"
     for i, s in enumerate(STEPS):
         build_tiny_model(run_dir / "checkpoints" / f"step{s}", seed=10 + i)
-    (run_dir / "run.json").write_text(json.dumps({"spec": {"corpus": str(corpus), "plan": None}, "batch_size": 8}))
+    spec = {"corpus": str(corpus), "plan": None, "lr": LR, "warmup_steps": WARMUP, "steps": 10, "min_lr_ratio": 0.1}
+    (run_dir / "run.json").write_text(json.dumps({"spec": spec, "batch_size": 8}))
     emergence = {"induction": {"threshold": 0.3, "emergence_step": 5, "max": 0.6},
                  "previous_token": {"threshold": 0.3, "emergence_step": 2, "max": 0.8}}
     (run_dir / "summary.json").write_text(json.dumps({"complete": True, "emergence": emergence}))
@@ -153,6 +203,17 @@ def test_trajectory_equals_each_checkpoint_scored_alone(ray_address, run, monkey
         np.testing.assert_allclose(picked.head_scores[rows], alone[i].head_scores[rows], rtol=1e-9, atol=tol)
         np.testing.assert_array_equal(picked.loss[rows], alone[i].loss[rows])
 
+    # lr-sum: the same checkpoints reused, each weighted by its learning rate (warm-up step2 and step4 weigh less)
+    lr = run_job(resolve_job(request(run, out, checkpoints="auto", aggregate="lr-sum")))
+    weights = [lr_at(s - 1, LR, WARMUP, 10) for s in STEPS]
+    assert lr["rows_scored"] == 0 and lr["trajectory"]["aggregate"] == "lr-sum" and lr["trajectory"]["weights"] == weights
+    assert len({lr["fingerprint_hash"], seg["fingerprint_hash"], summary["fingerprint_hash"]}) == 3
+    weighted = scores(out)
+    np.testing.assert_allclose(weighted.head_scores, sum(w * t.head_scores for w, t in zip(weights, alone)), rtol=1e-9, atol=LR * tol)
+    np.testing.assert_array_equal(weighted.loss, alone[-1].loss)
+    seg = run_job(resolve_job(request(run, out, checkpoints="auto", aggregate="segment")))
+    picked = scores(out)
+
     # the same scores folder format: build-mix takes it unchanged (the top rows by the combined score)
     code, _, err = run_cli(["build-mix", out, "--remove", "10%", "--out", run["base"] / "mix"], monkeypatch, capsys)
     assert code == 0, err
@@ -170,6 +231,15 @@ def test_trajectory_equals_each_checkpoint_scored_alone(ray_address, run, monkey
 def test_trajectory_checks_before_writing(run, tmp_path) -> None:
     with pytest.raises(CurateError, match="no checkpoint 'step3'"):
         resolve_job(request(run, tmp_path / "x", checkpoints="step2,step3"))
+    # transition: the run's saved checkpoints up to the first after formation (step6), consecutive
+    job = resolve_job(request(run, tmp_path / "x", checkpoints="transition:2"))
+    assert [j.checkpoint_step for j in job.trajectory] == [4, 6] and job.window == (0, 6)
+    assert [j.checkpoint_step for j in resolve_job(request(run, tmp_path / "x", checkpoints="transition")).trajectory] == STEPS
+    early = resolve_job(request(run, tmp_path / "x", checkpoints="transition:1", circuit="previous-token"))  # formed at 2
+    assert [j.checkpoint_step for j in early.trajectory] == [2]
+    with pytest.raises(CurateError, match="transition checkpoints need a training run folder"):
+        resolve_job(request(run, tmp_path / "x", model=str(run["run"] / "checkpoints" / "step6"), corpus=str(run["corpus"]),
+                            window="0:6", checkpoints="transition"))
     assert not (tmp_path / "x").exists()
     job = resolve_job(request(run, None, checkpoints="step2,step6", workspace=tmp_path / "ws"))
     assert job.out.name == "induction-trajectory" and [j.checkpoint_step for j in job.trajectory] == [2, 6]
@@ -198,3 +268,23 @@ def test_a_trajectory_killed_inside_a_checkpoint_resumes_in_its_folder(ray_addre
     assert (out / "checkpoints" / f"step{STEPS[0]}" / "summary.json").is_file()
     done = run_job(resolve_job(request(run, out, checkpoints="auto", ray_address=ray_address)))
     assert (done["shards_skipped"], done["rows_scored"]) == (3, 2 * 48)  # the first checkpoint kept (3 shards of 16 rows)
+
+
+def test_the_levers_together_are_one_score_command(ray_address, run, monkeypatch, capsys) -> None:
+    """A variant is one `curate score ... --out FOLDER`: transition checkpoints, lr-sum and positive token aggregation
+    recorded in the summary and command.json; its scores are the lr-weighted sum of the checkpoints' positive scores."""
+    out = run["base"] / "levers"
+    code, _, err = run_cli(["score", "--model", run["run"], "--heads", HEADS, "--checkpoints", "transition:2", "--aggregate", "lr-sum",
+                            "--token-aggregate", "positive", "--out", out, "--workers", "1", "--batch-rows", "4", "--shard-rows", "16",
+                            "--fit-rows", "32", "--ray-address", ray_address, "--quiet", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    weights = [lr_at(3, LR, WARMUP, 10), lr_at(5, LR, WARMUP, 10)]
+    assert summary["trajectory"]["checkpoints"] == [4, 6] and summary["trajectory"]["weights"] == weights
+    assert summary["token_aggregate"] == "positive"
+    options = json.loads((out / "command.json").read_text())["options"]
+    assert (options["checkpoints"], options["aggregate"], options["token_aggregate"]) == ("transition:2", "lr-sum", "positive")
+    per_checkpoint = [scores(out / "checkpoints" / f"step{s}") for s in (4, 6)]
+    assert all((t.head_scores >= 0).all() for t in per_checkpoint)
+    np.testing.assert_allclose(scores(out).head_scores, weights[0] * per_checkpoint[0].head_scores + weights[1] * per_checkpoint[1].head_scores,
+                               rtol=1e-12)

@@ -14,7 +14,7 @@ from curate.paths import portable, resolve_stored
 from curate.training.models import RUN_FILE
 from curate.training.plan import TrainingPlan, corpus_key, epoch_steps, load_plan, plan_from_json, with_epochs
 from curate.training.recipes import CHECKPOINT_RECIPE
-from curate.training.schedule import DEFAULT_CHECKPOINTS
+from curate.training.schedule import DEFAULT_CHECKPOINTS, lr_at
 
 
 @dataclass
@@ -102,6 +102,19 @@ def check_spec(spec: TrainSpec) -> None:
     for ok, message in checks:
         if not ok:
             raise CurateError(message)
+
+
+def run_lr(spec: TrainSpec, step: int) -> float:
+    """The learning rate of update `step` (0-based) of a run with this spec: its warm-up and cosine schedule, over its
+    horizon (`schedule_steps`, else `steps`). The one place a run's schedule is read; the trainer sets it, TracIn-style
+    trajectory scores weight by it (`pipelines.score_trajectory`)."""
+    return lr_at(step, spec.lr, spec.warmup_steps, spec.schedule_steps or spec.steps, spec.min_lr_ratio)
+
+
+def checkpoint_lr(spec: TrainSpec, checkpoint: int) -> float:
+    """The learning rate of the update that produced checkpoint stepK (update K - 1: the curves' `lr` at step K;
+    step0, before any update: the first update's), i.e. the step size between the previous checkpoint and this one."""
+    return run_lr(spec, max(int(checkpoint) - 1, 0))
 
 
 # ---- the plan -------------------------------------------------------------------------------------

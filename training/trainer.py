@@ -43,8 +43,8 @@ from curate.training.models import (CHECKPOINTS_DIR, RUN_FILE, build_model, conf
                                     resolve_checkpoint_dir, use_tokenizer_ids)
 from curate.training.plan import RowStream, TrainingPlan, resolve_stream
 from curate.training.run_stream import STREAM_FILE, check_parent_prefix, check_stream_vocab, write_stream
-from curate.training.schedule import lr_at, parse_checkpoint_steps
-from curate.training.spec import TrainSpec, absolute, check_spec, normalized, resolved_plan, spec_hash, stored_json
+from curate.training.schedule import parse_checkpoint_steps
+from curate.training.spec import TrainSpec, absolute, check_spec, normalized, resolved_plan, run_lr, spec_hash, stored_json
 
 PLAN_FILE = "plan.json"
 BatchHook = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
@@ -340,7 +340,7 @@ def _evaluate(r: _Run, history: _History, step: int) -> dict:
     s = r.spec
     point = {"step": step, "tokens": step * r.batch_size * r.context,
              "loss": history.loss_sum / history.loss_count if history.loss_count else None,
-             "lr": lr_at(step - 1, s.lr, s.warmup_steps, r.schedule_steps, s.min_lr_ratio) if step > 0 else None,
+             "lr": run_lr(s, step - 1) if step > 0 else None,
              **r.evaluator(r.model)}
     history.loss_sum, history.loss_count = 0.0, 0
     history.curves.append(point)
@@ -363,7 +363,7 @@ def _train_step(r: _Run, step: int, on_batch: BatchHook | None) -> float:
     tokens = r.stream.read_batch(step)
     if on_batch is not None:
         on_batch(step, src, rows, tokens)
-    lr = lr_at(step, s.lr, s.warmup_steps, r.schedule_steps, s.min_lr_ratio)
+    lr = run_lr(s, step)
     for group in r.optimizer.param_groups:
         group["lr"] = lr
     batch = torch.from_numpy(tokens).to(s.device)
