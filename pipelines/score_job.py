@@ -366,7 +366,7 @@ def resolve_job(req: ScoreRequest, log: Log = lambda s: None) -> ScoreJob:
         Manifest.open(out, fingerprint)  # a different job's results there: one line, nothing touched
     corpus_spec = str(Path(corpus_path).expanduser().resolve())
     return ScoreJob(req, circuit, corpus, corpus_spec, model, checkpoint, step, loc, heads, (start, end), rows, top_k, out, probes,
-                    fit_ids, data_key, model_fp, fingerprint, notes, trajectory, weights)
+                    fit_ids, data_key, model_fp, fingerprint, notes, trajectory, weights=weights)
 
 
 def _resolve_trajectory(req: ScoreRequest, run_dir: Path | None, circuit: Circuit, corpus_path: str, heads: list[HeadRef],
