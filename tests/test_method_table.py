@@ -232,7 +232,7 @@ def test_methods_bring_their_arms_and_score_options_enter_the_identity(tmp_path,
     s = resolve_setting(ExperimentOptions(**base, methods="mda,gradient-dot", **levers), lambda m: None)
     assert (s.identity["score_checkpoints"], s.identity["score_aggregate"], s.identity["score_token_aggregate"]) == tuple(levers.values())
     asked = {}
-    monkeypatch.setattr(experiment_scores, "resolve_job", lambda req, log: asked.setdefault(req.method, req))
+    monkeypatch.setattr(experiment_scores, "resolve_scoring", lambda req, log: asked.setdefault(req.method, req))
     window = Window(0, 4, 8)
     for method in s.methods:
         experiment_scores.score_job(s, window, lambda m: None, method, heads="1.0")
