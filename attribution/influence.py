@@ -2,7 +2,8 @@
 
 Pieces: `probe_gradients` (grad of f_probe w.r.t. each target head's blocks), `EKFACFactors.precondition`
 (once per head), `HeadInfluenceScorer.score_batch` (all target heads of a batch of rows in one
-forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t). The driver that
+forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t), and each row's
+gradient norm over each head's blocks (`row_block_sq_norms`). The driver that
 runs them end to end (fit -> precondition -> score) is `attribution.scoring`.
 Sign: positive = a gradient-descent step on the row increases f_probe (the row builds the head).
 """
@@ -74,6 +75,22 @@ def probe_gradients(
 # --------------------------------------------------------------------------- scoring
 
 
+def row_block_sq_norms(shared: torch.Tensor, per_head: torch.Tensor) -> torch.Tensor:
+    """||sum_t u_t v_t^T||_F^2 per row and head, (n, k): the squared norm of a row's weight gradient on one head's
+    block, from its factors: `per_head` (n, T, k, c) the head's slice of one factor, `shared` (n, T, d) the other
+    (qkv: c = output-gradient rows, d = the LayerNorm output; dense: c = the head's attention output, d = the output
+    gradient). Exact either way; computed through the T x T Gram matrices of both factors (sum_{t,s} (u_t.u_s)
+    (v_t.v_s)) when they are smaller than the per-row gradients (n, k, c, d), else through the gradients."""
+    n, t, k, c = per_head.shape
+    d = shared.shape[-1]
+    if t * t <= c * d:
+        gram_shared = shared @ shared.transpose(1, 2)  # (n, T, T)
+        gram_head = torch.einsum("ntkc,nskc->nkts", per_head, per_head)
+        return torch.einsum("nkts,nts->nk", gram_head, gram_shared)
+    grads = torch.einsum("ntkc,ntd->nkcd", per_head, shared)
+    return grads.square().sum(dim=(2, 3))
+
+
 class HeadInfluenceScorer:
     """Scores batches of training rows against preconditioned probe gradients, all heads at once."""
 
@@ -119,6 +136,7 @@ class HeadInfluenceScorer:
             if self.targets.need_dense:
                 self._p_o[layer] = torch.cat([preconditioned_probe_grads[h]["o"] for h in group], 1).to(device=dev, dtype=dtype)
         self._scores: torch.Tensor | None = None
+        self._sq_norms: torch.Tensor | None = None
 
     # TraceConsumer
     def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -128,27 +146,43 @@ class HeadInfluenceScorer:
         y = (x.to(self.dtype) @ p.T).view(*x.shape[:-1], -1, c)  # (n, T, k, c): P x_t per head
         gs = self.targets.qkv_heads(layer, g, "qkv" if self.targets.need_dense else "qk").to(self.dtype)
         self._add(layer, torch.einsum("ntkc,ntkc->nk", y, gs))
+        self._add_sq_norms(layer, row_block_sq_norms(x.to(self.dtype), gs))
 
     def on_dense(self, layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
         hd = self.targets.geo.head_dim
         z = (g.to(self.dtype) @ self._p_o[layer]).view(*g.shape[:-1], -1, hd)  # (n, T, k, hd): P^T g_t per head
         ah = self.targets.dense_heads(layer, a).to(self.dtype)
         self._add(layer, torch.einsum("ntkc,ntkc->nk", z, ah))
+        self._add_sq_norms(layer, row_block_sq_norms(g.to(self.dtype), ah))
 
     def _add(self, layer: int, dots: torch.Tensor) -> None:
         assert self._scores is not None
         self._scores[:, self._col[layer]] -= dots
 
+    def _add_sq_norms(self, layer: int, sq: torch.Tensor) -> None:
+        assert self._sq_norms is not None
+        self._sq_norms[:, self._col[layer]] += sq
+
     def score_batch(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
         """(mean token loss per row (n,), score per row and target head (n, n_heads)) for one batch."""
+        loss, scores, _ = self.score_batch_with_norms(rows)
+        return loss, scores
+
+    def score_batch_with_norms(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`score_batch` plus each row's gradient norm per target head (n, n_heads): the L2 norm of the gradient of
+        the row's summed token loss (the gradient the score uses) restricted to the head's blocks of the mode
+        (qk: its Q/K rows of query_key_value; qkvo: also its V rows and its dense columns)."""
         n = len(rows)
         self._scores = torch.zeros(n, len(self.heads), dtype=self.dtype, device=self.tracer.device)
+        self._sq_norms = torch.zeros(n, len(self.heads), dtype=self.dtype, device=self.tracer.device)
         try:
             loss = self.tracer.run(rows, self, labels="true")
             scores = self._scores.double().cpu().numpy()
+            norms = self._sq_norms.clamp(min=0).sqrt().double().cpu().numpy()
         finally:
             self._scores = None
-        return loss.float().cpu().numpy(), scores
+            self._sq_norms = None
+        return loss.float().cpu().numpy(), scores, norms
 
 
 # --------------------------------------------------------------------------- fit rows and probes
@@ -213,4 +247,5 @@ __all__ = [
     "fit_row_ids",
     "iter_row_batches",
     "probe_gradients",
+    "row_block_sq_norms",
 ]
