@@ -206,7 +206,7 @@ def test_cli_prints_the_normalised_view_and_the_magnitude_flag(tmp_path: Path, m
     assert code == 0, err
     assert "normalised ratio (95% CI)" in out and "magnitude" in out and "score / grad_norm" in out
     big = [line for line in out.splitlines() if line.strip("│ ").startswith("big")]
-    assert len(big) == 2 and all("magnitude" in line and " yes " in line for line in big)
+    assert len(big) == 2 and all(" yes " in line for line in big)
     code, out, err = run_cli(["explain", folder, "--by", "domain", "--json"], monkeypatch, capsys)
     got = json.loads(out)
     assert got["normalised_by"] == "score / grad_norm"
