@@ -53,13 +53,15 @@ def test_real_text_fixture_to_explain_with_the_normalised_view(tmp_path: Path) -
     assert summary["window"] == [0, STEPS] and summary.get("method", "mda") == "mda"
 
     out = user("curate explain my_scores --by domain")
-    for column in ("ratio (95% CI)", "normalised ratio (95% CI)", "magnitude"):
-        assert out.count(column) == 2, (column, out)  # in the top and in the bottom tail's table
+    headers = [ln for ln in out.splitlines() if ln.startswith("┃")]
+    assert len(headers) == 2, out  # the top and the bottom tail's table (COLUMNS=200: one header line each)
+    for column in ("│ ratio (95% CI)", "normalised ratio (95% CI)", "magnitude"):
+        assert all(column.strip("│ ") in h.replace("┃", "│") for h in headers), (column, headers)
     assert "by score / grad_norm" in out and "needs a re-score" not in out
     for domain in DOMAINS:  # one row per domain in each tail's table
         rows = [ln for ln in out.splitlines() if ln.startswith("│") and ln.strip("│ ").split(" ")[0] == domain]
         assert len(rows) == 2, (domain, out)
-        assert all(ln.rstrip(" │").split("│")[-2].strip() in ("yes", "no") for ln in rows), rows  # the magnitude cell
+        assert all(ln.split("│")[1:-1][-2].strip() in ("yes", "no") for ln in rows), rows  # the magnitude cell (before note)
 
     report = json.loads(user("curate explain my_scores --by domain --json"))
     assert report["normalised_by"] == "score / grad_norm" and report["normalised_note"] is None
