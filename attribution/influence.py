@@ -28,6 +28,8 @@ BoundProbe = Callable[[nn.Module, HeadRef], torch.Tensor]
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total)."""
 
+NORM_CHUNK_ELEMENTS = 1 << 24
+"""Most elements of per-row gradients formed at once by `row_block_sq_norms` (64 MiB in float32)."""
 HEAD_INDEPENDENT_CIRCUITS = {"induction"}
 """Circuits whose probe reads the model output, not one head: one probe gradient serves every head."""
 
@@ -80,15 +82,18 @@ def row_block_sq_norms(shared: torch.Tensor, per_head: torch.Tensor) -> torch.Te
     block, from its factors: `per_head` (n, T, k, c) the head's slice of one factor, `shared` (n, T, d) the other
     (qkv: c = output-gradient rows, d = the LayerNorm output; dense: c = the head's attention output, d = the output
     gradient). Exact either way; computed through the T x T Gram matrices of both factors (sum_{t,s} (u_t.u_s)
-    (v_t.v_s)) when they are smaller than the per-row gradients (n, k, c, d), else through the gradients."""
+    (v_t.v_s)) when they are smaller than the per-row gradients (k, c, d per row), else through the gradients,
+    `NORM_CHUNK_ELEMENTS` at most at a time (a few rows at once, so long rows of a wide model fit beside the batch)."""
     n, t, k, c = per_head.shape
     d = shared.shape[-1]
     if t * t <= c * d:
         gram_shared = shared @ shared.transpose(1, 2)  # (n, T, T)
         gram_head = torch.einsum("ntkc,nskc->nkts", per_head, per_head)
         return torch.einsum("nkts,nts->nk", gram_head, gram_shared)
-    grads = torch.einsum("ntkc,ntd->nkcd", per_head, shared)
-    return grads.square().sum(dim=(2, 3))
+    step = max(1, NORM_CHUNK_ELEMENTS // (k * c * d))
+    parts = [torch.einsum("ntkc,ntd->nkcd", per_head[a : a + step], shared[a : a + step]).square().sum(dim=(2, 3))
+             for a in range(0, n, step)]
+    return torch.cat(parts) if parts else per_head.new_zeros((0, k))
 
 
 class HeadInfluenceScorer:

@@ -17,6 +17,7 @@ from curate.attribution.ekfac import BlockFactors, CovarianceAccumulator, EKFACF
 from curate.attribution.factors_io import load_factors, save_factors
 from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
+from curate.attribution import influence
 from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
 from curate.attribution.scoring import fit_factors, score_corpus
 from curate.attribution.probes import build_probes, induction_probe, previous_token_probe
@@ -173,6 +174,17 @@ def test_recorded_gradient_norms_equal_each_rows_autograd_gradient(mode: str, ro
             assert want > 1e-3
             assert norms[i, j] == pytest.approx(want, rel=1e-5)
     model.zero_grad()
+
+
+@pytest.mark.parametrize("positions", [5, 40])  # the Gram path (T^2 <= c d) and the per-row-gradient path
+def test_row_block_norms_equal_the_formed_gradients_in_any_chunking(positions: int, monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(4)
+    shared = torch.randn(7, positions, 16, generator=gen, dtype=torch.float64)
+    per_head = torch.randn(7, positions, 3, 8, generator=gen, dtype=torch.float64)
+    want = torch.einsum("ntkc,ntd->nkcd", per_head, shared).square().sum(dim=(2, 3))
+    torch.testing.assert_close(influence.row_block_sq_norms(shared, per_head), want, rtol=1e-12, atol=0)
+    monkeypatch.setattr(influence, "NORM_CHUNK_ELEMENTS", 2 * 3 * 8 * 16)  # two rows at a time
+    torch.testing.assert_close(influence.row_block_sq_norms(shared, per_head), want, rtol=1e-12, atol=0)
 
 
 def test_damping_clamps_the_whole_denominator_when_eigenvalues_are_tiny() -> None:
