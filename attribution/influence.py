@@ -2,7 +2,8 @@
 
 Pieces: `probe_gradients` (grad of f_probe w.r.t. each target head's blocks), `EKFACFactors.precondition`
 (once per head), `HeadInfluenceScorer.score_batch` (all target heads of a batch of rows in one
-forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t). The driver that
+forward/backward, never forming a per-row weight gradient: score_i = - sum_t g_t^T P x_t), and each row's
+gradient norm over each head's blocks (`row_block_sq_norms`). The driver that
 runs them end to end (fit -> precondition -> score) is `attribution.scoring`.
 Sign: positive = a gradient-descent step on the row increases f_probe (the row builds the head).
 `token_aggregate="positive"` (`attribution.token_aggregation`): each row's score sums only its positive
@@ -30,6 +31,8 @@ BoundProbe = Callable[[nn.Module, HeadRef], torch.Tensor]
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total)."""
 
+NORM_CHUNK_ELEMENTS = 1 << 24
+"""Most elements of per-row gradients formed at once by `row_block_sq_norms` (64 MiB in float32)."""
 HEAD_INDEPENDENT_CIRCUITS = {"induction"}
 """Circuits whose probe reads the model output, not one head: one probe gradient serves every head."""
 
@@ -75,6 +78,25 @@ def probe_gradients(
 
 
 # --------------------------------------------------------------------------- scoring
+
+
+def row_block_sq_norms(shared: torch.Tensor, per_head: torch.Tensor) -> torch.Tensor:
+    """||sum_t u_t v_t^T||_F^2 per row and head, (n, k): the squared norm of a row's weight gradient on one head's
+    block, from its factors: `per_head` (n, T, k, c) the head's slice of one factor, `shared` (n, T, d) the other
+    (qkv: c = output-gradient rows, d = the LayerNorm output; dense: c = the head's attention output, d = the output
+    gradient). Exact either way; computed through the T x T Gram matrices of both factors (sum_{t,s} (u_t.u_s)
+    (v_t.v_s)) when they are smaller than the per-row gradients (k, c, d per row), else through the gradients,
+    `NORM_CHUNK_ELEMENTS` at most at a time (a few rows at once, so long rows of a wide model fit beside the batch)."""
+    n, t, k, c = per_head.shape
+    d = shared.shape[-1]
+    if t * t <= c * d:
+        gram_shared = shared @ shared.transpose(1, 2)  # (n, T, T)
+        gram_head = torch.einsum("ntkc,nskc->nkts", per_head, per_head)
+        return torch.einsum("nkts,nts->nk", gram_head, gram_shared)
+    step = max(1, NORM_CHUNK_ELEMENTS // (k * c * d))
+    parts = [torch.einsum("ntkc,ntd->nkcd", per_head[a : a + step], shared[a : a + step]).square().sum(dim=(2, 3))
+             for a in range(0, n, step)]
+    return torch.cat(parts) if parts else per_head.new_zeros((0, k))
 
 
 class HeadInfluenceScorer:
@@ -127,6 +149,7 @@ class HeadInfluenceScorer:
                 self._p_o[layer] = torch.cat([preconditioned_probe_grads[h]["o"] for h in group], 1).to(device=dev, dtype=dtype)
         self._scores: torch.Tensor | None = None  # (n, heads): `sum`'s running scores
         self._positions: torch.Tensor | None = None  # (n, T, heads): `positive`'s per-position contributions
+        self._sq_norms: torch.Tensor | None = None  # (n, heads): squared gradient norms, when asked for
 
     # TraceConsumer
     def on_qkv(self, layer: int, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -136,12 +159,16 @@ class HeadInfluenceScorer:
         y = (x.to(self.dtype) @ p.T).view(*x.shape[:-1], -1, c)  # (n, T, k, c): P x_t per head
         gs = self.targets.qkv_heads(layer, g, "qkv" if self.targets.need_dense else "qk").to(self.dtype)
         self._add(layer, y, gs)
+        if self._sq_norms is not None:
+            self._add_sq_norms(layer, row_block_sq_norms(x.to(self.dtype), gs))
 
     def on_dense(self, layer: int, a: torch.Tensor, g: torch.Tensor) -> None:
         hd = self.targets.geo.head_dim
         z = (g.to(self.dtype) @ self._p_o[layer]).view(*g.shape[:-1], -1, hd)  # (n, T, k, hd): P^T g_t per head
         ah = self.targets.dense_heads(layer, a).to(self.dtype)
         self._add(layer, z, ah)
+        if self._sq_norms is not None:
+            self._add_sq_norms(layer, row_block_sq_norms(g.to(self.dtype), ah))
 
     def _add(self, layer: int, u: torch.Tensor, v: torch.Tensor) -> None:
         """Subtract the per-head dots of (n, T, k, c) `u` and `v`: summed over positions (`sum`), or kept per position
@@ -152,34 +179,55 @@ class HeadInfluenceScorer:
             assert self._scores is not None
             self._scores[:, self._col[layer]] -= torch.einsum("ntkc,ntkc->nk", u, v)
 
-    def _trace(self, rows: "np.ndarray | torch.Tensor", per_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean token loss (n,), scores (n, heads), or per position (n, T, heads)) of one forward/backward."""
+    def _trace(self, rows: "np.ndarray | torch.Tensor", per_position: bool,
+               with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(mean token loss (n,), scores (n, heads) or per position (n, T, heads), squared gradient norms (n, heads)
+        or None) of one forward/backward."""
         n, positions = len(rows), int(rows.shape[1]) - 1  # the inputs are row[:-1]
+        dev = self.tracer.device
         shape = (n, positions, len(self.heads)) if per_position else (n, len(self.heads))
-        acc = torch.zeros(shape, dtype=self.dtype, device=self.tracer.device)
+        acc = torch.zeros(shape, dtype=self.dtype, device=dev)
+        sq = torch.zeros(n, len(self.heads), dtype=self.dtype, device=dev) if with_norms else None
         if per_position:
             self._positions = acc
         else:
             self._scores = acc
+        self._sq_norms = sq
         try:
             loss = self.tracer.run(rows, self, labels="true")
         finally:
-            self._scores = self._positions = None
-        return loss, acc
+            self._scores = self._positions = self._sq_norms = None
+        return loss, acc, sq
 
     def contributions(self, rows: "np.ndarray | torch.Tensor") -> np.ndarray:
         """Per-position contributions of each row to each head's score (n, T, n_heads): a row's `sum` score is their
         sum over positions, its `positive` score the sum of the positive ones."""
         return self._trace(rows, per_position=True)[1].double().cpu().numpy()
 
+    def _add_sq_norms(self, layer: int, sq: torch.Tensor) -> None:
+        assert self._sq_norms is not None
+        self._sq_norms[:, self._col[layer]] += sq
+
     def score_batch(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
         """(mean token loss per row (n,), score per row and target head (n, n_heads)) for one batch."""
-        if self.token_aggregate == "positive":
-            loss, positions = self._trace(rows, per_position=True)
-            scores = positions.clamp(min=0).sum(dim=1)
-        else:
-            loss, scores = self._trace(rows, per_position=False)
-        return loss.float().cpu().numpy(), scores.double().cpu().numpy()
+        loss, scores, _ = self._score(rows, with_norms=False)
+        return loss, scores
+
+    def score_batch_with_norms(self, rows: "np.ndarray | torch.Tensor") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`score_batch` plus each row's gradient norm per target head (n, n_heads): the L2 norm of the gradient of
+        the row's summed token loss (the gradient the score uses) restricted to the head's blocks of the mode
+        (qk: its Q/K rows of query_key_value; qkvo: also its V rows and its dense columns)."""
+        loss, scores, norms = self._score(rows, with_norms=True)
+        assert norms is not None
+        return loss, scores, norms
+
+    def _score(self, rows: "np.ndarray | torch.Tensor", with_norms: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One forward/backward: mean token loss, scores by the token aggregate, gradient norms when asked for."""
+        positive = self.token_aggregate == "positive"
+        loss, acc, sq = self._trace(rows, per_position=positive, with_norms=with_norms)
+        scores = acc.clamp(min=0).sum(dim=1) if positive else acc
+        norms = None if sq is None else sq.clamp(min=0).sqrt().double().cpu().numpy()
+        return loss.float().cpu().numpy(), scores.double().cpu().numpy(), norms
 
 
 # --------------------------------------------------------------------------- fit rows and probes
@@ -244,4 +292,5 @@ __all__ = [
     "fit_row_ids",
     "iter_row_batches",
     "probe_gradients",
+    "row_block_sq_norms",
 ]

@@ -2,7 +2,9 @@
 
 Layout (written by the scoring pipeline, read by explain / index / neighbors / build-mix / synth):
 - `shards/rows-<start>-<stop>.parquet`: score-table Parquet files (`attribution.score_table`): `row_id`,
-  `step`, `loss`, `head_{L}_{H}` per head (only for a method with per-head scores), `score`;
+  `step`, `loss`, `head_{L}_{H}` per head (only for a method with per-head scores), `score`, and for a gradient
+  method `grad_norm_{L}_{H}` per head and `grad_norm` (each row's gradient norms; absent in folders scored before
+  they were recorded);
 - `top_positive.parquet` / `top_negative.parquet`: the k best / worst rows (full score-table rows);
 - `factors/`: the EK-FAC factor cache (`attribution.factors_io`);
 - `summary.json`: what was scored (at least `corpus`; the pipeline adds `corpus_digest`, the scored corpus's content

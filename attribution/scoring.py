@@ -165,13 +165,14 @@ class ScoringWorker:
         """Scores of rows [start, stop) (batches of `batch_rows` from `start`)."""
         if self.scorer is None and self.statistic is None:
             raise CurateError("worker has no probe gradients (load_probe was not called)")
-        ids, losses, scores = [], [], []
+        ids, losses, scores, norms = [], [], [], []
         for chunk, rows in self.batches(np.arange(start, stop, dtype=np.int64)):
             if self.statistic is not None:
                 loss, s = self.statistic(self.model, np.asarray(rows))
             else:
                 assert self.scorer is not None
-                loss, s = self.scorer.score_batch(rows)
+                loss, s, norm = self.scorer.score_batch_with_norms(rows)
+                norms.append(norm)
             ids.append(chunk)
             losses.append(loss)
             scores.append(s)
@@ -182,7 +183,7 @@ class ScoringWorker:
         step = row_id // int(self.corpus.batch_size)
         if self.statistic is not None:
             return ScoreTable(row_id, step, np.concatenate(losses), np.zeros((len(row_id), 0)), [], meta, np.concatenate(scores))
-        return ScoreTable(row_id, step, np.concatenate(losses), np.concatenate(scores), self.heads, meta)
+        return ScoreTable(row_id, step, np.concatenate(losses), np.concatenate(scores), self.heads, meta, None, np.concatenate(norms))
 
 
 # --------------------------------------------------------------------------- executors
@@ -426,7 +427,7 @@ def score_corpus(
     table = ScoreTable.concat(tables)
     if statistic is not None:
         return ScoreTable(table.row_id, table.step, table.loss, table.head_scores, [], meta, table.score)
-    return ScoreTable(table.row_id, table.step, table.loss, table.head_scores, list(heads), meta)
+    return ScoreTable(table.row_id, table.step, table.loss, table.head_scores, list(heads), meta, None, table.grad_norms)
 
 
 __all__ = [

@@ -11,10 +11,20 @@ structure tagger's (`augment.tags`). For each class and each tail (the k highest
   size measure over the base rows, and the expected tail share is the mean, over the tail's rows, of the
   class's base share in the row's bin (indirect standardisation); ratio = tail share / expected share, with
   the same Wilson interval. Size measures: `tokens` (tokens of the row's main document, end-of-text
-  tokens excluded) always; `grad_norm` where the score shards carry that column (the scoring pipeline does
-  not write it today). A class whose share only follows size comes out near 1 after the adjustment.
+  tokens excluded) always; `grad_norm` (the row's gradient norm on the ranked column's heads) where the score
+  shards carry it (gradient methods). A class whose share only follows size comes out near 1 after the adjustment.
 - `size_effect`: enriched in both tails (Wilson lower bound above 1 in the top and in the bottom tail) -
   larger rows get larger |scores| in either direction, a size effect rather than a builder or suppressor.
+- by the magnitude-normalised score (`normalised`, gradient methods whose shards carry the gradient norms,
+  `attribution.score_table`): the same raw enrichment (shares, ratios, Wilson intervals, both tails) over the
+  tails of score / grad_norm, the score per unit of the row's gradient norm on the scored heads' blocks (a
+  relative influence: it keeps the direction of the row's gradient and drops its length; for gradient-dot it is
+  the cosine between the row's and the probe's gradients times the probe gradient's norm, one constant). With
+  `--head`, that head's score over that head's norm (`grad_norm_L_H`). A row with a zero gradient scores 0.
+- `magnitude`: enriched in both raw tails (`size_effect`) but not in both tails by the normalised score: the class
+  sits in both raw tails because its rows' gradients are large, not because of their direction. None where the
+  folder records no gradient norm (a statistic method, which has no gradient, or a folder scored before norms
+  were recorded: re-score it for the normalised view).
 
 The scores folder is read with `attribution.scores_folder` (shards streamed one at a time, reading only
 the columns needed).
@@ -26,9 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from curate.amounts import parse_amount
-from curate.attribution.scores_folder import ScoresFolder, open_checked_corpus, open_scores
+from curate.attribution.heads import HeadRef
+from curate.attribution.score_table import GRAD_NORM_COLUMN, grad_norm_column
+from curate.attribution.scores_folder import ScoresFolder, TopK, TopRows, open_checked_corpus, open_scores
 from curate.augment.tags import LABELS, main_segment, tag_rows, vote_by_document
 from curate.corpus import Corpus
 from curate.errors import CurateError
@@ -41,7 +54,8 @@ TAGGER = "tag"  # the name of the structure tagger's classes in a report
 TAG_PER = ("document", "row")  # structure tags voted over each row's document (when the sidecar knows it), or per row
 DOC_COLUMN = "doc_id"  # ingest's sidecar column: the document that supplies most of a row
 SIZE_BINS = 10  # quantile bins of a size measure for the adjusted enrichment
-GRAD_NORM_COLUMN = "grad_norm"  # an optional per-row gradient-norm column of the score shards
+NO_GRADIENT_NOTE = "normalised view: none (a statistic method: its scores have no gradient)"
+RESCORE_NOTE = "normalised view: needs a re-score (this scores folder records no per-row gradient norm)"
 
 
 def tail_shares(scores: ScoresFolder, column: str = "score", tail: str = "top", fractions: tuple[float, ...] = (0.01, 0.10)) -> dict[str, float]:
@@ -85,6 +99,15 @@ class TailEnrichment:
 
 
 @dataclass
+class NormalisedEnrichment:
+    """One class in the tails of the magnitude-normalised score (score / grad_norm): raw ratios, no size matching."""
+
+    top: TailEnrichment
+    bottom: TailEnrichment
+    both_tails: bool  # enriched in both normalised tails (lower bound above 1 in each)
+
+
+@dataclass
 class ClassEnrichment:
     """One class: its base rate, and its enrichment in the top and in the bottom tail."""
 
@@ -94,6 +117,8 @@ class ClassEnrichment:
     top: TailEnrichment
     bottom: TailEnrichment
     size_effect: bool  # enriched in both tails (lower bound above 1 in each)
+    normalised: NormalisedEnrichment | None = None  # None: no gradient norms recorded
+    magnitude: bool | None = None  # both raw tails but not both normalised tails (None: no gradient norms)
 
 
 def ratio_interval(count: int, k: int, reference: float) -> tuple[float | None, float | None, float | None]:
@@ -163,9 +188,50 @@ def enrichment(tails: dict[str, list[str]], base_labels: list[str], classes: lis
             name: tail_enrichment(label, labels, base_labels, (tail_sizes or {}).get(name), base_sizes, edges)
             for name, labels in tails.items()
         }
-        both = all(t.ci_low is not None and t.ci_low > 1.0 for t in per_tail.values())
-        out.append(ClassEnrichment(label, bc, bc / n, per_tail["top"], per_tail["bottom"], both))
+        out.append(ClassEnrichment(label, bc, bc / n, per_tail["top"], per_tail["bottom"], in_both_tails(per_tail)))
     return out
+
+
+def in_both_tails(per_tail: dict[str, TailEnrichment]) -> bool:
+    """Over-represented in every tail: the Wilson lower bound of the ratio above 1 in each."""
+    return all(t.ci_low is not None and t.ci_low > 1.0 for t in per_tail.values())
+
+
+def add_normalised(classes: list[ClassEnrichment], tails: dict[str, list[str]], base_labels: list[str]) -> None:
+    """Attach to each class its enrichment in the tails of the normalised score (labels of their rows) and the
+    `magnitude` flag: over-represented in both raw tails, not in both normalised tails."""
+    if any(not t for t in tails.values()):
+        raise CurateError("enrichment needs at least one row in each tail and one base row")
+    for c in classes:
+        per_tail = {name: tail_enrichment(c.label, labels, base_labels) for name, labels in tails.items()}
+        c.normalised = NormalisedEnrichment(per_tail["top"], per_tail["bottom"], in_both_tails(per_tail))
+        c.magnitude = c.size_effect and not c.normalised.both_tails
+
+
+def normalised_values(score: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """score / gradient norm per row (0 where the norm is 0: such a row has no gradient, so its score is 0)."""
+    score, norm = np.asarray(score, dtype=np.float64), np.asarray(norm, dtype=np.float64)
+    return np.divide(score, norm, out=np.zeros_like(score), where=norm > 0)
+
+
+def normalised_top_rows(scores: ScoresFolder, column: str, norm_column: str, k: int, tail: str) -> TopRows:
+    """The k best rows by `column` / `norm_column` (`top_indices`' rule), streamed over the shards."""
+    top = TopK(k, "normalised", tail)
+    for b in scores.iter_columns(["row_id", column, norm_column]):
+        top.add(pa.table({"row_id": b["row_id"], "normalised": normalised_values(b[column], b[norm_column])}))
+    best = top.result()
+    return TopRows(best.column("row_id").to_numpy().astype(np.int64), best.column("normalised").to_numpy().astype(np.float64))
+
+
+def norm_column_for(scores: ScoresFolder, column: str) -> tuple[str | None, str | None]:
+    """(the gradient-norm column behind score column `column`, None) where the shards carry it, else (None, the
+    note why not: a statistic method has no gradient; an older gradient-method folder needs a re-score)."""
+    head = HeadRef.from_column(column)
+    wanted = grad_norm_column(head)
+    if wanted in scores.columns:
+        return wanted, None
+    has_heads = any(HeadRef.from_column(c) is not None for c in scores.columns)
+    return None, RESCORE_NOTE if has_heads else NO_GRADIENT_NOTE
 
 
 @dataclass
@@ -187,6 +253,8 @@ class ExplainReport:
     base_sampled: bool
     size_measures: list[str]
     classes: list[ClassEnrichment]
+    normalised_by: str | None  # the normalised score (`column / grad_norm...`), None when no norms are recorded
+    normalised_note: str | None  # why there is no normalised view (None when there is one)
     tail_share: dict[str, dict[str, float]]  # tail -> {"top_1%": share of the tail's influence, ...}
     top_row_ids: list[int] = field(default_factory=list)
     bottom_row_ids: list[int] = field(default_factory=list)
@@ -255,14 +323,12 @@ def check_by(corpus: Corpus, by: str | None) -> str:
     return by
 
 
-def _grad_norms(scores: ScoresFolder, ids: np.ndarray) -> np.ndarray | None:
-    """The `grad_norm` column of the given rows, None when the shards do not carry it."""
-    if GRAD_NORM_COLUMN not in scores.columns:
-        return None
+def _grad_norms(scores: ScoresFolder, ids: np.ndarray, norm_column: str) -> np.ndarray:
+    """The gradient-norm column `norm_column` of the given rows."""
     all_ids, norms = [], []
-    for b in scores.iter_columns(["row_id", GRAD_NORM_COLUMN]):
+    for b in scores.iter_columns(["row_id", norm_column]):
         all_ids.append(b["row_id"].astype(np.int64))
-        norms.append(b[GRAD_NORM_COLUMN].astype(np.float64))
+        norms.append(b[norm_column].astype(np.float64))
     id_arr, norm_arr = np.concatenate(all_ids), np.concatenate(norms)
     order = np.argsort(id_arr)
     return norm_arr[order][np.searchsorted(id_arr[order], ids)]
@@ -280,7 +346,8 @@ def explain_scores(
     tag_per: str = "document",
 ) -> ExplainReport:
     """Enrichment of classes (a sidecar label column `by`, or the structure tags) in the top and bottom `top`
-    rows of a scores folder, raw and size-adjusted, and the tails' weight."""
+    rows of a scores folder, raw and size-adjusted, by the magnitude-normalised score where the folder records
+    gradient norms, and the tails' weight."""
     scores = open_scores(path)
     if tail not in TAILS:
         raise CurateError(f"tail {tail!r}: expected one of {', '.join(TAILS)}")
@@ -294,40 +361,44 @@ def explain_scores(
     source = check_by(corp, by)
 
     best = {t: scores.top_rows(k, column, t) for t in TAILS}
+    norm_column, norm_note = norm_column_for(scores, column)
+    best_normalised = {t: normalised_top_rows(scores, column, norm_column, k, t) for t in TAILS} if norm_column else {}
     all_ids = np.concatenate([b["row_id"].astype(np.int64) for b in scores.iter_columns(["row_id"])])
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)
     if len(all_ids) and (all_ids.max() >= corp.num_rows):
         raise CurateError(f"{scores.path}: row id {int(all_ids.max())} is outside the corpus {corp.path} ({corp.num_rows} rows); give the corpus that was scored")
 
+    # the rows to label: each tail, each normalised tail, then the base
+    wanted = [best[t].row_ids for t in TAILS] + [best_normalised[t].row_ids for t in best_normalised] + [base_ids]
     tagged_per = None
     if source == TAGGER:
         tokenizer = _tokenizer_for(corp)
         docs = document_ids(corp) if tag_per == "document" else None
+        tagged_per = "row" if docs is None else "document"
         if docs is None:
-            tagged_per = "row"
-            tails = {t: tag_corpus_rows(corp, best[t].row_ids, tokenizer) for t in TAILS}
-            base_labels = tag_corpus_rows(corp, base_ids, tokenizer)
+            labelled = [tag_corpus_rows(corp, w, tokenizer) for w in wanted]
         else:
-            tagged_per = "document"
-            wanted = [best[t].row_ids for t in TAILS] + [base_ids]
             labels = tag_rows_per_document(corp, np.concatenate(wanted), docs, tokenizer)
-            cuts = np.cumsum([len(w) for w in wanted])
-            tails = {t: labels[(cuts[i - 1] if i else 0) : cuts[i]] for i, t in enumerate(TAILS)}
-            base_labels = labels[cuts[-2] :]
+            cuts = np.concatenate([[0], np.cumsum([len(w) for w in wanted])])
+            labelled = [labels[cuts[i] : cuts[i + 1]] for i in range(len(wanted))]
         classes: list[str] | None = list(LABELS)
     else:
         names = np.array(label_names(read_labels(corp, [source])[source]), dtype=object)
-        tails = {t: list(names[best[t].row_ids]) for t in TAILS}
-        base_labels = list(names[base_ids])
+        labelled = [list(names[w]) for w in wanted]
         classes = None
+    tails = dict(zip(TAILS, labelled[: len(TAILS)]))
+    normalised_tails = dict(zip(best_normalised, labelled[len(TAILS) : -1]))
+    base_labels = labelled[-1]
     base_sizes = {"tokens": row_tokens(corp, base_ids)}
     tail_sizes = {t: {"tokens": row_tokens(corp, best[t].row_ids)} for t in TAILS}
-    norms = _grad_norms(scores, base_ids)
-    if norms is not None:
-        base_sizes[GRAD_NORM_COLUMN] = norms
+    if norm_column is not None:
+        base_sizes[GRAD_NORM_COLUMN] = _grad_norms(scores, base_ids, norm_column)
         for t in TAILS:
-            tail_sizes[t][GRAD_NORM_COLUMN] = _grad_norms(scores, best[t].row_ids)  # type: ignore[assignment]
+            tail_sizes[t][GRAD_NORM_COLUMN] = _grad_norms(scores, best[t].row_ids, norm_column)
+    enriched = enrichment(tails, base_labels, classes, tail_sizes, base_sizes)
+    if norm_column is not None:
+        add_normalised(enriched, normalised_tails, base_labels)
     return ExplainReport(
         scores=str(scores.path),
         corpus=str(corp.path),
@@ -343,7 +414,9 @@ def explain_scores(
         base_rows=len(base_ids),
         base_sampled=sampled,
         size_measures=list(base_sizes),
-        classes=enrichment(tails, base_labels, classes, tail_sizes, base_sizes),
+        classes=enriched,
+        normalised_by=f"{column} / {norm_column}" if norm_column else None,
+        normalised_note=norm_note,
         tail_share={t: tail_shares(scores, column, t) for t in TAILS},
         top_row_ids=[int(i) for i in best["top"].row_ids[:20]],
         bottom_row_ids=[int(i) for i in best["bottom"].row_ids[:20]],

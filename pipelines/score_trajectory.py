@@ -23,6 +23,12 @@ combined row by row into the same scores folder format (`attribution.scores_fold
   consumed at or after the last checkpoint take the last one. The consuming step is the table's `step` column:
   scoring reads the run's corpus in its training order (a run trained under a plan is refused), so row r is
   consumed at step r // batch_size.
+- Gradient norms (`grad_norm_L_H`, `grad_norm`: `attribution.score_table`), where every checkpoint's table has them:
+  under `sum` the root of the summed squares over the checkpoints (the norm of the checkpoints' gradients stacked
+  into one vector, the vector the summed score is a dot product of; under `lr-sum` each checkpoint's norm times its
+  weight first); under `segment` the chosen checkpoint's. A
+  table without them (a statistic method, or scores written before norms were recorded) makes the combination
+  have none.
 
 Layout: `<out>/checkpoints/step<K>/` is each checkpoint's complete scores folder (its own manifest, factor cache
 and shards: a killed job redoes only the unfinished checkpoints and shards); `<out>/shards/` holds the combined
@@ -124,11 +130,19 @@ def aggregate_tables(tables: list[ScoreTable], checkpoints: list[int], how: str,
         combined, loss = values[idx, rows], losses[idx, rows]
     else:
         raise CurateError(f"aggregate {how!r}: expected sum, lr-sum or segment")
+    norms = None
+    if per_head and all(t.grad_norms is not None for t in tables):
+        stacked = np.stack([t.grad_norms for t in tables])  # type: ignore[misc]
+        if how == "segment":
+            norms = stacked[idx, rows]
+        else:  # sum / lr-sum: the root of the summed (weighted) squares
+            w = np.ones(len(tables)) if weights is None else np.asarray(weights, dtype=np.float64)
+            norms = np.sqrt(np.square(stacked * w[:, None, None]).sum(axis=0))
     meta = {**first.meta, "checkpoints": list(checkpoints), "aggregate": how}
     if weights is not None:
         meta["weights"] = [float(w) for w in weights]
     if per_head:
-        return ScoreTable(first.row_id, first.step, loss, combined, list(first.heads), meta)
+        return ScoreTable(first.row_id, first.step, loss, combined, list(first.heads), meta, None, norms)
     return ScoreTable(first.row_id, first.step, loss, np.zeros((len(first), 0)), [], meta, combined[:, 0])
 
 

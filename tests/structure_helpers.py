@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.attribution.heads import HeadRef
+from curate.attribution.score_table import grad_norm_column
 from curate.corpus import CorpusMeta, open_corpus
 from curate.corpus_digest import content_digest
 from curate.default_corpus import train_tokenizer
@@ -57,8 +58,9 @@ def write_corpus(folder: Path, data: LabelledRows, batch_size: int = 32) -> Path
 
 
 def write_scores(folder: Path, corpus: Path, scores: np.ndarray, row_ids: np.ndarray, batch_size: int = 32,
-                 shard_rows: int = 1000, heads: tuple[str, ...] = ("1.2",)) -> Path:
-    """A scores folder as the scoring pipeline writes it: summary.json + shards/*.parquet."""
+                 shard_rows: int = 1000, heads: tuple[str, ...] = ("1.2",), grad_norms: np.ndarray | None = None) -> Path:
+    """A scores folder as the scoring pipeline writes it: summary.json + shards/*.parquet. `grad_norms`: each row's
+    gradient norm over all heads (`grad_norm`), split evenly over the heads' `grad_norm_L_H` columns."""
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     row_ids = np.asarray(row_ids, dtype=np.int64)
     for a in range(0, len(row_ids), shard_rows):
@@ -71,6 +73,11 @@ def write_scores(folder: Path, corpus: Path, scores: np.ndarray, row_ids: np.nda
         for i, h in enumerate(heads):
             cols[HeadRef.parse(h).column] = pa.array(scores[a : a + shard_rows] * (i + 1) / len(heads), pa.float64())
         cols["score"] = pa.array(scores[a : a + shard_rows], pa.float64())
+        if grad_norms is not None:
+            norms = np.asarray(grad_norms[a : a + shard_rows], dtype=np.float64)
+            for h in heads:
+                cols[grad_norm_column(HeadRef.parse(h))] = pa.array(norms / np.sqrt(len(heads)), pa.float64())
+            cols["grad_norm"] = pa.array(norms, pa.float64())
         pq.write_table(pa.table(cols), folder / "shards" / f"rows-{a:09d}.parquet")
     window = [int(row_ids.min() // batch_size), int(row_ids.max() // batch_size + 1)]
     summary = {"corpus": str(corpus), "corpus_digest": content_digest(open_corpus(corpus)), "circuit": "induction", "heads": list(heads),

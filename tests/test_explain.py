@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from curate.augment.explain import enrichment, explain_scores, expected_share, size_bins
+from curate.augment.explain import NO_GRADIENT_NOTE, RESCORE_NOTE, enrichment, explain_scores, expected_share, size_bins
 from curate.corpus import CorpusMeta
 from curate.errors import CurateError
-from curate.labels import label_columns
+from curate.labels import label_columns, label_names, read_labels
 from curate.corpus import open_corpus
 from curate.megatron import write_megatron
 from curate.parquet_io import write_table_parquet
@@ -146,3 +147,84 @@ def test_cli_by_column_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     ]
     with pytest.raises(CurateError, match="label columns: domain, source"):
         explain_scores(folder, by="weight")  # a float column is a measurement, not a label
+
+
+def magnitude_folder(tmp_path: Path, with_norms: bool = True, heads: tuple[str, ...] = ("1.2",)) -> tuple[Path, Path]:
+    """3,000 rows of three classes, score = gradient norm x a random direction term: `big` rows have 10x the gradient
+    norm and a zero-mean direction (random sign), `builder` rows an ordinary norm and a direction of mean +1, `plain`
+    rows an ordinary norm and a zero-mean direction."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    klass = np.array(["big", "builder", "plain"])[rng.permutation(np.arange(n) % 3)]
+    norm = rng.uniform(0.8, 1.2, size=n) * np.where(klass == "big", 10.0, 1.0)
+    direction = rng.normal(size=n) + (klass == "builder")
+    corpus = labelled_corpus(tmp_path / "corpus", np.full(n, 10), {"domain": list(klass)})
+    folder = write_scores(tmp_path / "scores", corpus, norm * direction, np.arange(n), batch_size=10, shard_rows=700,
+                          heads=heads, grad_norms=norm if with_norms else None)
+    return corpus, folder
+
+
+def test_large_gradient_class_is_flagged_magnitude_and_a_true_builder_is_not(tmp_path: Path) -> None:
+    _, folder = magnitude_folder(tmp_path)
+    report = explain_scores(folder, top="10%", by="domain")
+    assert report.normalised_by == "score / grad_norm" and report.normalised_note is None
+    assert report.size_measures == ["tokens", "grad_norm"]
+    c = {x.label: x for x in report.classes}
+    big, builder, plain = c["big"], c["builder"], c["plain"]
+    # raw: the large-gradient class fills both tails
+    assert big.top.ci_low > 2.5 and big.bottom.ci_low > 2.5 and big.size_effect
+    # normalised: its rows are as ordinary as `plain`'s (both share the bottom tail the builder leaves; neither
+    # reaches the top): not in both tails
+    assert big.normalised.top.ci_high < 1.0 and not big.normalised.both_tails
+    assert abs(big.normalised.bottom.ratio - plain.normalised.bottom.ratio) < 0.3
+    assert big.magnitude is True
+    # the builder is enriched in the normalised top tail (not in the bottom) and not flagged
+    assert builder.normalised.top.ci_low > 1.8 and builder.normalised.bottom.ci_high < 1.0
+    assert builder.magnitude is False and not builder.size_effect and plain.magnitude is False
+    # the normalised tails are exact: the k highest of score / grad_norm, labelled
+    normalised = pq_col(folder, "score") / pq_col(folder, "grad_norm")
+    names = np.array(label_names(read_labels(open_corpus(tmp_path / "corpus"), ["domain"])["domain"]), dtype=object)
+    for tail, order in (("top", np.argsort(-normalised)), ("bottom", np.argsort(normalised))):
+        for label in ("big", "builder", "plain"):
+            want = int((names[order[: report.top_k]] == label).sum())
+            assert getattr(c[label].normalised, tail).count == want, (tail, label)
+    # --head: that head's score over that head's norm
+    by_head = explain_scores(folder, top="10%", by="domain", head="1.2")
+    assert by_head.normalised_by == "head_1_2 / grad_norm_1_2"
+    assert [x.magnitude for x in by_head.classes] == [x.magnitude for x in report.classes]
+
+
+def pq_col(folder: Path, column: str) -> np.ndarray:
+    """One column of a scores folder's shards, in row order."""
+    return np.concatenate([pq.read_table(f, columns=[column]).column(column).to_numpy() for f in sorted((folder / "shards").glob("*.parquet"))])
+
+
+def test_cli_prints_the_normalised_view_and_the_magnitude_flag(tmp_path: Path, monkeypatch, capsys) -> None:
+    _, folder = magnitude_folder(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")
+    code, out, err = run_cli(["explain", folder, "--by", "domain"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "normalised ratio (95% CI)" in out and "magnitude" in out and "score / grad_norm" in out
+    big = [line for line in out.splitlines() if line.strip("│ ").startswith("big")]
+    assert len(big) == 2 and all(" yes " in line for line in big)
+    code, out, err = run_cli(["explain", folder, "--by", "domain", "--json"], monkeypatch, capsys)
+    got = json.loads(out)
+    assert got["normalised_by"] == "score / grad_norm"
+    by_label = {c["label"]: c for c in got["classes"]}
+    assert by_label["big"]["magnitude"] is True and by_label["builder"]["normalised"]["top"]["ci_low"] > 1.8
+
+
+def test_folders_without_gradient_norms_read_with_one_note(tmp_path: Path, monkeypatch, capsys) -> None:
+    _, folder = magnitude_folder(tmp_path, with_norms=False)
+    report = explain_scores(folder, top="10%", by="domain")
+    assert (report.normalised_by, report.normalised_note) == (None, RESCORE_NOTE)
+    assert all(c.normalised is None and c.magnitude is None for c in report.classes)
+    assert report.size_measures == ["tokens"]
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, err = run_cli(["explain", folder, "--by", "domain"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "normalised ratio" not in out and out.count("needs a re-score") == 1
+    stat = tmp_path / "stat"
+    stat.mkdir()
+    _, folder = magnitude_folder(stat, with_norms=False, heads=())  # a statistic method: no head columns
+    assert explain_scores(folder, top="10%", by="domain").normalised_note == NO_GRADIENT_NOTE

@@ -17,6 +17,7 @@ from curate.attribution.ekfac import BlockFactors, CovarianceAccumulator, EKFACF
 from curate.attribution.factors_io import load_factors, save_factors
 from curate.attribution.fingerprint import model_fingerprint
 from curate.attribution.heads import MODES, HeadBlocks, HeadGeometry, HeadRef, add_to_head, slice_head_grads
+from curate.attribution import influence
 from curate.attribution.influence import HeadInfluenceScorer, probe_gradients
 from curate.attribution.scoring import fit_factors, score_corpus
 from curate.attribution.probes import build_probes, induction_probe, previous_token_probe
@@ -145,6 +146,45 @@ def test_batched_scores_equal_dense_ekfac_solve(mode: str) -> None:
         want = -(grads[h] @ torch.cat(solved)).numpy()
         assert np.abs(want).max() > 1e-3
         np.testing.assert_allclose(got[:, j], want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mode", ["qk", "qkvo"])
+@pytest.mark.parametrize("row_len", [13, 33])  # 12 positions: Gram path for Q/K, direct for O; 32: direct for all
+def test_recorded_gradient_norms_equal_each_rows_autograd_gradient(mode: str, row_len: int) -> None:
+    """The scorer's per-row, per-head gradient norm = the L2 norm of the row's summed-loss gradient on the head's
+    blocks, computed with plain autograd on one row at a time and sliced as the influence slices it."""
+    model = make_model(seed=2, train_steps=0)
+    gen = torch.Generator().manual_seed(11)
+    rows = copy_rows(5, gen, row_len)
+    heads = [HeadRef(0, 1), HeadRef(1, 0), HeadRef(1, 1)]
+    pg = probe_gradients(model, induction_fn(build_probes(make_config(), n=4, half_len=6, seed=1)), heads, mode, shared=True)
+    scorer = HeadInfluenceScorer(model, None, pg, heads, mode, dtype=torch.float64)
+    loss, scores, norms = scorer.score_batch_with_norms(rows)
+    assert norms.shape == (5, 3)
+    np.testing.assert_array_equal(scores, scorer.score_batch(rows)[1])
+    geo = HeadGeometry.of(model)
+    for i in range(len(rows)):
+        model.zero_grad()
+        logits = model(rows[i : i + 1, :-1]).logits[0]
+        torch.nn.functional.cross_entropy(logits, rows[i, 1:], reduction="sum").backward()
+        for j, h in enumerate(heads):
+            attn = model.gpt_neox.layers[h.layer].attention
+            blocks = slice_head_grads(geo, attn.query_key_value.weight.grad, attn.dense.weight.grad, h.head, mode)
+            want = float(torch.linalg.vector_norm(torch.cat([b.reshape(-1) for b in blocks.values()])))
+            assert want > 1e-3
+            assert norms[i, j] == pytest.approx(want, rel=1e-5)
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("positions", [5, 40])  # the Gram path (T^2 <= c d) and the per-row-gradient path
+def test_row_block_norms_equal_the_formed_gradients_in_any_chunking(positions: int, monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(4)
+    shared = torch.randn(7, positions, 16, generator=gen, dtype=torch.float64)
+    per_head = torch.randn(7, positions, 3, 8, generator=gen, dtype=torch.float64)
+    want = torch.einsum("ntkc,ntd->nkcd", per_head, shared).square().sum(dim=(2, 3))
+    torch.testing.assert_close(influence.row_block_sq_norms(shared, per_head), want, rtol=1e-12, atol=0)
+    monkeypatch.setattr(influence, "NORM_CHUNK_ELEMENTS", 2 * 3 * 8 * 16)  # two rows at a time
+    torch.testing.assert_close(influence.row_block_sq_norms(shared, per_head), want, rtol=1e-12, atol=0)
 
 
 def test_damping_clamps_the_whole_denominator_when_eigenvalues_are_tiny() -> None:
@@ -498,11 +538,18 @@ def test_score_corpus_end_to_end_writes_the_score_schema(trained, tmp_path) -> N
     np.testing.assert_allclose(table.score, table.head_scores.sum(1))
     path = table.to_parquet(tmp_path / "scores.parquet")
     t = pq.read_table(path)
-    assert t.schema.names == ["row_id", "step", "loss", "head_1_0", "head_1_1", "score"]
-    assert [t.schema.field(n).type for n in t.schema.names] == [pa.int64(), pa.int64(), pa.float32(), pa.float64(), pa.float64(), pa.float64()]
+    assert t.schema.names == ["row_id", "step", "loss", "head_1_0", "head_1_1", "score", "grad_norm_1_0", "grad_norm_1_1",
+                              "grad_norm"]
+    assert [t.schema.field(n).type for n in t.schema.names] == [pa.int64(), pa.int64(), pa.float32()] + [pa.float64()] * 6
+    np.testing.assert_allclose(t.column("grad_norm").to_numpy(), np.hypot(*table.grad_norms.T), rtol=1e-12)
+    np.testing.assert_allclose(again.grad_norms, table.grad_norms, rtol=1e-9)
+    assert (table.grad_norms > 0).all()
     back = ScoreTable.from_parquet(path)
     assert back.heads == HEADS_L1 and back.meta["mode"] == "qkvo" and back.meta["fit_rows"] == 12
     np.testing.assert_array_equal(back.head_scores, table.head_scores)
+    np.testing.assert_array_equal(back.grad_norms, table.grad_norms)
+    old = ScoreTable.from_arrow(t.drop(["grad_norm_1_0", "grad_norm_1_1", "grad_norm"]))  # written before norms were recorded
+    assert old.grad_norms is None and old.grad_norm is None and old.to_arrow().schema.names == t.schema.names[:6]
     top, bottom = table.top_k(3)
     order = np.argsort(-table.score)
     assert top.tolist() == table.row_id[order[:3]].tolist()

@@ -155,10 +155,11 @@ def test_gradient_dot_on_ray_equals_the_in_process_path(ray_address, tiny) -> No
     table = all_scores(out)
     assert [str(h) for h in table.heads] == ["1.0", "1.2"]
     assert pq.read_schema(out / "shards" / sorted(p.name for p in (out / "shards").iterdir())[0]).names == [
-        "row_id", "step", "loss", "head_1_0", "head_1_2", "score"]
+        "row_id", "step", "loss", "head_1_0", "head_1_2", "score", "grad_norm_1_0", "grad_norm_1_2", "grad_norm"]
     inproc = score_corpus(job.model, job.corpus, job.rows, "induction", job.heads, "qkvo", batch_rows=4, probes=job.probes,
                           curvature="identity")
     np.testing.assert_array_equal(inproc.head_scores, table.head_scores)
+    np.testing.assert_array_equal(inproc.grad_norms, table.grad_norms)  # the norms do not depend on the curvature
     np.testing.assert_array_equal(inproc.loss, table.loss)
     assert json.loads((out / "summary.json").read_text())["method"] == "gradient-dot"
 

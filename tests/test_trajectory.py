@@ -130,6 +130,21 @@ def test_lr_sum_weights_are_the_runs_schedule(run, tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_aggregate_gradient_norms_by_hand() -> None:
+    """sum: the root of the summed squares over the checkpoints; segment: the chosen checkpoint's; a table without
+    norms (written before they were recorded) leaves the combination without them."""
+    steps = [0, 3, 5]
+    a, b = _table(np.ones((3, 2)), steps, 1.0), _table(np.ones((3, 2)), steps, 2.0)
+    a.grad_norms = np.array([[3.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
+    b.grad_norms = np.array([[4.0, 0.0], [5.0, 0.0], [2.0, 3.0]])
+    total = aggregate_tables([a, b], [2, 4], "sum")
+    np.testing.assert_allclose(total.grad_norms, [[5.0, 1.0], [5.0, 2.0], [np.sqrt(5), np.sqrt(10)]])
+    np.testing.assert_allclose(total.grad_norm, [np.sqrt(26), np.sqrt(29), np.sqrt(15)])
+    seg = aggregate_tables([a, b], [2, 4], "segment")
+    assert seg.grad_norms.tolist() == [[3.0, 1.0], [5.0, 0.0], [2.0, 3.0]]
+    assert aggregate_tables([a, _table(np.ones((3, 2)), steps, 2.0)], [2, 4], "sum").grad_norms is None
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 

@@ -48,6 +48,7 @@ def print_explain(report) -> None:
     ))
     order = (report.tail, "bottom" if report.tail == "top" else "top")
     measures = report.size_measures
+    normalised = report.normalised_by is not None
     key = lambda c: -((getattr(c, report.tail).ratio) or 0.0)  # noqa: E731
     for t in order:  # one table per tail, so that a narrow terminal folds cells instead of cutting columns
         table = Table(title=f"{t} tail", title_justify="left")
@@ -58,26 +59,48 @@ def print_explain(report) -> None:
         table.add_column("ratio (95% CI)", justify="right", overflow="fold")
         for m in measures:
             table.add_column(f"{m}-matched ratio", justify="right", overflow="fold")
+        if normalised:
+            table.add_column("normalised rows", justify="right", overflow="fold")
+            table.add_column("normalised ratio (95% CI)", justify="right", overflow="fold")
+            table.add_column("magnitude", justify="left", overflow="fold")
         table.add_column("note", justify="left", overflow="fold")
         for c in sorted(report.classes, key=key):
             e = getattr(c, t)
             cells = [escape(c.label), f"{c.base_share:.1%}", f"{e.count:,}", f"{e.share:.1%}",
                      f"{_fmt_ratio(e.ratio)} ({_fmt_ci(e.ci_low, e.ci_high)})"]
             cells += [f"{_fmt_ratio(a.ratio)} ({_fmt_ci(a.ci_low, a.ci_high)})" for a in e.adjusted]
-            cells.append("both tails: size effect?" if c.size_effect else "")
+            if normalised:
+                n = getattr(c.normalised, t)
+                cells += [f"{n.count:,}", f"{_fmt_ratio(n.ratio)} ({_fmt_ci(n.ci_low, n.ci_high)})", "yes" if c.magnitude else "no"]
+            cells.append(_explain_note(c))
             table.add_row(*cells)
         console.print(table)
     console.print(escape(
         "ratio = tail share / base share, 95% CI = Wilson interval of the tail share / base share; "
         f"{'-, '.join(measures)}-matched: against the base matched on that size (10 quantile bins of the base rows)"
     ))
-    if "grad_norm" not in measures:
+    if normalised:
+        console.print(escape(
+            f"normalised: the same enrichment over the {report.top_k:,} highest and lowest rows by {report.normalised_by} "
+            "(the score per unit of the row's gradient norm on the scored heads: a relative, cosine-like influence); "
+            "magnitude: over-represented in both raw tails but not in both normalised tails (large gradients, not their direction)"
+        ))
+    else:
         console.print("size: row length only (this scores folder records no per-row gradient norm)")
+        console.print(escape(report.normalised_note or ""))
     for t in order:
         sign = "positive" if t == "top" else "negative"
         what = "highest" if t == "top" else "lowest"
         parts = [f"{k.replace('top_', '')} {what} rows carry {v:.1%}" for k, v in report.tail_share[t].items()]
         console.print(escape(f"{t} tail: of the total {sign} influence, the " + "; the ".join(parts)))
+
+
+def _explain_note(c) -> str:
+    """A class in both raw tails: a size effect? (no gradient norms), or in both normalised tails too (the magnitude
+    column says the rest)."""
+    if not c.size_effect or c.magnitude:
+        return ""
+    return "both tails: size effect?" if c.magnitude is None else "both tails, also normalised"
 
 
 @dataclass
@@ -109,7 +132,9 @@ class ExplainOptions:
 
 def explain_command(o: ExplainOptions) -> None:
     """Which classes (sidecar labels or structure tags) are enriched in the top and bottom tails vs. the window's base
-    rate, raw and size-adjusted, and how heavy the tails are."""
+    rate, raw and size-adjusted, and by the magnitude-normalised score (score / the row's gradient norm on the scored
+    heads: a relative, cosine-like influence; gradient methods), with a "magnitude" flag for a class over-represented
+    in both raw tails but not in both normalised ones, and how heavy the tails are."""
     from curate.augment.explain import explain_scores
 
     with heartbeat("explain: tagging the tails and the base rows", quiet=o.as_json):
