@@ -36,25 +36,21 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.atomic import file_sha256
 from curate.attribution.circuits import get_circuit
 from curate.attribution.score_table import ScoreTable
-from curate.attribution.scores_folder import (
-    begin_results, clear_results, open_scores, read_summary, remove_unlisted_shards, shard_file, top_tables, write_summary,
-    write_top_files,
-)
+from curate.attribution.scores_folder import begin_results, clear_results, open_scores, read_summary, write_summary
 from curate.corpus_digest import content_digest
 from curate.errors import CurateError
 from curate.options import flag
 from curate.outputs import SCORES, check_output_folder
 from curate.paths import portable, portable_if_local
-from curate.pipelines.manifest import MANIFEST_FILE, Manifest, ShardRecord
+from curate.pipelines.manifest import MANIFEST_FILE, Manifest
 from curate.pipelines.ray_pool import ray_session
 from curate.pipelines.ray_resources import local_cpus
 from curate.pipelines.score_job import Log, ScoreJob, resolve_job
 from curate.pipelines.score_request import ScoreRequest, check_request, parse_ensemble
 from curate.pipelines import score_run  # its run_job read at call time: what a test stubs there is what runs
-from curate.pipelines.score_summary import ScoreSummary, head_metrics, top_described
+from curate.pipelines.score_summary import ScoreSummary, head_metrics
 from curate.stats import mean_std
 from curate.training.reference import ensure_reference_run
 from curate.workspace import resolve_workspace, scores_dir
@@ -226,31 +222,15 @@ def run_ensemble(job: ScoreJob, log: Log = lambda s: None) -> dict:
             log(f"ensemble: member {i + 1}/{len(members)} ({m.request.model}): {'done, reused' if d else 'scoring'} -> {m.out}")
             subs.append(_reused(d) if d is not None else score_run.run_job(m, log))
 
-    # -- combine, shard by shard (cheap: every shard is recombined on every run)
     sds = [score_sd(m.out) for m in members]
-    shards = job.shards()
-    remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
-    for a, b in shards:
-        combined = standardised_mean([ScoreTable.from_parquet(m.out / shard_file(a, b)) for m in members], sds)
-        path = combined.to_parquet(out / shard_file(a, b))
-        rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
-        manifest.shards[rec.key] = rec
-    manifest.save()
-    best, worst = top_tables([out / shard_file(a, b) for a, b in shards], job.top_k)
-    write_top_files(out, best, worst)
-
-    positive, negative = top_described(job, best, worst)
+    positive, negative = score_run.write_combined(job, manifest, lambda shard: standardised_mean(
+        [ScoreTable.from_parquet(m.out / shard) for m in members], sds))
     summary = replace(
         ScoreSummary.from_json(subs[0]),
         corpus=portable(job.corpus_spec, out), out=str(out.resolve()), head_metrics=head_metrics(job),
         localization=job.localization.to_json(), checkpoint=portable_if_local(job.checkpoint, out), checkpoint_absolute=job.checkpoint,
         factors=f"one fit per member ({', '.join(str(s['factors']) for s in subs)})",
-        rows_scored=sum(int(s["rows_scored"]) for s in subs), shards_scored=sum(int(s["shards_scored"]) for s in subs),
-        shards_skipped=sum(int(s["shards_skipped"]) for s in subs), seconds=round(time.perf_counter() - t0, 3),
-        seconds_fit=round(sum(float(s["seconds_fit"]) for s in subs), 3),
-        seconds_score=round(sum(float(s["seconds_score"]) for s in subs), 3), rows_per_s=None,
-        cpu_seconds_score=round(sum(float(s["cpu_seconds_score"]) for s in subs), 3),
-        retries=[r for s in subs for r in s["retries"]], top_positive=positive, top_negative=negative,
+        **score_run.summed_work(subs), seconds=round(time.perf_counter() - t0, 3), top_positive=positive, top_negative=negative,
         notes=list(job.notes), fingerprint_hash=job.result_hash, trajectory=None,
         ensemble={
             "members": [{"run": str(Path(str(m.request.model)).resolve()), "folder": str(m.out.relative_to(out)),

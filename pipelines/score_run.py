@@ -14,6 +14,7 @@ import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import ray
 import torch
@@ -188,32 +189,15 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
             log(f"trajectory: checkpoint step{sj.checkpoint_step} ({i + 1}/{len(steps)}): {state} -> {sj.out}")
             subs.append(run_job(sj, log))
 
-    # -- combine, shard by shard (cheap: every shard is recombined on every run)
-    shards = job.shards()
-    remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
-    for a, b in shards:
-        tables = [ScoreTable.from_parquet(sj.out / shard_file(a, b)) for sj in job.trajectory]
-        combined = aggregate_tables(tables, steps, req.aggregate, job.weights)
-        path = combined.to_parquet(out / shard_file(a, b))
-        rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
-        manifest.shards[rec.key] = rec
-    manifest.save()
-    best, worst = top_tables([out / shard_file(a, b) for a, b in shards], job.top_k)
-    write_top_files(out, best, worst)
-
-    positive, negative = top_described(job, best, worst)
+    positive, negative = write_combined(job, manifest, lambda shard: aggregate_tables(
+        [ScoreTable.from_parquet(sj.out / shard) for sj in job.trajectory], steps, req.aggregate, job.weights))
     summary = replace(
         ScoreSummary.from_json(subs[-1]),
         corpus=portable(job.corpus_spec, out), out=str(out.resolve()), head_metrics=head_metrics(job),
         localization=job.localization.to_json(), checkpoint=portable_if_local(job.checkpoint, out), checkpoint_absolute=job.checkpoint,
         checkpoint_step=job.checkpoint_step,
         model_fingerprint=job.model_fp, factors=f"one fit per checkpoint ({', '.join(s['factors'] for s in subs)})",
-        rows_scored=sum(int(s["rows_scored"]) for s in subs), shards_scored=sum(int(s["shards_scored"]) for s in subs),
-        shards_skipped=sum(int(s["shards_skipped"]) for s in subs), seconds=round(time.perf_counter() - t0, 3),
-        seconds_fit=round(sum(float(s["seconds_fit"]) for s in subs), 3),
-        seconds_score=round(sum(float(s["seconds_score"]) for s in subs), 3), rows_per_s=None,
-        cpu_seconds_score=round(sum(float(s["cpu_seconds_score"]) for s in subs), 3),
-        retries=[r for s in subs for r in s["retries"]], top_positive=positive, top_negative=negative,
+        **summed_work(subs), seconds=round(time.perf_counter() - t0, 3), top_positive=positive, top_negative=negative,
         notes=job.notes + list(job.localization.notes), fingerprint_hash=job.result_hash,
         trajectory={
             "checkpoints": steps,
@@ -226,3 +210,30 @@ def run_trajectory(job: ScoreJob, log: Log = lambda s: None) -> dict:
     ).to_json()
     write_summary(out, summary)
     return summary
+
+
+def write_combined(job: ScoreJob, manifest: Manifest, combine: Callable[[str], ScoreTable]) -> tuple[list, list]:
+    """Write a combined job's shards (`combine(shard file name)` -> its table; cheap, so every shard is recombined on
+    every run), its manifest and top files; returns the described top rows (positive, negative)."""
+    out = job.out
+    shards = job.shards()
+    remove_unlisted_shards(out, {Path(shard_file(a, b)).name for a, b in shards})
+    for a, b in shards:
+        path = combine(shard_file(a, b)).to_parquet(out / shard_file(a, b))
+        rec = ShardRecord(a, b, shard_file(a, b), file_sha256(path), b - a)
+        manifest.shards[rec.key] = rec
+    manifest.save()
+    best, worst = top_tables([out / shard_file(a, b) for a, b in shards], job.top_k)
+    write_top_files(out, best, worst)
+    return top_described(job, best, worst)
+
+
+def summed_work(subs: list[dict]) -> dict:
+    """The summary fields of a combined job that add up its parts' work (rows, shards, seconds, retries)."""
+    def total(key: str) -> float:
+        return round(sum(float(s[key]) for s in subs), 3)
+
+    return {"rows_scored": sum(int(s["rows_scored"]) for s in subs), "shards_scored": sum(int(s["shards_scored"]) for s in subs),
+            "shards_skipped": sum(int(s["shards_skipped"]) for s in subs), "seconds_fit": total("seconds_fit"),
+            "seconds_score": total("seconds_score"), "rows_per_s": None, "cpu_seconds_score": total("cpu_seconds_score"),
+            "retries": [r for s in subs for r in s["retries"]]}
