@@ -214,13 +214,16 @@ def normalised_values(score: np.ndarray, norm: np.ndarray) -> np.ndarray:
     return np.divide(score, norm, out=np.zeros_like(score), where=norm > 0)
 
 
-def normalised_top_rows(scores: ScoresFolder, column: str, norm_column: str, k: int, tail: str) -> TopRows:
-    """The k best rows by `column` / `norm_column` (`top_indices`' rule), streamed over the shards."""
-    top = TopK(k, "normalised", tail)
+def normalised_top_rows(scores: ScoresFolder, column: str, norm_column: str, k: int) -> dict[str, TopRows]:
+    """Per tail, the k best rows by `column` / `norm_column` (`top_indices`' rule), both in one pass over the shards."""
+    tops = {t: TopK(k, "normalised", t) for t in TAILS}
     for b in scores.iter_columns(["row_id", column, norm_column]):
-        top.add(pa.table({"row_id": b["row_id"], "normalised": normalised_values(b[column], b[norm_column])}))
-    best = top.result()
-    return TopRows(best.column("row_id").to_numpy().astype(np.int64), best.column("normalised").to_numpy().astype(np.float64))
+        table = pa.table({"row_id": b["row_id"], "normalised": normalised_values(b[column], b[norm_column])})
+        for top in tops.values():
+            top.add(table)
+    best = {t: top.result() for t, top in tops.items()}
+    return {t: TopRows(b.column("row_id").to_numpy().astype(np.int64), b.column("normalised").to_numpy().astype(np.float64))
+            for t, b in best.items()}
 
 
 def norm_column_for(scores: ScoresFolder, column: str) -> tuple[str | None, str | None]:
@@ -323,15 +326,16 @@ def check_by(corpus: Corpus, by: str | None) -> str:
     return by
 
 
-def _grad_norms(scores: ScoresFolder, ids: np.ndarray, norm_column: str) -> np.ndarray:
-    """The gradient-norm column `norm_column` of the given rows."""
+def _grad_norms(scores: ScoresFolder, wanted: list[np.ndarray], norm_column: str) -> list[np.ndarray]:
+    """The gradient-norm column `norm_column` of each array of rows in `wanted` (the shards read once)."""
     all_ids, norms = [], []
     for b in scores.iter_columns(["row_id", norm_column]):
         all_ids.append(b["row_id"].astype(np.int64))
         norms.append(b[norm_column].astype(np.float64))
     id_arr, norm_arr = np.concatenate(all_ids), np.concatenate(norms)
     order = np.argsort(id_arr)
-    return norm_arr[order][np.searchsorted(id_arr[order], ids)]
+    id_arr, norm_arr = id_arr[order], norm_arr[order]
+    return [norm_arr[np.searchsorted(id_arr, ids)] for ids in wanted]
 
 
 def explain_scores(
@@ -362,7 +366,7 @@ def explain_scores(
 
     best = {t: scores.top_rows(k, column, t) for t in TAILS}
     norm_column, norm_note = norm_column_for(scores, column)
-    best_normalised = {t: normalised_top_rows(scores, column, norm_column, k, t) for t in TAILS} if norm_column else {}
+    best_normalised = normalised_top_rows(scores, column, norm_column, k) if norm_column else {}
     all_ids = np.concatenate([b["row_id"].astype(np.int64) for b in scores.iter_columns(["row_id"])])
     sampled = len(all_ids) > base_sample
     base_ids = np.sort(np.random.default_rng(seed).choice(all_ids, size=base_sample, replace=False)) if sampled else np.sort(all_ids)
@@ -393,9 +397,10 @@ def explain_scores(
     base_sizes = {"tokens": row_tokens(corp, base_ids)}
     tail_sizes = {t: {"tokens": row_tokens(corp, best[t].row_ids)} for t in TAILS}
     if norm_column is not None:
-        base_sizes[GRAD_NORM_COLUMN] = _grad_norms(scores, base_ids, norm_column)
-        for t in TAILS:
-            tail_sizes[t][GRAD_NORM_COLUMN] = _grad_norms(scores, best[t].row_ids, norm_column)
+        base_norms, *tail_norms = _grad_norms(scores, [base_ids, *(best[t].row_ids for t in TAILS)], norm_column)
+        base_sizes[GRAD_NORM_COLUMN] = base_norms
+        for t, norms in zip(TAILS, tail_norms):
+            tail_sizes[t][GRAD_NORM_COLUMN] = norms
     enriched = enrichment(tails, base_labels, classes, tail_sizes, base_sizes)
     if norm_column is not None:
         add_normalised(enriched, normalised_tails, base_labels)

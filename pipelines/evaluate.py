@@ -36,7 +36,7 @@ from curate.pipelines.arms import is_finished
 from curate.pipelines.evaluate_options import EvaluateOptions, parse_extra_scores, parse_lds_methods
 from curate.pipelines.lds import BOOTSTRAP_SEED, CONFIDENCE, LdsResult, lds, predicted_effects, subset_seeds
 from curate.pipelines.lds_design import (REPLACE, REPLACE_PLAN, FillerRange, check_filler, design_identity, filler_range,
-                                         read_filler, write_replace_plan)
+                                         write_replace_plan)
 from curate.pipelines.lds_outcomes import AREA, EMERGENCE, RetrainOutcome, read_outcome
 from curate.progress import beating, heartbeat_seconds
 
@@ -67,14 +67,13 @@ def retrain_folder(out: Path, seed: int) -> Path:
 
 @dataclass
 class Subset:
-    """One subset: its seed, the window-relative rows it drops, its mix, its retrain and (design replace) the base-corpus
-    rows that take the dropped rows' positions, one per dropped row."""
+    """One subset: its seed, the window-relative rows it drops, its mix and its retrain (design replace: the mix folder's
+    filler.json records the rows that take the dropped rows' positions)."""
 
     seed: int
     rows: np.ndarray
     mix: Path
     run: object  # pipelines.arms.ArmRun
-    filler: np.ndarray | None = None
 
 
 def check_evaluation_folder(out: Path, identity: dict) -> None:
@@ -255,12 +254,12 @@ def build_subsets(s, window, plan, run_json: dict, mix_source: Path, out: Path, 
             build_mix(mix_source, mix, MixSpec(remove=s.opts.k, control="random", seed=seed), before_manifest=add)
         dropped = np.asarray(json.loads((mix / "plan.json").read_text()).get("drop", []), dtype=np.int64)
         template = arm_specs(one, window, plan, run_json, {(RETRAIN_ARM, 0): mix})[0]
-        spec, key, filler = template.spec, template.key, None
+        spec, key = template.spec, template.key
         if fill is not None:
             spec = replace(spec, plan=str((mix / REPLACE_PLAN).resolve()))
-            key, filler = run_key(spec), read_filler(mix)
+            key = run_key(spec)
         run = ArmRun("subset", seed, retrain_folder(out, seed), spec, key)
-        subsets.append(Subset(seed, dropped - first_row, mix, run, filler))
+        subsets.append(Subset(seed, dropped - first_row, mix, run))
     return subsets
 
 

@@ -101,8 +101,3 @@ def write_replace_plan(tmp: Path, final: Path, corpus: str, fill: FillerRange, s
     record = {"design": REPLACE, "seed": int(seed), "filler_range": fill.to_json(),
               "dropped_window_rows": (dropped - first_row).tolist(), "dropped": dropped.tolist(), "filler": filler.tolist()}
     (tmp / FILLER_FILE).write_text(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_filler(folder: Path) -> np.ndarray:
-    """The filler rows of a replace subset's folder, one per dropped row (ascending)."""
-    return np.asarray(json.loads((folder / FILLER_FILE).read_text())["filler"], dtype=np.int64)
