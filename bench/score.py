@@ -6,6 +6,8 @@ default context, on one thread:
   circuit) in training tokens scored per second, as a ratio of a plain training step's throughput
   (forward, backward, AdamW) on the same model and batches. Target >= 1.0.
 - the cost of scoring every head of the model vs. one head. Target <= 1.3x.
+- the same induction scoring with each row's gradient norms (`score_batch_with_norms`, what the scoring pipeline
+  runs since the norms were recorded), beside the plain one.
 
     python bench/score.py [--batches 12] [--batch-size 32] [--repeats 3] [--mode qk|qkvo|both]
 """
@@ -101,19 +103,26 @@ def main() -> None:
     }
     scorers = {(m, name): make_scorer(model, heads, m, fit_batches) for m in modes for name, heads in setups.items()}
 
-    def score_pass(scorer: HeadInfluenceScorer) -> Callable[[], None]:
+    def score_pass(scorer: HeadInfluenceScorer, norms: bool = False) -> Callable[[], None]:
+        if norms:  # what the scoring pipeline runs: the scores plus each row's gradient norms
+            return lambda: [scorer.score_batch_with_norms(b) for b in batches]
         return lambda: [scorer.score_batch(b) for b in batches]
 
+    induction = "layers>=1 (induction)"
     train_pass()  # warm-up
     for s in scorers.values():
         score_pass(s)()
     times: dict[str, list[tuple[float, float]]] = {"train": []}
     for key in scorers:
         times[f"{key[0]} | {key[1]}"] = []
+    for m in modes:
+        times[f"{m} | {induction} + norms"] = []
     for r in range(args.repeats):
         times["train"].append(cpu_seconds(train_pass))
         for key, s in scorers.items():
             times[f"{key[0]} | {key[1]}"].append(cpu_seconds(score_pass(s)))
+            if key[1] == induction:
+                times[f"{key[0]} | {induction} + norms"].append(cpu_seconds(score_pass(s, norms=True)))
         print(f"  round {r}: train {tokens / times['train'][-1][0]:,.0f} tok/s (CPU time)")
 
     def med(label: str, i: int) -> float:
@@ -123,9 +132,12 @@ def main() -> None:
         train_tps = tokens / med("train", i)
         print(f"\n[{clock}] training step (fwd + bwd + AdamW): {train_tps:,.0f} tokens/s")
         for m in modes:
-            base = f"{m} | layers>=1 (induction)"
+            base = f"{m} | {induction}"
             tps = tokens / med(base, i)
             print(f"  {m:>4}: scoring all heads of layers >= 1: {tps:,.0f} tokens/s -> ratio to training {tps / train_tps:.2f} (target >= 1.0)")
+            with_norms = med(f"{m} | {induction} + norms", i)
+            print(f"        with each row's gradient norms (the pipeline's scoring): {tokens / with_norms:,.0f} tokens/s -> ratio to "
+                  f"training {tokens / with_norms / train_tps:.2f}; the norms cost {with_norms / med(base, i) - 1:+.0%}")
             every, one1, one0 = med(f"{m} | every head", i), med(f"{m} | one head 1.0", i), med(f"{m} | one head 0.0", i)
             print(f"        every head ({geo.num_layers * geo.num_heads}) vs one head at the same lowest layer (0.0): {every / one0:.2f}x "
                   f"(target <= 1.3x); layers>=1 ({geo.num_heads}) vs head 1.0: {med(base, i) / one1:.2f}x; every head vs head 1.0 "
