@@ -161,6 +161,7 @@ def arm_train_specs(s: Setting, window: Window, plan: ArmPlan, run_json: dict,
                     batch_size=s.baseline.batch_size, checkpoints=s.opts.arm_checkpoints, threads=1, device=s.opts.device,
                     **run_numerics(s.opts),
                     eval_every=s.arm_eval_every,
+                    architecture=None,  # the run's resolved model config (or its checkpoint) carries the shape flags
                 )
                 if window.start_step == 0:
                     changes.update(init_from=None, revision=None, init_state=False, model_config=run_json["model_config"],

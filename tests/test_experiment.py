@@ -315,6 +315,30 @@ def test_window_after_step_zero_branches_from_the_baseline_checkpoint(tiny, quic
 
 
 @pytest.mark.slow
+def test_a_run_trained_with_shape_flags_is_a_baseline_from_step_zero(tiny, ray_session_for_module, monkeypatch, capsys):
+    """`curate train --layers/--hidden/--heads/--context`, then `curate experiment --model RUN` with the window at step
+    0: the arms rebuild the run's resolved model (its shape flags are not passed on beside it) and the seed-0 baseline
+    arm reproduces the run."""
+    run = tiny["base"] / "shaped-run"
+    code, _, stderr = run_cli(["train", "--corpus", tiny["corpus"], "--layers", "2", "--hidden", "32", "--heads", "4",
+                               "--context", "32", "--steps", "40", "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3",
+                               "--warmup-steps", "20", "--checkpoints", "every:10", "--threads", "1", "--out", run,
+                               "--workspace", tiny["ws"], "--quiet"], monkeypatch, capsys)
+    assert code == 0, stderr
+    out = tiny["base"] / "shaped-exp"
+    code, _, stderr = run_cli(["experiment", "--model", run, "--circuit", "previous-token", "--threshold", "0.12",
+                               "--window", "0:20", "--checkpoints", "step20", "--arms", "remove-top", "--methods", "mda",
+                               "--seeds", "1", "--workers", "1", "--out", out, "--workspace", tiny["ws"], "--quiet"],
+                              monkeypatch, capsys)
+    assert code == 0, stderr
+    arm = json.loads((out / "arms" / "baseline" / "seed0" / "run.json").read_text())
+    assert arm["spec"].get("architecture") is None and arm["model_config"] == json.loads((run / "run.json").read_text())["model_config"]
+    base_points = {p["step"]: p["loss"] for p in json.loads((run / "curves.json").read_text())["points"]}
+    arm_points = json.loads((out / "arms" / "baseline" / "seed0" / "curves.json").read_text())["points"]
+    assert [p["loss"] for p in arm_points if p["step"] in base_points] == [base_points[p["step"]] for p in arm_points if p["step"] in base_points]
+
+
+@pytest.mark.slow
 def test_run_folder_baseline_refuses_baseline_flags(quick, tmp_path, monkeypatch, capsys):
     args = ["experiment", "--model", quick["out"] / "baseline", "--out", tmp_path / "exp", "--workspace", tmp_path / "ws"]
     for extra, message in ((["--batch-size", "4"], "the arms copy the settings of this run; give no batch size"),
