@@ -7,6 +7,9 @@ sweep resumes (`curate train --resume`) and a finished run is only read. Prints,
 the first step at which the best induction head reaches the threshold (0.3) and the tokens seen by then, the
 previous-token step, the best induction score, the tokens trained and the wall time; and writes sweep.json.
 
+`--extend STEPS` then continues each finished run to STEPS in a new folder (the branch path of the experiment's arms,
+trainer state included): the same run as one trained to STEPS from the start (constant learning rate after warm-up).
+
 A setting is LAYERSxHIDDEN/hHEADS/cCONTEXT/bBATCH/vVOCAB[/lrLR], e.g. `3x64/h4/c128/b16/v512/lr1e-3`.
 
     PYTHONPATH=. python bench/real_text_formation.py --text real_mix --out sweep \\
@@ -81,6 +84,32 @@ def train(s: Setting, corpus: Path, run: Path, steps: int, eval_every: int, devi
     return json.loads(curate(*args))
 
 
+def extend(run: Path, steps: int, out: Path) -> dict:
+    """Continue a finished run to `steps` in a new folder, from its last checkpoint with its trainer state (optimizer,
+    RNG, curve history: the path an experiment's arms branch by), the same rows in the same order after it. Under the
+    fresh recipe's constant learning rate after warm-up this is the run it would have been with `steps` from the
+    start; a schedule that decays refuses, since the longer run would differ before the branch point."""
+    from dataclasses import replace
+
+    from curate.pipelines.arm_plan import stored_spec
+    from curate.training.trainer import train as train_run
+
+    run_json = json.loads((run / "run.json").read_text())
+    base = stored_spec(run_json, run)
+    last = int(run_json["spec"]["steps"])
+    if base.min_lr_ratio != 1.0:
+        raise SystemExit(f"error: {run}: its learning rate decays over its {last:,} steps; a longer run would differ before it")
+    if steps <= last:
+        raise SystemExit(f"error: --extend {steps:,} is not past the run's {last:,} steps")
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("complete"):
+        return json.loads(summary.read_text())
+    spec = replace(base, corpus=str((run / run_json["spec"]["corpus"]).resolve()), steps=steps, init_from=str(run.resolve()),
+                   revision=f"step{last}", init_state=True, architecture=None, model_config=None, start_step=None)
+    print(f"extend {run.name}: steps {last:,} -> {steps:,} -> {out}", flush=True)
+    return train_run(spec, out, progress=False, resume=(out / "run.json").is_file()).summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", type=Path, required=True, help="raw-text folder (one subfolder per domain)")
@@ -90,6 +119,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--heldout-rows", type=int, default=1024)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--extend", type=int, default=None,
+                    help="then continue each finished run to this step in runs/NAME-to{STEP} (constant learning rate only)")
     args = ap.parse_args()
     settings = [Setting.parse(t) for t in args.settings.split(",") if t.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,10 +129,13 @@ def main() -> None:
         corpus = corpus_for(args.text, args.out, s.vocab, s.context, args.heldout_rows)
         t0 = time.perf_counter()
         summary = train(s, corpus, args.out / "runs" / s.name, args.steps, args.eval_every, args.device)
+        if args.extend is not None:
+            summary = extend(args.out / "runs" / s.name, args.extend, args.out / "runs" / f"{s.name}-to{args.extend}")
         em = summary["emergence"]
         tokens_per_step = s.batch * (s.context + 1)
         ind = em["induction"]["emergence_step"]
-        results.append({**asdict(s), "name": s.name, "tokens_per_step": tokens_per_step, "steps": summary["step"],
+        name = s.name if args.extend is None else f"{s.name}-to{args.extend}"
+        results.append({**asdict(s), "name": name, "tokens_per_step": tokens_per_step, "steps": summary["step"],
                         "induction_step": ind, "tokens_to_induction": None if ind is None else ind * tokens_per_step,
                         "previous_token_step": em["previous_token"]["emergence_step"],
                         "induction_max": em["induction"]["max"], "previous_token_max": em["previous_token"]["max"],

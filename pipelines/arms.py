@@ -26,7 +26,7 @@ import torch
 
 from curate.augment.mix import MixSpec
 from curate.errors import CurateError
-from curate.pipelines.methods import PRIMARY, compared_methods, method_arms
+from curate.pipelines.methods import PRIMARY, method_arms, method_names
 from curate.pipelines.ray_pool import ActorPool, Task, ray_session
 from curate.training.curves import SUMMARY_JSON
 from curate.training.models import RUN_FILE
@@ -103,9 +103,9 @@ SCALE_ARMS = ("baseline", "augment-top", "augment-random", "augment-synthetic")
 
 def arm_defs() -> dict[str, ArmDef]:
     """Every arm by name, in canonical order: MDA's arms and controls, then a remove-top and an augment-top arm
-    per other compared method of the registry (`pipelines.methods`)."""
+    per other method of the registry (`pipelines.methods`)."""
     out = {a.name: a for a in MDA_ARMS}
-    for m in compared_methods():
+    for m in method_names():
         if m == PRIMARY:
             continue
         remove, augment = method_arms(m)
@@ -140,7 +140,7 @@ def parse_arms(text: str | None, default: tuple[str, ...] = ALL_ARMS, include_ba
 
 
 def method_arm_names(methods: list[str]) -> list[str]:
-    """The remove-top / augment-top arms of the compared methods in `methods` (MDA's are in `ALL_ARMS`)."""
+    """The remove-top / augment-top arms of the methods in `methods` (MDA's are in `ALL_ARMS`)."""
     return [a for a, d in arm_defs().items() if d.method != PRIMARY and d.method in methods]
 
 

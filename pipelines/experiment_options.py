@@ -12,7 +12,7 @@ from curate.amounts import check_amount
 from curate.errors import CurateError
 from curate.training.recipes import autocast_of
 from curate.options import check_positive, cli_fields, flag as flag_of, named, opt, option_error, workspace_opt
-from curate.pipelines.methods import PRIMARY, compared_methods
+from curate.pipelines.methods import PRIMARY, compared_methods, method_names
 from curate.attribution.token_aggregation import TOKEN_AGGREGATES
 from curate.pipelines.score_request import AGGREGATES, parse_checkpoints, parse_ensemble, parse_window
 from curate.training.schedule import parse_checkpoint_steps
@@ -53,7 +53,7 @@ class ExperimentOptions:
     warmup_steps: int | None = opt(None, "--warmup-steps", help="Warm-up steps (default 100; an external Pythia model: its published 1,430).", show_default=False)
     schedule_steps: int | None = opt(None, "--schedule-steps", help="Cosine horizon (default: the baseline's; an external Pythia model: its published 143,000 steps; another external model: the arms' length).", show_default=False)
     arm_checkpoints: str = opt(DEFAULT_ARM_CHECKPOINTS, "--arm-checkpoints", help="Checkpoints the arm runs keep (resume points); the final one always.")
-    methods: str | None = opt(None, "--methods", help=f"Scoring methods compared by remove-top / augment-top arms: {PRIMARY} plus any of {', '.join(compared_methods()[1:])} (default: {','.join(compared_methods())}; --quick: {PRIMARY}). Every method scores the same window and heads.", show_default=False)
+    methods: str | None = opt(None, "--methods", help=f"Scoring methods compared by remove-top / augment-top arms: {PRIMARY} plus any of {', '.join(method_names()[1:])} (default: {','.join(compared_methods())}; --quick: {PRIMARY}). Every method scores the same window and heads.", show_default=False)
     score_mode: str | None = opt(None, "--mode", help="Head subspace of the MDA scores: qk or qkvo (default: the circuit's).", show_default=False)
     checkpoints: str | None = opt(None, "--checkpoints", help="MDA trajectory scores: auto, transition[:N] or stepK,stepK (curate score --checkpoints; default: auto on a curate run, one checkpoint for an external model; one checkpoint: --checkpoints stepEND).", show_default=False)
     aggregate: str = opt("sum", "--aggregate", help="How --checkpoints combine: sum, lr-sum or segment (curate score --aggregate).")
@@ -117,9 +117,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def parse_methods(text: str) -> list[str]:
     """`mda,gradient-dot` -> the methods in canonical order, the primary (MDA) always first (its scores choose the
-    window's heads); the known ones are the registry's compared methods (`pipelines.methods`)."""
+    window's heads); any method of the registry (`pipelines.methods`), the default being its compared ones."""
     names = [t.strip() for t in str(text).split(",") if t.strip()]
-    known = compared_methods()
+    known = method_names()
     for n in names:
         if n not in known:
             raise CurateError(f"{text!r}: unknown method {n!r} (known: {', '.join(known)})")

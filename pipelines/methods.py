@@ -16,8 +16,8 @@ class Method:
     A gradient method has a `curvature` ("ekfac" or "identity", `attribution.scoring.CURVATURES`) and writes one
     column per head; a statistic method names ("module:function") the function `(model, rows) -> (losses, scores)`
     (`attribution.scoring.RowStatistic`) that scores each row. `compared`: the experiment compares it by its own
-    remove-top / augment-top arms (in its default `--methods`); `runs_model`: it runs the checkpoint (else one
-    score serves every checkpoint)."""
+    remove-top / augment-top arms by default (its default `--methods`, which may also name the others);
+    `runs_model`: it runs the checkpoint (else one score serves every checkpoint)."""
 
     name: str
     help: str

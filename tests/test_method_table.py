@@ -182,8 +182,9 @@ def test_methods_option_and_the_report_opens_with_the_method_table() -> None:
     assert chosen_methods(ExperimentOptions()) == ["mda", "gradient-dot", "copy-share"]
     assert chosen_methods(ExperimentOptions(quick=True)) == ["mda"]
     assert parse_methods("copy-share") == ["mda", "copy-share"]
-    with pytest.raises(CurateError, match="unknown method 'loss'"):
-        parse_methods("mda,loss")
+    assert parse_methods("loss,copy-share") == ["mda", "copy-share", "loss"]  # any registry method, not only the default ones
+    with pytest.raises(CurateError, match="unknown method 'lossy'"):
+        parse_methods("mda,lossy")
     with pytest.raises(CurateError, match="--methods 'mda,x'"):
         ExperimentOptions(methods="mda,x").validate()
     with pytest.raises(CurateError, match="--aggregate 'avg'"):
