@@ -40,6 +40,7 @@ class FormationRun:
     context: int
     batch: int
     lr: float
+    seed: int
     tokens_trained: int
     formed_tokens: int | None
     complete: bool
@@ -47,6 +48,11 @@ class FormationRun:
     late_induction_max: float
     layer0_previous_token_max: float
     upper_previous_token: tuple[int, int] | None  # (layer, step) of the first head of layers >= 1 at >= 0.3
+
+    @property
+    def setting(self) -> str:
+        """The sweep's spelling (LAYERSxHIDDEN/hHEADS/cCONTEXT/bBATCH/vVOCAB/lrLR) and the seed."""
+        return f"{self.layers}x{self.hidden}/h{self.heads}/c{self.context}/b{self.batch}/v{self.vocab}/lr{self.lr:g}, seed {self.seed}"
 
     @property
     def sqrt_bc(self) -> float:
@@ -76,7 +82,7 @@ def read_run(folder: Path) -> FormationRun:
     return FormationRun(
         name=folder.name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
         heads=int(cfg["num_attention_heads"]), vocab=int(cfg["vocab_size"]), context=context,
-        batch=int(spec["batch_size"]), lr=float(spec["lr"]), tokens_trained=int(points[-1]["tokens"]),
+        batch=int(spec["batch_size"]), lr=float(spec["lr"]), seed=int(spec.get("seed", 0)), tokens_trained=int(points[-1]["tokens"]),
         formed_tokens=None if step is None else int(step) * per_step, complete=bool(summary.get("complete")),
         tokens_per_s=timing.get("tokens_per_s"),
         late_induction_max=max(max(h) for p in late for h in p["induction"][1:]) if threshold else 0.0,
@@ -102,10 +108,10 @@ def main() -> None:
     args = ap.parse_args()
     runs = [read_run(f) for f in args.runs if (f / "summary.json").is_file()]
     log10_a, estimate, floor = fit(runs)
-    print("| run | B x C | tokens trained | law's budget (published) | formed at | log10 a | best induction, "
+    print("| run | setting | B x C | tokens trained | law's budget (published) | formed at | log10 a | best induction, "
           "layers >= 1, after the first quarter | layer-0 previous-token | first previous-token >= 0.3 above layer 0 "
           "| tokens/s (1 core) | extrapolated cost |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         budget = 10 ** args.published * r.sqrt_bc
         need = 10 ** log10_a * r.sqrt_bc
@@ -114,7 +120,7 @@ def main() -> None:
         bound = f"{r.log10_a:.2f}" if r.formed_tokens is not None else f"> {r.log10_a:.2f}"
         prev = "-" if r.upper_previous_token is None else f"layer {r.upper_previous_token[0]}, step {r.upper_previous_token[1]:,}"
         rate = "-" if not r.tokens_per_s else f"{r.tokens_per_s:,.0f}"
-        print(f"| {r.name}{'' if r.complete else ' (stopped)'} | {r.batch} x {r.context} | {r.tokens_trained / 1e6:.1f}M "
+        print(f"| {r.name}{'' if r.complete else ' (stopped)'} | {r.setting} | {r.batch} x {r.context} | {r.tokens_trained / 1e6:.1f}M "
               f"| {budget / 1e6:.1f}M ({r.tokens_trained / budget:.2f}x) | {formed} | {bound} | {r.late_induction_max:.3f} "
               f"| {r.layer0_previous_token_max:.3f} | {prev} | {rate} | {cost} |")
     kind = "fitted" if estimate else "floor (every run censored)"
