@@ -72,7 +72,6 @@ def read_run(folder: Path) -> FormationRun:
         raise SystemExit(f"error: {folder}: no evaluation points yet")
     cfg, spec = run["model_config"], run["spec"]
     context = int(run["row_len"]) - 1
-    threshold = float(spec["induction_threshold"])
     step = summary["emergence"]["induction"]["emergence_step"]
     per_step = int(spec["batch_size"]) * context
     late = [p for p in points if p["step"] >= points[-1]["step"] / 4]
@@ -85,7 +84,7 @@ def read_run(folder: Path) -> FormationRun:
         batch=int(spec["batch_size"]), lr=float(spec["lr"]), seed=int(spec.get("seed", 0)), tokens_trained=int(points[-1]["tokens"]),
         formed_tokens=None if step is None else int(step) * per_step, complete=bool(summary.get("complete")),
         tokens_per_s=timing.get("tokens_per_s"),
-        late_induction_max=max(max(h) for p in late for h in p["induction"][1:]) if threshold else 0.0,
+        late_induction_max=max(max(h) for p in late for h in p["induction"][1:]),
         layer0_previous_token_max=max(max(p["previous_token"][0]) for p in points), upper_previous_token=upper_prev)
 
 

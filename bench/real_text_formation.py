@@ -101,13 +101,10 @@ def extend(run: Path, steps: int, out: Path) -> dict:
         raise SystemExit(f"error: {run}: its learning rate decays over its {last:,} steps; a longer run would differ before it")
     if steps <= last:
         raise SystemExit(f"error: --extend {steps:,} is not past the run's {last:,} steps")
-    summary = out / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("complete"):
-        return json.loads(summary.read_text())
     spec = replace(base, corpus=str((run / run_json["spec"]["corpus"]).resolve()), steps=steps, init_from=str(run.resolve()),
                    revision=f"step{last}", init_state=True, architecture=None, model_config=None, start_step=None)
     print(f"extend {run.name}: steps {last:,} -> {steps:,} -> {out}", flush=True)
-    return train_run(spec, out, progress=False, resume=(out / "run.json").is_file()).summary
+    return train_run(spec, out, progress=False, resume=(out / "run.json").is_file()).summary  # a finished one is only read
 
 
 def main() -> None:
